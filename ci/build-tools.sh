@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Builds the pinned external tools from the Go module proxy, once, into ~/.cache/kars/.
+#
+#   ci/build-tools.sh [control-plane|helm|oci|all|print-dir NAME]
+#
+# control-plane  etcd, kube-apiserver, kube-controller-manager, kubectl
+# helm           helm
+# oci            cosign, oras, registry (CNCF distribution)
+# all            all of the above (default: control-plane helm)
+# print-dir NAME prints the bin directory of a tool set without building it
+#
+# A tool set is built into a temporary directory and moved into place only when every binary
+# built, so an interrupted build never leaves a half-filled cache. Versions: ci/versions.env.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache_root="${KARS_CACHE_DIR:-$HOME/.cache/kars}"
+export GOFLAGS="${GOFLAGS:-} -trimpath -buildvcs=false"
+export CGO_ENABLED=0
+log() { printf '[build-tools] %s\n' "$*" >&2; }
+
+dir_of() {
+  case "$1" in
+    control-plane) echo "$cache_root/kubernetes-$KUBERNETES_VERSION-etcd-$ETCD_VERSION" ;;
+    helm) echo "$cache_root/helm-$HELM_VERSION" ;;
+    oci) echo "$cache_root/oci-cosign-$COSIGN_VERSION-oras-$ORAS_VERSION-registry-$DISTRIBUTION_VERSION" ;;
+    *) echo "unknown tool set: $1" >&2; exit 2 ;;
+  esac
+}
+
+# Runs "$2..." in a fresh work dir and moves its bin/ to the cache dir of tool set $1 on success.
+build_into_cache() {
+  local set="$1"; shift
+  local dest; dest="$(dir_of "$set")"
+  if [ -f "$dest/.complete" ]; then return 0; fi
+  mkdir -p "$cache_root"
+  (
+    work="$(mktemp -d "$cache_root/.build-$set.XXXXXX")"
+    trap 'rm -rf "$work"' EXIT
+    start=$SECONDS
+    log "building $set into $dest (cold builds take minutes on 2 cores)"
+    cd "$work"
+    "$@"
+    rm -rf "$dest"
+    mkdir -p "$dest"
+    mv "$work/bin" "$dest/bin"
+    echo "built in $((SECONDS - start))s on $(date -u +%FT%TZ)" >"$dest/.complete"
+    log "$set ready in $((SECONDS - start))s: $(ls "$dest/bin" | tr '\n' ' ')"
+  )
+}
+
+k8s_ldflags() {
+  local v="$KUBERNETES_VERSION" major minor
+  major="${v#v}"; major="${major%%.*}"
+  minor="${v#v*.}"; minor="${minor%%.*}"
+  local f=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    f+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    f+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "-s -w$f"
+}
+
+do_control_plane() {
+  # The wrapper module: k8s.io/kubernetes replaces its staging modules with ./staging/...,
+  # which does not exist in the module zip; map each one to its published version instead.
+  local kmod
+  kmod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
+  {
+    echo "module kars.local/controlplane"
+    echo
+    echo "go 1.26.0"
+    echo
+    echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+    echo "require go.etcd.io/etcd/server/v3 $ETCD_VERSION"
+    echo
+    echo "replace ("
+    sed -n 's#^\s*\(k8s.io/[a-z0-9.-]*\) => ./staging/src/k8s.io/.*#\t\1 => \1 '"$KUBERNETES_STAGING_VERSION"'#p' "$kmod"
+    echo ")"
+  } >go.mod
+  mkdir -p cmd/etcd
+  cat >cmd/etcd/main.go <<'GO'
+// Command etcd is etcd's own server entry point, built at the version Kubernetes pins.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
+GO
+  cat >tools.go <<'GO'
+//go:build tools
+
+// Package tools keeps the Kubernetes commands in this module's build list.
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver/app"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	_ "k8s.io/kubectl/pkg/cmd"
+)
+GO
+  log "resolving modules for k8s.io/kubernetes $KUBERNETES_VERSION"
+  go mod tidy -e >/dev/null 2>tidy.log || { cat tidy.log >&2; return 1; }
+  mkdir -p bin
+  log "compiling etcd, kube-apiserver, kube-controller-manager, kubectl"
+  go build -ldflags "$(k8s_ldflags)" -o bin/ \
+    ./cmd/etcd \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl
+}
+
+do_helm() {
+  mkdir -p bin
+  GOBIN="$PWD/bin" go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+do_oci() {
+  mkdir -p bin
+  local major="${COSIGN_VERSION%%.*}"
+  GOBIN="$PWD/bin" go install -ldflags "-s -w" "github.com/sigstore/cosign/$major/cmd/cosign@$COSIGN_VERSION"
+  GOBIN="$PWD/bin" go install -ldflags "-s -w" "oras.land/oras/cmd/oras@$ORAS_VERSION"
+  GOBIN="$PWD/bin" go install -ldflags "-s -w" "github.com/distribution/distribution/v3/cmd/registry@$DISTRIBUTION_VERSION"
+}
+
+main() {
+  command -v go >/dev/null || { echo "go is required (Go 1.26); this machine kind ships it" >&2; exit 1; }
+  local sets=("$@")
+  [ ${#sets[@]} -gt 0 ] || sets=(control-plane helm)
+  if [ "${sets[0]}" = print-dir ]; then echo "$(dir_of "${sets[1]:?print-dir needs a tool set}")/bin"; exit 0; fi
+  [ "${sets[0]}" != all ] || sets=(control-plane helm oci)
+  for s in "${sets[@]}"; do
+    case "$s" in
+      control-plane) build_into_cache control-plane do_control_plane ;;
+      helm) build_into_cache helm do_helm ;;
+      oci) build_into_cache oci do_oci ;;
+      *) echo "unknown tool set '$s' (expected control-plane, helm, oci or all)" >&2; exit 2 ;;
+    esac
+    echo "$(dir_of "$s")/bin"
+  done
+}
+main "$@"

@@ -1,0 +1,1 @@
+//! kars-gitops-agent library: the shared source → verify → render → apply → status pipeline.

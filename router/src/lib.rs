@@ -1,0 +1,1 @@
+//! kars-router library.
