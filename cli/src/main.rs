@@ -1,1 +1,2 @@
+//! kars CLI.
 fn main() {}

@@ -1,1 +1,2 @@
+//! kars-gitops-agent binary.
 fn main() {}

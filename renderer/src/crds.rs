@@ -20,16 +20,46 @@ pub const API_VERSION: &str = "kars.azure.com/v1alpha1";
 /// The raw CRD files, in a fixed order.
 pub const CRD_FILES: &[(&str, &str)] = &[
     ("crd.yaml", include_str!("../crds/crd.yaml")),
-    ("crd-a2aagent.yaml", include_str!("../crds/crd-a2aagent.yaml")),
-    ("crd-egressapproval.yaml", include_str!("../crds/crd-egressapproval.yaml")),
-    ("crd-inferencepolicy.yaml", include_str!("../crds/crd-inferencepolicy.yaml")),
-    ("crd-karsauthconfig.yaml", include_str!("../crds/crd-karsauthconfig.yaml")),
-    ("crd-karseval.yaml", include_str!("../crds/crd-karseval.yaml")),
-    ("crd-karsmemory.yaml", include_str!("../crds/crd-karsmemory.yaml")),
-    ("crd-karssreaction.yaml", include_str!("../crds/crd-karssreaction.yaml")),
-    ("crd-mcpserver.yaml", include_str!("../crds/crd-mcpserver.yaml")),
-    ("crd-toolpolicy.yaml", include_str!("../crds/crd-toolpolicy.yaml")),
-    ("crd-trustgraph.yaml", include_str!("../crds/crd-trustgraph.yaml")),
+    (
+        "crd-a2aagent.yaml",
+        include_str!("../crds/crd-a2aagent.yaml"),
+    ),
+    (
+        "crd-egressapproval.yaml",
+        include_str!("../crds/crd-egressapproval.yaml"),
+    ),
+    (
+        "crd-inferencepolicy.yaml",
+        include_str!("../crds/crd-inferencepolicy.yaml"),
+    ),
+    (
+        "crd-karsauthconfig.yaml",
+        include_str!("../crds/crd-karsauthconfig.yaml"),
+    ),
+    (
+        "crd-karseval.yaml",
+        include_str!("../crds/crd-karseval.yaml"),
+    ),
+    (
+        "crd-karsmemory.yaml",
+        include_str!("../crds/crd-karsmemory.yaml"),
+    ),
+    (
+        "crd-karssreaction.yaml",
+        include_str!("../crds/crd-karssreaction.yaml"),
+    ),
+    (
+        "crd-mcpserver.yaml",
+        include_str!("../crds/crd-mcpserver.yaml"),
+    ),
+    (
+        "crd-toolpolicy.yaml",
+        include_str!("../crds/crd-toolpolicy.yaml"),
+    ),
+    (
+        "crd-trustgraph.yaml",
+        include_str!("../crds/crd-trustgraph.yaml"),
+    ),
 ];
 
 /// The default AGT profile the upstream chart ships for ToolPolicy `kars-default`.
@@ -66,11 +96,18 @@ pub fn all() -> &'static [Crd] {
                     .as_array()
                     .and_then(|vs| vs.iter().find(|v| v["name"] == VERSION))
                     .unwrap_or_else(|| panic!("embedded {name} has no {VERSION}"));
-                let schema: Schema = serde_json::from_value(version["schema"]["openAPIV3Schema"].clone())
-                    .unwrap_or_else(|e| panic!("embedded {name} schema: {e}"));
+                let schema: Schema =
+                    serde_json::from_value(version["schema"]["openAPIV3Schema"].clone())
+                        .unwrap_or_else(|e| panic!("embedded {name} schema: {e}"));
                 out.push(Crd {
-                    kind: spec["names"]["kind"].as_str().unwrap_or_default().to_string(),
-                    plural: spec["names"]["plural"].as_str().unwrap_or_default().to_string(),
+                    kind: spec["names"]["kind"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    plural: spec["names"]["plural"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
                     namespaced: spec["scope"] == "Namespaced",
                     schema,
                     manifest,
@@ -100,8 +137,18 @@ mod tests {
         let kinds: Vec<&str> = kinds().collect();
         assert_eq!(kinds.len(), 12, "{kinds:?}");
         for k in [
-            "KarsSandbox", "KarsPairing", "InferencePolicy", "ToolPolicy", "EgressApproval", "McpServer",
-            "KarsMemory", "KarsEval", "TrustGraph", "A2AAgent", "KarsAuthConfig", "KarsSREAction",
+            "KarsSandbox",
+            "KarsPairing",
+            "InferencePolicy",
+            "ToolPolicy",
+            "EgressApproval",
+            "McpServer",
+            "KarsMemory",
+            "KarsEval",
+            "TrustGraph",
+            "A2AAgent",
+            "KarsAuthConfig",
+            "KarsSREAction",
         ] {
             let crd = find(k).unwrap_or_else(|| panic!("{k} missing"));
             assert!(crd.schema.properties.contains_key("spec"), "{k}");

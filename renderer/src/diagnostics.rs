@@ -40,7 +40,11 @@ impl fmt::Display for Diagnostic {
         if self.line == 0 {
             write!(f, "{}: {prefix}{}", self.file, self.message)
         } else {
-            write!(f, "{}:{}:{}: {prefix}{}", self.file, self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {prefix}{}",
+                self.file, self.line, self.column, self.message
+            )
         }
     }
 }
@@ -118,7 +122,10 @@ impl Report {
 
     /// Number of errors.
     pub fn error_count(&self) -> usize {
-        self.diagnostics.iter().filter(|d| d.severity == Severity::Error).count()
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
     }
 
     /// True when there are errors.

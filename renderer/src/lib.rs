@@ -1,7 +1,97 @@
 //! kars-renderer: a policy repository tree in, an ordered list of Kubernetes objects out.
+//!
+//! The data flow inside the crate mirrors the pipeline:
+//! [`source`] (read the tree safely) → [`repo`] (parse YAML, check each object against its
+//! CRD schema and CEL rules) → [`validate`] (cross-object rules per cluster) → [`render`]
+//! (workloads, compiled policies, digests) → [`output`] (YAML / canonical JSON).
+//!
+//! Entry points: [`validate_tree`] for `kars validate`, [`render_tree`] for `kars render` and
+//! the agent. Both are pure functions of their inputs.
+
+pub mod api;
+pub mod canonical;
 pub mod cel;
+pub mod config;
 pub mod crds;
 pub mod diagnostics;
+pub mod output;
+pub mod render;
+pub mod repo;
 pub mod schema;
+pub mod source;
 pub mod time;
+pub mod validate;
 pub mod yaml;
+
+use diagnostics::{Diagnostics, Report};
+pub use render::{Bundles, Rendered, RenderedObject};
+pub use source::RepoTree;
+
+/// Why a repository could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// Validation found errors (all of them are in the report).
+    #[error("the repository has {} error(s):\n{report}", report.error_count())]
+    Invalid {
+        /// Every diagnostic.
+        report: Report,
+    },
+    /// The requested cluster does not exist (or none was named and there are several).
+    #[error("{0}")]
+    Cluster(String),
+    /// Objects that could not be rendered (e.g. a signed bundle that is not verified).
+    #[error("{} object(s) could not be rendered:\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Problems(Vec<render::RenderProblem>),
+}
+
+/// Validates the whole repository: every file, and the cross-object rules for every cluster.
+/// Files that no cluster includes get a warning.
+pub fn validate_tree(tree: &RepoTree) -> Report {
+    let (repo, mut report) = repo::load(tree);
+    let Some(repo) = repo else { return report };
+    for cluster in &repo.config.spec.clusters {
+        if let Ok(view) = repo.for_cluster(Some(&cluster.name)) {
+            validate::validate_cluster(&view, &mut report);
+        }
+    }
+    let mut orphan_files: Vec<&str> = repo
+        .objects
+        .iter()
+        .map(|o| o.file.as_str())
+        .filter(|f| !repo.config.spec.clusters.iter().any(|c| c.includes(f)))
+        .collect();
+    orphan_files.dedup();
+    for f in orphan_files {
+        let mut d = Diagnostics::new(f);
+        d.warning(
+            yaml::Pos::default(),
+            "no cluster in kars.yaml includes this file, so nothing renders it; add its folder to a cluster's paths",
+        );
+        report.add(d);
+    }
+    report.finish();
+    report
+}
+
+/// Validates and renders what `cluster` receives (the only cluster when `None`).
+pub fn render_tree(
+    tree: &RepoTree,
+    cluster: Option<&str>,
+    bundles: &Bundles,
+) -> Result<Rendered, RenderError> {
+    let (repo, mut report) = repo::load(tree);
+    let Some(repo) = repo else {
+        return Err(RenderError::Invalid { report });
+    };
+    let view = repo.for_cluster(cluster).map_err(RenderError::Cluster)?;
+    validate::validate_cluster(&view, &mut report);
+    report.finish();
+    // Only errors in the files this cluster renders (and kars.yaml) block it.
+    report
+        .diagnostics
+        .retain(|d| d.file == config::FILE || view.objects.iter().any(|o| o.file == d.file));
+    if report.has_errors() {
+        return Err(RenderError::Invalid { report });
+    }
+    render::render_cluster(&view, bundles).map_err(RenderError::Problems)
+}

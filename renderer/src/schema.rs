@@ -159,7 +159,12 @@ pub fn apply_defaults(schema: &Schema, node: &Node) -> Node {
         }
         Value::Seq(items) => match &schema.items {
             Some(item_schema) => Node {
-                value: Value::Seq(items.iter().map(|i| apply_defaults(item_schema, i)).collect()),
+                value: Value::Seq(
+                    items
+                        .iter()
+                        .map(|i| apply_defaults(item_schema, i))
+                        .collect(),
+                ),
                 pos: node.pos,
             },
             None => node.clone(),
@@ -183,29 +188,51 @@ fn is_object(schema: &Schema) -> bool {
 }
 
 fn child_schema<'s>(schema: &'s Schema, name: &str) -> Option<&'s Schema> {
-    schema.properties.get(name).or(match &schema.additional_properties {
-        Some(AdditionalProperties::Schema(s)) => Some(s),
-        _ => None,
-    })
+    schema
+        .properties
+        .get(name)
+        .or(match &schema.additional_properties {
+            Some(AdditionalProperties::Schema(s)) => Some(s),
+            _ => None,
+        })
 }
 
 /// Where a node's problems are reported: its own position, or the nearest known one.
 fn at(node: &Node, fallback: Pos) -> Pos {
-    if node.pos.line == 0 { fallback } else { node.pos }
+    if node.pos.line == 0 {
+        fallback
+    } else {
+        node.pos
+    }
 }
 
 /// Validates `node` against `schema`, adding one diagnostic per problem.
-pub fn validate(schema: &Schema, node: &Node, path: &FieldPath, fallback: Pos, diags: &mut Diagnostics) {
+pub fn validate(
+    schema: &Schema,
+    node: &Node,
+    path: &FieldPath,
+    fallback: Pos,
+    diags: &mut Diagnostics,
+) {
     let pos = at(node, fallback);
     if node.is_null() {
         if !schema.nullable && schema.type_.is_some() {
-            diags.error(pos, format!("{path}: must be of type {}, got null", type_label(schema)));
+            diags.error(
+                pos,
+                format!("{path}: must be of type {}, got null", type_label(schema)),
+            );
         }
         return;
     }
     if schema.int_or_string {
         if !matches!(node.value, Value::Int(_) | Value::Str(_)) {
-            diags.error(pos, format!("{path}: must be an integer or a string, got {}", node.type_name()));
+            diags.error(
+                pos,
+                format!(
+                    "{path}: must be an integer or a string, got {}",
+                    node.type_name()
+                ),
+            );
         }
         return;
     }
@@ -232,7 +259,11 @@ pub fn validate(schema: &Schema, node: &Node, path: &FieldPath, fallback: Pos, d
             let list: Vec<String> = allowed.iter().map(json_scalar).collect();
             diags.error(
                 pos,
-                format!("{path}: unsupported value {}; supported values: {}", json_scalar(&json), list.join(", ")),
+                format!(
+                    "{path}: unsupported value {}; supported values: {}",
+                    json_scalar(&json),
+                    list.join(", ")
+                ),
             );
         }
     }
@@ -254,16 +285,28 @@ fn type_error(schema: &Schema, node: &Node, path: &FieldPath, pos: Pos, diags: &
         (Value::Bool(_), Some("string")) => {
             " (YAML reads yes/no/on/off/true/false as booleans; quote the value)"
         }
-        (Value::Int(_) | Value::Float(_), Some("string")) => " (quote the value to make it a string)",
+        (Value::Int(_) | Value::Float(_), Some("string")) => {
+            " (quote the value to make it a string)"
+        }
         _ => "",
     };
     diags.error(
         pos,
-        format!("{path}: must be of type {}, got {}{hint}", type_label(schema), node.type_name()),
+        format!(
+            "{path}: must be of type {}, got {}{hint}",
+            type_label(schema),
+            node.type_name()
+        ),
     );
 }
 
-fn validate_object(schema: &Schema, node: &Node, path: &FieldPath, pos: Pos, diags: &mut Diagnostics) {
+fn validate_object(
+    schema: &Schema,
+    node: &Node,
+    path: &FieldPath,
+    pos: Pos,
+    diags: &mut Diagnostics,
+) {
     let Some(entries) = node.as_map() else {
         type_error(schema, node, path, pos, diags);
         return;
@@ -284,7 +327,10 @@ fn validate_object(schema: &Schema, node: &Node, path: &FieldPath, pos: Pos, dia
     }
     for name in &schema.required {
         if !entries.iter().any(|(k, _)| &k.name == name) {
-            diags.error(pos, format!("{}: required field is missing", path.field(name)));
+            diags.error(
+                pos,
+                format!("{}: required field is missing", path.field(name)),
+            );
         }
     }
 }
@@ -299,7 +345,14 @@ fn unknown_field(schema: &Schema, key: &Key, path: &FieldPath, diags: &mut Diagn
         let names: Vec<&str> = schema.properties.keys().map(String::as_str).collect();
         format!(" (known fields: {})", names.join(", "))
     };
-    diags.error(key.pos, format!("{}: unknown field {:?}{suggestion}{known}", path.field(&key.name), key.name));
+    diags.error(
+        key.pos,
+        format!(
+            "{}: unknown field {:?}{suggestion}{known}",
+            path.field(&key.name),
+            key.name
+        ),
+    );
 }
 
 /// The candidate closest to `word` by edit distance, if it is close enough to be a likely typo.
@@ -327,7 +380,13 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-fn validate_array(schema: &Schema, node: &Node, path: &FieldPath, pos: Pos, diags: &mut Diagnostics) {
+fn validate_array(
+    schema: &Schema,
+    node: &Node,
+    path: &FieldPath,
+    pos: Pos,
+    diags: &mut Diagnostics,
+) {
     let Some(items) = node.as_seq() else {
         type_error(schema, node, path, pos, diags);
         return;
@@ -335,12 +394,21 @@ fn validate_array(schema: &Schema, node: &Node, path: &FieldPath, pos: Pos, diag
     if let Some(max) = schema.max_items
         && items.len() as u64 > max
     {
-        diags.error(pos, format!("{path}: must have at most {max} items, has {}", items.len()));
+        diags.error(
+            pos,
+            format!("{path}: must have at most {max} items, has {}", items.len()),
+        );
     }
     if let Some(min) = schema.min_items
         && (items.len() as u64) < min
     {
-        diags.error(pos, format!("{path}: must have at least {min} items, has {}", items.len()));
+        diags.error(
+            pos,
+            format!(
+                "{path}: must have at least {min} items, has {}",
+                items.len()
+            ),
+        );
     }
     if let Some(item_schema) = &schema.items {
         for (i, item) in items.iter().enumerate() {
@@ -349,7 +417,13 @@ fn validate_array(schema: &Schema, node: &Node, path: &FieldPath, pos: Pos, diag
     }
 }
 
-fn validate_string(schema: &Schema, node: &Node, path: &FieldPath, pos: Pos, diags: &mut Diagnostics) {
+fn validate_string(
+    schema: &Schema,
+    node: &Node,
+    path: &FieldPath,
+    pos: Pos,
+    diags: &mut Diagnostics,
+) {
     let Some(s) = node.as_str() else {
         type_error(schema, node, path, pos, diags);
         return;
@@ -358,7 +432,10 @@ fn validate_string(schema: &Schema, node: &Node, path: &FieldPath, pos: Pos, dia
     if let Some(max) = schema.max_length
         && len > max
     {
-        diags.error(pos, format!("{path}: may not be longer than {max} characters (is {len})"));
+        diags.error(
+            pos,
+            format!("{path}: may not be longer than {max} characters (is {len})"),
+        );
     }
     if let Some(min) = schema.min_length
         && len < min
@@ -368,14 +445,23 @@ fn validate_string(schema: &Schema, node: &Node, path: &FieldPath, pos: Pos, dia
     if let Some(pattern) = &schema.pattern {
         match Regex::new(pattern) {
             Ok(re) if !re.is_match(s) => {
-                diags.error(pos, format!("{path}: {s:?} does not match the pattern {pattern}"));
+                diags.error(
+                    pos,
+                    format!("{path}: {s:?} does not match the pattern {pattern}"),
+                );
             }
             Ok(_) => {}
-            Err(e) => diags.error(pos, format!("{path}: the schema's pattern {pattern:?} does not compile: {e}")),
+            Err(e) => diags.error(
+                pos,
+                format!("{path}: the schema's pattern {pattern:?} does not compile: {e}"),
+            ),
         }
     }
     if schema.format.as_deref() == Some("date-time") && !is_rfc3339(s) {
-        diags.error(pos, format!("{path}: {s:?} is not an RFC 3339 date-time (e.g. 2026-01-02T15:04:05Z)"));
+        diags.error(
+            pos,
+            format!("{path}: {s:?} is not an RFC 3339 date-time (e.g. 2026-01-02T15:04:05Z)"),
+        );
     }
 }
 
@@ -384,7 +470,13 @@ pub fn is_rfc3339(s: &str) -> bool {
     crate::time::parse_rfc3339(s).is_some()
 }
 
-fn validate_integer(schema: &Schema, node: &Node, path: &FieldPath, pos: Pos, diags: &mut Diagnostics) {
+fn validate_integer(
+    schema: &Schema,
+    node: &Node,
+    path: &FieldPath,
+    pos: Pos,
+    diags: &mut Diagnostics,
+) {
     let Value::Int(i) = node.value else {
         type_error(schema, node, path, pos, diags);
         return;
@@ -401,7 +493,10 @@ fn validate_integer(schema: &Schema, node: &Node, path: &FieldPath, pos: Pos, di
     {
         diags.error(
             pos,
-            format!("{path}: {i} does not fit in {} ({lo}..={hi})", schema.format.as_deref().unwrap_or("")),
+            format!(
+                "{path}: {i} does not fit in {} ({lo}..={hi})",
+                schema.format.as_deref().unwrap_or("")
+            ),
         );
     }
     check_range(schema, i as f64, path, pos, diags);
@@ -411,12 +506,18 @@ fn check_range(schema: &Schema, v: f64, path: &FieldPath, pos: Pos, diags: &mut 
     if let Some(min) = schema.minimum
         && v < min
     {
-        diags.error(pos, format!("{path}: should be greater than or equal to {min}"));
+        diags.error(
+            pos,
+            format!("{path}: should be greater than or equal to {min}"),
+        );
     }
     if let Some(max) = schema.maximum
         && v > max
     {
-        diags.error(pos, format!("{path}: should be less than or equal to {max}"));
+        diags.error(
+            pos,
+            format!("{path}: should be less than or equal to {max}"),
+        );
     }
 }
 
@@ -431,7 +532,9 @@ mod tests {
     }
 
     fn check(s: &Schema, doc: &str) -> Vec<String> {
-        let node = parse_documents(doc, YamlLimits::default()).expect("doc").remove(0);
+        let node = parse_documents(doc, YamlLimits::default())
+            .expect("doc")
+            .remove(0);
         let node = apply_defaults(s, &node);
         let mut d = Diagnostics::new("f.yaml");
         validate(s, &node, &FieldPath::root(), node.pos, &mut d);
@@ -453,13 +556,31 @@ properties:
     #[test]
     fn reports_every_problem_with_positions() {
         let s = schema(S);
-        let errs = check(&s, "port: 70000\nmode: strict\ntags: [a, b, c]\nlabels: {a: 1}\nnmae: x\n");
+        let errs = check(
+            &s,
+            "port: 70000\nmode: strict\ntags: [a, b, c]\nlabels: {a: 1}\nnmae: x\n",
+        );
         let all = errs.join("\n");
-        assert!(all.contains("f.yaml:1:7: port: 70000 does not fit in uint16"), "{all}");
-        assert!(all.contains("f.yaml:2:7: mode: unsupported value \"strict\""), "{all}");
-        assert!(all.contains("f.yaml:3:7: tags: must have at most 2 items"), "{all}");
-        assert!(all.contains("labels[\"a\"]: must be of type string, got integer"), "{all}");
-        assert!(all.contains("f.yaml:5:1: nmae: unknown field \"nmae\"; did you mean \"name\"?"), "{all}");
+        assert!(
+            all.contains("f.yaml:1:7: port: 70000 does not fit in uint16"),
+            "{all}"
+        );
+        assert!(
+            all.contains("f.yaml:2:7: mode: unsupported value \"strict\""),
+            "{all}"
+        );
+        assert!(
+            all.contains("f.yaml:3:7: tags: must have at most 2 items"),
+            "{all}"
+        );
+        assert!(
+            all.contains("labels[\"a\"]: must be of type string, got integer"),
+            "{all}"
+        );
+        assert!(
+            all.contains("f.yaml:5:1: nmae: unknown field \"nmae\"; did you mean \"name\"?"),
+            "{all}"
+        );
         assert!(all.contains("name: required field is missing"), "{all}");
     }
 

@@ -9,14 +9,29 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let part = s.get(r)?;
-        if part.bytes().all(|c| c.is_ascii_digit()) { part.parse().ok() } else { None }
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let mut rest = &s[19..];
@@ -51,7 +66,12 @@ pub fn format_rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
 }
 
 fn is_leap(y: i64) -> bool {
@@ -121,30 +141,41 @@ pub fn parse_iso8601_duration(s: &str) -> Result<u64, DurationError> {
     };
     let mut total: u64 = 0;
     let mut calendar = false;
-    let mut parse_part = |part: &str, units: &[(char, u64)], total: &mut u64| -> Result<(), DurationError> {
-        let mut digits = String::new();
-        let mut last_unit = 0usize;
-        for c in part.chars() {
-            if c.is_ascii_digit() {
-                digits.push(c);
-                continue;
+    let mut parse_part =
+        |part: &str, units: &[(char, u64)], total: &mut u64| -> Result<(), DurationError> {
+            let mut digits = String::new();
+            let mut last_unit = 0usize;
+            for c in part.chars() {
+                if c.is_ascii_digit() {
+                    digits.push(c);
+                    continue;
+                }
+                let idx = units.iter().position(|(u, _)| *u == c).ok_or_else(syntax)?;
+                if digits.is_empty() || idx < last_unit {
+                    return Err(syntax());
+                }
+                last_unit = idx + 1;
+                let n: u64 = digits.parse().map_err(|_| syntax())?;
+                digits.clear();
+                let secs = units[idx].1;
+                if secs == 0 {
+                    calendar = true;
+                }
+                *total = total
+                    .checked_add(n.checked_mul(secs).ok_or_else(syntax)?)
+                    .ok_or_else(syntax)?;
             }
-            let idx = units.iter().position(|(u, _)| *u == c).ok_or_else(syntax)?;
-            if digits.is_empty() || idx < last_unit {
-                return Err(syntax());
+            if digits.is_empty() {
+                Ok(())
+            } else {
+                Err(syntax())
             }
-            last_unit = idx + 1;
-            let n: u64 = digits.parse().map_err(|_| syntax())?;
-            digits.clear();
-            let secs = units[idx].1;
-            if secs == 0 {
-                calendar = true;
-            }
-            *total = total.checked_add(n.checked_mul(secs).ok_or_else(syntax)?).ok_or_else(syntax)?;
-        }
-        if digits.is_empty() { Ok(()) } else { Err(syntax()) }
-    };
-    parse_part(date, &[('Y', 0), ('M', 0), ('W', 0), ('D', 86_400)], &mut total)?;
+        };
+    parse_part(
+        date,
+        &[('Y', 0), ('M', 0), ('W', 0), ('D', 86_400)],
+        &mut total,
+    )?;
     if let Some(t) = time {
         parse_part(t, &[('H', 3600), ('M', 60), ('S', 1)], &mut total)?;
     }
@@ -167,8 +198,19 @@ mod tests {
         assert_eq!(format_rfc3339(t), "2026-11-24T15:04:05Z");
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("1970-01-01T01:00:00+01:00"), Some(0));
-        assert_eq!(parse_rfc3339("2024-02-29T00:00:00.5Z").map(format_rfc3339).as_deref(), Some("2024-02-29T00:00:00Z"));
-        for bad in ["2023-02-29T00:00:00Z", "2026-13-01T00:00:00Z", "2026-01-01 00:00:00Z", "2026-01-01T00:00:00", "yesterday"] {
+        assert_eq!(
+            parse_rfc3339("2024-02-29T00:00:00.5Z")
+                .map(format_rfc3339)
+                .as_deref(),
+            Some("2024-02-29T00:00:00Z")
+        );
+        for bad in [
+            "2023-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-01-01 00:00:00Z",
+            "2026-01-01T00:00:00",
+            "yesterday",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }
@@ -178,11 +220,23 @@ mod tests {
         assert_eq!(parse_iso8601_duration("PT15M"), Ok(900));
         assert_eq!(parse_iso8601_duration("P1DT1H"), Ok(90_000));
         assert_eq!(parse_iso8601_duration("PT1H30M10S"), Ok(5410));
-        assert!(matches!(parse_iso8601_duration("P1W"), Err(DurationError::CalendarUnit(_))));
-        assert!(matches!(parse_iso8601_duration("P1Y"), Err(DurationError::CalendarUnit(_))));
-        assert!(matches!(parse_iso8601_duration("PT0S"), Err(DurationError::Zero(_))));
+        assert!(matches!(
+            parse_iso8601_duration("P1W"),
+            Err(DurationError::CalendarUnit(_))
+        ));
+        assert!(matches!(
+            parse_iso8601_duration("P1Y"),
+            Err(DurationError::CalendarUnit(_))
+        ));
+        assert!(matches!(
+            parse_iso8601_duration("PT0S"),
+            Err(DurationError::Zero(_))
+        ));
         for bad in ["", "P", "PT", "15M", "PT15", "PTM", "PT1M1H", "P1H", "PT1D"] {
-            assert!(matches!(parse_iso8601_duration(bad), Err(DurationError::Syntax(_))), "{bad}");
+            assert!(
+                matches!(parse_iso8601_duration(bad), Err(DurationError::Syntax(_))),
+                "{bad}"
+            );
         }
     }
 }

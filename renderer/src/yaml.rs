@@ -93,7 +93,10 @@ impl Node {
     /// The mapping entry `key` together with its key position.
     pub fn get_entry(&self, key: &str) -> Option<(&Key, &Node)> {
         match &self.value {
-            Value::Map(entries) => entries.iter().find(|(k, _)| k.name == key).map(|(k, v)| (k, v)),
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.name == key)
+                .map(|(k, v)| (k, v)),
             _ => None,
         }
     }
@@ -171,7 +174,9 @@ impl Node {
                 .map(serde_json::Value::Number)
                 .unwrap_or(serde_json::Value::Null),
             Value::Str(s) => serde_json::Value::String(s.clone()),
-            Value::Seq(items) => serde_json::Value::Array(items.iter().map(Node::to_json).collect()),
+            Value::Seq(items) => {
+                serde_json::Value::Array(items.iter().map(Node::to_json).collect())
+            }
             Value::Map(entries) => serde_json::Value::Object(
                 entries
                     .iter()
@@ -191,7 +196,9 @@ impl Node {
                 None => Value::Float(n.as_f64().unwrap_or(0.0)),
             },
             serde_json::Value::String(s) => Value::Str(s.clone()),
-            serde_json::Value::Array(items) => Value::Seq(items.iter().map(Node::from_json).collect()),
+            serde_json::Value::Array(items) => {
+                Value::Seq(items.iter().map(Node::from_json).collect())
+            }
             serde_json::Value::Object(map) => Value::Map(
                 map.iter()
                     .map(|(k, v)| {
@@ -313,13 +320,19 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Int(v))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Value, E> {
-        Ok(i64::try_from(v).map(Value::Int).unwrap_or(Value::Float(v as f64)))
+        Ok(i64::try_from(v)
+            .map(Value::Int)
+            .unwrap_or(Value::Float(v as f64)))
     }
     fn visit_i128<E: de::Error>(self, v: i128) -> Result<Value, E> {
-        Ok(i64::try_from(v).map(Value::Int).unwrap_or(Value::Float(v as f64)))
+        Ok(i64::try_from(v)
+            .map(Value::Int)
+            .unwrap_or(Value::Float(v as f64)))
     }
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Value, E> {
-        Ok(i64::try_from(v).map(Value::Int).unwrap_or(Value::Float(v as f64)))
+        Ok(i64::try_from(v)
+            .map(Value::Int)
+            .unwrap_or(Value::Float(v as f64)))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
         Ok(Value::Float(v))
@@ -419,14 +432,20 @@ mod tests {
         assert_eq!(n.get("flag").and_then(Node::as_bool), Some(true));
         assert_eq!(n.get("name").and_then(Node::as_str), Some("yes"));
         assert_eq!(n.get("port").and_then(Node::as_i64), Some(443));
-        assert_eq!(n.get("ratio").map(|v| v.value.clone()), Some(Value::Float(0.5)));
+        assert_eq!(
+            n.get("ratio").map(|v| v.value.clone()),
+            Some(Value::Float(0.5))
+        );
         assert!(n.get("empty").is_some_and(Node::is_null));
     }
 
     #[test]
     fn multi_document_skips_empty_documents() {
-        let docs = parse_documents("a: 1\n---\n---\nb: 2\n---\n# only a comment\n", YamlLimits::default())
-            .expect("parses");
+        let docs = parse_documents(
+            "a: 1\n---\n---\nb: 2\n---\n# only a comment\n",
+            YamlLimits::default(),
+        )
+        .expect("parses");
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[1].pos.line, 4);
     }

@@ -1,1 +1,2 @@
+//! kars-router binary.
 fn main() {}

@@ -1,1 +1,23 @@
-//! e2e
+//! The end-to-end suite: one test binary, modules inside, one control plane per run.
+//!
+//! `cargo test -p kars-e2e --test e2e -- FILTER` runs a subset; the control plane starts only
+//! if a selected test needs it and is stopped when the run ends, pass or fail.
+
+use libtest_mimic::{Arguments, Trial};
+
+mod harness;
+
+fn main() -> std::process::ExitCode {
+    kars_e2e::init_crypto();
+    let args = Arguments::from_args();
+    let mut trials: Vec<Trial> = Vec::new();
+    trials.extend(harness::tests());
+    let conclusion = libtest_mimic::run(&args, trials);
+    kars_e2e::Cluster::shutdown_shared();
+    conclusion.exit_code()
+}
+
+/// Wraps a test body returning `anyhow::Result` as a libtest-mimic trial.
+pub fn trial(name: &'static str, body: fn() -> anyhow::Result<()>) -> Trial {
+    Trial::test(name, move || body().map_err(|e| format!("{e:#}").into()))
+}

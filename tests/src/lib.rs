@@ -1,1 +1,229 @@
-//! Test support.
+//! Test support for the end-to-end suite: one real control plane per test run, a fresh
+//! namespace per test, and teardown that happens even when tests panic or the run is killed.
+//!
+//! The control plane is the one `ci/cluster.sh` starts (etcd + kube-apiserver +
+//! kube-controller-manager on free loopback ports). It is started lazily by the first test
+//! that needs it and stopped when the test binary ends; a watchdog process stops it too if the
+//! test binary dies without running its teardown (SIGKILL, abort).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{Context, Result, bail};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+/// The repository root (parent of `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Installs the process-wide rustls crypto provider (aws-lc-rs). Idempotent.
+pub fn init_crypto() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// A running local control plane.
+#[derive(Debug)]
+pub struct Cluster {
+    dir: PathBuf,
+}
+
+static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+static STARTED: Mutex<bool> = Mutex::new(false);
+
+impl Cluster {
+    /// The shared control plane of this test run, started on first use.
+    pub fn shared() -> Result<&'static Cluster> {
+        CLUSTER
+            .get_or_init(|| {
+                let started = Cluster::start().map_err(|e| format!("{e:#}"));
+                if let Ok(mut s) = STARTED.lock() {
+                    *s = started.is_ok();
+                }
+                started
+            })
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("the local control plane did not start: {e}"))
+    }
+
+    /// Stops the shared control plane if this run started one. Call at the end of `main`.
+    pub fn shutdown_shared() {
+        if let Some(Ok(c)) = CLUSTER.get() {
+            c.stop();
+        }
+    }
+
+    fn start() -> Result<Cluster> {
+        let root = workspace_root();
+        let dir = root
+            .join("target")
+            .join("e2e")
+            .join(format!("cluster-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let script = root.join("ci/cluster.sh");
+        eprintln!(
+            "[e2e] starting the local control plane in {}",
+            dir.display()
+        );
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg("up")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .status()
+            .with_context(|| format!("running {}", script.display()))?;
+        if !status.success() {
+            bail!(
+                "{} up {} failed ({status}); see {}/logs",
+                script.display(),
+                dir.display(),
+                dir.display()
+            );
+        }
+        // Watchdog: if this process dies without running teardown, stop the cluster anyway.
+        let watchdog = format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; bash '{script}' down '{dir}' >/dev/null 2>&1",
+            pid = std::process::id(),
+            script = script.display(),
+            dir = dir.display()
+        );
+        Command::new("setsid")
+            .args(["sh", "-c", &watchdog])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the control-plane watchdog")?;
+        Ok(Cluster { dir })
+    }
+
+    fn stop(&self) {
+        let script = workspace_root().join("ci/cluster.sh");
+        let _ = Command::new("bash")
+            .arg(script)
+            .arg("down")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .status();
+    }
+
+    /// The admin kubeconfig file.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// The cluster's state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A kube client for the admin user. Create one per test (clients belong to a runtime).
+    pub async fn client(&self) -> Result<kube::Client> {
+        init_crypto();
+        let kc = Kubeconfig::read_from(self.kubeconfig())?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Runs the pinned kubectl against this cluster; returns (success, stdout, stderr).
+    pub fn kubectl(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = Command::new(tool_path("control-plane", "kubectl")?)
+            .env("KUBECONFIG", self.kubeconfig())
+            .args(args)
+            .output()
+            .context("running kubectl")?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}
+
+/// Path of a tool built by `ci/build-tools.sh` (tool set `set`, binary `name`).
+pub fn tool_path(set: &str, name: &str) -> Result<PathBuf> {
+    let out = Command::new("bash")
+        .arg(workspace_root().join("ci/build-tools.sh"))
+        .args(["print-dir", set])
+        .output()
+        .context("running ci/build-tools.sh print-dir")?;
+    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let path = PathBuf::from(dir).join(name);
+    if !path.exists() {
+        bail!(
+            "{} is not built; run ci/build-tools.sh {set}",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique, DNS-label-safe name for a test's objects: `<prefix>-<pid>-<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let prefix: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    format!(
+        "{}-{}-{n}",
+        prefix.trim_matches('-'),
+        std::process::id() % 100_000
+    )
+}
+
+/// Runs an async test body on its own runtime and returns its result.
+pub fn block_on<F: std::future::Future<Output = Result<()>>>(f: F) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("building a tokio runtime")?
+        .block_on(f)
+}
+
+/// A namespace owned by one test, deleted when dropped (without waiting).
+pub struct TestNamespace {
+    name: String,
+    cluster: &'static Cluster,
+}
+
+impl TestNamespace {
+    /// Creates a fresh namespace named after the test.
+    pub fn create(cluster: &'static Cluster, test: &str) -> Result<TestNamespace> {
+        let name = unique_name(test);
+        let (ok, _, err) = cluster.kubectl(&["create", "namespace", &name])?;
+        if !ok {
+            bail!("creating namespace {name}: {err}");
+        }
+        Ok(TestNamespace { name, cluster })
+    }
+
+    /// The namespace name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = self
+            .cluster
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}

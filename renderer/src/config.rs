@@ -1,0 +1,281 @@
+//! The repository's root config, `kars.yaml` (`gitops.kars.io/v1alpha1`, kind
+//! `RepositoryConfig`): which clusters exist, which directories each one gets, the default
+//! namespace, and the images rendered workloads use.
+//!
+//! It is validated with the same structural-schema machinery as the kars CRDs (schema below),
+//! so its errors read the same way: `kars.yaml:12:5: spec.clusters[0].paths: …`.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::diagnostics::Diagnostics;
+use crate::schema::{self, FieldPath, Schema};
+use crate::yaml::Node;
+
+/// Our own API group (never `kars.azure.com`).
+pub const GROUP: &str = "gitops.kars.io";
+/// `apiVersion` of the root config.
+pub const API_VERSION: &str = "gitops.kars.io/v1alpha1";
+/// Kind of the root config.
+pub const KIND: &str = "RepositoryConfig";
+/// File name of the root config at the repository root.
+pub const FILE: &str = "kars.yaml";
+
+/// The root config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RepositoryConfig {
+    /// `gitops.kars.io/v1alpha1`.
+    pub api_version: String,
+    /// `RepositoryConfig`.
+    pub kind: String,
+    /// Name of the repository (used in ownership labels).
+    pub metadata: ConfigMeta,
+    /// The settings.
+    pub spec: ConfigSpec,
+}
+
+/// `metadata` of the root config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigMeta {
+    /// Repository name (DNS label); objects are labelled `gitops.kars.io/repository=<name>`.
+    pub name: String,
+}
+
+/// `spec` of the root config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigSpec {
+    /// Namespace of namespaced objects that do not name one.
+    pub default_namespace: String,
+    /// The clusters this repository describes.
+    pub clusters: Vec<ClusterConfig>,
+    /// Images used by rendered workloads.
+    pub images: Images,
+    /// Namespaces the repository uses but does not create (they exist already).
+    #[serde(default)]
+    pub external_namespaces: Vec<String>,
+}
+
+/// One cluster and the directories it receives.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Cluster name (`kars render --cluster NAME`).
+    pub name: String,
+    /// Repository directories (or single files) rendered for this cluster.
+    pub paths: Vec<String>,
+    /// Overrides `spec.defaultNamespace` for this cluster.
+    #[serde(default)]
+    pub default_namespace: Option<String>,
+}
+
+/// Images of rendered workloads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Images {
+    /// The router sidecar (`kars-router`).
+    pub router: String,
+    /// The image running the `egress-guard` init container (needs `iptables` and `sh`).
+    pub egress_guard: String,
+    /// Runtime image per runtime kind; a kind not listed uses
+    /// `karsacr.azurecr.io/kars-runtime-<kind>:latest` like upstream.
+    #[serde(default)]
+    pub runtimes: BTreeMap<String, String>,
+}
+
+const SCHEMA: &str = r#"
+type: object
+required: [apiVersion, kind, metadata, spec]
+properties:
+  apiVersion: {type: string, enum: ["gitops.kars.io/v1alpha1"]}
+  kind: {type: string, enum: ["RepositoryConfig"]}
+  metadata:
+    type: object
+    required: [name]
+    properties:
+      name: {type: string, maxLength: 63, pattern: "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}
+  spec:
+    type: object
+    required: [clusters]
+    properties:
+      defaultNamespace: {type: string, default: kars-agents, maxLength: 63, pattern: "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}
+      externalNamespaces:
+        type: array
+        items: {type: string, maxLength: 63, pattern: "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}
+      clusters:
+        type: array
+        minItems: 1
+        items:
+          type: object
+          required: [name, paths]
+          properties:
+            name: {type: string, maxLength: 63, pattern: "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}
+            paths:
+              type: array
+              minItems: 1
+              items: {type: string, minLength: 1}
+            defaultNamespace: {type: string, maxLength: 63, pattern: "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}
+      images:
+        type: object
+        default: {}
+        properties:
+          router: {type: string, minLength: 1, default: "ghcr.io/kars-gitops/kars-router:0.1.0"}
+          egressGuard: {type: string, minLength: 1, default: "ghcr.io/kars-gitops/kars-egress-guard:0.1.0"}
+          runtimes:
+            type: object
+            additionalProperties: {type: string, minLength: 1}
+"#;
+
+fn schema() -> &'static Schema {
+    static S: OnceLock<Schema> = OnceLock::new();
+    S.get_or_init(|| {
+        let docs = crate::yaml::parse_documents(SCHEMA, crate::yaml::YamlLimits::default())
+            .unwrap_or_else(|e| panic!("built-in RepositoryConfig schema: {e:?}"));
+        serde_json::from_value(docs[0].to_json())
+            .unwrap_or_else(|e| panic!("built-in RepositoryConfig schema: {e}"))
+    })
+}
+
+/// Validates and reads the root config document; problems go to `diags`.
+pub fn parse(doc: &Node, diags: &mut Diagnostics) -> Option<RepositoryConfig> {
+    let defaulted = schema::apply_defaults(schema(), doc);
+    let before = diags.has_errors();
+    schema::validate(schema(), &defaulted, &FieldPath::root(), doc.pos, diags);
+    if let Some(clusters) = defaulted
+        .get_path(&["spec", "clusters"])
+        .and_then(Node::as_seq)
+    {
+        let mut seen = BTreeMap::new();
+        for c in clusters {
+            for p in c.get("paths").and_then(Node::as_seq).unwrap_or(&[]) {
+                if let Some(s) = p.as_str()
+                    && !is_clean_repo_path(s)
+                {
+                    diags.error(p.pos, format!("cluster path {s:?} must be a relative path inside the repository without \"..\" (e.g. agents/payments)"));
+                }
+            }
+            if let Some(name) = c.get("name").and_then(Node::as_str)
+                && let Some(first) = seen.insert(name.to_string(), c.pos)
+            {
+                diags.error(
+                    c.pos,
+                    format!(
+                        "cluster {name:?} is defined twice (first at line {})",
+                        first.line
+                    ),
+                );
+            }
+        }
+    }
+    if diags.has_errors() && !before {
+        return None;
+    }
+    match serde_json::from_value::<RepositoryConfig>(defaulted.to_json()) {
+        Ok(cfg) => Some(cfg),
+        Err(e) => {
+            diags.error(doc.pos, format!("RepositoryConfig: {e}"));
+            None
+        }
+    }
+}
+
+/// A repository-relative path: no leading `/`, no `..`, no empty components.
+pub fn is_clean_repo_path(p: &str) -> bool {
+    let p = p.trim_end_matches('/');
+    !p.is_empty()
+        && !p.starts_with('/')
+        && p.split('/').all(|c| !c.is_empty() && c != ".." && c != ".")
+}
+
+impl RepositoryConfig {
+    /// The cluster called `name`, or the only cluster when `name` is `None`.
+    pub fn cluster(&self, name: Option<&str>) -> Result<&ClusterConfig, String> {
+        match name {
+            Some(n) => self
+                .spec
+                .clusters
+                .iter()
+                .find(|c| c.name == n)
+                .ok_or_else(|| {
+                    let names: Vec<&str> =
+                        self.spec.clusters.iter().map(|c| c.name.as_str()).collect();
+                    format!(
+                        "{FILE} defines no cluster {n:?}; clusters: {}",
+                        names.join(", ")
+                    )
+                }),
+            None if self.spec.clusters.len() == 1 => Ok(&self.spec.clusters[0]),
+            None => {
+                let names: Vec<&str> = self.spec.clusters.iter().map(|c| c.name.as_str()).collect();
+                Err(format!(
+                    "{FILE} defines several clusters ({}); choose one with --cluster",
+                    names.join(", ")
+                ))
+            }
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// True when repository file `path` belongs to this cluster.
+    pub fn includes(&self, path: &str) -> bool {
+        self.paths.iter().any(|p| {
+            let p = p.trim_end_matches('/');
+            path == p
+                || path
+                    .strip_prefix(p)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::yaml::{YamlLimits, parse_documents};
+
+    fn load(text: &str) -> (Option<RepositoryConfig>, Vec<String>) {
+        let doc = parse_documents(text, YamlLimits::default())
+            .expect("yaml")
+            .remove(0);
+        let mut d = Diagnostics::new(FILE);
+        let cfg = parse(&doc, &mut d);
+        (cfg, d.into_vec().iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let (cfg, errs) = load(
+            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {name: demo}\nspec:\n  clusters:\n  - name: local\n    paths: [agents]\n",
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        let cfg = cfg.expect("cfg");
+        assert_eq!(cfg.spec.default_namespace, "kars-agents");
+        assert!(cfg.spec.images.router.contains("kars-router"));
+        let c = cfg.cluster(None).expect("one cluster");
+        assert!(c.includes("agents/a/sandbox.yaml"));
+        assert!(!c.includes("agentsx/a.yaml"));
+        assert!(!c.includes("egress/a.yaml"));
+    }
+
+    #[test]
+    fn bad_paths_and_duplicates_are_reported_with_lines() {
+        let (cfg, errs) = load(
+            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {name: demo}\nspec:\n  clusters:\n  - name: a\n    paths: [../etc]\n  - name: a\n    paths: [x]\n",
+        );
+        assert!(cfg.is_none());
+        let all = errs.join("\n");
+        assert!(
+            all.contains("kars.yaml:7:13: cluster path \"../etc\""),
+            "{all}"
+        );
+        assert!(
+            all.contains("kars.yaml:8:5: cluster \"a\" is defined twice"),
+            "{all}"
+        );
+    }
+}

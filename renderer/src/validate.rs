@@ -1,0 +1,399 @@
+//! Cross-object rules: what a single object's schema cannot see.
+//!
+//! Run per cluster (a reference must resolve among the objects that cluster receives):
+//! references between kars objects resolve in the same namespace, no two objects share
+//! kind/namespace/name, sandboxes do not collide on their `kars-<name>` namespace, EgressApproval
+//! TTLs parse and stay under the cap, SRE actions carry the parameters their type needs, and
+//! the repository layout holds one KarsSandbox per folder.
+
+use std::collections::BTreeMap;
+
+use crate::api;
+use crate::cel::SRE_ACTION_TYPES;
+use crate::diagnostics::{Diagnostics, Report};
+use crate::repo::{APPROVED_AT_ANNOTATION, ClusterView, Index, SourceObject};
+use crate::time::{parse_iso8601_duration, parse_rfc3339};
+
+/// Longest EgressApproval TTL accepted (upstream's hard ceiling).
+pub const MAX_APPROVAL_TTL_SECS: u64 = 7 * 24 * 3600;
+/// Namespaces an SRE action may never touch (upstream denylist).
+pub const SRE_DENIED_NAMESPACES: [&str; 6] = [
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "kars-system",
+    "kars-sre",
+    "agentmesh",
+];
+/// The ToolPolicy a sandbox without a `governance` block uses (upstream default).
+pub const DEFAULT_TOOL_POLICY: &str = "kars-default";
+
+/// Runs every cross-object rule on what one cluster receives.
+pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
+    let mut per_file = PerFile::default();
+    let cluster = &view.cluster.name;
+
+    // Unique kind/namespace/name.
+    let mut seen: BTreeMap<(String, Option<String>, String), &SourceObject> = BTreeMap::new();
+    for o in &view.objects {
+        let group = o
+            .api_version
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let key = (
+            format!("{group}/{}", o.kind),
+            o.namespace.clone(),
+            o.name.clone(),
+        );
+        if let Some(first) = seen.get(&key) {
+            let msg = format!(
+                "{} is defined twice for cluster {cluster:?} (first in {}:{})",
+                o.key(),
+                first.file,
+                first.pos.line
+            );
+            per_file.of(o).error(o.pos, msg);
+        } else {
+            seen.insert(key, o);
+        }
+    }
+
+    let index = Index::new(view.objects.iter());
+    let mut sandbox_namespaces: BTreeMap<String, &SourceObject> = BTreeMap::new();
+    let mut sandbox_dirs: BTreeMap<String, &SourceObject> = BTreeMap::new();
+    for o in view.objects.iter().filter(|o| o.is_kars()) {
+        let ns = o.namespace.as_deref();
+        let missing = |kind: &str, name: &str, field: &str| {
+            format!(
+                "{field}: {kind} {name:?} not found in namespace {:?} for cluster {cluster:?}; add it to the repository (references never cross namespaces)",
+                ns.unwrap_or_default()
+            )
+        };
+        match o.kind.as_str() {
+            "KarsSandbox" => {
+                let Ok(sb) = o.typed::<api::KarsSandbox>() else {
+                    continue;
+                };
+                // Namespace collision: kars-<name> is independent of the CR's namespace.
+                if let Some(first) = sandbox_namespaces.insert(o.name.clone(), o) {
+                    let msg = format!(
+                        "KarsSandbox {:?} also exists in namespace {:?} ({}); both would run in namespace kars-{}; rename one",
+                        o.name,
+                        first.namespace.as_deref().unwrap_or_default(),
+                        first.file,
+                        o.name
+                    );
+                    per_file.of(o).error(o.pos, msg);
+                }
+                // Layout: one sandbox per folder.
+                let dir = o
+                    .file
+                    .rsplit_once('/')
+                    .map(|(d, _)| d.to_string())
+                    .unwrap_or_default();
+                if let Some(first) = sandbox_dirs.insert(dir.clone(), o) {
+                    if first.name != o.name {
+                        let msg = format!(
+                            "folder {dir:?} already holds KarsSandbox {:?} ({}); give each agent its own folder (agents/<name>/)",
+                            first.name, first.file
+                        );
+                        per_file.of(o).error(o.pos, msg);
+                    }
+                } else if !dir.is_empty()
+                    && !dir.ends_with(&format!("/{}", o.name))
+                    && dir != o.name
+                {
+                    let msg = format!(
+                        "KarsSandbox {:?} lives in folder {dir:?}; the convention is agents/{}/",
+                        o.name, o.name
+                    );
+                    per_file.of(o).warning(o.pos, msg);
+                }
+                let ip = &sb.spec.inference_ref.name;
+                match index.get("InferencePolicy", ns, ip) {
+                    None => {
+                        let m = missing("InferencePolicy", ip, "spec.inferenceRef.name");
+                        per_file
+                            .of(o)
+                            .error(o.pos_of(&["spec", "inferenceRef", "name"]), m);
+                    }
+                    Some(p) => {
+                        if let Ok(p) = p.typed::<api::InferencePolicy>() {
+                            let has_model = p
+                                .spec
+                                .model_preference
+                                .as_ref()
+                                .is_some_and(|m| !m.primary.deployment.is_empty());
+                            if !has_model && p.spec.bundle_ref.is_none() {
+                                let m = format!(
+                                    "spec.inferenceRef.name: InferencePolicy {ip:?} has no spec.modelPreference.primary.deployment; the router would have no model to call"
+                                );
+                                per_file
+                                    .of(o)
+                                    .error(o.pos_of(&["spec", "inferenceRef", "name"]), m);
+                            }
+                        }
+                    }
+                }
+                if let Some(m) = &sb.spec.memory_ref
+                    && index.get("KarsMemory", ns, &m.name).is_none()
+                {
+                    let msg = missing("KarsMemory", &m.name, "spec.memoryRef.name");
+                    per_file
+                        .of(o)
+                        .error(o.pos_of(&["spec", "memoryRef", "name"]), msg);
+                }
+                let (enabled, tp_name, path): (bool, Option<String>, &[&str]) =
+                    match &sb.spec.governance {
+                        None => (true, Some(DEFAULT_TOOL_POLICY.to_string()), &["spec"]),
+                        Some(g) => (
+                            g.enabled,
+                            g.tool_policy_ref.as_ref().and_then(|r| r.name.clone()),
+                            &["spec", "governance", "toolPolicyRef", "name"],
+                        ),
+                    };
+                if enabled && let Some(tp) = tp_name {
+                    match index.get("ToolPolicy", ns, &tp) {
+                        None => {
+                            let mut m = missing("ToolPolicy", &tp, "governance");
+                            if sb.spec.governance.is_none() {
+                                m.push_str("; without a spec.governance block a sandbox uses ToolPolicy kars-default (the template ships one in policies/), or set spec.governance.enabled: false");
+                            }
+                            per_file.of(o).error(o.pos_of(path), m);
+                        }
+                        Some(p) => {
+                            if let Ok(p) = p.typed::<api::ToolPolicy>() {
+                                let inline_empty = p
+                                    .spec
+                                    .agt_profile
+                                    .as_ref()
+                                    .and_then(|a| a.inline.as_deref())
+                                    .is_none_or(|s| s.trim().is_empty());
+                                let bundle = p
+                                    .spec
+                                    .agt_profile
+                                    .as_ref()
+                                    .is_some_and(|a| a.bundle_ref.is_some());
+                                if inline_empty && !bundle {
+                                    let m = format!(
+                                        "governance: ToolPolicy {tp:?} has no spec.agtProfile (inline or bundleRef); the router would enforce nothing"
+                                    );
+                                    per_file.of(o).error(o.pos_of(path), m);
+                                }
+                            }
+                        }
+                    }
+                }
+                if let Some(g) = &sb.spec.governance {
+                    let refs = g.mcp_server_refs.iter().chain(g.mcp_server_ref.iter());
+                    for r in refs {
+                        if let Some(name) = &r.name
+                            && index.get("McpServer", ns, name).is_none()
+                        {
+                            let m = missing("McpServer", name, "spec.governance.mcpServerRefs");
+                            per_file
+                                .of(o)
+                                .error(o.pos_of(&["spec", "governance", "mcpServerRefs"]), m);
+                        }
+                    }
+                    if g.mcp_server_ref.is_some() {
+                        per_file.of(o).warning(
+                            o.pos_of(&["spec", "governance", "mcpServerRef"]),
+                            "spec.governance.mcpServerRef is deprecated; use mcpServerRefs: [{name: …}]",
+                        );
+                    }
+                }
+                if let Some(np) = &sb.spec.network_policy {
+                    for (i, e) in np.allowed_endpoints.iter().enumerate() {
+                        if !(1..=65535).contains(&e.port) {
+                            let pos = o
+                                .node
+                                .get_path(&["spec", "networkPolicy", "allowedEndpoints"])
+                                .and_then(|n| n.as_seq())
+                                .and_then(|s| s.get(i))
+                                .map_or(o.pos, |n| n.pos);
+                            per_file.of(o).error(pos, format!("spec.networkPolicy.allowedEndpoints[{i}].port: {} is not a TCP port (1-65535)", e.port));
+                        }
+                        if let Err(why) = crate::render::normalize_host(&e.host) {
+                            let pos = o.pos_of(&["spec", "networkPolicy", "allowedEndpoints"]);
+                            per_file.of(o).error(
+                                pos,
+                                format!("spec.networkPolicy.allowedEndpoints[{i}].host: {why}"),
+                            );
+                        }
+                    }
+                }
+            }
+            "EgressApproval" => {
+                let Ok(ea) = o.typed::<api::EgressApproval>() else {
+                    continue;
+                };
+                if index.get("KarsSandbox", ns, &ea.spec.sandbox).is_none() {
+                    let m = missing("KarsSandbox", &ea.spec.sandbox, "spec.sandbox");
+                    per_file.of(o).error(o.pos_of(&["spec", "sandbox"]), m);
+                }
+                match parse_iso8601_duration(&ea.spec.ttl) {
+                    Err(e) => per_file.of(o).error(o.pos_of(&["spec", "ttl"]), format!("spec.ttl: {e}")),
+                    Ok(secs) if secs > MAX_APPROVAL_TTL_SECS => per_file.of(o).error(
+                        o.pos_of(&["spec", "ttl"]),
+                        format!("spec.ttl: {} is {secs} s, over the 7-day cap (P7D); ask for a shorter grant", ea.spec.ttl),
+                    ),
+                    Ok(_) => {}
+                }
+                match o.annotation(APPROVED_AT_ANNOTATION) {
+                    None => per_file.of(o).error(
+                        o.pos_of(&["metadata"]),
+                        format!("metadata.annotations[{APPROVED_AT_ANNOTATION:?}] is required: the RFC 3339 time the grant starts (expiry = it + spec.ttl), e.g. \"2026-01-02T15:04:05Z\"; `kars egress allow-extra` writes it"),
+                    ),
+                    Some(t) if parse_rfc3339(t).is_none() => per_file.of(o).error(
+                        o.pos_of(&["metadata", "annotations", APPROVED_AT_ANNOTATION]),
+                        format!("metadata.annotations[{APPROVED_AT_ANNOTATION:?}]: {t:?} is not an RFC 3339 time such as 2026-01-02T15:04:05Z"),
+                    ),
+                    Some(_) => {}
+                }
+                for (i, h) in ea.spec.hosts.iter().enumerate() {
+                    if let Err(why) = crate::render::normalize_host(&h.host) {
+                        per_file.of(o).error(
+                            o.pos_of(&["spec", "hosts"]),
+                            format!("spec.hosts[{i}].host: {why}"),
+                        );
+                    }
+                }
+            }
+            "KarsMemory" => {
+                let Ok(m) = o.typed::<api::KarsMemory>() else {
+                    continue;
+                };
+                if index
+                    .get("KarsSandbox", ns, &m.spec.sandbox_ref.name)
+                    .is_none()
+                {
+                    let msg = missing(
+                        "KarsSandbox",
+                        &m.spec.sandbox_ref.name,
+                        "spec.sandboxRef.name",
+                    );
+                    per_file
+                        .of(o)
+                        .error(o.pos_of(&["spec", "sandboxRef", "name"]), msg);
+                }
+            }
+            "KarsEval" => {
+                let Ok(e) = o.typed::<api::KarsEval>() else {
+                    continue;
+                };
+                if index
+                    .get("KarsSandbox", ns, &e.spec.target_sandbox_ref.name)
+                    .is_none()
+                {
+                    let msg = missing(
+                        "KarsSandbox",
+                        &e.spec.target_sandbox_ref.name,
+                        "spec.targetSandboxRef.name",
+                    );
+                    per_file
+                        .of(o)
+                        .error(o.pos_of(&["spec", "targetSandboxRef", "name"]), msg);
+                }
+            }
+            "A2AAgent" => {
+                let Ok(a) = o.typed::<api::A2AAgent>() else {
+                    continue;
+                };
+                if let Some(tp) = a.spec.policy_refs.and_then(|r| r.tool_policy)
+                    && index.get("ToolPolicy", ns, &tp).is_none()
+                {
+                    let msg = missing("ToolPolicy", &tp, "spec.policyRefs.toolPolicy");
+                    per_file
+                        .of(o)
+                        .error(o.pos_of(&["spec", "policyRefs", "toolPolicy"]), msg);
+                }
+            }
+            "KarsAuthConfig" if o.name != "default" => {
+                per_file.of(o).error(
+                    o.pos_of(&["metadata", "name"]),
+                    "KarsAuthConfig is a singleton: metadata.name must be \"default\"",
+                );
+            }
+            "KarsSREAction" => {
+                let Ok(a) = o.typed::<api::KarsSREAction>() else {
+                    continue;
+                };
+                check_sre_params(o, &a, per_file.of(o));
+            }
+            _ => {}
+        }
+    }
+    for (_, d) in per_file.0 {
+        report.add(d);
+    }
+}
+
+/// Diagnostics collectors keyed by file.
+#[derive(Default)]
+struct PerFile(BTreeMap<String, Diagnostics>);
+
+impl PerFile {
+    fn of(&mut self, o: &SourceObject) -> &mut Diagnostics {
+        self.0
+            .entry(o.file.clone())
+            .or_insert_with(|| Diagnostics::new(o.file.clone()))
+    }
+}
+
+fn check_sre_params(o: &SourceObject, a: &api::KarsSREAction, diags: &mut Diagnostics) {
+    let t = a.spec.action.type_.as_str();
+    if !SRE_ACTION_TYPES.contains(&t) {
+        return; // the CEL rule already reported it
+    }
+    let params = &a.spec.action.params;
+    let pos = o.pos_of(&["spec", "action", "params"]);
+    let required: &[&str] = match t {
+        "PatchDeploymentImage" => &["namespace", "name", "container", "image"],
+        "ScaleDeployment" => &["namespace", "name", "replicas"],
+        _ => &["namespace", "name"],
+    };
+    for r in required {
+        if !params.contains_key(*r) {
+            diags.error(pos, format!("spec.action.params.{r}: required for {t}"));
+        }
+    }
+    if let Some(ns) = params.get("namespace") {
+        match ns.as_str() {
+            Some(ns) if SRE_DENIED_NAMESPACES.contains(&ns) => diags.error(
+                o.pos_of(&["spec", "action", "params", "namespace"]),
+                format!(
+                    "spec.action.params.namespace: SRE actions may not target {ns:?} (denied: {})",
+                    SRE_DENIED_NAMESPACES.join(", ")
+                ),
+            ),
+            Some(_) => {}
+            None => diags.error(
+                o.pos_of(&["spec", "action", "params", "namespace"]),
+                "spec.action.params.namespace: must be a string",
+            ),
+        }
+    }
+    if t == "ScaleDeployment"
+        && let Some(r) = params.get("replicas")
+        && !r.as_i64().is_some_and(|n| (0..=50).contains(&n))
+    {
+        diags.error(
+            o.pos_of(&["spec", "action", "params", "replicas"]),
+            "spec.action.params.replicas: must be an integer in 0..=50",
+        );
+    }
+    if t == "RolloutRestart"
+        && let Some(k) = params.get("kind")
+        && !k
+            .as_str()
+            .is_some_and(|k| ["Deployment", "StatefulSet", "DaemonSet"].contains(&k))
+    {
+        diags.error(
+            o.pos_of(&["spec", "action", "params", "kind"]),
+            "spec.action.params.kind: must be Deployment, StatefulSet or DaemonSet",
+        );
+    }
+}
