@@ -3,7 +3,7 @@
 //! They are the single source of the API's schemas, defaults and enums: validation reads them,
 //! tests install them in a real API server, and [`crate::cel`] re-expresses their CEL rules.
 //! Source: github.com/Azure/kars `deploy/helm/kars/templates/crd*.yaml` (MIT), the copy in
-//! `renderer/crds/`.
+//! `renderer/upstream/crds/`.
 
 use std::sync::OnceLock;
 
@@ -19,51 +19,51 @@ pub const API_VERSION: &str = "kars.azure.com/v1alpha1";
 
 /// The raw CRD files, in a fixed order.
 pub const CRD_FILES: &[(&str, &str)] = &[
-    ("crd.yaml", include_str!("../crds/crd.yaml")),
+    ("crd.yaml", include_str!("../upstream/crds/crd.yaml")),
     (
         "crd-a2aagent.yaml",
-        include_str!("../crds/crd-a2aagent.yaml"),
+        include_str!("../upstream/crds/crd-a2aagent.yaml"),
     ),
     (
         "crd-egressapproval.yaml",
-        include_str!("../crds/crd-egressapproval.yaml"),
+        include_str!("../upstream/crds/crd-egressapproval.yaml"),
     ),
     (
         "crd-inferencepolicy.yaml",
-        include_str!("../crds/crd-inferencepolicy.yaml"),
+        include_str!("../upstream/crds/crd-inferencepolicy.yaml"),
     ),
     (
         "crd-karsauthconfig.yaml",
-        include_str!("../crds/crd-karsauthconfig.yaml"),
+        include_str!("../upstream/crds/crd-karsauthconfig.yaml"),
     ),
     (
         "crd-karseval.yaml",
-        include_str!("../crds/crd-karseval.yaml"),
+        include_str!("../upstream/crds/crd-karseval.yaml"),
     ),
     (
         "crd-karsmemory.yaml",
-        include_str!("../crds/crd-karsmemory.yaml"),
+        include_str!("../upstream/crds/crd-karsmemory.yaml"),
     ),
     (
         "crd-karssreaction.yaml",
-        include_str!("../crds/crd-karssreaction.yaml"),
+        include_str!("../upstream/crds/crd-karssreaction.yaml"),
     ),
     (
         "crd-mcpserver.yaml",
-        include_str!("../crds/crd-mcpserver.yaml"),
+        include_str!("../upstream/crds/crd-mcpserver.yaml"),
     ),
     (
         "crd-toolpolicy.yaml",
-        include_str!("../crds/crd-toolpolicy.yaml"),
+        include_str!("../upstream/crds/crd-toolpolicy.yaml"),
     ),
     (
         "crd-trustgraph.yaml",
-        include_str!("../crds/crd-trustgraph.yaml"),
+        include_str!("../upstream/crds/crd-trustgraph.yaml"),
     ),
 ];
 
 /// The default AGT profile the upstream chart ships for ToolPolicy `kars-default`.
-pub const DEFAULT_AGT_PROFILE: &str = include_str!("../crds/kars-default-agt-profile.yaml");
+pub const DEFAULT_AGT_PROFILE: &str = include_str!("../upstream/kars-default-agt-profile.yaml");
 
 /// What validation needs to know about one kind.
 #[derive(Debug)]

@@ -33,6 +33,9 @@ pub const REPOSITORY_LABEL: &str = "gitops.kars.io/repository";
 pub const CLUSTER_LABEL: &str = "gitops.kars.io/cluster";
 /// Annotation naming the repository file an object comes from.
 pub const SOURCE_ANNOTATION: &str = "gitops.kars.io/source";
+/// Annotation with the SHA-256 of the object's own canonical JSON (computed without this
+/// annotation). The applier compares it with the live object's to skip unchanged objects.
+pub const OBJECT_DIGEST_ANNOTATION: &str = "gitops.kars.io/object-digest";
 /// Annotation with the SHA-256 of a compiled ConfigMap's content.
 pub const CONTENT_DIGEST_ANNOTATION: &str = "gitops.kars.io/content-digest";
 
@@ -171,7 +174,7 @@ pub fn normalize_host(host: &str) -> Result<String, String> {
             "{host:?} is an IP literal; allowlist host names (the router refuses IP literals)"
         ));
     }
-    if h.len() > 253 || !h.split('.').all(|l| crate::cel::is_dns_label(l)) {
+    if h.len() > 253 || !h.split('.').all(crate::cel::is_dns_label) {
         return Err(format!("{host:?} is not a valid host name"));
     }
     Ok(h)
@@ -324,7 +327,9 @@ pub fn render_cluster(
         ))
     });
     let mut set = String::new();
-    for o in &objects {
+    for o in &mut objects {
+        let digest = canonical::sha256(canonical::json(&o.manifest).as_bytes());
+        o.manifest["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION] = json!(digest);
         set.push_str(&canonical::json(&o.manifest));
         set.push('\n');
     }
@@ -609,8 +614,11 @@ fn render_sandbox(
         "/etc/kars/egress-approvals".into(),
     ));
 
-    if governance_on && let Some(tp_name) = &tool_policy {
-        if let Some(tp_obj) = index.get("ToolPolicy", Some(cr_ns), tp_name) {
+    if governance_on
+        && let Some(tp_name) = &tool_policy
+        && let Some(tp_obj) = index.get("ToolPolicy", Some(cr_ns), tp_name)
+    {
+        {
             match tp_obj.typed::<api::ToolPolicy>() {
                 Ok(tp) => {
                     let profile = tp.spec.agt_profile.clone().unwrap_or_default();

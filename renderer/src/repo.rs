@@ -301,11 +301,17 @@ fn check_document(file: &str, doc: Node, diags: &mut Diagnostics) -> Option<Sour
             // metadata is validated above; validate everything else against the schema.
             let mut without_meta = defaulted.clone();
             if let crate::yaml::Value::Map(entries) = &mut without_meta.value {
-                entries.retain(|(k, _)| k.name != "metadata" && k.name != "status");
+                entries.retain(|(k, _)| {
+                    !matches!(
+                        k.name.as_str(),
+                        "apiVersion" | "kind" | "metadata" | "status"
+                    )
+                });
             }
             let mut meta_free_schema = crd.schema.clone();
-            meta_free_schema.properties.remove("metadata");
-            meta_free_schema.properties.remove("status");
+            for f in ["apiVersion", "kind", "metadata", "status"] {
+                meta_free_schema.properties.remove(f);
+            }
             schema::validate(
                 &meta_free_schema,
                 &without_meta,

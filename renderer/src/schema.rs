@@ -246,10 +246,8 @@ pub fn validate(
             Value::Float(f) => check_range(schema, f, path, pos, diags),
             _ => type_error(schema, node, path, pos, diags),
         },
-        Some("boolean") => {
-            if !matches!(node.value, Value::Bool(_)) {
-                type_error(schema, node, path, pos, diags);
-            }
+        Some("boolean") if !matches!(node.value, Value::Bool(_)) => {
+            type_error(schema, node, path, pos, diags)
         }
         _ => {}
     }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what kars GitOps needs on a fresh machine of this kind (Debian with Go and Rust):
+# Debian packages (git, gnupg, openssh-client, openssl, curl, python3) when missing, then the
+# pinned Go-built tools (ci/build-tools.sh). Safe to run again: everything is cached.
+#
+#   ci/setup.sh [tool sets...]   default: control-plane helm
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+need=()
+for pair in git:git gpg:gnupg ssh-keygen:openssh-client openssl:openssl curl:curl python3:python3 setsid:util-linux; do
+  cmd="${pair%%:*}"; pkg="${pair#*:}"
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+for cmd in go cargo; do
+  command -v "$cmd" >/dev/null 2>&1 || { log "$cmd is required and ships with this machine kind; install it first"; exit 1; }
+done
+[ $# -gt 0 ] || set -- control-plane helm
+"$here/build-tools.sh" "$@" >/dev/null
+log "tools ready: $("$here/build-tools.sh" print-dir control-plane)"

@@ -1,0 +1,69 @@
+//! Verify: only what trusted people signed is applied.
+//!
+//! - [`keys`]: signer keys from `allowed_signers`, OpenPGP keyrings and trust files;
+//! - [`signature`]: one signature over one payload (SSHSIG, OpenPGP) with a named reason for
+//!   every refusal;
+//! - [`objects`]: what a commit or tag signature covers;
+//! - [`trust`]: the trust policy (roots from outside the repository, path rules, k-of-n, the
+//!   repository's own signer list, forge keys);
+//! - [`range`]: every commit of `since..head`, and the no-rollback rule.
+
+pub mod keys;
+pub mod objects;
+pub mod range;
+pub mod signature;
+pub mod trust;
+
+pub use range::{CommitVerdict, RangeVerdict, Verifier};
+pub use trust::TrustPolicy;
+
+use std::path::Path;
+
+/// Loads a trust policy from the CLI/agent inputs: a TrustPolicy file, and/or plain key
+/// sources (`allowed_signers`, armored OpenPGP keyring) whose keys are added as root signers.
+pub fn load_policy(
+    trust: Option<&Path>,
+    allowed_signers: Option<&Path>,
+    keyring: Option<&Path>,
+) -> Result<TrustPolicy, keys::KeySourceError> {
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|e| keys::KeySourceError {
+            source_name: p.display().to_string(),
+            line: 0,
+            message: format!("cannot read: {e}"),
+        })
+    };
+    let mut policy = match trust {
+        Some(p) => TrustPolicy::parse(&p.display().to_string(), &read(p)?)?,
+        None => TrustPolicy::from_keys(Vec::new()),
+    };
+    if let Some(p) = allowed_signers {
+        policy.roots.extend(keys::parse_allowed_signers(
+            &p.display().to_string(),
+            &read(p)?,
+        )?);
+    }
+    if let Some(p) = keyring {
+        policy.roots.extend(keys::parse_openpgp_keyring(
+            &p.display().to_string(),
+            &read(p)?,
+        )?);
+    }
+    if policy.roots.is_empty() {
+        return Err(keys::KeySourceError {
+            source_name: "trust".into(),
+            line: 0,
+            message: "no trusted signers: give --trust, --allowed-signers or --openpgp-keyring"
+                .into(),
+        });
+    }
+    Ok(policy)
+}
+
+/// Seconds since the Unix epoch (the clock for key expiry).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
