@@ -401,7 +401,7 @@ mod tests {
         );
         assert!(keys[0].matches_identity("eve@ops.example.com"));
         assert!(!keys[0].matches_identity("eve@example.com"));
-        assert_eq!(keys[1].origin, "allowed:5");
+        assert_eq!(keys[1].origin, "allowed:4");
     }
 
     #[test]
