@@ -95,3 +95,6 @@ pub fn render_tree(
     }
     render::render_cluster(&view, bundles).map_err(RenderError::Problems)
 }
+
+#[cfg(test)]
+mod tests;

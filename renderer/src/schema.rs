@@ -127,14 +127,15 @@ impl std::fmt::Display for FieldPath {
 pub fn apply_defaults(schema: &Schema, node: &Node) -> Node {
     match &node.value {
         Value::Map(entries) if is_object(schema) => {
+            // Like the API server: a null in a field that is not nullable is pruned first (and
+            // then defaulted like an absent field).
             let mut out: Vec<(Key, Node)> = entries
                 .iter()
+                .filter(|(k, v)| {
+                    !(v.is_null() && schema.properties.get(&k.name).is_some_and(|s| !s.nullable))
+                })
                 .map(|(k, v)| {
-                    let child = child_schema(schema, &k.name);
-                    let v = match child {
-                        Some(s) if v.is_null() && !s.nullable && s.default.is_some() => {
-                            default_node(s, v.pos)
-                        }
+                    let v = match child_schema(schema, &k.name) {
                         Some(s) => apply_defaults(s, v),
                         None => v.clone(),
                     };
@@ -142,6 +143,14 @@ pub fn apply_defaults(schema: &Schema, node: &Node) -> Node {
                 })
                 .collect();
             for (name, prop) in &schema.properties {
+                if prop.default.is_some()
+                    && let Some((k, v)) = entries
+                        .iter()
+                        .find(|(k, v)| &k.name == name && v.is_null() && !prop.nullable)
+                {
+                    out.push((k.clone(), default_node(prop, v.pos)));
+                    continue;
+                }
                 if prop.default.is_some() && !entries.iter().any(|(k, _)| &k.name == name) {
                     out.push((
                         Key {
