@@ -1126,11 +1126,8 @@ fn sandbox_deployment(
         json!({"name": "tmp", "mountPath": "/tmp"}),
     ];
     agent_mounts.extend(m.agent_mounts);
-    if matches!(kind, RuntimeKind::OpenClaw | RuntimeKind::Hermes) {
-        agent_mounts.push(
-            json!({"name": "admin-token", "mountPath": "/etc/kars/secrets", "readOnly": true}),
-        );
-    }
+    // Upstream also mounts the router's admin token into OpenClaw/Hermes agent containers; we do
+    // not: the agent is untrusted code and the token guards the router's admin endpoints.
     let mut agent_ports = Vec::new();
     if matches!(kind, RuntimeKind::OpenClaw | RuntimeKind::Hermes) {
         agent_ports.push(json!({"name": "gateway", "containerPort": 18789, "protocol": "TCP"}));
