@@ -848,7 +848,7 @@ pub const RULES: &[Rule] = &[
             let refs = items(g, "mcpServerRefs");
             all(refs, |r| {
                 refs.iter()
-                    .filter(|s| s.get("name") == r.get("name"))
+                    .filter(|s| str_of(s, "name") == str_of(r, "name"))
                     .count()
                     == 1
             })
@@ -993,5 +993,38 @@ mod tests {
         for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"x".repeat(64)] {
             assert!(!is_dns_label(bad), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod rule_tests {
+    use crate::diagnostics::Diagnostics;
+    use crate::yaml::{YamlLimits, parse_documents};
+
+    fn errors(kind: &str, doc: &str) -> Vec<String> {
+        let crd = crate::crds::find(kind).expect("kind");
+        let node = parse_documents(doc, YamlLimits::default())
+            .expect("yaml")
+            .remove(0);
+        let node = crate::schema::apply_defaults(&crd.schema, &node);
+        let mut d = Diagnostics::new("t.yaml");
+        super::check_object(kind, &crd.schema, &node, &mut d);
+        d.into_vec().into_iter().map(|x| x.to_string()).collect()
+    }
+
+    /// Regression: equal names at different positions are duplicates (found by the API-server
+    /// parity test).
+    #[test]
+    fn duplicate_mcp_refs_are_refused() {
+        let e = errors(
+            "KarsSandbox",
+            "spec:\n  runtime: {kind: BYO, byo: {image: x, contractVersion: v1}}\n  sandbox: {}\n  inferenceRef: {name: ip}\n  governance:\n    mcpServerRefs: [{name: m}, {name: m}]\n",
+        );
+        assert!(e.iter().any(|x| x.contains("unique by name")), "{e:?}");
+        let ok = errors(
+            "KarsSandbox",
+            "spec:\n  runtime: {kind: BYO, byo: {image: x, contractVersion: v1}}\n  sandbox: {}\n  inferenceRef: {name: ip}\n  governance:\n    mcpServerRefs: [{name: m}, {name: n}]\n",
+        );
+        assert!(ok.is_empty(), "{ok:?}");
     }
 }

@@ -6,14 +6,16 @@
 use libtest_mimic::{Arguments, Trial};
 
 mod harness;
+mod render;
 
 fn main() -> std::process::ExitCode {
     kars_e2e::init_crypto();
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(harness::tests());
+    trials.extend(render::tests());
     let conclusion = libtest_mimic::run(&args, trials);
-    kars_e2e::Cluster::shutdown_shared();
+    kars_e2e::Cluster::shutdown_shared(conclusion.has_failed());
     conclusion.exit_code()
 }
 

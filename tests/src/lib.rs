@@ -52,9 +52,15 @@ impl Cluster {
     }
 
     /// Stops the shared control plane if this run started one. Call at the end of `main`.
-    pub fn shutdown_shared() {
+    /// Its state directory (logs included) is kept when `keep_state` is true (failed runs).
+    pub fn shutdown_shared(keep_state: bool) {
         if let Some(Ok(c)) = CLUSTER.get() {
             c.stop();
+            if keep_state {
+                eprintln!("[e2e] control-plane logs kept in {}/logs", c.dir.display());
+            } else {
+                let _ = std::fs::remove_dir_all(&c.dir);
+            }
         }
     }
 
@@ -226,4 +232,66 @@ impl Drop for TestNamespace {
             .cluster
             .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
     }
+}
+
+pub mod git;
+
+static CRDS_INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// Installs the upstream kars CRDs (`renderer/upstream/crds`) into the shared control plane,
+/// once per run, and waits until they are Established.
+pub fn install_kars_crds(cluster: &'static Cluster) -> Result<()> {
+    CRDS_INSTALLED
+        .get_or_init(|| {
+            let dir = workspace_root().join("renderer/upstream/crds");
+            let run = || -> Result<()> {
+                let (ok, _, err) = cluster.kubectl(&[
+                    "apply",
+                    "--server-side",
+                    "--field-manager",
+                    "kars-e2e",
+                    "-f",
+                    &dir.to_string_lossy(),
+                ])?;
+                if !ok {
+                    bail!("installing the kars CRDs: {err}");
+                }
+                let (ok, _, err) = cluster.kubectl(&[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd",
+                    "-l",
+                    "app.kubernetes.io/name=kars",
+                ])?;
+                if !ok {
+                    bail!("kars CRDs not established: {err}");
+                }
+                Ok(())
+            };
+            run().map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Applies YAML with `kubectl apply --server-side` (optionally `--dry-run=server`); returns
+/// (accepted, combined output).
+pub fn kubectl_apply(cluster: &Cluster, yaml: &str, dry_run: bool) -> Result<(bool, String)> {
+    let file = tempfile::Builder::new().suffix(".yaml").tempfile()?;
+    std::fs::write(file.path(), yaml)?;
+    let path = file.path().to_string_lossy().to_string();
+    let mut args = vec![
+        "apply",
+        "--server-side",
+        "--field-manager",
+        "kars-e2e",
+        "-f",
+        path.as_str(),
+    ];
+    if dry_run {
+        args.push("--dry-run=server");
+    }
+    let (ok, out, err) = cluster.kubectl(&args)?;
+    Ok((ok, format!("{out}{err}")))
 }
