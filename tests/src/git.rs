@@ -138,6 +138,12 @@ impl Keys {
         Ok(())
     }
 
+    /// Deletes a key (secret and public) from the GnuPG home.
+    pub fn gpg_delete(&self, fingerprint: &str) -> Result<()> {
+        run(self.gpg().args(["--yes", "--delete-secret-and-public-key", fingerprint]))?;
+        Ok(())
+    }
+
     /// Exports the given keys as one armored keyring file.
     pub fn gpg_keyring(&self, file: &str, fingerprints: &[&str]) -> Result<PathBuf> {
         let out = run(self.gpg().arg("--armor").arg("--export").args(fingerprints))?;
@@ -237,7 +243,7 @@ impl Repo {
 
     fn signing_args(signing: &Signing) -> Vec<String> {
         match signing {
-            Signing::None => vec!["--no-gpg-sign".into()],
+            Signing::None => Vec::new(),
             Signing::Ssh(key) => vec![
                 "-c".into(),
                 "gpg.format=ssh".into(),
@@ -279,9 +285,7 @@ impl Repo {
             "-m".into(),
             message.into(),
         ]);
-        if !matches!(signing, Signing::None) {
-            full.push("-S".into());
-        }
+        full.push(if matches!(signing, Signing::None) { "--no-gpg-sign".into() } else { "-S".into() });
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
         self.git(&refs)?;
         Ok(self.git(&["rev-parse", "HEAD"])?.trim().to_string())

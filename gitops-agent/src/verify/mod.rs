@@ -14,6 +14,9 @@ pub mod range;
 pub mod signature;
 pub mod trust;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use range::{CommitVerdict, RangeVerdict, Verifier};
 pub use trust::TrustPolicy;
 
