@@ -14,7 +14,7 @@ mod template;
 
 /// kars GitOps: Git is the only source of truth for a kars cluster.
 #[derive(Parser, Debug)]
-#[command(name = "kars", version, about, long_about = None, propagate_version = true)]
+#[command(name = "kars", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

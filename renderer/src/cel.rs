@@ -10,8 +10,6 @@
 //! of a string counts Unicode code points, `matches()` is an unanchored RE2 search. Rules are
 //! evaluated on the defaulted object, as the API server does.
 
-use regex::Regex;
-
 use crate::diagnostics::Diagnostics;
 use crate::schema::{FieldPath, Schema};
 use crate::yaml::{Node, Pos, Value};
@@ -95,7 +93,7 @@ fn has_control_byte(s: &str) -> bool {
 }
 
 fn matches(s: &str, re: &str) -> bool {
-    Regex::new(re).is_ok_and(|r| r.is_match(s))
+    crate::schema::cached_regex(re).is_ok_and(|r| r.is_match(s))
 }
 
 fn runtime_block(n: &Node, kind: &str, block: &str) -> Result<(), Pos> {

@@ -263,6 +263,22 @@ pub fn render_cluster(
         problems: Vec::new(),
     };
     let index = Index::new(view.objects.iter());
+    let mut approvals: ApprovalsBySandbox<'_> = BTreeMap::new();
+    for a in view
+        .objects
+        .iter()
+        .filter(|a| a.kind == "EgressApproval" && a.is_kars())
+    {
+        if let Ok(ea) = a.typed::<api::EgressApproval>() {
+            approvals
+                .entry((
+                    a.namespace.clone().unwrap_or_default(),
+                    ea.spec.sandbox.clone(),
+                ))
+                .or_default()
+                .push((a, ea));
+        }
+    }
 
     // Namespaces the repository's namespaced objects live in.
     let declared_namespaces: BTreeSet<&str> = view
@@ -308,7 +324,7 @@ pub fn render_cluster(
 
         if o.kind == "KarsSandbox" && o.is_kars() {
             match o.typed::<KarsSandbox>() {
-                Ok(sb) => render_sandbox(&mut ctx, o, &sb, &index, view),
+                Ok(sb) => render_sandbox(&mut ctx, o, &sb, &index, &approvals),
                 Err(e) => ctx.problem(o, e),
             }
         }
@@ -396,12 +412,16 @@ pub fn compile_allowlist(endpoints: &[(String, i64)]) -> String {
     canonical::json(&json!({"schemaVersion": 1, "endpoints": eps}))
 }
 
+/// EgressApprovals grouped by (namespace, sandbox).
+type ApprovalsBySandbox<'a> =
+    BTreeMap<(String, String), Vec<(&'a SourceObject, api::EgressApproval)>>;
+
 fn render_sandbox(
     ctx: &mut Ctx<'_>,
     o: &SourceObject,
     sb: &KarsSandbox,
     index: &Index<'_>,
-    view: &ClusterView<'_>,
+    approvals: &ApprovalsBySandbox<'_>,
 ) {
     let name = o.name.as_str();
     let cr_ns = o.namespace.as_deref().unwrap_or_default();
@@ -510,21 +530,17 @@ fn render_sandbox(
     ctx.push(allow_cm, src);
 
     // Egress approvals for this sandbox (same namespace as the CR).
-    let mut approvals = BTreeMap::new();
     let mut extra_ports: BTreeSet<i64> = inline
         .iter()
         .map(|(_, p)| *p)
         .filter(|p| *p != 443)
         .collect();
-    for a in view.objects.iter().filter(|a| {
-        a.kind == "EgressApproval" && a.is_kars() && a.namespace.as_deref() == Some(cr_ns)
-    }) {
-        let Ok(ea) = a.typed::<api::EgressApproval>() else {
-            continue;
-        };
-        if ea.spec.sandbox != name {
-            continue;
-        }
+    let no_approvals = Vec::new();
+    let mine = approvals
+        .get(&(cr_ns.to_string(), name.to_string()))
+        .unwrap_or(&no_approvals);
+    let mut approval_files = BTreeMap::new();
+    for (a, ea) in mine {
         let approved_at = a
             .annotation(crate::repo::APPROVED_AT_ANNOTATION)
             .and_then(parse_rfc3339);
@@ -559,20 +575,25 @@ fn render_sandbox(
         if let Some(t) = &ea.spec.ticket {
             body["ticket"] = json!(t);
         }
-        approvals.insert(format!("approval-{}.json", a.name), canonical::json(&body));
+        approval_files.insert(format!("approval-{}.json", a.name), canonical::json(&body));
     }
-    let approval_files: Vec<(&str, &[u8])> = approvals
+    let framed: Vec<(&str, &[u8])> = approval_files
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_bytes()))
         .collect();
-    let approvals_digest = canonical::policy_digest_files(&approval_files);
+    let approvals_digest = canonical::policy_digest_files(&framed);
     let approvals_cm = config_map(
         ctx,
         &ns,
         &format!("karssandbox-{name}-egress-approvals"),
         name,
         "egress-approvals",
-        Value::Object(approvals.into_iter().map(|(k, v)| (k, json!(v))).collect()),
+        Value::Object(
+            approval_files
+                .into_iter()
+                .map(|(k, v)| (k, json!(v)))
+                .collect(),
+        ),
         json!({CONTENT_DIGEST_ANNOTATION: approvals_digest}),
     );
     ctx.push(approvals_cm, src);

@@ -57,10 +57,10 @@ pub struct SourceObject {
     /// default) once selected for a cluster with [`LoadedRepo::for_cluster`]. Always `None`
     /// for cluster-scoped kinds.
     pub namespace: Option<String>,
-    /// The document as written.
-    pub node: Node,
+    /// The document as written (shared: selecting a cluster copies objects cheaply).
+    pub node: std::sync::Arc<Node>,
     /// The document with CRD defaults applied (kars kinds; otherwise equal to `node`).
-    pub defaulted: Node,
+    pub defaulted: std::sync::Arc<Node>,
 }
 
 impl SourceObject {
@@ -333,8 +333,8 @@ fn check_document(file: &str, doc: Node, diags: &mut Diagnostics) -> Option<Sour
         name,
         namespaced,
         namespace,
-        node: doc,
-        defaulted,
+        node: std::sync::Arc::new(doc),
+        defaulted: std::sync::Arc::new(defaulted),
     };
     if obj.is_kars() && !diags.has_errors() {
         check_typed(&obj, diags);

@@ -450,7 +450,7 @@ fn validate_string(
         diags.error(pos, format!("{path}: must be at least {min} characters"));
     }
     if let Some(pattern) = &schema.pattern {
-        match Regex::new(pattern) {
+        match cached_regex(pattern) {
             Ok(re) if !re.is_match(s) => {
                 diags.error(
                     pos,
@@ -470,6 +470,22 @@ fn validate_string(
             format!("{path}: {s:?} is not an RFC 3339 date-time (e.g. 2026-01-02T15:04:05Z)"),
         );
     }
+}
+
+/// A compiled regular expression, cached by pattern (schemas and CEL rules use a handful).
+pub fn cached_regex(pattern: &str) -> Result<Regex, regex::Error> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Regex>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(re) = cache.lock().ok().and_then(|c| c.get(pattern).cloned()) {
+        return Ok(re);
+    }
+    let re = Regex::new(pattern)?;
+    if let Ok(mut c) = cache.lock() {
+        c.insert(pattern.to_string(), re.clone());
+    }
+    Ok(re)
 }
 
 /// True for an RFC 3339 date-time such as `2026-01-02T15:04:05Z` or `…05.123+01:00`.

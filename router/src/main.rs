@@ -1,2 +1,87 @@
-//! kars-router binary.
-fn main() {}
+//! `kars-router`: the sidecar beside every kars agent container.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use kars_router::config::env;
+use kars_router::policy::{PolicyStore, mounts_from_env};
+use kars_router::server::{AppState, app};
+
+/// kars router sidecar: loads the policies rendered for this sandbox, reloads them when they
+/// change, and reports the digest of each one at /internal/policy-status (bearer token).
+/// Every setting can come from the environment the renderer sets on the container.
+#[derive(Parser, Debug)]
+#[command(name = "kars-router", version)]
+struct Args {
+    /// Address of the HTTP listener.
+    #[arg(long, default_value = "0.0.0.0")]
+    address: std::net::IpAddr,
+    /// Port of the HTTP listener.
+    #[arg(long, env = env::ROUTER_PORT, default_value_t = 8443)]
+    port: u16,
+    /// File with the admin bearer token (protects /internal/*).
+    #[arg(long, env = env::ADMIN_TOKEN_FILE)]
+    admin_token_file: Option<PathBuf>,
+    /// Sandbox name, for logs and status.
+    #[arg(long, env = env::SANDBOX_NAME, default_value = "")]
+    sandbox: String,
+    /// Seconds between checks of the policy mounts.
+    #[arg(long, default_value_t = 5)]
+    reload_seconds: u64,
+    /// Log as JSON lines.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        fmt.json().init()
+    } else {
+        fmt.init()
+    }
+
+    let token = match &args.admin_token_file {
+        Some(p) => std::fs::read_to_string(p).map(|t| t.trim().to_string()).unwrap_or_else(|e| {
+            tracing::warn!(file = %p.display(), error = %e, "admin token unreadable; /internal/* refuses every request");
+            String::new()
+        }),
+        None => String::new(),
+    };
+    let store = Arc::new(PolicyStore::new(mounts_from_env(|k| std::env::var(k).ok())));
+    for kind in store.reload() {
+        tracing::info!(?kind, "policy loaded");
+    }
+    let reloader = store.clone();
+    let every = Duration::from_secs(args.reload_seconds.max(1));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            for kind in reloader.reload() {
+                tracing::info!(?kind, "policy reloaded");
+            }
+        }
+    });
+    let state = AppState {
+        policies: store,
+        admin_token: Arc::new(token),
+        sandbox: Arc::new(args.sandbox.clone()),
+    };
+    let listener = tokio::net::TcpListener::bind((args.address, args.port)).await?;
+    tracing::info!(addr = %listener.local_addr()?, sandbox = %args.sandbox, "kars-router listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -140,7 +140,9 @@ impl Keys {
 
     /// Deletes a key (secret and public) from the GnuPG home.
     pub fn gpg_delete(&self, fingerprint: &str) -> Result<()> {
-        run(self.gpg().args(["--yes", "--delete-secret-and-public-key", fingerprint]))?;
+        run(self
+            .gpg()
+            .args(["--yes", "--delete-secret-and-public-key", fingerprint]))?;
         Ok(())
     }
 
@@ -285,7 +287,11 @@ impl Repo {
             "-m".into(),
             message.into(),
         ]);
-        full.push(if matches!(signing, Signing::None) { "--no-gpg-sign".into() } else { "-S".into() });
+        full.push(if matches!(signing, Signing::None) {
+            "--no-gpg-sign".into()
+        } else {
+            "-S".into()
+        });
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
         self.git(&refs)?;
         Ok(self.git(&["rev-parse", "HEAD"])?.trim().to_string())

@@ -8,14 +8,22 @@ use super::objects::{parse_actor, split_tag_signature};
 use super::signature::{Signed, check};
 use super::trust::{TrustPolicy, glob_match, parse_signer_list};
 
-const ED25519: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHm0bUb5tR3bEKB1v2Q5tYbF1W2T0jnq1m7m0rQy6p7e";
+const ED25519: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHm0bUb5tR3bEKB1v2Q5tYbF1W2T0jnq1m7m0rQy6p7e";
 
 fn armored(marker: &'static str) -> impl Strategy<Value = String> {
     prop::collection::vec(any::<u8>(), 0..300).prop_map(move |bytes| {
         use base64::Engine;
         let body = base64::engine::general_purpose::STANDARD.encode(bytes);
-        let lines: Vec<&str> = body.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or("")).collect();
-        format!("-----BEGIN {marker}-----\n\n{}\n-----END {marker}-----\n", lines.join("\n"))
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap_or(""))
+            .collect();
+        format!(
+            "-----BEGIN {marker}-----\n\n{}\n-----END {marker}-----\n",
+            lines.join("\n")
+        )
     })
 }
 
