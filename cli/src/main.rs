@@ -64,7 +64,32 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
     }
 }
 
+/// Writes to stdout; a closed pipe (`kars render | head`) ends output quietly instead of failing.
+pub fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
+/// Like `println!`, through [`out`].
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::out(&format!("{}\n", format_args!($($arg)*))) };
+}
+
 fn main() -> ExitCode {
+    // A bug must not greet a user with a Rust backtrace: say what happened and how to report it.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!(
+            "kars: internal error: {info}\nThis is a bug in kars; please report it with the command you ran."
+        );
+    }));
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = match Cli::try_parse() {
         Ok(c) => c,

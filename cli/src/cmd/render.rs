@@ -38,7 +38,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     match &args.out {
         None => {
             let yaml = output::to_yaml(&rendered).map_err(Failure::check)?;
-            print!("{yaml}");
+            crate::out(&yaml);
         }
         Some(dir) => {
             if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {

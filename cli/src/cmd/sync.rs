@@ -102,7 +102,7 @@ async fn run_async(args: Args) -> Result<ExitCode, Failure> {
         Err(e) => return Err(Failure::check(anyhow::anyhow!("{e}"))),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&outcome)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&outcome)?);
     } else {
         let signers: std::collections::BTreeSet<&str> = outcome
             .verification
@@ -125,10 +125,10 @@ async fn run_async(args: Args) -> Result<ExitCode, Failure> {
                 Action::Skipped => "skipped (an earlier object failed)".to_string(),
                 Action::Failed(why) => format!("FAILED: {why}\n    (from {})", o.source),
             };
-            println!("{} {what}", o.object);
+            crate::outln!("{} {what}", o.object);
         }
         for s in &outcome.apply.generated_secrets_created {
-            println!("{s} created (random token, generated in the cluster)");
+            crate::outln!("{s} created (random token, generated in the cluster)");
         }
         let a = &outcome.apply;
         eprintln!(

@@ -29,7 +29,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             "warnings": warnings,
             "diagnostics": report.diagnostics,
         });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         for d in &report.diagnostics {
             eprintln!("{d}");

@@ -66,15 +66,18 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             Err(r) => serde_json::json!({"rev": args.rev, "ok": false, "reason": r.label(), "message": r.to_string()}),
         });
         let out = serde_json::json!({"ok": ok, "tag": tag, "range": verdict});
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         if let Some(t) = &tag_check {
             match t {
-                Ok(a) => println!(
+                Ok(a) => crate::outln!(
                     "tag {} ok {} ({}, {})",
-                    args.rev, a.signer, a.format, a.fingerprint
+                    args.rev,
+                    a.signer,
+                    a.format,
+                    a.fingerprint
                 ),
-                Err(r) => println!("tag {} FAIL {}: {r}", args.rev, r.label()),
+                Err(r) => crate::outln!("tag {} FAIL {}: {r}", args.rev, r.label()),
             }
         }
         for c in &verdict.commits {
@@ -86,13 +89,13 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
                         .iter()
                         .map(|s| format!("{} ({})", s.signer, s.format))
                         .collect();
-                    println!("{short} ok   {}  {}", who.join(" + "), c.summary);
+                    crate::outln!("{short} ok   {}  {}", who.join(" + "), c.summary);
                 }
-                Some(r) => println!("{short} FAIL {}: {r}  [{}]", r.label(), c.summary),
+                Some(r) => crate::outln!("{short} FAIL {}: {r}  [{}]", r.label(), c.summary),
             }
         }
         if let Some(h) = &verdict.history {
-            println!("history FAIL {}: {h}", h.label());
+            crate::outln!("history FAIL {}: {h}", h.label());
         }
         let bad = verdict.commits.iter().filter(|c| !c.ok()).count();
         eprintln!(
