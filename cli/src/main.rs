@@ -5,6 +5,9 @@
 //! checked thing failed (invalid repository, failed verification, failed apply), 2 usage
 //! errors (bad flags, missing files).
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

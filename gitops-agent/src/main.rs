@@ -1,5 +1,8 @@
 //! `kars-gitops-agent`: keeps a cluster equal to the last verified commit of a policy repository.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -39,11 +39,11 @@ pub fn to_yaml(r: &Rendered) -> Result<String, OutputError> {
         ));
     }
     for o in &r.objects {
-        out.push_str("---\n");
         let doc = object_yaml(&o.manifest).map_err(|message| OutputError {
             object: o.key(),
             message,
         })?;
+        out.push_str("---\n");
         out.push_str(&doc);
         if !doc.ends_with('\n') {
             out.push('\n');

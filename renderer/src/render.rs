@@ -136,7 +136,8 @@ pub struct Rendered {
     pub objects: Vec<RenderedObject>,
     /// Secrets the agent must create in-cluster.
     pub generated_secrets: Vec<GeneratedSecret>,
-    /// `sha256:` over the canonical JSON of every object, in order.
+    /// `sha256:` over the object digests (`gitops.kars.io/object-digest`), in apply order,
+    /// one per line.
     pub digest: String,
 }
 
@@ -334,27 +335,29 @@ pub fn render_cluster(
         return Err(ctx.problems);
     }
     let mut objects = ctx.objects;
-    objects.sort_by(|a, b| {
-        (a.wave, a.kind(), a.namespace().unwrap_or(""), a.name()).cmp(&(
-            b.wave,
-            b.kind(),
-            b.namespace().unwrap_or(""),
-            b.name(),
-        ))
+    objects.sort_by_cached_key(|o| {
+        (
+            o.wave,
+            o.kind().to_string(),
+            o.namespace().unwrap_or("").to_string(),
+            o.name().to_string(),
+        )
     });
-    let mut set = String::new();
+    // The set digest covers every object's digest in apply order; each object digest covers the
+    // object's canonical JSON (without the digest annotation itself).
+    let mut set = Vec::with_capacity(objects.len() * 72);
     for o in &mut objects {
-        let digest = canonical::sha256(canonical::json(&o.manifest).as_bytes());
+        let digest = canonical::json_sha256(&o.manifest);
+        set.extend_from_slice(digest.as_bytes());
+        set.push(b'\n');
         o.manifest["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION] = json!(digest);
-        set.push_str(&canonical::json(&o.manifest));
-        set.push('\n');
     }
     let mut secrets = ctx.secrets;
     secrets.sort();
     Ok(Rendered {
         repository: view.config.metadata.name.clone(),
         cluster: view.cluster.name.clone(),
-        digest: canonical::sha256(set.as_bytes()),
+        digest: canonical::sha256(&set),
         objects,
         generated_secrets: secrets,
     })

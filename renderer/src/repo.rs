@@ -61,6 +61,8 @@ pub struct SourceObject {
     pub node: std::sync::Arc<Node>,
     /// The document with CRD defaults applied (kars kinds; otherwise equal to `node`).
     pub defaulted: std::sync::Arc<Node>,
+    /// `defaulted` as JSON (what typed reads deserialise from).
+    pub defaulted_json: std::sync::Arc<serde_json::Value>,
 }
 
 impl SourceObject {
@@ -92,7 +94,7 @@ impl SourceObject {
 
     /// Deserialises the defaulted document into a typed kars object.
     pub fn typed<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
-        serde_json::from_value(self.defaulted.to_json()).map_err(|e| e.to_string())
+        T::deserialize(&*self.defaulted_json).map_err(|e| e.to_string())
     }
 
     /// `metadata.annotations[key]`.
@@ -154,12 +156,13 @@ pub fn load(tree: &RepoTree) -> (Option<LoadedRepo>, Report) {
         return (None, report);
     };
 
-    let mut objects = Vec::new();
-    for (path, bytes) in tree.files() {
-        if path == config::FILE || !is_policy_file(path) {
-            continue;
-        }
-        let mut diags = Diagnostics::new(path);
+    let files: Vec<(&str, &[u8])> = tree
+        .files()
+        .filter(|(path, _)| *path != config::FILE && is_policy_file(path))
+        .collect();
+    let per_file = files.iter().map(|(path, bytes)| {
+        let mut diags = Diagnostics::new(*path);
+        let mut objects = Vec::new();
         match std::str::from_utf8(bytes) {
             Err(_) => diags.error(Pos::default(), "not valid UTF-8 text"),
             Ok(text) => match parse_documents(text, limits) {
@@ -173,6 +176,11 @@ pub fn load(tree: &RepoTree) -> (Option<LoadedRepo>, Report) {
                 }
             },
         }
+        (objects, diags)
+    });
+    let mut objects = Vec::new();
+    for (objs, diags) in per_file {
+        objects.extend(objs);
         report.add(diags);
     }
     report.finish();
@@ -333,6 +341,7 @@ fn check_document(file: &str, doc: Node, diags: &mut Diagnostics) -> Option<Sour
         name,
         namespaced,
         namespace,
+        defaulted_json: std::sync::Arc::new(defaulted.to_json()),
         node: std::sync::Arc::new(doc),
         defaulted: std::sync::Arc::new(defaulted),
     };

@@ -1,5 +1,8 @@
 //! `kars-router`: the sidecar beside every kars agent container.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

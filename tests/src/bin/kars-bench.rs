@@ -8,6 +8,9 @@
 //! Peak memory is the child process's `VmHWM` (peak resident set): each measured phase runs in
 //! its own child process so phases do not inflate each other's peak.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
@@ -95,6 +98,32 @@ fn phase(name: &str, agents: usize, runs: usize) -> Result<()> {
                 }
                 objects = docs;
                 std::hint::black_box(out);
+            }
+            "breakdown" => {
+                // Where the render time goes, step by step (printed to stderr).
+                let tree = RepoTree::from_files(files.iter().map(|(p, b)| (p.clone(), b.clone())));
+                let t0 = Instant::now();
+                let (repo, report) = kars_renderer::repo::load(&tree);
+                let repo = repo.context("load")?;
+                let t1 = Instant::now();
+                let view = repo.for_cluster(None).map_err(|e| anyhow::anyhow!(e))?;
+                let mut report = report;
+                kars_renderer::validate::validate_cluster(&view, &mut report);
+                let t2 = Instant::now();
+                let rendered = kars_renderer::render::render_cluster(&view, &Bundles::none())
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                let t3 = Instant::now();
+                let yaml = kars_renderer::output::to_yaml(&rendered)?;
+                let t4 = Instant::now();
+                objects = rendered.objects.len();
+                std::hint::black_box(yaml);
+                eprintln!(
+                    "load+schema+CEL {:.0} ms, cross-object {:.0} ms, render {:.0} ms, YAML {:.0} ms",
+                    (t1 - t0).as_secs_f64() * 1e3,
+                    (t2 - t1).as_secs_f64() * 1e3,
+                    (t3 - t2).as_secs_f64() * 1e3,
+                    (t4 - t3).as_secs_f64() * 1e3
+                );
             }
             other => bail!("unknown phase {other}"),
         }
