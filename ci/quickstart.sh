@@ -26,11 +26,12 @@ step "starting the local control plane"
 bash ci/cluster.sh up "$state/cluster"
 export KUBECONFIG="$state/cluster/kubeconfig"
 
-step "installing the upstream kars CRDs (kars.azure.com/v1alpha1)"
-"$kubectl" apply --server-side --field-manager kars-quickstart -f renderer/upstream/crds/ 2>&1 | grep -v "unrecognized format" || true
+step "installing the upstream kars CRDs (kars.azure.com/v1alpha1) and the PolicyRepo CRD (gitops.kars.io)"
+"$kubectl" apply --server-side --field-manager kars-quickstart -f renderer/upstream/crds/ -f charts/kars-gitops/crds/ 2>&1 | grep -v "unrecognized format" || true
 "$kubectl" wait --for=condition=Established --timeout=60s crd -l app.kubernetes.io/name=kars >/dev/null 2>&1 ||
   "$kubectl" wait --for=condition=Established --timeout=60s crd --all >/dev/null
-echo "12 kars CRDs established"
+"$kubectl" wait --for=condition=Established --timeout=60s crd/policyrepos.gitops.kars.io >/dev/null
+echo "12 kars CRDs and the PolicyRepo CRD established"
 
 repo="$state/policy-repo"
 keys="$state/keys"
@@ -66,6 +67,7 @@ cat <<MSG
     $kubectl get karssandboxes,inferencepolicies,toolpolicies -A
     $kubectl -n kars-hello-agent get deploy,rs,pods,svc,cm,networkpolicy,sa
     $kubectl get ns -l app.kubernetes.io/managed-by=kars-gitops
+    $kubectl -n kars-gitops-system get policyrepo -o wide    (what is applied, from which commit)
     (pods stay Pending: this control plane has no nodes; everything else is real)
 Change the repository ($repo), commit with -S, and run the sync again:
     $kars sync $repo --once --kubeconfig \$KUBECONFIG --allowed-signers $keys/allowed_signers

@@ -22,6 +22,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "unit tests (cargo test --workspace --exclude kars-e2e)"
 cargo test --workspace --exclude kars-e2e --locked
 
+step "building the binaries the end-to-end tests run (cargo build --workspace --bins)"
+cargo build --workspace --bins --locked
+
 step "end-to-end tests against a real control plane (cargo test -p kars-e2e)"
 cargo test -p kars-e2e --locked -- --test-threads 4
 

@@ -34,7 +34,7 @@ enum Command {
     /// Check the signature of every commit in a range against a trust policy. Exit 1 on failure.
     Verify(cmd::verify::Args),
     /// Verify, render and apply a policy repository to a cluster, once.
-    Sync(cmd::sync::Args),
+    Sync(Box<cmd::sync::Args>),
 }
 
 /// A failure with the exit code it maps to.
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
         Command::Validate(a) => cmd::validate::run(a),
         Command::Render(a) => cmd::render::run(a),
         Command::Verify(a) => cmd::verify::run(a),
-        Command::Sync(a) => cmd::sync::run(a),
+        Command::Sync(a) => cmd::sync::run(*a),
     };
     match result {
         Ok(code) => code,

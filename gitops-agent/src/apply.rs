@@ -390,9 +390,12 @@ impl Applier {
         }
 
         // Dry run of everything that can be checked now.
-        let checks = changed.iter().map(|(i, _)| async move {
-            let o = &rendered.objects[*i];
-            (*i, self.server_apply(o, true).await)
+        // Owned indices: closures over references trip higher-ranked lifetime inference when
+        // the future is spawned.
+        let indices: Vec<usize> = changed.iter().map(|(i, _)| *i).collect();
+        let checks = indices.into_iter().map(|i| async move {
+            let o = &rendered.objects[i];
+            (i, self.server_apply(o, true).await)
         });
         let results: Vec<(usize, Result<(), ApplyFailure>)> = stream::iter(checks)
             .buffer_unordered(self.options.concurrency.max(1))
@@ -435,9 +438,10 @@ impl Applier {
             if failed {
                 break;
             }
-            let jobs = members.iter().map(|(i, exists)| async move {
-                let o = &rendered.objects[*i];
-                (*i, *exists, self.server_apply(o, false).await)
+            let owned: Vec<(usize, bool)> = members.clone();
+            let jobs = owned.into_iter().map(|(i, exists)| async move {
+                let o = &rendered.objects[i];
+                (i, exists, self.server_apply(o, false).await)
             });
             let results: Vec<_> = stream::iter(jobs)
                 .buffer_unordered(self.options.concurrency.max(1))
@@ -486,7 +490,7 @@ impl Applier {
         }
         if !failed {
             report.generated_secrets_created = self
-                .ensure_generated_secrets(&rendered.generated_secrets, &mut report.writes)
+                .ensure_generated_secrets(rendered, &mut report.writes)
                 .await?;
         }
         Ok(report)
@@ -634,9 +638,10 @@ impl Applier {
     /// Creates missing generated secrets (random hex tokens); existing ones are never touched.
     async fn ensure_generated_secrets(
         &self,
-        secrets: &[GeneratedSecret],
+        rendered: &Rendered,
         writes: &mut usize,
     ) -> Result<Vec<String>, ApplyError> {
+        let secrets: &[GeneratedSecret] = &rendered.generated_secrets;
         let gvk = GroupVersionKind::gvk("", "v1", "Secret");
         let (ar, _) = self.resource(&gvk).await?;
         let mut created = Vec::new();
@@ -654,7 +659,11 @@ impl Applier {
                         "metadata": {
                             "name": s.name,
                             "namespace": s.namespace,
-                            "labels": {"app.kubernetes.io/managed-by": kars_renderer::render::MANAGED_BY},
+                            "labels": {
+                                "app.kubernetes.io/managed-by": kars_renderer::render::MANAGED_BY,
+                                REPOSITORY_LABEL: rendered.repository,
+                                CLUSTER_LABEL: rendered.cluster,
+                            },
                             "annotations": {"gitops.kars.io/generated": "true", "gitops.kars.io/source": s.source},
                         },
                         "type": "Opaque",

@@ -1,10 +1,17 @@
 //! kars-gitops-agent library: the pipeline the agent and the `kars` CLI share.
 //!
 //! Modules follow the data flow: [`source`] (Git history with gix) → verify (signatures,
-//! trust policy) → render (the `kars-renderer` crate) → [`apply`] (server-side apply, prune,
-//! health) → status. [`sync`] strings one pass together.
+//! trust policy) → render (the `kars-renderer` crate) → [`apply`] (server-side apply), [`prune`],
+//! [`health`] → [`status`] (the PolicyRepo CRD), with [`metrics`] and push [`webhook`]s. [`sync`] strings one pass together.
 
+pub mod agent;
 pub mod apply;
+pub mod health;
+pub mod lease;
+pub mod metrics;
+pub mod prune;
 pub mod source;
+pub mod status;
 pub mod sync;
 pub mod verify;
+pub mod webhook;

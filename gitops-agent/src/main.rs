@@ -3,30 +3,37 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use kars_gitops_agent::agent::{self, AgentConfig};
 use kars_gitops_agent::apply::ApplyOptions;
-use kars_gitops_agent::sync::{SyncError, SyncRequest, kube_client, sync_once};
+use kars_gitops_agent::lease::LeaseConfig;
+use kars_gitops_agent::prune::PruneOptions;
+use kars_gitops_agent::source::Credentials;
+use kars_gitops_agent::status::DEFAULT_NAMESPACE;
+use kars_gitops_agent::sync::{SyncConfig, default_name, kube_client, sync_once};
 use kars_gitops_agent::verify;
 
-/// kars GitOps agent: verify every new commit of a policy repository, render it and apply it
-/// with server-side apply, again and again.
+/// kars GitOps agent: fetch a policy repository, verify every new commit's signature, render it
+/// and apply it with server-side apply, prune what left Git, and report in a PolicyRepo object —
+/// again and again, on an interval, on push webhooks, or when a watched local repository changes.
 #[derive(Parser, Debug)]
 #[command(name = "kars-gitops-agent", version)]
 struct Args {
-    /// The policy repository: a local Git repository path.
+    /// The policy repository: a Git URL (https://, ssh://, git://, file://) or a local path.
     #[arg(long, env = "KARS_REPO")]
-    repo: PathBuf,
-    /// Branch (or tag) to follow.
-    #[arg(long, env = "KARS_BRANCH", default_value = "HEAD")]
-    branch: String,
+    repo: String,
+    /// Branch to follow (default: main for URLs, HEAD for a local path).
+    #[arg(long, env = "KARS_BRANCH")]
+    branch: Option<String>,
     /// Cluster of kars.yaml to render.
     #[arg(long, env = "KARS_CLUSTER")]
     cluster: Option<String>,
-    /// Time between syncs (e.g. 30s, 5m).
+    /// Time between syncs (e.g. 30s, 5m); ±10% jitter is added.
     #[arg(long, env = "KARS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     interval: Duration,
     /// Kubeconfig (default: in-cluster config, then $KUBECONFIG, then ~/.kube/config).
@@ -41,6 +48,51 @@ struct Args {
     /// TrustPolicy file.
     #[arg(long, env = "KARS_TRUST")]
     trust: Option<PathBuf>,
+    /// File with an HTTPS token for the repository.
+    #[arg(long, env = "KARS_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// SSH private key for ssh:// repositories.
+    #[arg(long, env = "KARS_SSH_KEY")]
+    ssh_key: Option<PathBuf>,
+    /// known_hosts for ssh:// repositories.
+    #[arg(long, env = "KARS_KNOWN_HOSTS")]
+    known_hosts: Option<PathBuf>,
+    /// Directory for fetched repositories.
+    #[arg(long, env = "KARS_CACHE_DIR", default_value = "/tmp/kars-gitops-cache")]
+    cache_dir: PathBuf,
+    /// Name of the PolicyRepo status object (default: from the repository URL).
+    #[arg(long, env = "KARS_NAME")]
+    name: Option<String>,
+    /// Namespace of the PolicyRepo object and the leader-election Lease.
+    #[arg(long, env = "KARS_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// Address of /healthz, /readyz, /metrics and the webhook receiver.
+    #[arg(long, env = "KARS_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// File with the push-webhook HMAC secret (GitHub and Gitea).
+    #[arg(long, env = "KARS_WEBHOOK_SECRET_FILE")]
+    webhook_secret_file: Option<PathBuf>,
+    /// Elect a leader with a Lease (run several replicas safely).
+    #[arg(long, env = "KARS_LEADER_ELECTION")]
+    leader_election: bool,
+    /// This replica's identity for leader election (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Do not delete objects that left Git.
+    #[arg(long)]
+    no_prune: bool,
+    /// Refuse a sync that would delete more than this share of the inventory (percent).
+    #[arg(long, default_value_t = 30)]
+    max_delete_percent: u32,
+    /// Do not restore fields changed by hand (drift is then only reported).
+    #[arg(long)]
+    no_self_heal: bool,
+    /// Wait this long for applied objects to become healthy.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    health_timeout: Duration,
+    /// Watch a local repository for new commits (ignored for URLs).
+    #[arg(long)]
+    watch: bool,
     /// Run one sync and exit (0 when the cluster matches the verified head).
     #[arg(long)]
     once: bool,
@@ -50,11 +102,9 @@ struct Args {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = s.trim().split_at(
-        s.trim()
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(s.trim().len()),
-    );
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
         .map_err(|_| format!("{s:?}: expected a number with a unit, e.g. 30s or 5m"))?;
@@ -64,9 +114,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3600,
         _ => return Err(format!("{s:?}: unit must be s, m or h")),
     };
-    if secs == 0 {
-        return Err("the interval must be positive".into());
-    }
     Ok(Duration::from_secs(secs))
 }
 
@@ -97,6 +144,27 @@ async fn main() -> ExitCode {
     }
 }
 
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let trust = verify::load_policy(
         args.trust.as_deref(),
@@ -104,57 +172,74 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.openpgp_keyring.as_deref(),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let token = match &args.token_file {
+        Some(p) => Some(std::fs::read_to_string(p)?.trim().to_string()),
+        None => None,
+    };
+    let sync = SyncConfig {
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| default_name(&args.repo)),
+        source: args.repo.clone(),
+        branch: args.branch.clone(),
+        cluster: args.cluster.clone(),
+        trust,
+        credentials: Credentials {
+            token,
+            username: None,
+            ssh_key: args.ssh_key.clone(),
+            ssh_known_hosts: args.known_hosts.clone(),
+        },
+        cache_dir: args.cache_dir.clone(),
+        status_namespace: args.namespace.clone(),
+        apply: ApplyOptions {
+            self_heal: !args.no_self_heal,
+            ..ApplyOptions::default()
+        },
+        prune: PruneOptions {
+            enabled: !args.no_prune,
+            max_delete_percent: args.max_delete_percent,
+            ..PruneOptions::default()
+        },
+        health_timeout: args.health_timeout,
+        since_override: None,
+    };
     let client = kube_client(args.kubeconfig.as_deref()).await?;
-    let mut last_applied: Option<String> = None;
-    loop {
-        let req = SyncRequest {
-            repo_path: args.repo.clone(),
-            rev: args.branch.clone(),
-            cluster: args.cluster.clone(),
-            since: last_applied.clone(),
-            trust: trust.clone(),
-        };
-        let ok = match sync_once(client.clone(), &req, ApplyOptions::default()).await {
-            Ok(outcome) => {
-                let a = &outcome.apply;
-                tracing::info!(
-                    commit = %outcome.commit,
-                    digest = %outcome.digest,
-                    objects = a.objects.len(),
-                    writes = a.writes,
-                    failed = a.failures().count(),
-                    "sync finished"
-                );
-                for f in a.failures() {
-                    tracing::warn!(object = %f.object, source = %f.source, action = ?f.action, "object not applied");
-                }
-                if a.is_success() {
-                    last_applied = Some(outcome.commit.clone());
-                }
-                a.is_success()
-            }
+    if args.once {
+        let result = sync_once(client, &sync, None, &|| false).await;
+        return Ok(match result {
+            Ok(o) if o.converged() => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::from(1),
             Err(e) => {
-                let problem = match &e {
-                    SyncError::Untrusted(v) => v.first_problem().unwrap_or_default(),
-                    other => other.to_string(),
-                };
-                tracing::error!(reason = e.reason(), error = %problem, "sync failed; the cluster is unchanged");
-                false
-            }
-        };
-        if args.once {
-            return Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
+                tracing::error!(reason = e.reason(), error = %e, "sync failed");
                 ExitCode::from(1)
-            });
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(args.interval) => {}
-            _ = tokio::signal::ctrl_c() => {
-                tracing::info!("interrupted; stopping between syncs");
-                return Ok(ExitCode::SUCCESS);
             }
-        }
+        });
     }
+    let webhook_secret = match &args.webhook_secret_file {
+        Some(p) => Some(std::fs::read(p)?.trim_ascii().to_vec()),
+        None => None,
+    };
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| format!("kars-gitops-{}", std::process::id()))
+    });
+    let lease = args.leader_election.then(|| LeaseConfig {
+        namespace: args.namespace.clone(),
+        name: format!("{}-leader", sync.name),
+        identity,
+        duration: Duration::from_secs(30),
+    });
+    let cfg = AgentConfig {
+        sync,
+        interval: args.interval,
+        listen: args.listen,
+        webhook_secret,
+        lease,
+        watch_local: args.watch,
+    };
+    agent::run(client, cfg, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
 }

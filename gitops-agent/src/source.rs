@@ -39,6 +39,14 @@ pub enum GitSourceError {
         /// gix's message.
         message: String,
     },
+    /// Fetching failed (network, authentication, missing branch).
+    #[error("fetching {url}: {message}")]
+    Fetch {
+        /// The URL (credentials removed).
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The tree violates a safety rule (symlink escape, size, path).
     #[error("commit {commit}: {source}")]
     Tree {
@@ -129,4 +137,201 @@ pub fn read_tree(
             source,
         },
     )
+}
+
+/// Credentials for fetching.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// HTTPS: a token sent as the password (username `x-access-token` unless given).
+    pub token: Option<String>,
+    /// HTTPS username for the token.
+    pub username: Option<String>,
+    /// SSH: private key file.
+    pub ssh_key: Option<std::path::PathBuf>,
+    /// SSH: known_hosts file; without it host keys are not checked (loopback tests only).
+    pub ssh_known_hosts: Option<std::path::PathBuf>,
+}
+
+/// What a fetch found.
+#[derive(Clone, Debug)]
+pub struct Fetched {
+    /// The local (bare) repository holding the fetched history.
+    pub repo_path: std::path::PathBuf,
+    /// The head of the followed branch.
+    pub head: gix::ObjectId,
+    /// False when the remote head was already present locally and no pack was downloaded.
+    pub downloaded: bool,
+}
+
+/// True for URLs gix fetches from (`https://`, `http://`, `ssh://`, `git://`, `file://`, scp-like
+/// `user@host:path`); false for plain local paths.
+pub fn is_remote_url(source: &str) -> bool {
+    source.contains("://")
+        || (source.contains('@') && source.contains(':') && !source.starts_with('/'))
+}
+
+/// The cache directory for a URL (one bare repository per URL).
+pub fn cache_dir_for(cache_root: &Path, url: &str) -> std::path::PathBuf {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(url.as_bytes()));
+    cache_root.join(&digest[..16])
+}
+
+/// Fetches `branch` (and approval tags under `refs/tags/<approval_prefix>`) from `url` into a bare
+/// cache repository under `cache_root`. The cache keeps full history (never shallow), so ranges
+/// can be verified. When the remote head is already in the cache, no pack is downloaded.
+pub fn fetch(
+    cache_root: &Path,
+    url: &str,
+    branch: &str,
+    approval_prefix: &str,
+    creds: &Credentials,
+) -> Result<Fetched, GitSourceError> {
+    use std::sync::atomic::AtomicBool;
+    let fail = |message: String| GitSourceError::Fetch {
+        url: redact(url),
+        message,
+    };
+    let dir = cache_dir_for(cache_root, url);
+    let repo = if dir.join("HEAD").exists() {
+        gix::open(&dir).map_err(|e| fail(format!("opening the cache {}: {e}", dir.display())))?
+    } else {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
+        gix::init_bare(&dir)
+            .map_err(|e| fail(format!("creating the cache {}: {e}", dir.display())))?
+    };
+    if let Some(key) = &creds.ssh_key {
+        write_ssh_command(&dir, key, creds.ssh_known_hosts.as_deref())
+            .map_err(|e| fail(format!("configuring ssh: {e}")))?;
+    }
+    let repo = if creds.ssh_key.is_some() {
+        gix::open(&dir).map_err(|e| fail(e.to_string()))?
+    } else {
+        repo
+    };
+    let tracking = format!("refs/remotes/origin/{branch}");
+    let specs = [
+        format!("+refs/heads/{branch}:{tracking}"),
+        format!("+refs/tags/{approval_prefix}*:refs/tags/{approval_prefix}*"),
+    ];
+    let remote = repo
+        .remote_at(url)
+        .map_err(|e| fail(format!("invalid URL: {e}")))?
+        .with_refspecs(
+            specs.iter().map(String::as_str),
+            gix::remote::Direction::Fetch,
+        )
+        .map_err(|e| fail(format!("refspec: {e}")))?;
+    let connection = remote
+        .connect(gix::remote::Direction::Fetch)
+        .map_err(|e| fail(format!("cannot connect: {e}")))?;
+    let token = creds.token.clone();
+    let username = creds
+        .username
+        .clone()
+        .unwrap_or_else(|| "x-access-token".to_string());
+    let connection = connection.with_credentials(move |action| match action {
+        gix::credentials::helper::Action::Get(ctx) => match &token {
+            Some(t) => Ok(Some(gix::credentials::protocol::Outcome {
+                identity: gix::sec::identity::Account {
+                    username: username.clone(),
+                    password: t.clone(),
+                    oauth_refresh_token: None,
+                },
+                next: ctx.into(),
+            })),
+            None => Ok(None),
+        },
+        _ => Ok(None),
+    });
+    let prepare = connection
+        .prepare_fetch(gix::progress::Discard, Default::default())
+        .map_err(|e| fail(format!("listing remote refs: {e}")))?;
+    let wanted = format!("refs/heads/{branch}");
+    let remote_head = prepare
+        .ref_map()
+        .remote_refs
+        .iter()
+        .find_map(|r| {
+            let (name, target, peeled) = r.unpack();
+            (name == wanted.as_bytes())
+                .then(|| peeled.or(target).map(ToOwned::to_owned))
+                .flatten()
+        })
+        .ok_or_else(|| fail(format!("the remote has no branch {branch:?}")))?;
+    let have_it = repo.find_commit(remote_head).is_ok();
+    let local_ref_current = repo
+        .find_reference(tracking.as_str())
+        .ok()
+        .and_then(|r| r.target().try_id().map(ToOwned::to_owned))
+        == Some(remote_head);
+    if have_it && local_ref_current {
+        // Nothing new: the connection is dropped without downloading a pack.
+        return Ok(Fetched {
+            repo_path: dir,
+            head: remote_head,
+            downloaded: false,
+        });
+    }
+    prepare
+        .receive(gix::progress::Discard, &AtomicBool::new(false))
+        .map_err(|e| fail(format!("fetching: {e}")))?;
+    let repo = gix::open(&dir).map_err(|e| fail(e.to_string()))?;
+    let head = repo
+        .find_reference(tracking.as_str())
+        .ok()
+        .and_then(|r| r.target().try_id().map(ToOwned::to_owned))
+        .ok_or_else(|| fail(format!("{tracking} missing after the fetch")))?;
+    Ok(Fetched {
+        repo_path: dir,
+        head,
+        downloaded: true,
+    })
+}
+
+/// Removes credentials from a URL for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn write_ssh_command(dir: &Path, key: &Path, known_hosts: Option<&Path>) -> std::io::Result<()> {
+    let checking = match known_hosts {
+        Some(f) => format!(
+            "-o UserKnownHostsFile={} -o StrictHostKeyChecking=yes",
+            f.display()
+        ),
+        None => "-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no".to_string(),
+    };
+    let cmd = format!(
+        "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes {checking}",
+        key.display()
+    );
+    let config = dir.join("config");
+    let existing = std::fs::read_to_string(&config).unwrap_or_default();
+    if existing.contains(&cmd) {
+        return Ok(());
+    }
+    let kept: String = existing
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("sshCommand"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, format!("{kept}[core]\n\tsshCommand = {cmd}\n"))
+}
+
+/// Refuses shallow repositories: their history cannot be verified.
+pub fn ensure_not_shallow(repo: &gix::Repository, path: &Path) -> Result<(), GitSourceError> {
+    if repo.is_shallow().unwrap_or(false) {
+        return Err(GitSourceError::Fetch {
+            url: path.display().to_string(),
+            message: "the repository is shallow, so its history cannot be verified; run `git fetch --unshallow`".into(),
+        });
+    }
+    Ok(())
 }

@@ -1,30 +1,96 @@
-//! One sync: source → verify → render → apply, the code path both `kars sync` and the agent run.
+//! One sync: source → verify → render → apply → prune → health → status. Both the agent and
+//! `kars sync` run this function, against the same `PolicyRepo` status object, so either one
+//! continues where the other stopped (last applied commit, inventory).
+//!
+//! Failure semantics: a source, verification or render failure applies nothing and deletes
+//! nothing; an apply failure (the API server refused an object, even in the dry run) writes
+//! nothing when caught by the dry run, and never prunes; pruning runs only after every object
+//! applied. The status says which step failed, why, and for which object.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use kars_renderer::source::SourceLimits;
 use kars_renderer::{Bundles, RenderError, Rendered};
 
-use crate::apply::{Applier, ApplyError, ApplyOptions, ApplyReport};
-use crate::source::{self, GitSourceError};
+use crate::apply::{Action, Applier, ApplyError, ApplyOptions, ApplyReport};
+use crate::health::{self, HealthReport};
+use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
+use crate::prune::{self, PruneOptions, PruneResult};
+use crate::source::{self, Credentials, GitSourceError};
+use crate::status::{
+    self, InventoryEntry, ObjectFailure, PolicyRepoSpec, PolicyRepoStatus, SyncCounts,
+    set_condition,
+};
 use crate::verify::{RangeVerdict, TrustPolicy, Verifier, range::VerifyError, unix_now};
 
-/// What to sync.
+/// What to sync and how.
 #[derive(Clone, Debug)]
-pub struct SyncRequest {
-    /// A local Git repository (working directory or bare).
-    pub repo_path: PathBuf,
-    /// The revision to apply (branch, tag, commit, `HEAD`).
-    pub rev: String,
-    /// The cluster of `kars.yaml` to render (the only one when `None`).
+pub struct SyncConfig {
+    /// A local Git repository path, or a URL (`https://`, `ssh://`, `git://`, `file://`).
+    pub source: String,
+    /// Branch to follow (default: `HEAD` of a local path, `main` for a URL).
+    pub branch: Option<String>,
+    /// Cluster of `kars.yaml` to render.
     pub cluster: Option<String>,
-    /// The last applied commit; commits after it are verified (the whole history when `None`).
-    pub since: Option<String>,
     /// Who may sign.
     pub trust: TrustPolicy,
+    /// Fetch credentials.
+    pub credentials: Credentials,
+    /// Where fetched repositories are cached.
+    pub cache_dir: PathBuf,
+    /// Namespace of the PolicyRepo status object.
+    pub status_namespace: String,
+    /// Name of the PolicyRepo status object.
+    pub name: String,
+    /// Apply options.
+    pub apply: ApplyOptions,
+    /// Prune options (the PolicyRepo spec can tighten them).
+    pub prune: PruneOptions,
+    /// How long to wait for applied objects to become healthy (zero: one look, no waiting).
+    pub health_timeout: Duration,
+    /// Verify from this commit instead of the last applied one (CLI `--since`).
+    pub since_override: Option<String>,
 }
 
-/// The result of a sync that ran to the end (object failures included).
+impl SyncConfig {
+    /// The branch actually followed.
+    pub fn effective_branch(&self) -> String {
+        match &self.branch {
+            Some(b) => b.clone(),
+            None if source::is_remote_url(&self.source) => "main".to_string(),
+            None => "HEAD".to_string(),
+        }
+    }
+}
+
+/// A PolicyRepo name from a source: the last path segment, DNS-label safe.
+pub fn default_name(source: &str) -> String {
+    let last = source
+        .trim_end_matches('/')
+        .rsplit(['/', ':'])
+        .next()
+        .unwrap_or("policy-repo");
+    let last = last.trim_end_matches(".git");
+    let mut s: String = last
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s = s.trim_matches('-').chars().take(63).collect();
+    if s.is_empty() {
+        "policy-repo".into()
+    } else {
+        s
+    }
+}
+
+/// The result of a sync that reached the apply step.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct SyncOutcome {
     /// The commit applied.
@@ -39,12 +105,30 @@ pub struct SyncOutcome {
     pub verification: RangeVerdict,
     /// Per-object results.
     pub apply: ApplyReport,
+    /// Prune results (empty when nothing left Git).
+    pub prune: Vec<(String, PruneResult)>,
+    /// Why pruning was held back, if it was.
+    pub prune_refused: Option<String>,
+    /// Health after the apply.
+    pub health: HealthReport,
+}
+
+impl SyncOutcome {
+    /// True when the cluster matches the verified head (everything applied, pruning done).
+    pub fn converged(&self) -> bool {
+        self.apply.is_success()
+            && self.prune_refused.is_none()
+            && self
+                .prune
+                .iter()
+                .all(|(_, r)| r.leaves_inventory() || matches!(r, PruneResult::WouldDelete))
+    }
 }
 
 /// Why a sync stopped before applying (or could not finish).
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
-    /// Reading the repository failed.
+    /// Reading or fetching the repository failed.
     #[error(transparent)]
     Source(#[from] GitSourceError),
     /// Verification could not run.
@@ -62,9 +146,15 @@ pub enum SyncError {
         #[source]
         source: RenderError,
     },
-    /// Applying could not run.
+    /// Applying could not run (API server unreachable, timeouts).
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// Reading or writing the status object failed.
+    #[error("PolicyRepo {0}: {1}")]
+    Status(String, kube::Error),
+    /// The PolicyRepo is suspended.
+    #[error("suspended (spec.suspend: true); nothing was synced")]
+    Suspended,
 }
 
 impl SyncError {
@@ -73,61 +163,580 @@ impl SyncError {
         match self {
             SyncError::Source(_) => "SourceUnavailable",
             SyncError::VerifyFailed(_) => "VerificationError",
-            SyncError::Untrusted(_) => "VerificationFailed",
+            SyncError::Untrusted(v) => match (
+                &v.history,
+                v.commits.iter().find_map(|c| c.refusal.as_ref()),
+            ) {
+                (Some(h), _) => h.label(),
+                (None, Some(r)) => r.label(),
+                (None, None) => "VerificationFailed",
+            },
             SyncError::Render { .. } => "RenderFailed",
             SyncError::Apply(e) => e.reason(),
+            SyncError::Status(..) => "StatusUnavailable",
+            SyncError::Suspended => "Suspended",
         }
     }
 }
 
-/// Resolves, verifies and renders one revision of a local repository. Nothing is rendered
-/// unless every commit since the last applied one verifies.
-pub fn verify_and_render(req: &SyncRequest) -> Result<(String, RangeVerdict, Rendered), SyncError> {
-    let repo = source::open(&req.repo_path)?;
-    let commit = source::resolve_commit(&repo, &req.rev)?;
-    let since = match &req.since {
-        Some(s) => Some(source::resolve_commit(&repo, s)?),
+/// A local repository path and head, after fetching when the source is a URL.
+fn resolve_source(
+    cfg: &SyncConfig,
+    approval_prefix: &str,
+) -> Result<(PathBuf, gix::ObjectId, bool), SyncError> {
+    let branch = cfg.effective_branch();
+    if source::is_remote_url(&cfg.source) {
+        let f = source::fetch(
+            &cfg.cache_dir,
+            &cfg.source,
+            &branch,
+            approval_prefix,
+            &cfg.credentials,
+        )?;
+        Ok((f.repo_path, f.head, f.downloaded))
+    } else {
+        let path = PathBuf::from(&cfg.source);
+        let repo = source::open(&path)?;
+        source::ensure_not_shallow(&repo, &path)?;
+        let head = source::resolve_commit(&repo, &branch)?;
+        Ok((path, head, false))
+    }
+}
+
+/// Verifies `since..head` and renders `head`. Nothing is rendered unless everything verifies.
+pub fn verify_and_render(
+    repo_path: &Path,
+    head: gix::ObjectId,
+    since: Option<&str>,
+    trust: &TrustPolicy,
+    cluster: Option<&str>,
+) -> Result<(RangeVerdict, Rendered), SyncError> {
+    let repo = source::open(repo_path)?;
+    let since = match since {
+        Some(s) => match source::resolve_commit(&repo, s) {
+            Ok(id) => Some(id),
+            // The last applied commit vanished from the remote history: a force-push.
+            Err(_) => {
+                return Err(SyncError::Untrusted(Box::new(RangeVerdict {
+                    head: head.to_string(),
+                    since: Some(s.to_string()),
+                    commits: Vec::new(),
+                    history: Some(crate::verify::range::HistoryRefusal::Rollback {
+                        head: head.to_string(),
+                        since: s.to_string(),
+                        need: trust.rollback_min_signers,
+                    }),
+                    rollback_override: false,
+                })));
+            }
+        },
         None => None,
     };
-    let verdict = Verifier::new(&repo, &req.trust, unix_now()).verify_range(since, commit)?;
+    let verdict = Verifier::new(&repo, trust, unix_now()).verify_range(since, head)?;
     if !verdict.ok() {
         return Err(SyncError::Untrusted(Box::new(verdict)));
     }
-    let tree = source::read_tree(&repo, commit, SourceLimits::default())?;
-    let rendered = kars_renderer::render_tree(&tree, req.cluster.as_deref(), &Bundles::none())
-        .map_err(|source| SyncError::Render {
-            commit: commit.to_string(),
-            source,
+    let tree = source::read_tree(&repo, head, SourceLimits::default())?;
+    let rendered =
+        kars_renderer::render_tree(&tree, cluster, &Bundles::none()).map_err(|source| {
+            SyncError::Render {
+                commit: head.to_string(),
+                source,
+            }
         })?;
-    Ok((commit.to_string(), verdict, rendered))
+    Ok((verdict, rendered))
 }
 
-/// Runs one sync against the cluster `client` talks to.
+/// Runs one sync and records it in the PolicyRepo status. `stop` is polled between objects
+/// (graceful shutdown). Returns the outcome, or the error that stopped the sync (already in
+/// the status).
 pub async fn sync_once(
     client: kube::Client,
-    req: &SyncRequest,
-    options: ApplyOptions,
+    cfg: &SyncConfig,
+    metrics: Option<&Metrics>,
+    stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<SyncOutcome, SyncError> {
-    let owned = req.clone();
-    // gix is blocking: keep it off the async workers.
-    let (commit, verification, rendered) =
-        tokio::task::spawn_blocking(move || verify_and_render(&owned))
-            .await
-            .map_err(|e| {
-                SyncError::Source(GitSourceError::Object {
-                    id: req.rev.clone(),
-                    message: format!("reader task failed: {e}"),
+    let started = Instant::now();
+    let spec = PolicyRepoSpec {
+        url: cfg.source.clone(),
+        branch: cfg.branch.clone(),
+        cluster: cfg.cluster.clone(),
+        ..PolicyRepoSpec::default()
+    };
+    let pr = status::get_or_create(&client, &cfg.status_namespace, &cfg.name, spec)
+        .await
+        .map_err(|e| SyncError::Status(cfg.name.clone(), e))?;
+    let generation = pr.metadata.generation;
+    let mut st: PolicyRepoStatus = pr.status.clone().unwrap_or_default();
+    let result = run(&client, cfg, &pr.spec, &mut st, generation, stop).await;
+    let label = match &result {
+        Ok(o) if o.converged() => "success".to_string(),
+        Ok(_) => "partial".to_string(),
+        Err(e) => e.reason().to_string(),
+    };
+    // Summary condition.
+    let (ready, reason, message) = match &result {
+        Ok(o) if o.converged() => (
+            Some(true),
+            "Synced".to_string(),
+            format!("commit {} applied", o.commit),
+        ),
+        Ok(o) => (
+            Some(false),
+            o.prune_refused
+                .as_ref()
+                .map_or("ApplyFailed", |_| "PruneRefused")
+                .to_string(),
+            st.failures
+                .first()
+                .map(|f| format!("{}: {}", f.object, f.message))
+                .or_else(|| o.prune_refused.clone())
+                .unwrap_or_default(),
+        ),
+        Err(SyncError::Suspended) => (None, "Suspended".into(), "spec.suspend is true".into()),
+        Err(e) => (Some(false), e.reason().to_string(), e.to_string()),
+    };
+    set_condition(
+        &mut st.conditions,
+        "Ready",
+        ready,
+        &reason,
+        &message,
+        generation,
+    );
+    st.observed_generation = generation;
+    status::write_status(&client, &cfg.status_namespace, &cfg.name, &st)
+        .await
+        .map_err(|e| SyncError::Status(cfg.name.clone(), e))?;
+    if let Some(m) = metrics {
+        m.sync_duration
+            .get_or_create(&ResultLabel { result: label })
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e @ SyncError::Untrusted(_)) = &result {
+            m.verification_failures
+                .get_or_create(&ReasonLabel {
+                    reason: e.reason().to_string(),
                 })
-            })??;
-    let applier = Applier::new(client, options);
-    let apply = applier.apply(&rendered).await?;
+                .inc();
+        }
+        if let Ok(o) = &result {
+            m.objects_applied.inc_by(
+                o.apply
+                    .count(|a| matches!(a, Action::Created | Action::Configured))
+                    as u64,
+            );
+            m.objects_pruned.inc_by(
+                o.prune
+                    .iter()
+                    .filter(|(_, r)| *r == PruneResult::Deleted)
+                    .count() as u64,
+            );
+            m.write_requests.inc_by(o.apply.writes as u64);
+            if o.converged() {
+                m.last_applied_timestamp.set(unix_now() as f64);
+            }
+        }
+    }
+    result
+}
+
+async fn run(
+    client: &kube::Client,
+    cfg: &SyncConfig,
+    spec: &PolicyRepoSpec,
+    st: &mut PolicyRepoStatus,
+    generation: Option<i64>,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<SyncOutcome, SyncError> {
+    if spec.suspend {
+        return Err(SyncError::Suspended);
+    }
+    st.failures.clear();
+    // Source.
+    let prefix = cfg.trust.approval_tag_prefix.clone();
+    let owned = cfg.clone();
+    let fetched = tokio::task::spawn_blocking(move || resolve_source(&owned, &prefix))
+        .await
+        .map_err(|e| {
+            SyncError::Source(GitSourceError::Object {
+                id: cfg.source.clone(),
+                message: format!("fetch task failed: {e}"),
+            })
+        })?;
+    let (repo_path, head, downloaded) = match fetched {
+        Ok(x) => x,
+        Err(e) => {
+            set_condition(
+                &mut st.conditions,
+                "SourceReady",
+                Some(false),
+                e.reason(),
+                &e.to_string(),
+                generation,
+            );
+            return Err(e);
+        }
+    };
+    st.last_fetched_revision = Some(head.to_string());
+    set_condition(
+        &mut st.conditions,
+        "SourceReady",
+        Some(true),
+        "Fetched",
+        &format!(
+            "head {head}{}",
+            if downloaded {
+                " (new objects downloaded)"
+            } else {
+                ""
+            }
+        ),
+        generation,
+    );
+
+    // Verify and render.
+    let since = cfg
+        .since_override
+        .clone()
+        .or_else(|| st.last_applied_revision.clone());
+    let trust = cfg.trust.clone();
+    let cluster = cfg.cluster.clone();
+    let path = repo_path.clone();
+    let since_for_task = since.clone();
+    let verified = tokio::task::spawn_blocking(move || {
+        verify_and_render(
+            &path,
+            head,
+            since_for_task.as_deref(),
+            &trust,
+            cluster.as_deref(),
+        )
+    })
+    .await
+    .map_err(|e| {
+        SyncError::Source(GitSourceError::Object {
+            id: head.to_string(),
+            message: format!("verify task failed: {e}"),
+        })
+    })?;
+    let (verification, rendered) = match verified {
+        Ok(x) => x,
+        Err(e @ (SyncError::Untrusted(_) | SyncError::VerifyFailed(_))) => {
+            set_condition(
+                &mut st.conditions,
+                "Verified",
+                Some(false),
+                e.reason(),
+                &e.to_string(),
+                generation,
+            );
+            return Err(e);
+        }
+        Err(e) => {
+            set_condition(
+                &mut st.conditions,
+                "Verified",
+                Some(true),
+                "Verified",
+                "every new commit verified",
+                generation,
+            );
+            set_condition(
+                &mut st.conditions,
+                "Rendered",
+                Some(false),
+                e.reason(),
+                &e.to_string(),
+                generation,
+            );
+            return Err(e);
+        }
+    };
+    let signers: std::collections::BTreeSet<String> = verification
+        .commits
+        .iter()
+        .flat_map(|c| c.signers.iter().map(|s| s.signer.clone()))
+        .collect();
+    st.last_verified_revision = Some(head.to_string());
+    set_condition(
+        &mut st.conditions,
+        "Verified",
+        Some(true),
+        "Verified",
+        &format!(
+            "{} new commit(s) verified{}",
+            verification.commits.len(),
+            if signers.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ", signed by {}",
+                    signers.iter().cloned().collect::<Vec<_>>().join(", ")
+                )
+            }
+        ),
+        generation,
+    );
+    set_condition(
+        &mut st.conditions,
+        "Rendered",
+        Some(true),
+        "Rendered",
+        &format!(
+            "{} objects, digest {}",
+            rendered.objects.len(),
+            rendered.digest
+        ),
+        generation,
+    );
+
+    // Apply.
+    let applier = Applier::new(client.clone(), cfg.apply.clone());
+    let apply = match applier.apply(&rendered).await {
+        Ok(a) => a,
+        Err(e) => {
+            set_condition(
+                &mut st.conditions,
+                "Applied",
+                Some(false),
+                e.reason(),
+                &e.to_string(),
+                generation,
+            );
+            return Err(e.into());
+        }
+    };
+    for o in apply.objects.iter() {
+        let (reason, message) = match &o.action {
+            Action::Failed(m) if m.contains("conflict") => ("Conflict", m.clone()),
+            Action::Failed(m) => ("ApplyFailed", m.clone()),
+            Action::Skipped => (
+                "Skipped",
+                "not applied because an earlier object failed".to_string(),
+            ),
+            _ => continue,
+        };
+        st.failures.push(ObjectFailure {
+            object: o.object.clone(),
+            source: o.source.clone(),
+            reason: reason.into(),
+            message,
+        });
+    }
+    let rendered_inventory: Vec<InventoryEntry> =
+        rendered.objects.iter().map(status::entry_of).collect();
+    let old_inventory: Vec<InventoryEntry> = st
+        .inventory
+        .iter()
+        .filter_map(|s| InventoryEntry::parse(s))
+        .collect();
+
+    // Prune, only after every object applied.
+    let mut prune_results = Vec::new();
+    let mut prune_refused = None;
+    if apply.is_success() && !cfg.apply.dry_run {
+        let mut opts = cfg.prune.clone();
+        if let Some(p) = &spec.prune {
+            if let Some(enabled) = p.enabled {
+                opts.enabled = opts.enabled && enabled;
+            }
+            if let Some(max) = p.max_delete_percent {
+                opts.max_delete_percent = max;
+            }
+        }
+        if spec.allow_mass_prune_for.as_deref() == Some(&head.to_string()) {
+            opts.allow_mass_prune = true;
+        }
+        opts.allow_empty = opts.allow_empty || rendered.allow_empty_prune;
+        match prune::plan(&old_inventory, &rendered_inventory, &opts) {
+            Err(refusal) => {
+                prune_refused = Some(refusal.to_string());
+                st.failures.push(ObjectFailure {
+                    object: format!("{} objects", old_inventory.len()),
+                    source: String::new(),
+                    reason: refusal.label().into(),
+                    message: refusal.to_string(),
+                });
+            }
+            Ok(planned) if !planned.is_empty() => {
+                let results = prune::execute(&applier, &rendered.repository, &planned, false, stop)
+                    .await
+                    .map_err(|e| SyncError::Apply(ApplyError::Kube(e)))?;
+                for (e, r) in &results {
+                    if let PruneResult::Failed(m) | PruneResult::Kept(m) = r {
+                        st.failures.push(ObjectFailure {
+                            object: e.key(),
+                            source: String::new(),
+                            reason: "PruneFailed".into(),
+                            message: m.clone(),
+                        });
+                    }
+                }
+                prune_results = results;
+            }
+            Ok(_) => {}
+        }
+    }
+
+    // Inventory: what is applied now, plus what could not be deleted yet.
+    if apply.is_success() && !cfg.apply.dry_run {
+        let mut inv: std::collections::BTreeSet<String> =
+            rendered_inventory.iter().map(ToString::to_string).collect();
+        let deleted: std::collections::BTreeSet<String> = prune_results
+            .iter()
+            .filter(|(_, r)| r.leaves_inventory())
+            .map(|(e, _)| e.to_string())
+            .collect();
+        for e in &old_inventory {
+            if !deleted.contains(&e.to_string())
+                && !rendered_inventory.iter().any(|r| r.key() == e.key())
+            {
+                inv.insert(e.to_string());
+            }
+        }
+        st.inventory = inv.into_iter().collect();
+    } else if st.inventory.is_empty() {
+        // First sync failed part-way: remember what exists, so a later prune can find it.
+        st.inventory = apply
+            .objects
+            .iter()
+            .zip(&rendered.objects)
+            .filter(|(o, _)| {
+                matches!(
+                    o.action,
+                    Action::Created | Action::Configured | Action::Unchanged
+                )
+            })
+            .map(|(_, r)| status::entry_of(r).to_string())
+            .collect();
+    }
+
+    let applied_ok = apply.is_success();
+    set_condition(
+        &mut st.conditions,
+        "Applied",
+        Some(applied_ok && prune_refused.is_none()),
+        if !applied_ok {
+            "ApplyFailed"
+        } else if prune_refused.is_some() {
+            "PruneRefused"
+        } else {
+            "Applied"
+        },
+        &if applied_ok {
+            format!(
+                "{} created, {} configured, {} unchanged, {} pruned; {} write request(s)",
+                apply.count(|a| *a == Action::Created),
+                apply.count(|a| *a == Action::Configured),
+                apply.count(|a| *a == Action::Unchanged),
+                prune_results
+                    .iter()
+                    .filter(|(_, r)| *r == PruneResult::Deleted)
+                    .count(),
+                apply.writes
+            )
+        } else {
+            status::failure_summary(&st.failures)
+        },
+        generation,
+    );
+
+    // Health: wait only when something changed; otherwise one look.
+    let changed = apply.count(|a| matches!(a, Action::Created | Action::Configured)) > 0;
+    let timeout = if changed {
+        cfg.health_timeout
+    } else {
+        Duration::ZERO
+    };
+    let health = health::wait(&applier, &rendered, timeout)
+        .await
+        .map_err(|e| SyncError::Apply(ApplyError::Kube(e)))?;
+    let (h_ok, h_reason, h_msg) = match health.healthy() {
+        Some(true) => (
+            Some(true),
+            "Healthy",
+            if health.unreported > 0 {
+                format!(
+                    "{} objects ready; {} kars object(s) have no status (is the kars controller running?)",
+                    health.checked - health.unreported,
+                    health.unreported
+                )
+            } else {
+                format!("{} objects ready", health.checked)
+            },
+        ),
+        Some(false) => (
+            Some(false),
+            "Unhealthy",
+            health
+                .not_ready
+                .iter()
+                .take(3)
+                .map(|(k, h)| format!("{k}: {h:?}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        None => (
+            None,
+            "Progressing",
+            health
+                .not_ready
+                .iter()
+                .take(3)
+                .map(|(k, h)| format!("{k}: {h:?}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
+    set_condition(
+        &mut st.conditions,
+        "Healthy",
+        h_ok,
+        h_reason,
+        &h_msg,
+        generation,
+    );
+    for (k, h) in &health.not_ready {
+        if let crate::health::ObjectHealth::Unhealthy(m) = h {
+            st.failures.push(ObjectFailure {
+                object: k.clone(),
+                source: String::new(),
+                reason: "Unhealthy".into(),
+                message: m.clone(),
+            });
+        }
+    }
+
+    if applied_ok && !cfg.apply.dry_run {
+        st.last_applied_revision = Some(head.to_string());
+        st.last_applied_signers = signers.into_iter().collect();
+        st.last_applied_at = Some(kars_renderer::time::format_rfc3339(unix_now()));
+        st.rendered_digest = Some(rendered.digest.clone());
+    }
+    st.counts = Some(SyncCounts {
+        rendered: rendered.objects.len() as u32,
+        applied: apply.count(|a| matches!(a, Action::Created | Action::Configured)) as u32,
+        unchanged: apply.count(|a| *a == Action::Unchanged) as u32,
+        pruned: prune_results
+            .iter()
+            .filter(|(_, r)| *r == PruneResult::Deleted)
+            .count() as u32,
+        failed: st.failures.len() as u32,
+        writes: apply.writes as u32,
+    });
     Ok(SyncOutcome {
-        commit,
+        commit: head.to_string(),
         repository: rendered.repository.clone(),
         cluster: rendered.cluster.clone(),
         digest: rendered.digest.clone(),
         verification,
         apply,
+        prune: prune_results
+            .into_iter()
+            .map(|(e, r)| (e.key(), r))
+            .collect(),
+        prune_refused,
+        health,
     })
 }
 
@@ -147,4 +756,18 @@ pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, kube
             .map_err(kube::Error::InferConfig)?,
     };
     kube::Client::try_from(config)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_from_sources() {
+        assert_eq!(super::default_name("/tmp/x/policy-repo"), "policy-repo");
+        assert_eq!(
+            super::default_name("https://git.example/org/Kars_Policies.git"),
+            "kars-policies"
+        );
+        assert_eq!(super::default_name("git@host:org/repo.git"), "repo");
+        assert_eq!(super::default_name("///"), "policy-repo");
+    }
 }

@@ -58,6 +58,18 @@ pub struct ConfigSpec {
     /// Namespaces the repository uses but does not create (they exist already).
     #[serde(default)]
     pub external_namespaces: Vec<String>,
+    /// Pruning opt-ins that must be signed like everything else.
+    #[serde(default)]
+    pub prune: PruneConfig,
+}
+
+/// `spec.prune`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PruneConfig {
+    /// Allow a render that comes out empty to delete everything applied before.
+    #[serde(default)]
+    pub allow_empty: bool,
 }
 
 /// One cluster and the directories it receives.
@@ -103,6 +115,10 @@ properties:
     required: [clusters]
     properties:
       defaultNamespace: {type: string, default: kars-agents, maxLength: 63, pattern: "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}
+      prune:
+        type: object
+        properties:
+          allowEmpty: {type: boolean}
       externalNamespaces:
         type: array
         items: {type: string, maxLength: 63, pattern: "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}

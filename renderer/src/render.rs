@@ -136,6 +136,8 @@ pub struct Rendered {
     pub objects: Vec<RenderedObject>,
     /// Secrets the agent must create in-cluster.
     pub generated_secrets: Vec<GeneratedSecret>,
+    /// `kars.yaml` `spec.prune.allowEmpty`: an empty render may delete everything.
+    pub allow_empty_prune: bool,
     /// `sha256:` over the object digests (`gitops.kars.io/object-digest`), in apply order,
     /// one per line.
     pub digest: String,
@@ -360,6 +362,7 @@ pub fn render_cluster(
         digest: canonical::sha256(&set),
         objects,
         generated_secrets: secrets,
+        allow_empty_prune: view.config.spec.prune.allow_empty,
     })
 }
 

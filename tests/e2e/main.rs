@@ -7,6 +7,7 @@ use libtest_mimic::{Arguments, Trial};
 
 mod harness;
 mod render;
+mod sync;
 mod verify;
 
 fn main() -> std::process::ExitCode {
@@ -15,6 +16,7 @@ fn main() -> std::process::ExitCode {
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(harness::tests());
     trials.extend(render::tests());
+    trials.extend(sync::tests());
     trials.extend(verify::tests());
     let conclusion = libtest_mimic::run(&args, trials);
     kars_e2e::Cluster::shutdown_shared(conclusion.has_failed());

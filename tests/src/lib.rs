@@ -234,27 +234,44 @@ impl Drop for TestNamespace {
     }
 }
 
+pub mod fixture;
 pub mod git;
 
 static CRDS_INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
 
-/// Installs the upstream kars CRDs (`renderer/upstream/crds`) into the shared control plane,
-/// once per run, and waits until they are Established.
+/// Installs the upstream kars CRDs (`renderer/upstream/crds`) and ours
+/// (`charts/kars-gitops/crds`) into the shared control plane, once per run, and waits until
+/// they are Established.
 pub fn install_kars_crds(cluster: &'static Cluster) -> Result<()> {
     CRDS_INSTALLED
         .get_or_init(|| {
-            let dir = workspace_root().join("renderer/upstream/crds");
+            let dirs = [
+                workspace_root().join("renderer/upstream/crds"),
+                workspace_root().join("charts/kars-gitops/crds"),
+            ];
             let run = || -> Result<()> {
+                for dir in &dirs {
+                    let path = dir.to_string_lossy();
+                    let (ok, _, err) = cluster.kubectl(&[
+                        "apply",
+                        "--server-side",
+                        "--field-manager",
+                        "kars-e2e",
+                        "-f",
+                        &path,
+                    ])?;
+                    if !ok {
+                        bail!("installing the CRDs in {path}: {err}");
+                    }
+                }
                 let (ok, _, err) = cluster.kubectl(&[
-                    "apply",
-                    "--server-side",
-                    "--field-manager",
-                    "kars-e2e",
-                    "-f",
-                    &dir.to_string_lossy(),
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd/policyrepos.gitops.kars.io",
                 ])?;
                 if !ok {
-                    bail!("installing the kars CRDs: {err}");
+                    bail!("PolicyRepo CRD not established: {err}");
                 }
                 let (ok, _, err) = cluster.kubectl(&[
                     "wait",

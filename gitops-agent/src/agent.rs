@@ -1,0 +1,270 @@
+//! The long-running agent: triggers (interval with jitter, push webhooks, a watched local
+//! repository), leader election, the HTTP endpoints (`/healthz`, `/readyz`, `/metrics`,
+//! `/hooks/github`, `/hooks/gitea`) and graceful shutdown around [`crate::sync::sync_once`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use tokio::sync::Notify;
+
+use crate::lease::{self, Leadership, LeaseConfig};
+use crate::metrics::Metrics;
+use crate::sync::{SyncConfig, SyncError, sync_once};
+use crate::webhook::{self, HookState, ReplayGuard, TokenBucket};
+
+/// How the agent runs.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// What each sync does.
+    pub sync: SyncConfig,
+    /// Time between syncs (±10% jitter).
+    pub interval: Duration,
+    /// Address of the HTTP endpoints.
+    pub listen: SocketAddr,
+    /// Shared secret of push webhooks (none: webhook endpoints refuse everything).
+    pub webhook_secret: Option<Vec<u8>>,
+    /// Leader election (none: this replica always syncs).
+    pub lease: Option<LeaseConfig>,
+    /// Watch a local source repository for new commits.
+    pub watch_local: bool,
+}
+
+#[derive(Clone)]
+struct Http {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    hooks: HookState,
+}
+
+/// The HTTP router (exposed for tests).
+fn router(http: Http) -> Router {
+    let hooks = Router::new()
+        .route("/hooks/github", post(webhook::github))
+        .route("/hooks/gitea", post(webhook::gitea))
+        .with_state(http.hooks.clone());
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(http)
+        .merge(hooks)
+}
+
+async fn readyz(State(h): State<Http>) -> impl IntoResponse {
+    if h.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "first sync not finished")
+    }
+}
+
+async fn metrics(State(h): State<Http>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        h.metrics.encode(),
+    )
+}
+
+/// Interval with ±10% jitter (from the clock's nanoseconds; no randomness dependency needed).
+fn jittered(interval: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let factor = 0.9 + f64::from(nanos % 1000) / 5000.0; // 0.9 ..= 1.1
+    interval.mul_f64(factor)
+}
+
+/// Watches `.git` of a local repository; every change to refs wakes the sync loop.
+fn watch_repository(
+    path: &std::path::Path,
+    trigger: Arc<Notify>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let git_dir = if path.join(".git").is_dir() {
+        path.join(".git")
+    } else {
+        path.to_path_buf()
+    };
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res
+            && ev.paths.iter().any(|p| {
+                let s = p.to_string_lossy();
+                s.contains("/refs/") || s.ends_with("HEAD") || s.ends_with("packed-refs")
+            })
+        {
+            trigger.notify_one();
+        }
+    })
+    .ok()?;
+    watcher.watch(&git_dir, RecursiveMode::Recursive).ok()?;
+    Some(watcher)
+}
+
+/// Runs until `shutdown` resolves. The sync in progress finishes its current object and
+/// records its status before the agent exits.
+pub async fn run(
+    client: kube::Client,
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let trigger = Arc::new(Notify::new());
+    let stopping = Arc::new(AtomicBool::new(false));
+    let hooks = HookState {
+        secret: Arc::new(cfg.webhook_secret.clone().unwrap_or_default()),
+        replay: Arc::new(Mutex::new(ReplayGuard::new(1024))),
+        limiter: Arc::new(Mutex::new(TokenBucket::new(20, 2.0))),
+        trigger: trigger.clone(),
+    };
+    let http = Http {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+        hooks,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /healthz /readyz /metrics /hooks/github /hooks/gitea");
+    let stop_http = Arc::new(Notify::new());
+    let stop_http_wait = stop_http.clone();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router(http))
+            .with_graceful_shutdown(async move { stop_http_wait.notified().await })
+            .await;
+    });
+    let _watcher = if cfg.watch_local && !crate::source::is_remote_url(&cfg.sync.source) {
+        let w = watch_repository(std::path::Path::new(&cfg.sync.source), trigger.clone());
+        if w.is_some() {
+            tracing::info!(path = %cfg.sync.source, "watching the local repository for new commits");
+        }
+        w
+    } else {
+        None
+    };
+    let stop_flag = stopping.clone();
+    let stop_trigger = trigger.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing the current object, then stopping");
+        stop_flag.store(true, Ordering::SeqCst);
+        stop_trigger.notify_one();
+    });
+
+    let mut leader = cfg.lease.is_none();
+    loop {
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Some(l) = &cfg.lease {
+            match lease::try_acquire(&client, l).await {
+                Ok(Leadership::Leader) => {
+                    if !leader {
+                        tracing::info!(identity = %l.identity, "became the leader");
+                    }
+                    leader = true;
+                }
+                Ok(Leadership::Follower(holder)) => {
+                    if leader {
+                        tracing::warn!(%holder, "lost the lease; not syncing");
+                    }
+                    leader = false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease check failed; not syncing until it succeeds");
+                    leader = false;
+                }
+            }
+        }
+        if leader {
+            // Keep renewing the lease while the sync runs; losing it abandons the sync at the
+            // next object boundary, so two replicas never apply at once.
+            let lost = Arc::new(AtomicBool::new(false));
+            let renewer = cfg.lease.clone().map(|l| {
+                let (client, lost) = (client.clone(), lost.clone());
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(l.duration / 3).await;
+                        match lease::try_acquire(&client, &l).await {
+                            Ok(Leadership::Leader) => {}
+                            _ => {
+                                tracing::warn!("lease lost during a sync; abandoning it");
+                                lost.store(true, Ordering::SeqCst);
+                                return;
+                            }
+                        }
+                    }
+                })
+            });
+            let (stop, lost_flag) = (stopping.clone(), lost.clone());
+            let stop_fn = move || stop.load(Ordering::SeqCst) || lost_flag.load(Ordering::SeqCst);
+            let result = sync_once(client.clone(), &cfg.sync, Some(&metrics), &stop_fn).await;
+            if let Some(r) = renewer {
+                r.abort();
+            }
+            if lost.load(Ordering::SeqCst) {
+                leader = false;
+            }
+            match result {
+                Ok(o) => tracing::info!(
+                    commit = %o.commit,
+                    digest = %o.digest,
+                    converged = o.converged(),
+                    writes = o.apply.writes,
+                    pruned = o.prune.len(),
+                    "sync finished"
+                ),
+                Err(SyncError::Suspended) => tracing::info!("suspended; not syncing"),
+                Err(e) => {
+                    let problem = match &e {
+                        SyncError::Untrusted(v) => v.first_problem().unwrap_or_default(),
+                        other => other.to_string(),
+                    };
+                    tracing::error!(reason = e.reason(), error = %problem, "sync failed; the cluster keeps its last good state");
+                }
+            }
+            ready.store(true, Ordering::Relaxed);
+        } else {
+            ready.store(true, Ordering::Relaxed);
+        }
+        let wait = match &cfg.lease {
+            Some(l) if !leader => l.duration / 3,
+            _ => jittered(cfg.interval),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = trigger.notified() => {
+                // Debounce: let a burst of pushes and hooks settle into one sync.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    if let (Some(l), true) = (&cfg.lease, leader) {
+        let _ = lease::release(&client, l).await;
+    }
+    stop_http.notify_one();
+    let _ = server.await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(100));
+            assert!(
+                d >= Duration::from_secs(90) && d <= Duration::from_secs(110),
+                "{d:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Status: our own `PolicyRepo` CRD (`gitops.kars.io/v1alpha1`), one object per policy
+//! repository and cluster. The spec holds the few knobs people change at run time (suspend,
+//! prune settings, a one-time mass-prune override); the status says what is applied, from which
+//! commit, signed by whom, the inventory used for pruning, and every failure with its object and
+//! reason. Conditions: SourceReady, Verified, Rendered, Applied, Healthy and a summary Ready.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The namespace the agent and the CLI keep PolicyRepo objects in by default.
+pub const DEFAULT_NAMESPACE: &str = "kars-gitops-system";
+/// Field manager for status writes.
+pub const STATUS_MANAGER: &str = "kars-gitops-status";
+
+/// What to reconcile and how.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "gitops.kars.io",
+    version = "v1alpha1",
+    kind = "PolicyRepo",
+    namespaced,
+    status = "PolicyRepoStatus",
+    shortname = "prepo",
+    printcolumn = r#"{"name":"Applied","type":"string","jsonPath":".status.lastAppliedRevision"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRepoSpec {
+    /// The Git URL (`https://`, `ssh://`, `file://`) or local path of the policy repository.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    /// Branch to follow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    /// Cluster of `kars.yaml` this agent renders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Stop syncing (the cluster keeps its current state).
+    #[serde(default)]
+    pub suspend: bool,
+    /// Pruning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneSpec>,
+    /// One-time override of the prune threshold: the commit id whose mass deletion is approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_mass_prune_for: Option<String>,
+}
+
+/// Pruning settings.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PruneSpec {
+    /// Delete objects that left Git (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Stop and report instead of deleting when a sync would delete more than this share of
+    /// the inventory (percent, default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delete_percent: Option<u32>,
+}
+
+/// One object that could not be applied, pruned or made healthy.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectFailure {
+    /// `kind/namespace/name`.
+    pub object: String,
+    /// Repository file it comes from.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+    /// Stable reason (`ApplyFailed`, `Conflict`, `PruneFailed`, `Unhealthy`, …).
+    pub reason: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// What is applied and how it went.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRepoStatus {
+    /// SourceReady, Verified, Rendered, Applied, Healthy, Ready.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// Generation of the spec last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Head commit seen at the last fetch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fetched_revision: Option<String>,
+    /// Last commit whose whole range verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_revision: Option<String>,
+    /// Last commit fully applied (the next sync verifies from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_revision: Option<String>,
+    /// Who signed the commits applied last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_applied_signers: Vec<String>,
+    /// When the last apply finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_applied_at: Option<String>,
+    /// Digest of the rendered set last applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendered_digest: Option<String>,
+    /// Every object applied by the last successful sync, `apiVersion|kind|namespace|name`
+    /// (namespace empty for cluster-scoped objects). Pruning deletes only from this list.
+    #[serde(default)]
+    pub inventory: Vec<String>,
+    /// Counts of the last sync.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<SyncCounts>,
+    /// Failures of the last sync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<ObjectFailure>,
+}
+
+/// Counts of one sync.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncCounts {
+    /// Objects in the rendered set.
+    pub rendered: u32,
+    /// Objects created or changed.
+    pub applied: u32,
+    /// Objects unchanged (no request sent).
+    pub unchanged: u32,
+    /// Objects deleted by pruning.
+    pub pruned: u32,
+    /// Objects that failed.
+    pub failed: u32,
+    /// Write requests sent.
+    pub writes: u32,
+}
+
+/// One inventory entry.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InventoryEntry {
+    /// `apiVersion`.
+    pub api_version: String,
+    /// `kind`.
+    pub kind: String,
+    /// Namespace (`None` for cluster-scoped).
+    pub namespace: Option<String>,
+    /// Name.
+    pub name: String,
+}
+
+impl InventoryEntry {
+    /// Parses `apiVersion|kind|namespace|name`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.split('|');
+        let (a, k, ns, n) = (it.next()?, it.next()?, it.next()?, it.next()?);
+        if it.next().is_some() || a.is_empty() || k.is_empty() || n.is_empty() {
+            return None;
+        }
+        Some(InventoryEntry {
+            api_version: a.to_string(),
+            kind: k.to_string(),
+            namespace: (!ns.is_empty()).then(|| ns.to_string()),
+            name: n.to_string(),
+        })
+    }
+
+    /// `kind/namespace/name` (matches [`kars_renderer::RenderedObject::key`]).
+    pub fn key(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/{ns}/{}", self.kind, self.name),
+            None => format!("{}/{}", self.kind, self.name),
+        }
+    }
+}
+
+impl std::fmt::Display for InventoryEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}|{}|{}|{}",
+            self.api_version,
+            self.kind,
+            self.namespace.as_deref().unwrap_or(""),
+            self.name
+        )
+    }
+}
+
+/// The inventory entry of a rendered object.
+pub fn entry_of(o: &kars_renderer::RenderedObject) -> InventoryEntry {
+    InventoryEntry {
+        api_version: o.api_version().to_string(),
+        kind: o.kind().to_string(),
+        namespace: o.namespace().map(str::to_string),
+        name: o.name().to_string(),
+    }
+}
+
+/// The current time as a Kubernetes `Time`.
+pub fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Sets condition `type_` (keeps `lastTransitionTime` when the status does not change).
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    ok: Option<bool>,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) {
+    let status = match ok {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    };
+    let message: String = message.chars().take(4000).collect();
+    if let Some(c) = conditions.iter_mut().find(|c| c.type_ == type_) {
+        if c.status != status {
+            c.last_transition_time = now();
+        }
+        c.status = status.to_string();
+        c.reason = reason.to_string();
+        c.message = message;
+        c.observed_generation = generation;
+    } else {
+        conditions.push(Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message,
+            observed_generation: generation,
+            last_transition_time: now(),
+        });
+    }
+}
+
+/// Reads the PolicyRepo `name` in `namespace`, creating it (and the namespace) when missing.
+pub async fn get_or_create(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    spec: PolicyRepoSpec,
+) -> Result<PolicyRepo, kube::Error> {
+    let api: Api<PolicyRepo> = Api::namespaced(client.clone(), namespace);
+    if let Some(existing) = api.get_opt(name).await? {
+        return Ok(existing);
+    }
+    let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    if ns_api.get_opt(namespace).await?.is_none() {
+        let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": namespace, "labels": {"app.kubernetes.io/managed-by": "kars-gitops"}}
+        }))
+        .map_err(kube::Error::SerdeError)?;
+        match ns_api.create(&PostParams::default(), &ns).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let mut obj = PolicyRepo::new(name, spec);
+    obj.metadata.namespace = Some(namespace.to_string());
+    match api.create(&PostParams::default(), &obj).await {
+        Ok(o) => Ok(o),
+        Err(kube::Error::Api(s)) if s.code == 409 => api.get(name).await,
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the status (server-side apply on the status subresource, our own field manager).
+pub async fn write_status(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    status: &PolicyRepoStatus,
+) -> Result<(), kube::Error> {
+    let api: Api<PolicyRepo> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "gitops.kars.io/v1alpha1",
+        "kind": "PolicyRepo",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(STATUS_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The CRD manifest of PolicyRepo (what `charts/` installs; a test keeps them equal).
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = serde_json::to_value(PolicyRepo::crd()).unwrap_or_default();
+    kars_renderer::output::object_yaml(&crd).unwrap_or_default()
+}
+
+/// Groups failures for messages: reason → count.
+pub fn failure_summary(failures: &[ObjectFailure]) -> String {
+    let mut by: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in failures {
+        *by.entry(f.reason.as_str()).or_default() += 1;
+    }
+    by.iter()
+        .map(|(r, n)| format!("{n} {r}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inventory_entries_round_trip() {
+        for s in [
+            "v1|ConfigMap|ns|a",
+            "rbac.authorization.k8s.io/v1|ClusterRoleBinding||x",
+        ] {
+            let e = InventoryEntry::parse(s).expect("parse");
+            assert_eq!(e.to_string(), s);
+        }
+        assert_eq!(
+            InventoryEntry::parse("v1|ConfigMap|ns|a")
+                .map(|e| e.key())
+                .as_deref(),
+            Some("ConfigMap/ns/a")
+        );
+        for bad in ["", "v1|ConfigMap", "v1|ConfigMap|ns|", "a|b|c|d|e"] {
+            assert!(InventoryEntry::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn crd_in_the_chart_matches_the_rust_types() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../charts/kars-gitops/crds/policyrepos.gitops.kars.io.yaml");
+        let generated = crd_yaml();
+        if std::env::var_os("KARS_UPDATE_GOLDEN").is_some() {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).expect("mkdir");
+            }
+            std::fs::write(&path, &generated).expect("write");
+        }
+        let in_chart = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            in_chart, generated,
+            "charts/ CRD is stale: KARS_UPDATE_GOLDEN=1 cargo test -p kars-gitops-agent crd"
+        );
+    }
+
+    #[test]
+    fn conditions_keep_transition_time_when_unchanged() {
+        let mut c = Vec::new();
+        set_condition(&mut c, "Applied", Some(true), "Applied", "ok", Some(1));
+        let t = c[0].last_transition_time.clone();
+        set_condition(
+            &mut c,
+            "Applied",
+            Some(true),
+            "Applied",
+            "still ok",
+            Some(2),
+        );
+        assert_eq!(c[0].last_transition_time, t);
+        assert_eq!(c[0].message, "still ok");
+    }
+}

@@ -1,0 +1,712 @@
+//! The agent's sync against the real control plane and real git remotes: push → applied,
+//! refusal of unsigned commits, pruning with its safety rules, drift restored, unreachable
+//! remotes, and fault tests (API server stopped mid-sync, agent killed mid-apply).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kars_e2e::fixture::{GitDaemon, PolicyRepoFixture};
+use kars_e2e::{Cluster, block_on, install_kars_crds, unique_name};
+use kars_gitops_agent::apply::Action;
+use kars_gitops_agent::prune::PruneResult;
+use kars_gitops_agent::status::PolicyRepo;
+use kars_gitops_agent::sync::{SyncError, SyncOutcome, sync_once};
+use kube::api::Api;
+use libtest_mimic::Trial;
+
+use crate::trial;
+
+pub fn tests() -> Vec<Trial> {
+    vec![
+        trial(
+            "sync::signed_push_over_file_and_git_daemon_is_applied",
+            signed_push_is_applied,
+        ),
+        trial(
+            "sync::unsigned_commit_is_refused_and_the_cluster_is_unchanged",
+            unsigned_is_refused,
+        ),
+        trial(
+            "sync::prune_deletes_only_what_left_git_and_is_ours",
+            prune_rules,
+        ),
+        trial(
+            "sync::drift_is_restored_other_managers_fields_are_kept",
+            drift,
+        ),
+        trial(
+            "sync::unreachable_remote_is_reported_and_changes_nothing",
+            unreachable_remote,
+        ),
+        trial(
+            "faults::api_server_stopped_during_a_sync_then_the_next_converges",
+            api_server_stopped,
+        ),
+        trial(
+            "faults::agent_killed_mid_apply_then_restarted_converges",
+            agent_killed,
+        ),
+    ]
+}
+
+fn never_stop() -> bool {
+    false
+}
+
+async fn policy_repo(client: &kube::Client, f: &PolicyRepoFixture) -> Result<PolicyRepo> {
+    let api: Api<PolicyRepo> = Api::namespaced(client.clone(), &format!("{}-status", f.prefix));
+    Ok(api.get(&f.prefix).await?)
+}
+
+fn condition(pr: &PolicyRepo, t: &str) -> (String, String, String) {
+    pr.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == t))
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        .unwrap_or_default()
+}
+
+async fn sync(
+    client: &kube::Client,
+    cfg: &kars_gitops_agent::sync::SyncConfig,
+) -> Result<SyncOutcome, SyncError> {
+    sync_once(client.clone(), cfg, None, &never_stop).await
+}
+
+fn signed_push_is_applied() -> Result<()> {
+    let cluster = Cluster::shared()?;
+    install_kars_crds(cluster)?;
+    let f = PolicyRepoFixture::new(&unique_name("push"), &["a"])?;
+    block_on(async {
+        let client = cluster.client().await?;
+        // file:// remote.
+        let cfg = f.config(&f.file_url())?;
+        let o = sync(&client, &cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            o.converged(),
+            "first sync did not converge: {:?}",
+            o.apply.failures().collect::<Vec<_>>()
+        );
+        let sandboxes: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &f.namespace(),
+            &kube::api::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+                "kars.azure.com",
+                "v1alpha1",
+                "KarsSandbox",
+            )),
+        );
+        sandboxes
+            .get(&f.agent("a"))
+            .await
+            .context("KarsSandbox not applied")?;
+        let deployments: Api<Deployment> =
+            Api::namespaced(client.clone(), &format!("kars-{}", f.agent("a")));
+        deployments
+            .get(&f.agent("a"))
+            .await
+            .context("Deployment not applied")?;
+        let pr = policy_repo(&client, &f).await?;
+        let st = pr.status.clone().unwrap_or_default();
+        ensure!(
+            st.last_applied_revision.as_deref() == Some(o.commit.as_str()),
+            "status revision {:?} != {}",
+            st.last_applied_revision,
+            o.commit
+        );
+        ensure!(
+            st.last_applied_signers == vec!["ops@kars.test".to_string()],
+            "signers {:?}",
+            st.last_applied_signers
+        );
+        ensure!(
+            condition(&pr, "Ready").0 == "True",
+            "Ready: {:?}",
+            condition(&pr, "Ready")
+        );
+        ensure!(!st.inventory.is_empty());
+
+        // A no-op sync sends no writes.
+        let again = sync(&client, &cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            again.apply.writes == 0,
+            "no-op sync sent {} writes",
+            again.apply.writes
+        );
+        ensure!(
+            again
+                .apply
+                .objects
+                .iter()
+                .all(|o| o.action == Action::Unchanged)
+        );
+
+        // git:// remote served by git daemon: a new signed commit is applied.
+        let remote_dir = f.remote.parent().context("remote parent")?.to_path_buf();
+        let daemon = GitDaemon::start(&remote_dir)?;
+        f.add_agent("b", &["pypi.org"])?;
+        let head = f.commit_and_push("add agent b")?;
+        let mut cfg = f.config(&format!("git://127.0.0.1:{}/remote.git", daemon.port))?;
+        cfg.cache_dir = f.path().join("cache-daemon");
+        let o = sync(&client, &cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            o.commit == head && o.converged(),
+            "git:// sync: commit {} (want {head}), converged {}",
+            o.commit,
+            o.converged()
+        );
+        ensure!(
+            o.verification.commits.len() == 1,
+            "only the new commit is verified, got {}",
+            o.verification.commits.len()
+        );
+        let pr = policy_repo(&client, &f).await?;
+        ensure!(pr.status.and_then(|s| s.last_applied_revision).as_deref() == Some(head.as_str()));
+        Ok(())
+    })
+}
+
+fn unsigned_is_refused() -> Result<()> {
+    let cluster = Cluster::shared()?;
+    install_kars_crds(cluster)?;
+    let f = PolicyRepoFixture::new(&unique_name("unsigned"), &["a"])?;
+    block_on(async {
+        let client = cluster.client().await?;
+        let cfg = f.config(&f.file_url())?;
+        let first = sync(&client, &cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cms: Api<ConfigMap> =
+            Api::namespaced(client.clone(), &format!("kars-{}", f.agent("a")));
+        let name = format!("karssandbox-{}-egress-allowlist", f.agent("a"));
+        let before = cms.get(&name).await?.data;
+        // An unsigned commit that would open egress to evil.example.
+        f.add_agent("a", &["evil.example"])?;
+        f.commit_unsigned_and_push("open egress")?;
+        match sync(&client, &cfg).await {
+            Err(SyncError::Untrusted(v)) => ensure!(
+                v.first_problem().is_some_and(|p| p.contains("Unsigned")),
+                "{:?}",
+                v.first_problem()
+            ),
+            other => bail!(
+                "an unsigned commit was not refused: {:?}",
+                other.map(|o| o.commit)
+            ),
+        }
+        ensure!(
+            cms.get(&name).await?.data == before,
+            "the allowlist changed although the commit was refused"
+        );
+        let pr = policy_repo(&client, &f).await?;
+        let (status, reason, _) = condition(&pr, "Verified");
+        ensure!(
+            status == "False" && reason == "Unsigned",
+            "Verified condition: {status} {reason}"
+        );
+        ensure!(
+            pr.status.and_then(|s| s.last_applied_revision).as_deref()
+                == Some(first.commit.as_str()),
+            "last applied revision moved"
+        );
+        Ok(())
+    })
+}
+
+fn prune_rules() -> Result<()> {
+    let cluster = Cluster::shared()?;
+    install_kars_crds(cluster)?;
+    let f = PolicyRepoFixture::new(&unique_name("prune"), &["a", "b"])?;
+    let ns = f.namespace();
+    f.work.write(
+        "policies/keep.yaml",
+        &format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: keepme\n  namespace: {ns}\n  annotations: {{gitops.kars.io/prune: disabled}}\ndata: {{a: b}}\n"),
+    )?;
+    f.commit_and_push("add keepme")?;
+    block_on(async {
+        let client = cluster.client().await?;
+        let cfg = f.config(&f.file_url())?;
+        let o = sync(&client, &cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(o.converged());
+        let b_ns = format!("kars-{}", f.agent("b"));
+        // Someone else's object in b's namespace, and one of b's objects taken over by hand.
+        let (ok, _, err) = cluster.kubectl(&[
+            "-n",
+            &b_ns,
+            "create",
+            "configmap",
+            "foreign",
+            "--from-literal=x=1",
+        ])?;
+        ensure!(ok, "{err}");
+        let approvals = format!("karssandbox-{}-egress-approvals", f.agent("b"));
+        let (ok, _, err) = cluster.kubectl(&[
+            "-n",
+            &b_ns,
+            "label",
+            "configmap",
+            &approvals,
+            "app.kubernetes.io/managed-by-",
+        ])?;
+        ensure!(ok, "{err}");
+
+        // Remove agent b and the keepme ConfigMap: more than 30% of the inventory.
+        f.remove_agent("b")?;
+        f.work.remove("policies/keep.yaml")?;
+        f.commit_and_push("remove agent b")?;
+        let o = sync(&client, &cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            o.prune_refused
+                .as_ref()
+                .is_some_and(|r| r.contains("threshold")),
+            "mass deletion not refused: {:?}",
+            o.prune_refused
+        );
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &b_ns);
+        ensure!(
+            deployments.get_opt(&f.agent("b")).await?.is_some(),
+            "a refused prune deleted something"
+        );
+        let pr = policy_repo(&client, &f).await?;
+        ensure!(
+            condition(&pr, "Applied").1 == "PruneRefused",
+            "Applied: {:?}",
+            condition(&pr, "Applied")
+        );
+
+        // Approve the mass deletion for this commit only.
+        let mut cfg2 = cfg.clone();
+        cfg2.prune.allow_mass_prune = true;
+        let o = sync(&client, &cfg2)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(o.prune_refused.is_none());
+        let result = |suffix: &str| {
+            o.prune
+                .iter()
+                .find(|(k, _)| k.ends_with(suffix))
+                .map(|(_, r)| r.clone())
+        };
+        ensure!(
+            deployments.get_opt(&f.agent("b")).await?.is_none(),
+            "b's Deployment survived"
+        );
+        ensure!(
+            matches!(
+                result(&format!("Deployment/{b_ns}/{}", f.agent("b"))),
+                Some(PruneResult::Deleted)
+            ),
+            "{:?}",
+            o.prune
+        );
+        let keep: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        ensure!(
+            keep.get_opt("keepme").await?.is_some(),
+            "the prune-disabled ConfigMap was deleted"
+        );
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &b_ns);
+        ensure!(
+            cms.get_opt(&approvals).await?.is_some(),
+            "an object that lost our labels was deleted"
+        );
+        ensure!(
+            cms.get_opt("foreign").await?.is_some(),
+            "a foreign object was deleted"
+        );
+        ensure!(
+            matches!(result(&format!("Namespace/{b_ns}")), Some(PruneResult::Kept(m)) if m.contains("foreign")),
+            "namespace with foreign objects: {:?}",
+            result(&format!("Namespace/{b_ns}"))
+        );
+        // The namespace stays in the inventory (retried); the orphans left it.
+        let inv = policy_repo(&client, &f)
+            .await?
+            .status
+            .map(|s| s.inventory)
+            .unwrap_or_default();
+        ensure!(
+            inv.iter().any(|e| e == &format!("v1|Namespace||{b_ns}")),
+            "kept namespace left the inventory"
+        );
+        ensure!(
+            !inv.iter().any(|e| e.contains("keepme")),
+            "orphaned object still in the inventory"
+        );
+        // Agent a is untouched.
+        let a_deploy: Api<Deployment> =
+            Api::namespaced(client.clone(), &format!("kars-{}", f.agent("a")));
+        ensure!(a_deploy.get_opt(&f.agent("a")).await?.is_some());
+        // Once the foreign object is gone, the next sync deletes the namespace.
+        let (ok, _, err) =
+            cluster.kubectl(&["-n", &b_ns, "delete", "configmap", "foreign", &approvals])?;
+        ensure!(ok, "{err}");
+        let o = sync(&client, &cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            o.prune
+                .iter()
+                .any(|(k, r)| k == &format!("Namespace/{b_ns}")
+                    && matches!(r, PruneResult::Deleted | PruneResult::Terminating)),
+            "empty namespace not deleted: {:?}",
+            o.prune
+        );
+        Ok(())
+    })
+}
+
+fn drift() -> Result<()> {
+    let cluster = Cluster::shared()?;
+    install_kars_crds(cluster)?;
+    let f = PolicyRepoFixture::new(&unique_name("drift"), &["a"])?;
+    block_on(async {
+        let client = cluster.client().await?;
+        let cfg = f.config(&f.file_url())?;
+        sync(&client, &cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let ns = format!("kars-{}", f.agent("a"));
+        let name = f.agent("a");
+        // By hand: scale (a field we own) and annotate (a field we do not set).
+        let (ok, _, err) =
+            cluster.kubectl(&["-n", &ns, "scale", "deployment", &name, "--replicas=3"])?;
+        ensure!(ok, "{err}");
+        let (ok, _, err) = cluster.kubectl(&[
+            "-n",
+            &ns,
+            "annotate",
+            "deployment",
+            &name,
+            "team.example/owner=alice",
+        ])?;
+        ensure!(ok, "{err}");
+        let o = sync(&client, &cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            o.converged(),
+            "drift repair failed: {:?}",
+            o.apply.failures().collect::<Vec<_>>()
+        );
+        let d: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        let live = d.get(&name).await?;
+        ensure!(
+            live.spec.as_ref().and_then(|s| s.replicas) == Some(1),
+            "replicas not restored"
+        );
+        let ann = live.metadata.annotations.unwrap_or_default();
+        ensure!(
+            ann.get("team.example/owner").map(String::as_str) == Some("alice"),
+            "another manager's field was removed"
+        );
+        // A controller (not a person) owning one of our fields is a conflict, reported, not forced.
+        let patch = format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{replicas: 2}}\n"
+        );
+        let file = f.path().join("hpa-like.yaml");
+        std::fs::write(&file, patch)?;
+        let (ok, _, err) = cluster.kubectl(&[
+            "apply",
+            "--server-side",
+            "--field-manager=autoscaler-controller",
+            "--force-conflicts",
+            "-f",
+            &file.to_string_lossy(),
+        ])?;
+        ensure!(ok, "{err}");
+        let o = sync(&client, &cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let failure = o
+            .apply
+            .failures()
+            .next()
+            .context("a conflict with a controller should be reported")?;
+        ensure!(
+            matches!(&failure.action, Action::Failed(m) if m.contains("conflict") && m.contains("--force-conflicts")),
+            "{:?}",
+            failure.action
+        );
+        ensure!(
+            d.get(&name).await?.spec.and_then(|s| s.replicas) == Some(2),
+            "a controller's field was forced without --force-conflicts"
+        );
+        let pr = policy_repo(&client, &f).await?;
+        ensure!(
+            pr.status
+                .map(|s| s.failures.iter().any(|x| x.reason == "Conflict"))
+                .unwrap_or(false),
+            "conflict not in the status"
+        );
+        Ok(())
+    })
+}
+
+fn unreachable_remote() -> Result<()> {
+    let cluster = Cluster::shared()?;
+    install_kars_crds(cluster)?;
+    let f = PolicyRepoFixture::new(&unique_name("unreach"), &["a"])?;
+    block_on(async {
+        let client = cluster.client().await?;
+        let cfg = f.config(&f.file_url())?;
+        let first = sync(&client, &cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut bad = cfg.clone();
+        bad.source = format!("git://127.0.0.1:{closed}/remote.git");
+        bad.cache_dir = f.path().join("cache-unreachable");
+        match sync(&client, &bad).await {
+            Err(SyncError::Source(e)) => ensure!(e.to_string().contains("127.0.0.1"), "{e}"),
+            other => bail!(
+                "unreachable remote not reported as a source error: {:?}",
+                other.map(|o| o.commit)
+            ),
+        }
+        let pr = policy_repo(&client, &f).await?;
+        let (status, reason, msg) = condition(&pr, "SourceReady");
+        ensure!(
+            status == "False" && reason == "SourceUnavailable",
+            "SourceReady: {status} {reason} {msg}"
+        );
+        ensure!(
+            pr.status.and_then(|s| s.last_applied_revision).as_deref()
+                == Some(first.commit.as_str())
+        );
+        let d: Api<Deployment> = Api::namespaced(client.clone(), &format!("kars-{}", f.agent("a")));
+        ensure!(
+            d.get_opt(&f.agent("a")).await?.is_some(),
+            "objects changed while the remote was unreachable"
+        );
+        Ok(())
+    })
+}
+
+/// A private control plane for a fault test (the shared one must keep running).
+struct PrivateCluster {
+    dir: tempfile::TempDir,
+}
+
+impl PrivateCluster {
+    fn up() -> Result<PrivateCluster> {
+        let dir = tempfile::tempdir()?;
+        let script = kars_e2e::workspace_root().join("ci/cluster.sh");
+        let ok = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("up")
+            .arg(dir.path())
+            .status()?
+            .success();
+        ensure!(ok, "private control plane did not start");
+        Ok(PrivateCluster { dir })
+    }
+    fn kubeconfig(&self) -> std::path::PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+    fn stop(&self) -> Result<()> {
+        let script = kars_e2e::workspace_root().join("ci/cluster.sh");
+        std::process::Command::new("bash")
+            .arg(&script)
+            .arg("down")
+            .arg(self.dir.path())
+            .status()?;
+        Ok(())
+    }
+    fn start_again(&self) -> Result<()> {
+        let script = kars_e2e::workspace_root().join("ci/cluster.sh");
+        ensure!(
+            std::process::Command::new("bash")
+                .arg(&script)
+                .arg("up")
+                .arg(self.dir.path())
+                .status()?
+                .success()
+        );
+        Ok(())
+    }
+    fn install_crds(&self) -> Result<()> {
+        let kubectl = kars_e2e::tool_path("control-plane", "kubectl")?;
+        for d in ["renderer/upstream/crds", "charts/kars-gitops/crds"] {
+            let out = std::process::Command::new(&kubectl)
+                .env("KUBECONFIG", self.kubeconfig())
+                .args(["apply", "--server-side", "-f"])
+                .arg(kars_e2e::workspace_root().join(d))
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let out = std::process::Command::new(&kubectl)
+            .env("KUBECONFIG", self.kubeconfig())
+            .args([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd",
+                "--all",
+            ])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+async fn client_for(kubeconfig: &std::path::Path) -> Result<kube::Client> {
+    Ok(kars_gitops_agent::sync::kube_client(Some(kubeconfig)).await?)
+}
+
+fn many_agents(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i:03}")).collect()
+}
+
+fn api_server_stopped() -> Result<()> {
+    let pc = PrivateCluster::up()?;
+    pc.install_crds()?;
+    let agents = many_agents("x", 40);
+    let refs: Vec<&str> = agents.iter().map(String::as_str).collect();
+    let f = PolicyRepoFixture::new(&unique_name("apistop"), &refs)?;
+    let cfg = f.config(&f.file_url())?;
+    let stop_after = Duration::from_millis(1500);
+    // Stop the API server while the sync runs.
+    let result = block_on(async {
+        let client = client_for(&pc.kubeconfig()).await?;
+        let sync_task = tokio::spawn({
+            let cfg = cfg.clone();
+            async move { sync_once(client, &cfg, None, &never_stop).await }
+        });
+        tokio::time::sleep(stop_after).await;
+        let dir = pc.dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let pid =
+                std::fs::read_to_string(dir.join("run/kube-apiserver.pid")).unwrap_or_default();
+            std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.trim())
+                .status()
+        })
+        .await??;
+        match tokio::time::timeout(Duration::from_secs(120), sync_task).await {
+            Ok(Ok(Ok(o))) if o.converged() => {
+                bail!("the sync finished before the API server stopped; raise the agent count")
+            }
+            Ok(Ok(Ok(_))) | Ok(Ok(Err(_))) => Ok(()),
+            Ok(Err(e)) => bail!("the sync task panicked: {e}"),
+            Err(_) => bail!("the sync hung for 120 s after the API server stopped"),
+        }
+    });
+    result?;
+    pc.stop()?;
+    pc.start_again()?;
+    block_on(async {
+        let client = client_for(&pc.kubeconfig()).await?;
+        let o = sync_once(client.clone(), &cfg, None, &never_stop)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            o.converged(),
+            "did not converge after the API server came back: {:?}",
+            o.apply.failures().collect::<Vec<_>>()
+        );
+        let again = sync_once(client, &cfg, None, &never_stop)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            again.apply.writes == 0,
+            "not converged: {} writes on the next sync",
+            again.apply.writes
+        );
+        Ok(())
+    })
+}
+
+fn agent_killed() -> Result<()> {
+    let pc = PrivateCluster::up()?;
+    pc.install_crds()?;
+    let agents = many_agents("k", 40);
+    let refs: Vec<&str> = agents.iter().map(String::as_str).collect();
+    let f = PolicyRepoFixture::new(&unique_name("sigkill"), &refs)?;
+    let agent = kars_e2e::workspace_root().join("target/debug/kars-gitops-agent");
+    ensure!(
+        agent.exists(),
+        "{} is not built (cargo build -p kars-gitops-agent)",
+        agent.display()
+    );
+    let run_agent = || {
+        let mut c = std::process::Command::new(&agent);
+        c.args([
+            "--once",
+            "--branch",
+            "main",
+            "--name",
+            &f.prefix,
+            "--namespace",
+            &format!("{}-status", f.prefix),
+        ])
+        .arg("--repo")
+        .arg(f.file_url())
+        .arg("--kubeconfig")
+        .arg(pc.kubeconfig())
+        .arg("--allowed-signers")
+        .arg(&f.allowed_signers)
+        .arg("--cache-dir")
+        .arg(f.path().join("agent-cache"))
+        .args(["--health-timeout", "0s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+        c
+    };
+    let mut child = run_agent().spawn()?;
+    std::thread::sleep(Duration::from_millis(2500));
+    let killed_mid_sync = child.try_wait()?.is_none();
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    ensure!(
+        killed_mid_sync,
+        "the agent finished before it was killed; raise the agent count"
+    );
+    let status = run_agent().status()?;
+    ensure!(
+        status.success(),
+        "the restarted agent did not converge (exit {status})"
+    );
+    block_on(async {
+        let client = client_for(&pc.kubeconfig()).await?;
+        let cfg = f.config(&f.file_url())?;
+        let o = sync_once(client, &cfg, None, &never_stop)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ensure!(
+            o.apply.writes == 0 && o.converged(),
+            "after restart: {} writes, converged {}",
+            o.apply.writes,
+            o.converged()
+        );
+        Ok(())
+    })
+}

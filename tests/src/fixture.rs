@@ -1,0 +1,210 @@
+//! A policy repository for end-to-end tests: agents with unique names, signed commits, a bare
+//! remote to push to, and the trust files that go with it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use kars_gitops_agent::apply::ApplyOptions;
+use kars_gitops_agent::prune::PruneOptions;
+use kars_gitops_agent::source::Credentials;
+use kars_gitops_agent::sync::SyncConfig;
+use kars_gitops_agent::verify;
+
+use crate::git::{Keys, Repo, Signing, run};
+
+/// A signed policy repository and its bare remote.
+pub struct PolicyRepoFixture {
+    /// Temporary directory holding everything.
+    pub dir: tempfile::TempDir,
+    /// Keys.
+    pub keys: Keys,
+    /// The working repository.
+    pub work: Repo,
+    /// The bare remote (`file://` URL: [`PolicyRepoFixture::file_url`]).
+    pub remote: PathBuf,
+    /// The signer's key.
+    pub signer: PathBuf,
+    /// allowed_signers for the signer.
+    pub allowed_signers: PathBuf,
+    /// Unique prefix of every name in this repository.
+    pub prefix: String,
+}
+
+/// The YAML of one agent folder (BYO runtime, governance on with its own ToolPolicy).
+pub fn agent_files(agent: &str, namespace: &str, hosts: &[&str]) -> Vec<(String, String)> {
+    let endpoints: String = hosts
+        .iter()
+        .map(|h| format!("      - {{host: {h}, port: 443}}\n"))
+        .collect();
+    vec![
+        (
+            format!("agents/{agent}/sandbox.yaml"),
+            format!(
+                "apiVersion: kars.azure.com/v1alpha1\nkind: KarsSandbox\nmetadata:\n  name: {agent}\n  namespace: {namespace}\nspec:\n  runtime:\n    kind: BYO\n    byo: {{image: example.invalid/agent:1, contractVersion: v1}}\n  sandbox: {{isolation: standard}}\n  inferenceRef: {{name: {agent}-inference}}\n  governance:\n    enabled: true\n    toolPolicyRef: {{name: {agent}-tools}}\n  networkPolicy:\n    egressMode: Strict\n    allowedEndpoints:\n{endpoints}"
+            ),
+        ),
+        (
+            format!("agents/{agent}/inference.yaml"),
+            format!(
+                "apiVersion: kars.azure.com/v1alpha1\nkind: InferencePolicy\nmetadata:\n  name: {agent}-inference\n  namespace: {namespace}\nspec:\n  appliesTo: {{sandboxName: {agent}}}\n  modelPreference:\n    primary: {{provider: azure-openai, deployment: gpt-4.1}}\n"
+            ),
+        ),
+        (
+            format!("agents/{agent}/tools.yaml"),
+            format!(
+                "apiVersion: kars.azure.com/v1alpha1\nkind: ToolPolicy\nmetadata:\n  name: {agent}-tools\n  namespace: {namespace}\nspec:\n  appliesTo:\n    sandboxMatchLabels: {{kars.azure.com/sandbox: {agent}}}\n  agtProfile:\n    inline: |\n      version: \"1.0\"\n      agent: {agent}\n      policies: []\n"
+            ),
+        ),
+    ]
+}
+
+impl PolicyRepoFixture {
+    /// A repository named `<prefix>` whose objects live in namespace `<prefix>-ns`, with
+    /// `agents` (names are prefixed), committed and pushed with a signature.
+    pub fn new(prefix: &str, agents: &[&str]) -> Result<PolicyRepoFixture> {
+        let dir = tempfile::tempdir()?;
+        let keys = Keys::new(dir.path())?;
+        let signer = keys.ssh("signer", "ed25519", "ops@kars.test")?;
+        let allowed_signers =
+            keys.allowed_signers("allowed_signers", &[("ops@kars.test", &signer, "")])?;
+        let work = Repo::init(&dir.path().join("work"), &keys)?;
+        let remote = dir.path().join("remote.git");
+        run(std::process::Command::new("git")
+            .args(["init", "-q", "--bare", "-b", "main"])
+            .arg(&remote))?;
+        work.git(&["remote", "add", "origin", &remote.to_string_lossy()])?;
+        let f = PolicyRepoFixture {
+            dir,
+            keys,
+            work,
+            remote,
+            signer,
+            allowed_signers,
+            prefix: prefix.to_string(),
+        };
+        f.work.write(
+            "kars.yaml",
+            &format!(
+                "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {{name: {prefix}}}\nspec:\n  defaultNamespace: {prefix}-ns\n  clusters: [{{name: test, paths: [agents, policies]}}]\n"
+            ),
+        )?;
+        for a in agents {
+            f.add_agent(a, &["api.example.com"])?;
+        }
+        f.commit_and_push("initial policies")?;
+        Ok(f)
+    }
+
+    /// The namespace of the repository's kars objects.
+    pub fn namespace(&self) -> String {
+        format!("{}-ns", self.prefix)
+    }
+
+    /// The full (prefixed) name of an agent.
+    pub fn agent(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    /// Writes an agent folder.
+    pub fn add_agent(&self, short: &str, hosts: &[&str]) -> Result<()> {
+        for (path, body) in agent_files(&self.agent(short), &self.namespace(), hosts) {
+            self.work.write(&path, &body)?;
+        }
+        Ok(())
+    }
+
+    /// Removes an agent folder.
+    pub fn remove_agent(&self, short: &str) -> Result<()> {
+        self.work.remove(&format!("agents/{}", self.agent(short)))
+    }
+
+    /// Commits everything signed by the trusted signer and pushes; returns the commit id.
+    pub fn commit_and_push(&self, message: &str) -> Result<String> {
+        let id = self
+            .work
+            .commit(message, "ops@kars.test", &Signing::Ssh(self.signer.clone()))?;
+        self.work.git(&["push", "-q", "origin", "HEAD:main"])?;
+        Ok(id)
+    }
+
+    /// Commits unsigned and pushes.
+    pub fn commit_unsigned_and_push(&self, message: &str) -> Result<String> {
+        let id = self.work.commit(message, "ops@kars.test", &Signing::None)?;
+        self.work.git(&["push", "-q", "origin", "HEAD:main"])?;
+        Ok(id)
+    }
+
+    /// `file://` URL of the remote.
+    pub fn file_url(&self) -> String {
+        format!("file://{}", self.remote.display())
+    }
+
+    /// A sync configuration for `source`, with short health waits for tests.
+    pub fn config(&self, source: &str) -> Result<SyncConfig> {
+        let trust = verify::load_policy(None, Some(&self.allowed_signers), None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(SyncConfig {
+            source: source.to_string(),
+            branch: Some("main".into()),
+            cluster: None,
+            trust,
+            credentials: Credentials::default(),
+            cache_dir: self.dir.path().join("cache"),
+            status_namespace: format!("{}-status", self.prefix),
+            name: self.prefix.clone(),
+            apply: ApplyOptions::default(),
+            prune: PruneOptions::default(),
+            health_timeout: Duration::ZERO,
+            since_override: None,
+        })
+    }
+
+    /// The temporary directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// `git daemon` serving `base` on a free loopback port; stopped when dropped.
+pub struct GitDaemon {
+    child: std::process::Child,
+    /// The port.
+    pub port: u16,
+}
+
+impl GitDaemon {
+    /// Starts `git daemon --export-all --base-path=<base>` on 127.0.0.1.
+    pub fn start(base: &Path) -> Result<GitDaemon> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new("git")
+            .args([
+                "daemon",
+                "--reuseaddr",
+                "--export-all",
+                "--listen=127.0.0.1",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--base-path={}", base.display()))
+            .arg(base)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(GitDaemon { child, port });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        anyhow::bail!("git daemon did not start on port {port}")
+    }
+}
+
+impl Drop for GitDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
