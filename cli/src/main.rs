@@ -33,8 +33,14 @@ enum Command {
     Render(cmd::render::Args),
     /// Check the signature of every commit in a range against a trust policy. Exit 1 on failure.
     Verify(cmd::verify::Args),
-    /// Verify, render and apply a policy repository to a cluster, once.
+    /// Verify, render and apply a policy repository to a cluster, once (the agent's sync).
     Sync(Box<cmd::sync::Args>),
+    /// Show what a sync would change, as a unified diff per object. Exit 1 when something would.
+    Diff(Box<cmd::diff::Args>),
+    /// Show what is applied, from which commit, signed by whom, and what failed.
+    Status(cmd::status::Args),
+    /// Explain why a file's (or an object's) objects are not applied yet.
+    Why(Box<cmd::why::Args>),
 }
 
 /// A failure with the exit code it maps to.
@@ -108,6 +114,9 @@ fn main() -> ExitCode {
         Command::Render(a) => cmd::render::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Sync(a) => cmd::sync::run(*a),
+        Command::Diff(a) => cmd::diff::run(*a),
+        Command::Status(a) => cmd::status::run(a),
+        Command::Why(a) => cmd::why::run(*a),
     };
     match result {
         Ok(code) => code,

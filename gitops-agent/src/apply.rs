@@ -724,3 +724,40 @@ mod tests {
         assert!(is_subset(&json!({"a": {}}), &json!({})));
     }
 }
+
+/// `live` reduced to the fields `desired` sets (named list items matched by name): what a diff
+/// between the rendered object and the cluster should show.
+pub fn project(desired: &Value, live: &Value) -> Value {
+    match (desired, live) {
+        (Value::Object(d), Value::Object(l)) => Value::Object(
+            d.iter()
+                .filter_map(|(k, dv)| l.get(k).map(|lv| (k.clone(), project(dv, lv))))
+                .collect(),
+        ),
+        (Value::Array(d), Value::Array(l)) => {
+            let named = !d.is_empty()
+                && d.iter()
+                    .all(|x| x.get("name").is_some_and(Value::is_string));
+            if named {
+                Value::Array(
+                    d.iter()
+                        .filter_map(|dx| {
+                            l.iter()
+                                .find(|lx| lx.get("name") == dx.get("name"))
+                                .map(|lx| project(dx, lx))
+                        })
+                        .collect(),
+                )
+            } else {
+                Value::Array(
+                    d.iter()
+                        .zip(l)
+                        .map(|(a, b)| project(a, b))
+                        .chain(l.iter().skip(d.len()).cloned())
+                        .collect(),
+                )
+            }
+        }
+        (_, l) => l.clone(),
+    }
+}

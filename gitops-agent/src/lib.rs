@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod apply;
 pub mod health;
+pub mod inspect;
 pub mod lease;
 pub mod metrics;
 pub mod prune;

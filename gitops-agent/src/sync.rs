@@ -179,8 +179,9 @@ impl SyncError {
     }
 }
 
-/// A local repository path and head, after fetching when the source is a URL.
-fn resolve_source(
+/// A local repository path, its head, and whether a pack was downloaded (fetching first when
+/// the source is a URL).
+pub fn resolve_source(
     cfg: &SyncConfig,
     approval_prefix: &str,
 ) -> Result<(PathBuf, gix::ObjectId, bool), SyncError> {
@@ -203,21 +204,20 @@ fn resolve_source(
     }
 }
 
-/// Verifies `since..head` and renders `head`. Nothing is rendered unless everything verifies.
-pub fn verify_and_render(
+/// Verifies `since..head` (`since` = the last applied commit; `None` = the whole history).
+pub fn verify(
     repo_path: &Path,
     head: gix::ObjectId,
     since: Option<&str>,
     trust: &TrustPolicy,
-    cluster: Option<&str>,
-) -> Result<(RangeVerdict, Rendered), SyncError> {
+) -> Result<RangeVerdict, SyncError> {
     let repo = source::open(repo_path)?;
     let since = match since {
         Some(s) => match source::resolve_commit(&repo, s) {
             Ok(id) => Some(id),
             // The last applied commit vanished from the remote history: a force-push.
             Err(_) => {
-                return Err(SyncError::Untrusted(Box::new(RangeVerdict {
+                return Ok(RangeVerdict {
                     head: head.to_string(),
                     since: Some(s.to_string()),
                     commits: Vec::new(),
@@ -227,23 +227,43 @@ pub fn verify_and_render(
                         need: trust.rollback_min_signers,
                     }),
                     rollback_override: false,
-                })));
+                });
             }
         },
         None => None,
     };
-    let verdict = Verifier::new(&repo, trust, unix_now()).verify_range(since, head)?;
+    Ok(Verifier::new(&repo, trust, unix_now()).verify_range(since, head)?)
+}
+
+/// Renders `head` (call only after [`verify`] accepted the range).
+pub fn render(
+    repo_path: &Path,
+    head: gix::ObjectId,
+    cluster: Option<&str>,
+) -> Result<Rendered, SyncError> {
+    let repo = source::open(repo_path)?;
+    let tree = source::read_tree(&repo, head, SourceLimits::default())?;
+    kars_renderer::render_tree(&tree, cluster, &Bundles::none()).map_err(|source| {
+        SyncError::Render {
+            commit: head.to_string(),
+            source,
+        }
+    })
+}
+
+/// Verifies `since..head` and renders `head`. Nothing is rendered unless everything verifies.
+pub fn verify_and_render(
+    repo_path: &Path,
+    head: gix::ObjectId,
+    since: Option<&str>,
+    trust: &TrustPolicy,
+    cluster: Option<&str>,
+) -> Result<(RangeVerdict, Rendered), SyncError> {
+    let verdict = verify(repo_path, head, since, trust)?;
     if !verdict.ok() {
         return Err(SyncError::Untrusted(Box::new(verdict)));
     }
-    let tree = source::read_tree(&repo, head, SourceLimits::default())?;
-    let rendered =
-        kars_renderer::render_tree(&tree, cluster, &Bundles::none()).map_err(|source| {
-            SyncError::Render {
-                commit: head.to_string(),
-                source,
-            }
-        })?;
+    let rendered = render(repo_path, head, cluster)?;
     Ok((verdict, rendered))
 }
 

@@ -5,6 +5,7 @@
 
 use libtest_mimic::{Arguments, Trial};
 
+mod cli;
 mod harness;
 mod render;
 mod sync;
@@ -15,6 +16,7 @@ fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(harness::tests());
+    trials.extend(cli::tests());
     trials.extend(render::tests());
     trials.extend(sync::tests());
     trials.extend(verify::tests());

@@ -1,9 +1,12 @@
 //! One module per subcommand.
+pub mod diff;
 pub mod init;
 pub mod render;
+pub mod status;
 pub mod sync;
 pub mod validate;
 pub mod verify;
+pub mod why;
 
 use std::path::Path;
 
