@@ -703,28 +703,6 @@ fn random_hex(n: usize) -> std::io::Result<String> {
     Ok(hex::encode(buf))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subset_accepts_server_defaults_and_detects_edits() {
-        let desired = json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
-        let live = json!({"spec": {"replicas": 1, "progressDeadlineSeconds": 600,
-            "template": {"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}, {"name": "b", "image": "y"}]}}}});
-        assert!(is_subset(&desired, &live));
-        let edited = json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
-        assert!(!is_subset(&desired, &edited));
-        let image_changed = json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "a", "image": "evil"}]}}}});
-        assert!(!is_subset(&desired, &image_changed));
-        assert!(!is_subset(
-            &json!({"args": ["a", "b"]}),
-            &json!({"args": ["a"]})
-        ));
-        assert!(is_subset(&json!({"a": {}}), &json!({})));
-    }
-}
-
 /// `live` reduced to the fields `desired` sets (named list items matched by name): what a diff
 /// between the rendered object and the cluster should show.
 pub fn project(desired: &Value, live: &Value) -> Value {
@@ -759,5 +737,27 @@ pub fn project(desired: &Value, live: &Value) -> Value {
             }
         }
         (_, l) => l.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subset_accepts_server_defaults_and_detects_edits() {
+        let desired = json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
+        let live = json!({"spec": {"replicas": 1, "progressDeadlineSeconds": 600,
+            "template": {"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}, {"name": "b", "image": "y"}]}}}});
+        assert!(is_subset(&desired, &live));
+        let edited = json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
+        assert!(!is_subset(&desired, &edited));
+        let image_changed = json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "a", "image": "evil"}]}}}});
+        assert!(!is_subset(&desired, &image_changed));
+        assert!(!is_subset(
+            &json!({"args": ["a", "b"]}),
+            &json!({"args": ["a"]})
+        ));
+        assert!(is_subset(&json!({"a": {}}), &json!({})));
     }
 }
