@@ -157,6 +157,9 @@ pub async fn run(
         stop_trigger.notify_one();
     });
 
+    if let Some(l) = &cfg.lease {
+        crate::status::ensure_namespace(&client, &l.namespace).await?;
+    }
     let mut leader = cfg.lease.is_none();
     loop {
         if stopping.load(Ordering::SeqCst) {

@@ -240,17 +240,8 @@ pub fn set_condition(
     }
 }
 
-/// Reads the PolicyRepo `name` in `namespace`, creating it (and the namespace) when missing.
-pub async fn get_or_create(
-    client: &kube::Client,
-    namespace: &str,
-    name: &str,
-    spec: PolicyRepoSpec,
-) -> Result<PolicyRepo, kube::Error> {
-    let api: Api<PolicyRepo> = Api::namespaced(client.clone(), namespace);
-    if let Some(existing) = api.get_opt(name).await? {
-        return Ok(existing);
-    }
+/// Creates `namespace` when it does not exist.
+pub async fn ensure_namespace(client: &kube::Client, namespace: &str) -> Result<(), kube::Error> {
     let ns_api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     if ns_api.get_opt(namespace).await?.is_none() {
         let ns: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(serde_json::json!({
@@ -263,6 +254,21 @@ pub async fn get_or_create(
             Err(e) => return Err(e),
         }
     }
+    Ok(())
+}
+
+/// Reads the PolicyRepo `name` in `namespace`, creating it (and the namespace) when missing.
+pub async fn get_or_create(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    spec: PolicyRepoSpec,
+) -> Result<PolicyRepo, kube::Error> {
+    let api: Api<PolicyRepo> = Api::namespaced(client.clone(), namespace);
+    if let Some(existing) = api.get_opt(name).await? {
+        return Ok(existing);
+    }
+    ensure_namespace(client, namespace).await?;
     let mut obj = PolicyRepo::new(name, spec);
     obj.metadata.namespace = Some(namespace.to_string());
     match api.create(&PostParams::default(), &obj).await {

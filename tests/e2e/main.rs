@@ -5,6 +5,7 @@
 
 use libtest_mimic::{Arguments, Trial};
 
+mod agent;
 mod cli;
 mod harness;
 mod render;
@@ -16,6 +17,7 @@ fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(harness::tests());
+    trials.extend(agent::tests());
     trials.extend(cli::tests());
     trials.extend(render::tests());
     trials.extend(sync::tests());
