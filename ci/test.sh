@@ -19,13 +19,10 @@ cargo fmt --all -- --check
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "unit tests (cargo test --workspace --exclude kars-e2e)"
-cargo test --workspace --exclude kars-e2e --locked
+step "build everything once (cargo build --workspace --all-targets): binaries the end-to-end tests run, and every test"
+cargo build --workspace --all-targets --locked
 
-step "building the binaries the end-to-end tests run (cargo build --workspace --bins)"
-cargo build --workspace --bins --locked
-
-step "end-to-end tests against a real control plane (cargo test -p kars-e2e)"
-cargo test -p kars-e2e --locked -- --test-threads 4
+step "unit tests and end-to-end tests against a real control plane (cargo test --workspace)"
+cargo test --workspace --locked -- --test-threads 4
 
 step "all checks passed in $((SECONDS - t0))s"
