@@ -86,6 +86,8 @@ pub enum Action {
     Failed(String),
     /// Not attempted because another object failed first.
     Skipped,
+    /// Changed in the cluster by someone else and left so, because self-heal is off.
+    Drifted(String),
 }
 
 /// The outcome for one object.
@@ -372,6 +374,23 @@ impl Applier {
                     == o.manifest["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION]
                     && is_subset(&o.manifest, l)
             });
+            // Drift: our digest is live (Git did not change) but a field we set was changed.
+            let drifted = !unchanged
+                && current.is_some_and(|l| {
+                    l["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION]
+                        == o.manifest["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION]
+                });
+            if drifted && !self.options.self_heal {
+                let what = current
+                    .and_then(|l| first_difference(&o.manifest, l))
+                    .unwrap_or_default();
+                report.objects.push(ObjectOutcome {
+                    object: o.key(),
+                    source: o.source.clone(),
+                    action: Action::Drifted(what),
+                });
+                continue;
+            }
             report.objects.push(ObjectOutcome {
                 object: o.key(),
                 source: o.source.clone(),

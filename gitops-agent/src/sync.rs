@@ -179,6 +179,73 @@ impl SyncError {
     }
 }
 
+/// Kubernetes Events on the PolicyRepo, on transitions only: a new commit applied, the Ready
+/// condition turning False or changing its reason. A failure to record an event is logged.
+async fn publish_events(
+    client: &kube::Client,
+    pr: &status::PolicyRepo,
+    before: &PolicyRepoStatus,
+    after: &PolicyRepoStatus,
+    result: &Result<SyncOutcome, SyncError>,
+) {
+    use kube::Resource;
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kars-gitops".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let reference = pr.object_ref(&());
+    let ready = |s: &PolicyRepoStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let mut events = Vec::new();
+    if after.last_applied_revision != before.last_applied_revision
+        && let (Some(rev), Ok(o)) = (&after.last_applied_revision, result)
+    {
+        events.push(Event {
+            type_: EventType::Normal,
+            reason: "Applied".into(),
+            note: Some(format!(
+                "commit {rev} applied (signed by {}): {} created, {} configured, {} pruned",
+                after.last_applied_signers.join(", "),
+                o.apply.count(|a| *a == Action::Created),
+                o.apply.count(|a| *a == Action::Configured),
+                o.prune
+                    .iter()
+                    .filter(|(_, r)| *r == PruneResult::Deleted)
+                    .count()
+            )),
+            action: "Sync".into(),
+            secondary: None,
+        });
+    }
+    if ready(after) != ready(before)
+        && let Some(c) = after
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready" && c.status == "False")
+    {
+        events.push(Event {
+            type_: EventType::Warning,
+            reason: c.reason.chars().take(128).collect(),
+            note: Some(c.message.chars().take(1000).collect()),
+            action: "Sync".into(),
+            secondary: None,
+        });
+    }
+    for ev in events {
+        if let Err(e) = recorder.publish(&ev, &reference).await {
+            tracing::warn!(error = %e, reason = %ev.reason, "could not record an event");
+        }
+    }
+}
+
 /// A local repository path, its head, and whether a pack was downloaded (fetching first when
 /// the source is a URL).
 pub fn resolve_source(
@@ -287,7 +354,8 @@ pub async fn sync_once(
         .await
         .map_err(|e| SyncError::Status(cfg.name.clone(), e))?;
     let generation = pr.metadata.generation;
-    let mut st: PolicyRepoStatus = pr.status.clone().unwrap_or_default();
+    let before: PolicyRepoStatus = pr.status.clone().unwrap_or_default();
+    let mut st: PolicyRepoStatus = before.clone();
     let result = run(&client, cfg, &pr.spec, &mut st, generation, stop).await;
     let label = match &result {
         Ok(o) if o.converged() => "success".to_string(),
@@ -328,6 +396,7 @@ pub async fn sync_once(
     status::write_status(&client, &cfg.status_namespace, &cfg.name, &st)
         .await
         .map_err(|e| SyncError::Status(cfg.name.clone(), e))?;
+    publish_events(&client, &pr, &before, &st, &result).await;
     if let Some(m) = metrics {
         m.sync_duration
             .get_or_create(&ResultLabel { result: label })
@@ -533,6 +602,10 @@ async fn run(
             Action::Skipped => (
                 "Skipped",
                 "not applied because an earlier object failed".to_string(),
+            ),
+            Action::Drifted(m) => (
+                "Drifted",
+                format!("changed in the cluster at {m}; not restored because self-heal is off"),
             ),
             _ => continue,
         };

@@ -392,6 +392,32 @@ fn drift() -> Result<()> {
             "team.example/owner=alice",
         ])?;
         ensure!(ok, "{err}");
+        // With self-heal off the drift is reported, not restored.
+        let mut no_heal = cfg.clone();
+        no_heal.apply.self_heal = false;
+        let o = sync(&client, &no_heal)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let drifted = o
+            .apply
+            .objects
+            .iter()
+            .find(|x| x.object == format!("Deployment/{ns}/{name}"))
+            .map(|x| x.action.clone());
+        ensure!(
+            matches!(&drifted, Some(Action::Drifted(at)) if at.contains("replicas")),
+            "self-heal off: {drifted:?}"
+        );
+        ensure!(
+            o.apply.writes == 0,
+            "self-heal off still wrote {} times",
+            o.apply.writes
+        );
+        let d: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+        ensure!(
+            d.get(&name).await?.spec.and_then(|s| s.replicas) == Some(3),
+            "self-heal off restored the drift"
+        );
         let o = sync(&client, &cfg)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -400,7 +426,6 @@ fn drift() -> Result<()> {
             "drift repair failed: {:?}",
             o.apply.failures().collect::<Vec<_>>()
         );
-        let d: Api<Deployment> = Api::namespaced(client.clone(), &ns);
         let live = d.get(&name).await?;
         ensure!(
             live.spec.as_ref().and_then(|s| s.replicas) == Some(1),

@@ -224,6 +224,7 @@ async fn run_async(args: Args) -> Result<ExitCode, Failure> {
                 Action::Unchanged => "unchanged".to_string(),
                 Action::WouldChange => "would change (dry run)".to_string(),
                 Action::Skipped => "skipped (an earlier object failed)".to_string(),
+                Action::Drifted(at) => format!("drifted at {at} (self-heal off: left as is)"),
                 Action::Failed(why) => format!("FAILED: {why}\n    (from {})", o.source),
             };
             crate::outln!("{} {what}", o.object);

@@ -3,6 +3,8 @@
 //! ```text
 //! cargo run --release -p kars-e2e --bin kars-bench -- render [--agents 1000] [--runs 5]
 //! cargo run --release -p kars-e2e --bin kars-bench -- verify [--commits 1000]
+//! cargo build --release --workspace --bins && \
+//!   cargo run --release -p kars-e2e --bin kars-bench -- sync [--agents 1000]
 //! ```
 //!
 //! Peak memory is the child process's `VmHWM` (peak resident set): each measured phase runs in
@@ -40,12 +42,19 @@ fn peak_rss_kib() -> u64 {
 
 /// A generated policy repository with `n` agents (KarsSandbox + InferencePolicy + ToolPolicy).
 pub fn generated_repo(n: usize) -> Vec<(String, String)> {
+    generated_repo_named(n, "bench", "agent")
+}
+
+/// Like [`generated_repo`], with the repository name and the agent-name prefix chosen.
+pub fn generated_repo_named(n: usize, repo: &str, prefix: &str) -> Vec<(String, String)> {
     let mut files = vec![(
         "kars.yaml".to_string(),
-        "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {name: bench}\nspec:\n  defaultNamespace: bench-agents\n  clusters: [{name: bench, paths: [agents]}]\n".to_string(),
+        format!(
+            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {{name: {repo}}}\nspec:\n  defaultNamespace: {repo}-agents\n  clusters: [{{name: bench, paths: [agents]}}]\n"
+        ),
     )];
     for i in 0..n {
-        let a = format!("agent-{i:04}");
+        let a = format!("{prefix}-{i:04}");
         files.push((
             format!("agents/{a}/sandbox.yaml"),
             format!(
@@ -261,6 +270,376 @@ fn bench_verify(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A private control plane for the sync benchmark (stopped when dropped).
+struct BenchCluster {
+    dir: tempfile::TempDir,
+}
+
+impl BenchCluster {
+    fn up() -> Result<BenchCluster> {
+        let dir = tempfile::tempdir()?;
+        let script = kars_e2e::workspace_root().join("ci/cluster.sh");
+        if !Command::new("bash")
+            .arg(&script)
+            .arg("up")
+            .arg(dir.path())
+            .status()?
+            .success()
+        {
+            bail!("the control plane did not start");
+        }
+        let c = BenchCluster { dir };
+        for d in ["renderer/upstream/crds", "charts/kars-gitops/crds"] {
+            let out = c
+                .kubectl()
+                .args(["apply", "--server-side", "-f"])
+                .arg(kars_e2e::workspace_root().join(d))
+                .output()?;
+            if !out.status.success() {
+                bail!("installing CRDs: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        let out = c
+            .kubectl()
+            .args([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd",
+                "--all",
+            ])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "CRDs not established: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(c)
+    }
+    fn kubeconfig(&self) -> std::path::PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+    fn kubectl(&self) -> Command {
+        let mut c = Command::new(
+            kars_e2e::tool_path("control-plane", "kubectl").unwrap_or_else(|_| "kubectl".into()),
+        );
+        c.env("KUBECONFIG", self.kubeconfig());
+        c
+    }
+}
+
+impl Drop for BenchCluster {
+    fn drop(&mut self) {
+        let script = kars_e2e::workspace_root().join("ci/cluster.sh");
+        let _ = Command::new("bash")
+            .arg(&script)
+            .arg("down")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn bench_sync(args: &[String]) -> Result<()> {
+    let agents = arg(args, "--agents", 1000);
+    let release = kars_e2e::workspace_root().join("target/release");
+    let agent_bin = release.join("kars-gitops-agent");
+    if !agent_bin.exists() {
+        bail!(
+            "{} missing: cargo build --release --workspace --bins",
+            agent_bin.display()
+        );
+    }
+    let cluster = BenchCluster::up()?;
+    let dir = tempfile::tempdir()?;
+    let keys = Keys::new(dir.path())?;
+    let key = keys.ssh("signer", "ed25519", "bench@kars.test")?;
+    let allowed = keys.allowed_signers("allowed_signers", &[("bench@kars.test", &key, "")])?;
+    let repo = Repo::init(&dir.path().join("work"), &keys)?;
+    for (path, body) in generated_repo_named(agents, "gbench", "g") {
+        repo.write(&path, &body)?;
+    }
+    let head = repo.commit(
+        "bench policies",
+        "bench@kars.test",
+        &Signing::Ssh(key.clone()),
+    )?;
+    let remote = dir.path().join("remote.git");
+    kars_e2e::git::run(
+        Command::new("git")
+            .args(["init", "-q", "--bare", "-b", "main"])
+            .arg(&remote),
+    )?;
+    repo.git(&["push", "-q", &remote.to_string_lossy(), "HEAD:main"])?;
+    let trust = kars_gitops_agent::verify::load_policy(None, Some(&allowed), None)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = kars_gitops_agent::sync::SyncConfig {
+        source: format!("file://{}", remote.display()),
+        branch: Some("main".into()),
+        cluster: None,
+        trust,
+        credentials: Default::default(),
+        cache_dir: dir.path().join("cache"),
+        status_namespace: "kars-gitops-system".into(),
+        name: "gbench".into(),
+        apply: Default::default(),
+        prune: Default::default(),
+        health_timeout: Duration::ZERO,
+        since_override: None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let never = || false;
+
+    // (1) kubectl apply --server-side of the same shape of manifests, rendered from a twin repo.
+    let twin = RepoTree::from_files(generated_repo_named(agents, "kbench", "k"));
+    let twin_yaml = kars_renderer::output::to_yaml(
+        &render_tree(&twin, None, &Bundles::none()).map_err(|e| anyhow::anyhow!("{e}"))?,
+    )?;
+    let twin_file = dir.path().join("kubectl.yaml");
+    std::fs::write(&twin_file, &twin_yaml)?;
+    eprintln!(
+        "kubectl apply --server-side of {} objects …",
+        twin_yaml.matches("\n---\n").count()
+    );
+    let t = Instant::now();
+    let out = cluster
+        .kubectl()
+        .args([
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "kubectl-bench",
+            "-f",
+        ])
+        .arg(&twin_file)
+        .output()?;
+    let kubectl_time = t.elapsed();
+    if !out.status.success() {
+        bail!(
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+
+    eprintln!("kars sync (first, full) …");
+    let client = rt.block_on(kars_gitops_agent::sync::kube_client(Some(
+        &cluster.kubeconfig(),
+    )))?;
+    let t = Instant::now();
+    let first = rt
+        .block_on(kars_gitops_agent::sync::sync_once(
+            client.clone(),
+            &cfg,
+            None,
+            &never,
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let first_time = t.elapsed();
+    if !first.converged() || first.commit != head {
+        bail!(
+            "first sync did not converge: {:?}",
+            first.apply.failures().next()
+        );
+    }
+
+    // (2) A no-op sync.
+    let t = Instant::now();
+    let noop = rt
+        .block_on(kars_gitops_agent::sync::sync_once(
+            client.clone(),
+            &cfg,
+            None,
+            &never,
+        ))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let noop_time = t.elapsed();
+
+    // (3) push → applied latency, webhook and local watch, with the release agent; (4) its memory.
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "bench")?;
+    let measure = |label: &str,
+                   agent_args: Vec<String>,
+                   trigger: &dyn Fn(u16) -> Result<()>|
+     -> Result<(Duration, u64, u64)> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut child = Command::new(&agent_bin)
+            .args(&agent_args)
+            .arg("--kubeconfig")
+            .arg(cluster.kubeconfig())
+            .arg("--allowed-signers")
+            .arg(&allowed)
+            .args([
+                "--name",
+                "gbench",
+                "--branch",
+                "main",
+                "--interval",
+                "600s",
+                "--health-timeout",
+                "0s",
+            ])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--cache-dir")
+            .arg(dir.path().join(format!("cache-{label}")))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let applied = || -> Result<String> {
+            let o = cluster
+                .kubectl()
+                .args([
+                    "-n",
+                    "kars-gitops-system",
+                    "get",
+                    "policyrepo",
+                    "gbench",
+                    "-o",
+                    "jsonpath={.status.lastAppliedRevision}",
+                ])
+                .output()?;
+            Ok(String::from_utf8_lossy(&o.stdout).to_string())
+        };
+        // Wait for the agent's first (no-op) sync to finish.
+        let ready = Instant::now();
+        loop {
+            let o = Command::new("curl")
+                .args(["-fsS", &format!("http://127.0.0.1:{port}/readyz")])
+                .output();
+            if o.is_ok_and(|o| o.status.success()) {
+                break;
+            }
+            if ready.elapsed() > Duration::from_secs(600) {
+                let _ = child.kill();
+                bail!("{label}: agent not ready");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        repo.write("agents/g-0000/inference.yaml", &format!("apiVersion: kars.azure.com/v1alpha1\nkind: InferencePolicy\nmetadata: {{name: g-0000-inference}}\nspec:\n  appliesTo: {{sandboxName: g-0000}}\n  modelPreference:\n    primary: {{provider: azure-openai, deployment: gpt-4.1-{label}}}\n"))?;
+        let new_head = repo.commit(
+            &format!("change for {label}"),
+            "bench@kars.test",
+            &Signing::Ssh(key.clone()),
+        )?;
+        let t = Instant::now();
+        repo.git(&["push", "-q", &remote.to_string_lossy(), "HEAD:main"])?;
+        trigger(port)?;
+        while applied()? != new_head {
+            if t.elapsed() > Duration::from_secs(600) {
+                let _ = child.kill();
+                bail!("{label}: the change was not applied within 600 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let latency = t.elapsed();
+        let rss = proc_status_kib(child.id(), "VmRSS:");
+        let hwm = proc_status_kib(child.id(), "VmHWM:");
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok((latency, rss, hwm))
+    };
+    let hook = |port: u16| -> Result<()> {
+        let body = r#"{"ref":"refs/heads/main"}"#;
+        let sig = format!(
+            "sha256={}",
+            hex::encode(kars_gitops_agent::webhook::hmac_sha256(
+                b"bench",
+                body.as_bytes()
+            ))
+        );
+        let out = Command::new("curl")
+            .args([
+                "-fsS",
+                "-X",
+                "POST",
+                "-H",
+                &format!("X-Hub-Signature-256: {sig}"),
+                "-H",
+                "X-GitHub-Delivery: bench-1",
+                "-d",
+                body,
+            ])
+            .arg(format!("http://127.0.0.1:{port}/hooks/github"))
+            .output()?;
+        if !out.status.success() {
+            bail!("hook refused: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    let (hook_latency, hook_rss, hook_hwm) = measure(
+        "webhook",
+        vec![
+            "--repo".into(),
+            format!("file://{}", remote.display()),
+            "--webhook-secret-file".into(),
+            secret.display().to_string(),
+        ],
+        &hook,
+    )?;
+    let (watch_latency, _, _) = measure(
+        "watch",
+        vec![
+            "--repo".into(),
+            repo.path.display().to_string(),
+            "--watch".into(),
+        ],
+        &|_| Ok(()),
+    )?;
+
+    println!(
+        "sync benchmark: {agents} agents, {} objects, on the local control plane (2 cores)",
+        first.apply.objects.len()
+    );
+    println!(
+        "  kubectl apply --server-side (same shape, {} objects):   {:>9.1} s",
+        twin_yaml.matches("\n---\n").count(),
+        kubectl_time.as_secs_f64()
+    );
+    println!(
+        "  kars first full sync (fetch, verify, render, apply):     {:>9.1} s  ({} writes)",
+        first_time.as_secs_f64(),
+        first.apply.writes
+    );
+    println!(
+        "  kars no-op sync:                                         {:>9.2} s  ({} write requests)",
+        noop_time.as_secs_f64(),
+        noop.apply.writes
+    );
+    println!(
+        "  push → applied, one-file change, webhook:                {:>9.2} s",
+        hook_latency.as_secs_f64()
+    );
+    println!(
+        "  push → applied, one-file change, local path watch:       {:>9.2} s",
+        watch_latency.as_secs_f64()
+    );
+    println!(
+        "  agent memory after the webhook sync: RSS {:.1} MiB, peak {:.1} MiB",
+        hook_rss as f64 / 1024.0,
+        hook_hwm as f64 / 1024.0
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
@@ -271,8 +650,11 @@ fn main() -> ExitCode {
         ),
         Some("render") => bench_render(&args),
         Some("verify") => bench_verify(&args),
+        Some("sync") => bench_sync(&args),
         _ => {
-            eprintln!("usage: kars-bench render [--agents N] [--runs N] | verify [--commits N]");
+            eprintln!(
+                "usage: kars-bench render [--agents N] [--runs N] | verify [--commits N] | sync [--agents N]"
+            );
             return ExitCode::from(2);
         }
     };
