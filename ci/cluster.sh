@@ -29,7 +29,7 @@ gen_certs() {
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
       -subj "/CN=kars-local-ca" -keyout ca.key -out ca.crt 2>/dev/null
     cat >apiserver.ext <<EXT
-subjectAltName = DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, IP:127.0.0.1, IP:10.0.0.1
+subjectAltName = DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, IP:127.0.0.1, IP:10.96.0.1
 extendedKeyUsage = serverAuth
 EXT
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=kube-apiserver" \
@@ -115,7 +115,7 @@ start_once() {
     --client-ca-file "$pki/ca.crt" \
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-    --service-cluster-ip-range 10.0.0.0/24 --endpoint-reconciler-type none \
+    --service-cluster-ip-range 10.96.0.0/12 --endpoint-reconciler-type none \
     --authorization-mode RBAC --allow-privileged=true \
     --cert-dir "$dir/run/apiserver-certs" \
     --v 1 >"$dir/logs/kube-apiserver.log" 2>&1 </dev/null &
