@@ -329,11 +329,27 @@ impl Applier {
         &self,
         rendered: &Rendered,
     ) -> Result<BTreeMap<String, Value>, ApplyError> {
+        Ok(self.list_live(rendered, |_, _| true).await?)
+    }
+
+    /// Lists our live objects (by the repository and cluster labels, one LIST per kind) of the
+    /// kinds in `rendered` for which `wanted(apiVersion, kind)` holds, keyed by
+    /// `kind/namespace/name`.
+    pub async fn list_live(
+        &self,
+        rendered: &Rendered,
+        wanted: impl Fn(&str, &str) -> bool,
+    ) -> Result<BTreeMap<String, Value>, kube::Error> {
         let selector = format!(
             "{REPOSITORY_LABEL}={},{CLUSTER_LABEL}={}",
             rendered.repository, rendered.cluster
         );
-        let mut kinds: Vec<GroupVersionKind> = rendered.objects.iter().map(gvk_of).collect();
+        let mut kinds: Vec<GroupVersionKind> = rendered
+            .objects
+            .iter()
+            .filter(|o| wanted(o.api_version(), o.kind()))
+            .map(gvk_of)
+            .collect();
         kinds.sort_by(|a, b| (&a.group, &a.version, &a.kind).cmp(&(&b.group, &b.version, &b.kind)));
         kinds.dedup();
         let mut live = BTreeMap::new();
@@ -341,7 +357,7 @@ impl Applier {
             let (ar, _) = match self.resource(&gvk).await {
                 Ok(r) => r,
                 Err(e) if is_not_found(&e) => continue, // kind not installed yet: nothing live
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             };
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
             let list = api.list(&ListParams::default().labels(&selector)).await?;

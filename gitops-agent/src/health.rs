@@ -4,8 +4,6 @@
 use std::time::{Duration, Instant};
 
 use kars_renderer::Rendered;
-use kube::api::{Api, DynamicObject};
-use kube::core::GroupVersionKind;
 use serde_json::Value;
 
 use crate::apply::Applier;
@@ -112,13 +110,13 @@ pub fn assess(kind: &str, is_kars: bool, live: &Value) -> ObjectHealth {
     }
 }
 
-fn checked_kind(kind: &str, api_version: &str) -> bool {
+fn checked_kind(api_version: &str, kind: &str) -> bool {
     matches!(kind, "Deployment" | "CustomResourceDefinition")
         || api_version == kars_renderer::crds::API_VERSION
 }
 
 /// Waits up to `timeout` for the rendered Deployments, CRDs and kars CRs to be ready; returns
-/// what is still not ready at the end (polling every second).
+/// what is still not ready at the end (polling every second, one LIST per kind).
 pub async fn wait(
     applier: &Applier,
     rendered: &Rendered,
@@ -128,42 +126,23 @@ pub async fn wait(
     let targets: Vec<_> = rendered
         .objects
         .iter()
-        .filter(|o| checked_kind(o.kind(), o.api_version()))
+        .filter(|o| checked_kind(o.api_version(), o.kind()))
         .collect();
     loop {
         let mut report = HealthReport {
             checked: targets.len(),
             ..HealthReport::default()
         };
+        let live = applier.list_live(rendered, checked_kind).await?;
         for o in &targets {
-            let (group, version) = match o.api_version().split_once('/') {
-                Some((g, v)) => (g, v),
-                None => ("", o.api_version()),
-            };
-            let (ar, namespaced) = match applier
-                .resource(&GroupVersionKind::gvk(group, version, o.kind()))
-                .await
-            {
-                Ok(r) => r,
-                Err(kube::Error::Api(s)) if s.code == 404 => {
-                    report.not_ready.push((
-                        o.key(),
-                        ObjectHealth::Progressing("kind not served yet".into()),
-                    ));
-                    continue;
+            let health = match live.get(&o.key()) {
+                None => {
+                    ObjectHealth::Progressing("not found (or its kind is not served yet)".into())
                 }
-                Err(e) => return Err(e),
-            };
-            let api: Api<DynamicObject> = match (o.namespace(), namespaced) {
-                (Some(ns), true) => Api::namespaced_with(applier.client().clone(), ns, &ar),
-                _ => Api::all_with(applier.client().clone(), &ar),
-            };
-            let health = match api.get_opt(o.name()).await? {
-                None => ObjectHealth::Progressing("not found".into()),
-                Some(live) => assess(
+                Some(l) => assess(
                     o.kind(),
                     o.api_version() == kars_renderer::crds::API_VERSION,
-                    &serde_json::to_value(&live).unwrap_or_default(),
+                    l,
                 ),
             };
             match health {

@@ -393,9 +393,12 @@ pub async fn sync_once(
         generation,
     );
     st.observed_generation = generation;
-    status::write_status(&client, &cfg.status_namespace, &cfg.name, &st)
-        .await
-        .map_err(|e| SyncError::Status(cfg.name.clone(), e))?;
+    // A no-op sync leaves the status as it was and sends no write.
+    if st != before {
+        status::write_status(&client, &cfg.status_namespace, &cfg.name, &st)
+            .await
+            .map_err(|e| SyncError::Status(cfg.name.clone(), e))?;
+    }
     publish_events(&client, &pr, &before, &st, &result).await;
     if let Some(m) = metrics {
         m.sync_duration
@@ -801,9 +804,15 @@ async fn run(
     }
 
     if applied_ok && !cfg.apply.dry_run {
+        let before_revision = st.last_applied_revision.clone();
         st.last_applied_revision = Some(head.to_string());
-        st.last_applied_signers = signers.into_iter().collect();
-        st.last_applied_at = Some(kars_renderer::time::format_rfc3339(unix_now()));
+        // A range with no new commits keeps the signers of the commits applied before.
+        if !signers.is_empty() {
+            st.last_applied_signers = signers.into_iter().collect();
+        }
+        if st.last_applied_revision != before_revision || st.last_applied_at.is_none() {
+            st.last_applied_at = Some(kars_renderer::time::format_rfc3339(unix_now()));
+        }
         st.rendered_digest = Some(rendered.digest.clone());
     }
     st.counts = Some(SyncCounts {

@@ -130,10 +130,16 @@ fn signed_push_is_applied() -> Result<()> {
         );
         ensure!(!st.inventory.is_empty());
 
-        // A no-op sync sends no writes.
+        // A no-op sync sends no writes, not even to its own status.
+        let rv_before = policy_repo(&client, &f).await?.metadata.resource_version;
         let again = sync(&client, &cfg)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let rv_after = policy_repo(&client, &f).await?.metadata.resource_version;
+        ensure!(
+            rv_before == rv_after,
+            "a no-op sync rewrote the PolicyRepo status"
+        );
         ensure!(
             again.apply.writes == 0,
             "no-op sync sent {} writes",
