@@ -455,7 +455,7 @@ async fn run(
                 message: format!("fetch task failed: {e}"),
             })
         })?;
-    let (repo_path, head, downloaded) = match fetched {
+    let (repo_path, head, _downloaded) = match fetched {
         Ok(x) => x,
         Err(e) => {
             set_condition(
@@ -475,14 +475,7 @@ async fn run(
         "SourceReady",
         Some(true),
         "Fetched",
-        &format!(
-            "head {head}{}",
-            if downloaded {
-                " (new objects downloaded)"
-            } else {
-                ""
-            }
-        ),
+        &format!("fetched head {head}"),
         generation,
     );
 
@@ -555,18 +548,7 @@ async fn run(
         "Verified",
         Some(true),
         "Verified",
-        &format!(
-            "{} new commit(s) verified{}",
-            verification.commits.len(),
-            if signers.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    ", signed by {}",
-                    signers.iter().cloned().collect::<Vec<_>>().join(", ")
-                )
-            }
-        ),
+        &format!("every commit up to {head} verified"),
         generation,
     );
     set_condition(
@@ -708,34 +690,47 @@ async fn run(
     }
 
     let applied_ok = apply.is_success();
-    set_condition(
-        &mut st.conditions,
-        "Applied",
-        Some(applied_ok && prune_refused.is_none()),
-        if !applied_ok {
-            "ApplyFailed"
-        } else if prune_refused.is_some() {
-            "PruneRefused"
-        } else {
-            "Applied"
-        },
-        &if applied_ok {
-            format!(
-                "{} created, {} configured, {} unchanged, {} pruned; {} write request(s)",
-                apply.count(|a| *a == Action::Created),
-                apply.count(|a| *a == Action::Configured),
-                apply.count(|a| *a == Action::Unchanged),
-                prune_results
-                    .iter()
-                    .filter(|(_, r)| *r == PruneResult::Deleted)
-                    .count(),
-                apply.writes
-            )
-        } else {
-            status::failure_summary(&st.failures)
-        },
-        generation,
-    );
+    // A sync that changed nothing and found nothing wrong leaves the Applied condition and the
+    // counts of the last real change as they were, so a no-op sync writes nothing.
+    let quiet = applied_ok
+        && apply.writes == 0
+        && prune_results.is_empty()
+        && prune_refused.is_none()
+        && st.failures.is_empty()
+        && st
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Applied" && c.status == "True");
+    if !quiet {
+        set_condition(
+            &mut st.conditions,
+            "Applied",
+            Some(applied_ok && prune_refused.is_none()),
+            if !applied_ok {
+                "ApplyFailed"
+            } else if prune_refused.is_some() {
+                "PruneRefused"
+            } else {
+                "Applied"
+            },
+            &if applied_ok {
+                format!(
+                    "{} created, {} configured, {} unchanged, {} pruned; {} write request(s)",
+                    apply.count(|a| *a == Action::Created),
+                    apply.count(|a| *a == Action::Configured),
+                    apply.count(|a| *a == Action::Unchanged),
+                    prune_results
+                        .iter()
+                        .filter(|(_, r)| *r == PruneResult::Deleted)
+                        .count(),
+                    apply.writes
+                )
+            } else {
+                status::failure_summary(&st.failures)
+            },
+            generation,
+        );
+    }
 
     // Health: wait only when something changed; otherwise one look.
     let changed = apply.count(|a| matches!(a, Action::Created | Action::Configured)) > 0;
@@ -815,17 +810,19 @@ async fn run(
         }
         st.rendered_digest = Some(rendered.digest.clone());
     }
-    st.counts = Some(SyncCounts {
-        rendered: rendered.objects.len() as u32,
-        applied: apply.count(|a| matches!(a, Action::Created | Action::Configured)) as u32,
-        unchanged: apply.count(|a| *a == Action::Unchanged) as u32,
-        pruned: prune_results
-            .iter()
-            .filter(|(_, r)| *r == PruneResult::Deleted)
-            .count() as u32,
-        failed: st.failures.len() as u32,
-        writes: apply.writes as u32,
-    });
+    if !quiet {
+        st.counts = Some(SyncCounts {
+            rendered: rendered.objects.len() as u32,
+            applied: apply.count(|a| matches!(a, Action::Created | Action::Configured)) as u32,
+            unchanged: apply.count(|a| *a == Action::Unchanged) as u32,
+            pruned: prune_results
+                .iter()
+                .filter(|(_, r)| *r == PruneResult::Deleted)
+                .count() as u32,
+            failed: st.failures.len() as u32,
+            writes: apply.writes as u32,
+        });
+    }
     Ok(SyncOutcome {
         commit: head.to_string(),
         repository: rendered.repository.clone(),

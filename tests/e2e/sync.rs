@@ -130,7 +130,11 @@ fn signed_push_is_applied() -> Result<()> {
         );
         ensure!(!st.inventory.is_empty());
 
-        // A no-op sync sends no writes, not even to its own status.
+        // A no-op sync sends no writes, not even to its own status (once health has settled:
+        // the first look after an apply may see the ReplicaSet appear).
+        sync(&client, &cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let rv_before = policy_repo(&client, &f).await?.metadata.resource_version;
         let again = sync(&client, &cfg)
             .await
