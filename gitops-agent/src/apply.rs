@@ -111,6 +111,10 @@ pub struct ApplyReport {
     pub writes: usize,
     /// Secrets created in the cluster.
     pub generated_secrets_created: Vec<String>,
+    /// The live objects listed before applying (`kind/namespace/name` → object): a sync that
+    /// changed nothing reuses them for its health look instead of listing again.
+    #[serde(skip)]
+    pub live_before: BTreeMap<String, Value>,
 }
 
 impl ApplyReport {
@@ -427,19 +431,36 @@ impl Applier {
         // Dry run of everything that can be checked now.
         // Owned indices: closures over references trip higher-ranked lifetime inference when
         // the future is spawned.
-        let indices: Vec<usize> = changed.iter().map(|(i, _)| *i).collect();
+        // Objects in namespaces this sync creates cannot be dry-run (their namespace is missing).
+        let new_namespaces: std::collections::BTreeSet<&str> = rendered
+            .objects
+            .iter()
+            .filter(|o| {
+                o.kind() == "Namespace" && o.api_version() == "v1" && !live.contains_key(&o.key())
+            })
+            .map(|o| o.name())
+            .collect();
+        let indices: Vec<usize> = changed
+            .iter()
+            .map(|(i, _)| *i)
+            .filter(|i| {
+                rendered.objects[*i]
+                    .namespace()
+                    .is_none_or(|ns| !new_namespaces.contains(ns))
+            })
+            .collect();
         let checks = indices.into_iter().map(|i| async move {
             let o = &rendered.objects[i];
             (i, self.server_apply(o, true).await)
         });
-        let results: Vec<(usize, Result<(), ApplyFailure>)> = stream::iter(checks)
+        let results: Vec<(usize, Result<Option<String>, ApplyFailure>)> = stream::iter(checks)
             .buffer_unordered(self.options.concurrency.max(1))
             .collect()
             .await;
         let mut refused = false;
         for (i, r) in results {
             match r {
-                Ok(()) | Err(ApplyFailure::NotYetResolvable) => {}
+                Ok(_) | Err(ApplyFailure::NotYetResolvable) => {}
                 Err(ApplyFailure::Refused(msg)) => {
                     report.objects[i].action = Action::Failed(msg);
                     refused = true;
@@ -482,9 +503,13 @@ impl Applier {
                 .buffer_unordered(self.options.concurrency.max(1))
                 .collect()
                 .await;
+            let mut active_namespaces = std::collections::BTreeSet::new();
             for (i, exists, r) in results {
                 match r {
-                    Ok(()) => {
+                    Ok(phase) => {
+                        if phase.as_deref() == Some("Active") {
+                            active_namespaces.insert(i);
+                        }
                         report.writes += 1;
                         report.objects[i].action = if exists {
                             Action::Configured
@@ -518,11 +543,14 @@ impl Applier {
                 let o = &rendered.objects[*i];
                 match o.kind() {
                     "CustomResourceDefinition" => self.wait_crd_established(o.name()).await?,
-                    "Namespace" => self.wait_namespace_active(o.name()).await?,
+                    "Namespace" if !active_namespaces.contains(i) => {
+                        self.wait_namespace_active(o.name()).await?
+                    }
                     _ => {}
                 }
             }
         }
+        report.live_before = live;
         if !failed {
             report.generated_secrets_created = self
                 .ensure_generated_secrets(rendered, &mut report.writes)
@@ -553,7 +581,12 @@ impl Applier {
         out
     }
 
-    async fn server_apply(&self, o: &RenderedObject, dry_run: bool) -> Result<(), ApplyFailure> {
+    /// Applies one object; returns the `status.phase` of the object the API server returned.
+    async fn server_apply(
+        &self,
+        o: &RenderedObject,
+        dry_run: bool,
+    ) -> Result<Option<String>, ApplyFailure> {
         match self
             .server_apply_with(o, dry_run, self.options.force_conflicts)
             .await
@@ -589,7 +622,7 @@ impl Applier {
         o: &RenderedObject,
         dry_run: bool,
         force: bool,
-    ) -> Result<(), ApplyFailure> {
+    ) -> Result<Option<String>, ApplyFailure> {
         let gvk = gvk_of(o);
         let (ar, namespaced) = match self.resource(&gvk).await {
             Ok(r) => r,
@@ -603,7 +636,7 @@ impl Applier {
         }
         pp.dry_run = dry_run;
         match api.patch(o.name(), &pp, &Patch::Apply(&o.manifest)).await {
-            Ok(_) => Ok(()),
+            Ok(obj) => Ok(obj.data["status"]["phase"].as_str().map(str::to_string)),
             // In a dry run, a missing namespace only means the namespace is created by this sync.
             Err(e) if dry_run && is_not_found(&e) => Err(ApplyFailure::NotYetResolvable),
             Err(e @ kube::Error::Api(_)) if matches!(&e, kube::Error::Api(s) if s.code == 409) => {
@@ -679,13 +712,31 @@ impl Applier {
         let secrets: &[GeneratedSecret] = &rendered.generated_secrets;
         let gvk = GroupVersionKind::gvk("", "v1", "Secret");
         let (ar, _) = self.resource(&gvk).await?;
+        // One LIST of our secrets instead of a GET per secret.
+        let all: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+        let selector = format!(
+            "{REPOSITORY_LABEL}={},{CLUSTER_LABEL}={}",
+            rendered.repository, rendered.cluster
+        );
+        let existing: std::collections::BTreeSet<(String, String)> = all
+            .list_metadata(&ListParams::default().labels(&selector))
+            .await?
+            .items
+            .into_iter()
+            .map(|m| {
+                (
+                    m.metadata.namespace.unwrap_or_default(),
+                    m.metadata.name.unwrap_or_default(),
+                )
+            })
+            .collect();
         let mut created = Vec::new();
         for s in secrets {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), &s.namespace, &ar);
-            match api.get_opt(&s.name).await? {
-                Some(_) => continue,
-                None => {
+            match existing.contains(&(s.namespace.clone(), s.name.clone())) {
+                true => continue,
+                false => {
                     let token = random_hex(s.random_bytes)
                         .map_err(|e| ApplyError::Timeout(format!("reading random bytes: {e}")))?;
                     let obj: DynamicObject = serde_json::from_value(json!({

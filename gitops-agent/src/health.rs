@@ -116,11 +116,13 @@ fn checked_kind(api_version: &str, kind: &str) -> bool {
 }
 
 /// Waits up to `timeout` for the rendered Deployments, CRDs and kars CRs to be ready; returns
-/// what is still not ready at the end (polling every second, one LIST per kind).
+/// what is still not ready at the end (polling every second, one LIST per kind). `prefetched`
+/// live objects (from a sync that changed nothing) are used for the first look.
 pub async fn wait(
     applier: &Applier,
     rendered: &Rendered,
     timeout: Duration,
+    prefetched: Option<&std::collections::BTreeMap<String, Value>>,
 ) -> Result<HealthReport, kube::Error> {
     let deadline = Instant::now() + timeout;
     let targets: Vec<_> = rendered
@@ -128,12 +130,21 @@ pub async fn wait(
         .iter()
         .filter(|o| checked_kind(o.api_version(), o.kind()))
         .collect();
+    let mut first = true;
     loop {
         let mut report = HealthReport {
             checked: targets.len(),
             ..HealthReport::default()
         };
-        let live = applier.list_live(rendered, checked_kind).await?;
+        let listed;
+        let live = match prefetched.filter(|_| first) {
+            Some(p) => p,
+            None => {
+                listed = applier.list_live(rendered, checked_kind).await?;
+                &listed
+            }
+        };
+        first = false;
         for o in &targets {
             let health = match live.get(&o.key()) {
                 None => {

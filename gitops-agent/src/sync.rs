@@ -739,9 +739,14 @@ async fn run(
     } else {
         Duration::ZERO
     };
-    let health = health::wait(&applier, &rendered, timeout)
-        .await
-        .map_err(|e| SyncError::Apply(ApplyError::Kube(e)))?;
+    let health = health::wait(
+        &applier,
+        &rendered,
+        timeout,
+        (!changed && !apply.live_before.is_empty()).then_some(&apply.live_before),
+    )
+    .await
+    .map_err(|e| SyncError::Apply(ApplyError::Kube(e)))?;
     let (h_ok, h_reason, h_msg) = match health.healthy() {
         Some(true) => (
             Some(true),
