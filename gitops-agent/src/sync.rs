@@ -111,6 +111,8 @@ pub struct SyncOutcome {
     pub prune_refused: Option<String>,
     /// Health after the apply.
     pub health: HealthReport,
+    /// Seconds spent in each phase (fetch, verify+render, apply, prune, health).
+    pub timings: Vec<(String, f64)>,
 }
 
 impl SyncOutcome {
@@ -445,6 +447,12 @@ async fn run(
     }
     st.failures.clear();
     // Source.
+    let mut timings: Vec<(String, f64)> = Vec::new();
+    let mut mark = Instant::now();
+    let mut lap = |name: &str, timings: &mut Vec<(String, f64)>| {
+        timings.push((name.to_string(), mark.elapsed().as_secs_f64()));
+        mark = Instant::now();
+    };
     let prefix = cfg.trust.approval_tag_prefix.clone();
     let owned = cfg.clone();
     let fetched = tokio::task::spawn_blocking(move || resolve_source(&owned, &prefix))
@@ -479,6 +487,7 @@ async fn run(
         generation,
     );
 
+    lap("fetch", &mut timings);
     // Verify and render.
     let since = cfg
         .since_override
@@ -564,6 +573,7 @@ async fn run(
         generation,
     );
 
+    lap("verify+render", &mut timings);
     // Apply.
     let applier = Applier::new(client.clone(), cfg.apply.clone());
     let apply = match applier.apply(&rendered).await {
@@ -609,6 +619,7 @@ async fn run(
         .filter_map(|s| InventoryEntry::parse(s))
         .collect();
 
+    lap("apply", &mut timings);
     // Prune, only after every object applied.
     let mut prune_results = Vec::new();
     let mut prune_refused = None;
@@ -665,10 +676,10 @@ async fn run(
             .filter(|(_, r)| r.leaves_inventory())
             .map(|(e, _)| e.to_string())
             .collect();
+        let rendered_keys: std::collections::BTreeSet<String> =
+            rendered_inventory.iter().map(InventoryEntry::key).collect();
         for e in &old_inventory {
-            if !deleted.contains(&e.to_string())
-                && !rendered_inventory.iter().any(|r| r.key() == e.key())
-            {
+            if !deleted.contains(&e.to_string()) && !rendered_keys.contains(&e.key()) {
                 inv.insert(e.to_string());
             }
         }
@@ -732,6 +743,7 @@ async fn run(
         );
     }
 
+    lap("prune", &mut timings);
     // Health: wait only when something changed; otherwise one look.
     let changed = apply.count(|a| matches!(a, Action::Created | Action::Configured)) > 0;
     let timeout = if changed {
@@ -828,7 +840,10 @@ async fn run(
             writes: apply.writes as u32,
         });
     }
+    lap("health", &mut timings);
+    tracing::debug!(?timings, "sync phases (seconds)");
     Ok(SyncOutcome {
+        timings,
         commit: head.to_string(),
         repository: rendered.repository.clone(),
         cluster: rendered.cluster.clone(),

@@ -87,9 +87,11 @@ pub fn render_tree(
     validate::validate_cluster(&view, &mut report);
     report.finish();
     // Only errors in the files this cluster renders (and kars.yaml) block it.
+    let files: std::collections::BTreeSet<&str> =
+        view.objects.iter().map(|o| o.file.as_str()).collect();
     report
         .diagnostics
-        .retain(|d| d.file == config::FILE || view.objects.iter().any(|o| o.file == d.file));
+        .retain(|d| d.file == config::FILE || files.contains(d.file.as_str()));
     if report.has_errors() {
         return Err(RenderError::Invalid { report });
     }

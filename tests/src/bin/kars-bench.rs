@@ -354,6 +354,8 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
 
 fn bench_sync(args: &[String]) -> Result<()> {
     let agents = arg(args, "--agents", 1000);
+    // --quick: only the kars first and no-op syncs (for profiling the phases).
+    let quick = args.iter().any(|a| a == "--quick");
     let release = kars_e2e::workspace_root().join("target/release");
     let agent_bin = release.join("kars-gitops-agent");
     if !agent_bin.exists() {
@@ -472,6 +474,28 @@ fn bench_sync(args: &[String]) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let noop_time = t.elapsed();
 
+    if quick {
+        println!(
+            "no-op sync {:.2} s: {}",
+            noop_time.as_secs_f64(),
+            noop.timings
+                .iter()
+                .map(|(n, t)| format!("{n} {t:.2} s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "first sync {:.2} s: {}",
+            first_time.as_secs_f64(),
+            first
+                .timings
+                .iter()
+                .map(|(n, t)| format!("{n} {t:.2} s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(());
+    }
     // (3) push → applied latency, webhook and local watch, with the release agent; (4) its memory.
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "bench")?;
