@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::apply::{first_difference, is_subset, project};
 use crate::status::{InventoryEntry, PolicyRepo};
-use crate::sync::{SyncConfig, SyncError, render, resolve_source, verify};
+use crate::sync::{SyncConfig, SyncError, prepare, render, resolve_source, verify};
 use crate::verify::RangeVerdict;
 
 /// One rendered object next to its live copy.
@@ -67,17 +67,17 @@ pub async fn inspect(client: &kube::Client, cfg: &SyncConfig) -> Result<Inspecti
         })??;
     let trust = cfg.trust.clone();
     let cluster = cfg.cluster.clone();
-    let (verification, rendered) = tokio::task::spawn_blocking(move || {
+    let (verification, prepared) = tokio::task::spawn_blocking(move || {
         let verification = match verify(&path, head, since.as_deref(), &trust) {
             Ok(v) if v.ok() => Ok(v),
             Ok(v) => Err(v.first_problem().unwrap_or_default()),
             Err(e) => Err(e.to_string()),
         };
-        let rendered = match &verification {
-            Ok(_) => render(&path, head, cluster.as_deref()).map_err(|e| e.to_string()),
+        let prepared = match &verification {
+            Ok(_) => prepare(&path, head, cluster.as_deref()).map_err(|e| e.to_string()),
             Err(_) => Err("not rendered: verification failed".to_string()),
         };
-        (verification, rendered)
+        (verification, prepared)
     })
     .await
     .map_err(|e| {
@@ -86,6 +86,18 @@ pub async fn inspect(client: &kube::Client, cfg: &SyncConfig) -> Result<Inspecti
             message: e.to_string(),
         })
     })?;
+    let rendered = match prepared {
+        Ok(p) => {
+            let previous = policy_repo
+                .as_ref()
+                .and_then(|p| p.status.as_ref())
+                .map(|s| s.bundles.clone())
+                .unwrap_or_default();
+            let (bundles, _) = cfg.bundles.resolve(&p.bundle_uses(), &previous).await;
+            render(&p, head, &bundles).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e),
+    };
     let mut objects = Vec::new();
     let mut to_prune = Vec::new();
     if let Ok(r) = &rendered {
@@ -112,7 +124,10 @@ pub async fn inspect(client: &kube::Client, cfg: &SyncConfig) -> Result<Inspecti
         }
         let rendered_keys: std::collections::BTreeSet<String> =
             r.objects.iter().map(RenderedObject::key).collect();
-        if let Some(st) = policy_repo.as_ref().and_then(|p| p.status.as_ref()) {
+        // While objects are held back (unverified bundles) a sync prunes nothing.
+        if let Some(st) = policy_repo.as_ref().and_then(|p| p.status.as_ref())
+            && r.held_back.is_empty()
+        {
             to_prune = st
                 .inventory
                 .iter()

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod apply;
+pub mod bundles;
 pub mod health;
 pub mod inspect;
 pub mod lease;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use kars_gitops_agent::agent::{self, AgentConfig};
 use kars_gitops_agent::apply::ApplyOptions;
+use kars_gitops_agent::bundles::BundleArgs;
 use kars_gitops_agent::lease::LeaseConfig;
 use kars_gitops_agent::prune::PruneOptions;
 use kars_gitops_agent::source::Credentials;
@@ -99,6 +100,8 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "KARS_LOG_JSON")]
     log_json: bool,
+    #[command(flatten)]
+    bundles: BundleArgs,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -204,6 +207,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         health_timeout: args.health_timeout,
         since_override: None,
+        bundles: args
+            .bundles
+            .verifier(Some(&args.cache_dir))
+            .map_err(|e| anyhow::anyhow!("signed bundles: {e}"))?,
     };
     let client = kube_client(args.kubeconfig.as_deref()).await?;
     if args.once {

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub verification_failures: Family<ReasonLabel, Counter>,
     /// Unix time of the last successful apply.
     pub last_applied_timestamp: Gauge<f64, AtomicU64>,
+    /// Signed-bundle references that did not verify in a sync, by reason.
+    pub bundle_failures: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -51,6 +53,12 @@ impl Default for Metrics {
         let write_requests = Counter::default();
         let verification_failures = Family::<ReasonLabel, Counter>::default();
         let last_applied_timestamp = Gauge::<f64, AtomicU64>::default();
+        let bundle_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "bundle_failures",
+            "Signed-bundle references that did not verify, per sync",
+            bundle_failures.clone(),
+        );
         registry.register(
             "sync_duration_seconds",
             "Duration of a sync (fetch to status)",
@@ -89,6 +97,7 @@ impl Default for Metrics {
             write_requests,
             verification_failures,
             last_applied_timestamp,
+            bundle_failures,
         }
     }
 }

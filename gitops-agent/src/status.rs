@@ -119,6 +119,31 @@ pub struct PolicyRepoStatus {
     /// Failures of the last sync.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<ObjectFailure>,
+    /// Every signed-bundle reference of the rendered commit and the bundle in use for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundles: Vec<BundleStatus>,
+}
+
+/// One signed-bundle reference and what is projected for it.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleStatus {
+    /// The referencing object, `Kind/namespace/name`.
+    pub object: String,
+    /// The field, e.g. `spec.networkPolicy.allowlistRef`.
+    pub field: String,
+    /// The reference as written, `registry/repository@digest`.
+    pub reference: String,
+    /// The bundle in use, `registry/repository@digest`: the reference itself when it verified,
+    /// else the last one that did (absent when none ever did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<String>,
+    /// Why the reference did not verify (`SignerPolicyMismatch`, `OciPullError`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Details of the failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Counts of one sync.

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kars_renderer::source::SourceLimits;
-use kars_renderer::{Bundles, RenderError, Rendered};
+use kars_renderer::{Bundles, Prepared, RenderError, Rendered};
+
+use crate::bundles::BundleVerifier;
 
 use crate::apply::{Action, Applier, ApplyError, ApplyOptions, ApplyReport};
 use crate::health::{self, HealthReport};
@@ -51,6 +53,8 @@ pub struct SyncConfig {
     pub health_timeout: Duration,
     /// Verify from this commit instead of the last applied one (CLI `--since`).
     pub since_override: Option<String>,
+    /// Verifies the signed bundles the commit references.
+    pub bundles: BundleVerifier,
 }
 
 impl SyncConfig {
@@ -113,6 +117,10 @@ pub struct SyncOutcome {
     pub health: HealthReport,
     /// Seconds spent in each phase (fetch, verify+render, apply, prune, health).
     pub timings: Vec<(String, f64)>,
+    /// Signed-bundle references that did not verify: (object, reason).
+    pub bundle_failures: Vec<(String, String)>,
+    /// Objects held back because a bundle they need is not verified (`Kind/namespace/name`).
+    pub held_back: Vec<String>,
 }
 
 impl SyncOutcome {
@@ -120,6 +128,8 @@ impl SyncOutcome {
     pub fn converged(&self) -> bool {
         self.apply.is_success()
             && self.prune_refused.is_none()
+            && self.bundle_failures.is_empty()
+            && self.held_back.is_empty()
             && self
                 .prune
                 .iter()
@@ -304,36 +314,49 @@ pub fn verify(
     Ok(Verifier::new(&repo, trust, unix_now()).verify_range(since, head)?)
 }
 
-/// Renders `head` (call only after [`verify`] accepted the range).
-pub fn render(
+/// Reads `head` and validates what `cluster` receives (call only after [`verify`] accepted
+/// the range); the result lists the signed bundles to verify before rendering.
+pub fn prepare(
     repo_path: &Path,
     head: gix::ObjectId,
     cluster: Option<&str>,
-) -> Result<Rendered, SyncError> {
+) -> Result<Prepared, SyncError> {
     let repo = source::open(repo_path)?;
     let tree = source::read_tree(&repo, head, SourceLimits::default())?;
-    kars_renderer::render_tree(&tree, cluster, &Bundles::none()).map_err(|source| {
-        SyncError::Render {
-            commit: head.to_string(),
-            source,
-        }
+    kars_renderer::prepare(&tree, cluster).map_err(|source| SyncError::Render {
+        commit: head.to_string(),
+        source,
     })
 }
 
-/// Verifies `since..head` and renders `head`. Nothing is rendered unless everything verifies.
-pub fn verify_and_render(
+/// Renders a prepared commit with the bundles resolved for it.
+pub fn render(
+    prepared: &Prepared,
+    head: gix::ObjectId,
+    bundles: &Bundles,
+) -> Result<Rendered, SyncError> {
+    prepared
+        .render(bundles)
+        .map_err(|source| SyncError::Render {
+            commit: head.to_string(),
+            source,
+        })
+}
+
+/// Verifies `since..head` and prepares `head`. Nothing is read unless everything verifies.
+pub fn verify_and_prepare(
     repo_path: &Path,
     head: gix::ObjectId,
     since: Option<&str>,
     trust: &TrustPolicy,
     cluster: Option<&str>,
-) -> Result<(RangeVerdict, Rendered), SyncError> {
+) -> Result<(RangeVerdict, Prepared), SyncError> {
     let verdict = verify(repo_path, head, since, trust)?;
     if !verdict.ok() {
         return Err(SyncError::Untrusted(Box::new(verdict)));
     }
-    let rendered = render(repo_path, head, cluster)?;
-    Ok((verdict, rendered))
+    let prepared = prepare(repo_path, head, cluster)?;
+    Ok((verdict, prepared))
 }
 
 /// Runs one sync and records it in the PolicyRepo status. `stop` is polled between objects
@@ -373,10 +396,17 @@ pub async fn sync_once(
         ),
         Ok(o) => (
             Some(false),
-            o.prune_refused
-                .as_ref()
-                .map_or("ApplyFailed", |_| "PruneRefused")
-                .to_string(),
+            if !o.apply.is_success() {
+                "ApplyFailed".to_string()
+            } else if let Some((_, reason)) = o.bundle_failures.first() {
+                reason.clone()
+            } else if !o.held_back.is_empty() {
+                "HeldBack".to_string()
+            } else if o.prune_refused.is_some() {
+                "PruneRefused".to_string()
+            } else {
+                "ApplyFailed".to_string()
+            },
             st.failures
                 .first()
                 .map(|f| format!("{}: {}", f.object, f.message))
@@ -414,6 +444,13 @@ pub async fn sync_once(
                 .inc();
         }
         if let Ok(o) = &result {
+            for (_, reason) in &o.bundle_failures {
+                m.bundle_failures
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.clone(),
+                    })
+                    .inc();
+            }
             m.objects_applied.inc_by(
                 o.apply
                     .count(|a| matches!(a, Action::Created | Action::Configured))
@@ -498,7 +535,7 @@ async fn run(
     let path = repo_path.clone();
     let since_for_task = since.clone();
     let verified = tokio::task::spawn_blocking(move || {
-        verify_and_render(
+        verify_and_prepare(
             &path,
             head,
             since_for_task.as_deref(),
@@ -513,7 +550,7 @@ async fn run(
             message: format!("verify task failed: {e}"),
         })
     })?;
-    let (verification, rendered) = match verified {
+    let (verification, prepared) = match verified {
         Ok(x) => x,
         Err(e @ (SyncError::Untrusted(_) | SyncError::VerifyFailed(_))) => {
             set_condition(
@@ -546,6 +583,95 @@ async fn run(
             return Err(e);
         }
     };
+    // Signed bundles: verify every reference of the commit, then render with what verified.
+    let uses = prepared.bundle_uses();
+    let (bundles, bundle_statuses) = cfg.bundles.resolve(&uses, &st.bundles).await;
+    let rendered = match tokio::task::spawn_blocking(move || render(&prepared, head, &bundles))
+        .await
+        .map_err(|e| {
+            SyncError::Source(GitSourceError::Object {
+                id: head.to_string(),
+                message: format!("render task failed: {e}"),
+            })
+        })? {
+        Ok(r) => r,
+        Err(e) => {
+            set_condition(
+                &mut st.conditions,
+                "Rendered",
+                Some(false),
+                e.reason(),
+                &e.to_string(),
+                generation,
+            );
+            return Err(e);
+        }
+    };
+    let file_of = |object: &str| {
+        uses.iter()
+            .find(|u| u.object == object)
+            .map(|u| u.file.clone())
+            .unwrap_or_default()
+    };
+    let mut bundle_failures = Vec::new();
+    for b in &bundle_statuses {
+        let Some(reason) = &b.reason else { continue };
+        let kept = match &b.verified {
+            Some(v) => format!("the last verified bundle {v} stays in use"),
+            None => "nothing was verified for it before, so the object is held back".to_string(),
+        };
+        bundle_failures.push((b.object.clone(), reason.clone()));
+        st.failures.push(ObjectFailure {
+            object: b.object.clone(),
+            source: file_of(&b.object),
+            reason: reason.clone(),
+            message: format!(
+                "{} {}: {}; {kept}",
+                b.field,
+                b.reference,
+                b.message.as_deref().unwrap_or_default()
+            ),
+        });
+    }
+    for h in &rendered.held_back {
+        if !bundle_failures.iter().any(|(o, _)| *o == h.object) {
+            st.failures.push(ObjectFailure {
+                object: h.object.clone(),
+                source: h.file.clone(),
+                reason: "HeldBack".into(),
+                message: h.reason.clone(),
+            });
+        }
+    }
+    let verified_count = bundle_statuses
+        .iter()
+        .filter(|b| b.reason.is_none())
+        .count();
+    if let Some((object, reason)) = bundle_failures.first() {
+        set_condition(
+            &mut st.conditions,
+            "BundlesVerified",
+            Some(false),
+            reason,
+            &format!(
+                "{} of {} signed bundle reference(s) did not verify (first: {object}); {} object(s) held back, prune paused",
+                bundle_failures.len(),
+                bundle_statuses.len(),
+                rendered.held_back.len()
+            ),
+            generation,
+        );
+    } else {
+        set_condition(
+            &mut st.conditions,
+            "BundlesVerified",
+            Some(true),
+            "Verified",
+            &format!("{verified_count} signed bundle reference(s) verified"),
+            generation,
+        );
+    }
+    st.bundles = bundle_statuses;
     let signers: std::collections::BTreeSet<String> = verification
         .commits
         .iter()
@@ -623,7 +749,13 @@ async fn run(
     // Prune, only after every object applied.
     let mut prune_results = Vec::new();
     let mut prune_refused = None;
-    if apply.is_success() && !cfg.apply.dry_run {
+    if !rendered.held_back.is_empty() {
+        tracing::info!(
+            held_back = rendered.held_back.len(),
+            "prune paused: objects are held back until their signed bundles verify"
+        );
+    }
+    if apply.is_success() && !cfg.apply.dry_run && rendered.held_back.is_empty() {
         let mut opts = cfg.prune.clone();
         if let Some(p) = &spec.prune {
             if let Some(enabled) = p.enabled {
@@ -856,6 +988,12 @@ async fn run(
             .collect(),
         prune_refused,
         health,
+        bundle_failures,
+        held_back: rendered
+            .held_back
+            .iter()
+            .map(|h| h.object.clone())
+            .collect(),
     })
 }
 

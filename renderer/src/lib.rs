@@ -9,6 +9,7 @@
 //! the agent. Both are pure functions of their inputs.
 
 pub mod api;
+pub mod bundle;
 pub mod canonical;
 pub mod cel;
 pub mod config;
@@ -24,7 +25,7 @@ pub mod validate;
 pub mod yaml;
 
 use diagnostics::{Diagnostics, Report};
-pub use render::{Bundles, Rendered, RenderedObject};
+pub use render::{Bundles, Rendered, RenderedObject, ResolvedBundle};
 pub use source::RepoTree;
 
 /// Why a repository could not be rendered.
@@ -73,12 +74,25 @@ pub fn validate_tree(tree: &RepoTree) -> Report {
     report
 }
 
-/// Validates and renders what `cluster` receives (the only cluster when `None`).
-pub fn render_tree(
-    tree: &RepoTree,
-    cluster: Option<&str>,
-    bundles: &Bundles,
-) -> Result<Rendered, RenderError> {
+/// A repository loaded and validated for one cluster: list its signed-bundle references, have
+/// them verified, then render with the result.
+pub struct Prepared {
+    repo: repo::LoadedRepo,
+    cluster: String,
+    /// Warnings found while validating (errors make [`prepare`] fail).
+    pub report: Report,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads and validates what `cluster` receives (the only cluster when `None`).
+pub fn prepare(tree: &RepoTree, cluster: Option<&str>) -> Result<Prepared, RenderError> {
     let (repo, mut report) = repo::load(tree);
     let Some(repo) = repo else {
         return Err(RenderError::Invalid { report });
@@ -95,7 +109,46 @@ pub fn render_tree(
     if report.has_errors() {
         return Err(RenderError::Invalid { report });
     }
-    render::render_cluster(&view, bundles).map_err(RenderError::Problems)
+    let cluster = view.cluster.name.clone();
+    drop(view);
+    Ok(Prepared {
+        repo,
+        cluster,
+        report,
+    })
+}
+
+impl Prepared {
+    /// The cluster being rendered.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Every signed-bundle reference of the objects this cluster receives, in file order.
+    pub fn bundle_uses(&self) -> Vec<bundle::BundleUse> {
+        match self.repo.for_cluster(Some(&self.cluster)) {
+            Ok(view) => view.objects.iter().flat_map(bundle::uses_of).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Renders with the bundles verified so far (objects needing others are held back).
+    pub fn render(&self, bundles: &Bundles) -> Result<Rendered, RenderError> {
+        let view = self
+            .repo
+            .for_cluster(Some(&self.cluster))
+            .map_err(RenderError::Cluster)?;
+        render::render_cluster(&view, bundles).map_err(RenderError::Problems)
+    }
+}
+
+/// Validates and renders what `cluster` receives (the only cluster when `None`).
+pub fn render_tree(
+    tree: &RepoTree,
+    cluster: Option<&str>,
+    bundles: &Bundles,
+) -> Result<Rendered, RenderError> {
+    prepare(tree, cluster)?.render(bundles)
 }
 
 #[cfg(test)]

@@ -48,26 +48,57 @@ const FORWARD_PROXY_PORT: i64 = 8444;
 const AGENT_UID: i64 = 1000;
 const ROUTER_UID: i64 = 1001;
 
-/// Signed-bundle contents the agent has verified, by manifest digest.
+/// Annotation on a projected ConfigMap naming the manifest digest of the signed bundle its
+/// content comes from.
+pub const BUNDLE_DIGEST_ANNOTATION: &str = "gitops.kars.io/bundle-digest";
+
+/// A verified bundle, as resolved for one reference.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResolvedBundle {
+    /// The manifest digest the bytes were verified under. Differs from the reference's digest
+    /// when the reference did not verify and the last verified bundle is kept instead.
+    pub digest: String,
+    /// The canonical content bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Signed-bundle contents the agent has verified, per reference (object key and field, see
+/// [`crate::bundle::BundleUse`]).
 #[derive(Clone, Debug, Default)]
 pub struct Bundles {
-    verified: BTreeMap<String, Vec<u8>>,
+    resolved: BTreeMap<(String, String), ResolvedBundle>,
 }
 
 impl Bundles {
-    /// No bundles: any `bundleRef`/`allowlistRef` makes rendering fail with a clear reason.
+    /// No bundles: every object taking a bundle is held back (see [`Rendered::held_back`]).
     pub fn none() -> Self {
         Bundles::default()
     }
 
-    /// Adds a verified bundle's canonical bytes under its manifest digest.
-    pub fn insert(&mut self, digest: impl Into<String>, bytes: Vec<u8>) {
-        self.verified.insert(digest.into(), bytes);
+    /// Records verified bytes for the reference at `field` of `object` (`Kind/namespace/name`).
+    pub fn insert(&mut self, object: &str, field: &str, digest: impl Into<String>, bytes: Vec<u8>) {
+        self.resolved.insert(
+            (object.to_string(), field.to_string()),
+            ResolvedBundle {
+                digest: digest.into(),
+                bytes,
+            },
+        );
     }
 
-    /// The verified bytes for a reference.
-    pub fn get(&self, r: &api::OciArtifactRef) -> Option<&[u8]> {
-        self.verified.get(&r.digest).map(Vec::as_slice)
+    /// The verified bundle for the reference at `field` of `object`.
+    pub fn get(&self, object: &str, field: &str) -> Option<&ResolvedBundle> {
+        self.resolved.get(&(object.to_string(), field.to_string()))
+    }
+
+    /// How many references are resolved.
+    pub fn len(&self) -> usize {
+        self.resolved.len()
+    }
+
+    /// True when nothing is resolved.
+    pub fn is_empty(&self) -> bool {
+        self.resolved.is_empty()
     }
 }
 
@@ -141,6 +172,9 @@ pub struct Rendered {
     /// `sha256:` over the object digests (`gitops.kars.io/object-digest`), in apply order,
     /// one per line.
     pub digest: String,
+    /// Objects not rendered because a signed bundle they need is not verified (the live
+    /// objects, if any, must be left as they are: no prune while this is non-empty).
+    pub held_back: Vec<RenderProblem>,
 }
 
 /// Why an object could not be rendered (after validation passed).
@@ -211,6 +245,10 @@ struct Ctx<'a> {
     objects: Vec<RenderedObject>,
     secrets: Vec<GeneratedSecret>,
     problems: Vec<RenderProblem>,
+    held_back: Vec<RenderProblem>,
+    /// Set while rendering a sandbox that needs a bundle that is not verified: the sandbox and
+    /// everything it implies are then dropped from the output.
+    hold: Option<String>,
 }
 
 impl Ctx<'_> {
@@ -242,6 +280,26 @@ impl Ctx<'_> {
         });
     }
 
+    /// The verified bundle for `field` of `o`, or marks the sandbox being rendered as held back.
+    fn bundle_or_hold(
+        &mut self,
+        o: &SourceObject,
+        field: &str,
+        r: &api::OciArtifactRef,
+    ) -> Option<ResolvedBundle> {
+        let found = self.bundles.get(&o.key(), field).cloned();
+        if found.is_none() && self.hold.is_none() {
+            self.hold = Some(format!(
+                "{} {field} {}/{}@{} is not verified and no earlier verified bundle exists",
+                o.key(),
+                r.registry,
+                r.repository,
+                r.digest
+            ));
+        }
+        found
+    }
+
     fn problem(&mut self, o: &SourceObject, reason: String) {
         self.problems.push(RenderProblem {
             file: o.file.clone(),
@@ -264,6 +322,8 @@ pub fn render_cluster(
         objects: Vec::new(),
         secrets: Vec::new(),
         problems: Vec::new(),
+        held_back: Vec::new(),
+        hold: None,
     };
     let index = Index::new(view.objects.iter());
     let mut approvals: ApprovalsBySandbox<'_> = BTreeMap::new();
@@ -323,11 +383,61 @@ pub fn render_cluster(
             labels.extend(ours);
         }
         manifest["metadata"]["labels"] = Value::Object(labels);
-        ctx.push(manifest, &o.file);
+        // An object whose own bundle reference did not verify is held back (its live copy, if
+        // any, keeps the reference that did verify); what it projects uses the last verified
+        // bundle when there is one.
+        let unverified: Vec<String> = crate::bundle::uses_of(o)
+            .iter()
+            .filter_map(|u| match ctx.bundles.get(&u.object, u.field) {
+                Some(r) if r.digest == u.reference.digest => None,
+                Some(r) => Some(format!(
+                    "{} {} is not verified; the last verified bundle {} stays in use",
+                    u.field,
+                    u.location(),
+                    r.digest
+                )),
+                None => Some(format!(
+                    "{} {} is not verified and no earlier verified bundle exists",
+                    u.field,
+                    u.location()
+                )),
+            })
+            .collect();
+        let mark = (ctx.objects.len(), ctx.secrets.len());
+        if unverified.is_empty() {
+            ctx.push(manifest, &o.file);
+        } else {
+            ctx.held_back.push(RenderProblem {
+                file: o.file.clone(),
+                object: o.key(),
+                reason: unverified.join("; "),
+            });
+        }
 
         if o.kind == "KarsSandbox" && o.is_kars() {
             match o.typed::<KarsSandbox>() {
-                Ok(sb) => render_sandbox(&mut ctx, o, &sb, &index, &approvals),
+                Ok(sb) => {
+                    ctx.hold = None;
+                    render_sandbox(&mut ctx, o, &sb, &index, &approvals);
+                    if let Some(why) = ctx.hold.take() {
+                        ctx.objects.truncate(mark.0);
+                        ctx.secrets.truncate(mark.1);
+                        let reason = format!(
+                            "the sandbox and every object it implies (namespace {}) are held back: {why}",
+                            sandbox_namespace(&o.name)
+                        );
+                        match ctx.held_back.last_mut() {
+                            Some(h) if h.object == o.key() => {
+                                h.reason = format!("{}; {reason}", h.reason)
+                            }
+                            _ => ctx.held_back.push(RenderProblem {
+                                file: o.file.clone(),
+                                object: o.key(),
+                                reason,
+                            }),
+                        }
+                    }
+                }
                 Err(e) => ctx.problem(o, e),
             }
         }
@@ -363,6 +473,7 @@ pub fn render_cluster(
         objects,
         generated_secrets: secrets,
         allow_empty_prune: view.config.spec.prune.allow_empty,
+        held_back: ctx.held_back,
     })
 }
 
@@ -499,31 +610,39 @@ fn render_sandbox(
     // Egress allowlist: the verified bundle when referenced, else the inline endpoints.
     let np = spec.network_policy.as_ref();
     let egress_mode = np.map_or("Learn", |n| n.egress_mode.as_str());
-    let inline: Vec<(String, i64)> = np
-        .map(|n| {
-            n.allowed_endpoints
-                .iter()
-                .map(|e| (e.host.clone(), e.port))
-                .collect()
-        })
-        .unwrap_or_default();
-    let allow_body = match np.and_then(|n| n.allowlist_ref.as_ref()) {
-        None => compile_allowlist(&inline),
-        Some(r) => match ctx.bundles.get(r) {
-            Some(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-            None => {
-                ctx.problem(
-                    o,
-                    format!(
-                        "spec.networkPolicy.allowlistRef {}/{}@{} is a signed bundle that has not been verified; signed bundles are not supported yet by this version, so nothing is rendered for this sandbox",
-                        r.registry, r.repository, r.digest
-                    ),
-                );
-                return;
+    let (endpoints, bundle_digest): (Vec<(String, i64)>, Option<String>) =
+        match np.and_then(|n| n.allowlist_ref.as_ref()) {
+            None => (
+                np.map(|n| {
+                    n.allowed_endpoints
+                        .iter()
+                        .map(|e| (e.host.clone(), e.port))
+                        .collect()
+                })
+                .unwrap_or_default(),
+                None,
+            ),
+            Some(r) => {
+                let Some(b) = ctx.bundle_or_hold(o, "spec.networkPolicy.allowlistRef", r) else {
+                    return;
+                };
+                match crate::bundle::allowlist_endpoints(&b.bytes) {
+                    Ok(eps) => (eps, Some(b.digest)),
+                    Err(e) => {
+                        ctx.hold = Some(format!(
+                            "the verified allowlist bundle {} does not parse: {e}",
+                            b.digest
+                        ));
+                        return;
+                    }
+                }
             }
-        },
-    };
-    let allow = compiled("allowlist.json", allow_body);
+        };
+    let allow = compiled("allowlist.json", compile_allowlist(&endpoints));
+    let mut allow_annotations = json!({"kars.azure.com/egress-allowlist-digest": allow.digest, CONTENT_DIGEST_ANNOTATION: allow.digest});
+    if let Some(d) = &bundle_digest {
+        allow_annotations[BUNDLE_DIGEST_ANNOTATION] = json!(d);
+    }
     let allow_cm = config_map(
         ctx,
         &ns,
@@ -531,12 +650,12 @@ fn render_sandbox(
         name,
         "egress-allowlist",
         json!({allow.file: allow.body}),
-        json!({"kars.azure.com/egress-allowlist-digest": allow.digest, CONTENT_DIGEST_ANNOTATION: allow.digest}),
+        allow_annotations,
     );
     ctx.push(allow_cm, src);
 
     // Egress approvals for this sandbox (same namespace as the CR).
-    let mut extra_ports: BTreeSet<i64> = inline
+    let mut extra_ports: BTreeSet<i64> = endpoints
         .iter()
         .map(|(_, p)| *p)
         .filter(|p| *p != 443)
@@ -649,16 +768,18 @@ fn render_sandbox(
             match tp_obj.typed::<api::ToolPolicy>() {
                 Ok(tp) => {
                     let profile = tp.spec.agt_profile.clone().unwrap_or_default();
-                    let body = match (&profile.inline, &profile.bundle_ref) {
-                        (_, Some(r)) => match ctx.bundles.get(r) {
-                            Some(b) => Some(String::from_utf8_lossy(b).into_owned()),
-                            None => {
-                                ctx.problem(tp_obj, format!("spec.agtProfile.bundleRef {}/{}@{} has not been verified; signed bundles are not supported yet by this version", r.registry, r.repository, r.digest));
-                                None
+                    let (body, bundle_digest) = match (&profile.inline, &profile.bundle_ref) {
+                        (_, Some(r)) => {
+                            match ctx.bundle_or_hold(tp_obj, "spec.agtProfile.bundleRef", r) {
+                                Some(b) => (
+                                    Some(String::from_utf8_lossy(&b.bytes).into_owned()),
+                                    Some(b.digest),
+                                ),
+                                None => (None, None),
                             }
-                        },
-                        (Some(inline), None) => Some(inline.clone()),
-                        (None, None) => None,
+                        }
+                        (Some(inline), None) => (Some(inline.clone()), None),
+                        (None, None) => (None, None),
                     };
                     if let Some(body) = body {
                         let agt = compiled("agt-profile.yaml", body);
@@ -670,6 +791,10 @@ fn render_sandbox(
                             "rateLimit": tp.spec.rate_limit,
                         });
                         let cm_name = format!("toolpolicy-{tp_name}-profile");
+                        let mut annotations = json!({"kars.azure.com/agt-profile-digest": agt.digest, CONTENT_DIGEST_ANNOTATION: agt.digest, "kars.azure.com/toolpolicy": tp_name});
+                        if let Some(d) = bundle_digest {
+                            annotations[BUNDLE_DIGEST_ANNOTATION] = json!(d);
+                        }
                         let cm = config_map(
                             ctx,
                             &ns,
@@ -677,7 +802,7 @@ fn render_sandbox(
                             name,
                             "compiled-profile",
                             json!({"agt-profile.yaml": agt.body, "profile.json": canonical::json(&summary)}),
-                            json!({"kars.azure.com/agt-profile-digest": agt.digest, CONTENT_DIGEST_ANNOTATION: agt.digest, "kars.azure.com/toolpolicy": tp_name}),
+                            annotations,
                         );
                         ctx.push(cm, src);
                         mount_cm(
@@ -703,20 +828,23 @@ fn render_sandbox(
     if let Some(ip_obj) = index.get("InferencePolicy", Some(cr_ns), &spec.inference_ref.name) {
         match ip_obj.typed::<api::InferencePolicy>() {
             Ok(ip) => {
+                let mut bundle_digest = None;
                 let content = match &ip.spec.bundle_ref {
-                    Some(r) => match ctx.bundles.get(r).map(serde_json::from_slice::<Value>) {
-                        Some(Ok(v)) => Some(v),
-                        Some(Err(e)) => {
-                            ctx.problem(
-                                ip_obj,
-                                format!("verified inference-policy bundle is not JSON: {e}"),
-                            );
-                            None
-                        }
-                        None => {
-                            ctx.problem(ip_obj, format!("spec.bundleRef {}/{}@{} has not been verified; signed bundles are not supported yet by this version", r.registry, r.repository, r.digest));
-                            None
-                        }
+                    Some(r) => match ctx.bundle_or_hold(ip_obj, "spec.bundleRef", r) {
+                        Some(b) => match serde_json::from_slice::<Value>(&b.bytes) {
+                            Ok(v) => {
+                                bundle_digest = Some(b.digest);
+                                Some(v)
+                            }
+                            Err(e) => {
+                                ctx.hold = Some(format!(
+                                    "the verified inference-policy bundle {} is not JSON: {e}",
+                                    b.digest
+                                ));
+                                None
+                            }
+                        },
+                        None => None,
                     },
                     None => Some(json!({
                         "tokenBudget": ip.spec.token_budget,
@@ -740,6 +868,10 @@ fn render_sandbox(
                     let inf = compiled("inference-policy.json", canonical::json(&content));
                     let ip_name = &spec.inference_ref.name;
                     let cm_name = format!("inferencepolicy-{ip_name}-profile");
+                    let mut annotations = json!({"kars.azure.com/inference-policy-digest": inf.digest, CONTENT_DIGEST_ANNOTATION: inf.digest, "kars.azure.com/inferencepolicy": ip_name});
+                    if let Some(d) = bundle_digest {
+                        annotations[BUNDLE_DIGEST_ANNOTATION] = json!(d);
+                    }
                     let cm = config_map(
                         ctx,
                         &ns,
@@ -747,7 +879,7 @@ fn render_sandbox(
                         name,
                         "inference-policy-profile",
                         json!({inf.file: inf.body}),
-                        json!({"kars.azure.com/inference-policy-digest": inf.digest, CONTENT_DIGEST_ANNOTATION: inf.digest, "kars.azure.com/inferencepolicy": ip_name}),
+                        annotations,
                     );
                     ctx.push(cm, src);
                     mount_cm(
@@ -770,13 +902,23 @@ fn render_sandbox(
     {
         match mem_obj.typed::<api::KarsMemory>() {
             Ok(mem) => {
+                let mut bundle_digest = None;
                 let content = match &mem.spec.bundle_ref {
-                    Some(r) => match ctx.bundles.get(r) {
-                        Some(b) => serde_json::from_slice::<Value>(b).ok(),
-                        None => {
-                            ctx.problem(mem_obj, format!("spec.bundleRef {}/{}@{} has not been verified; signed bundles are not supported yet by this version", r.registry, r.repository, r.digest));
-                            None
-                        }
+                    Some(r) => match ctx.bundle_or_hold(mem_obj, "spec.bundleRef", r) {
+                        Some(b) => match serde_json::from_slice::<Value>(&b.bytes) {
+                            Ok(v) => {
+                                bundle_digest = Some(b.digest);
+                                Some(v)
+                            }
+                            Err(e) => {
+                                ctx.hold = Some(format!(
+                                    "the verified memory-binding bundle {} is not JSON: {e}",
+                                    b.digest
+                                ));
+                                None
+                            }
+                        },
+                        None => None,
                     },
                     None => Some(json!({
                         "storeName": mem.spec.store_name,
@@ -790,6 +932,10 @@ fn render_sandbox(
                     content["sandboxRef"] = json!({"name": mem.spec.sandbox_ref.name});
                     let b = compiled("binding.json", canonical::json(&content));
                     let cm_name = format!("karsmemory-{}-binding", m.name);
+                    let mut annotations = json!({"kars.azure.com/claw-memory-digest": b.digest, CONTENT_DIGEST_ANNOTATION: b.digest, "kars.azure.com/karsmemory": m.name});
+                    if let Some(d) = bundle_digest {
+                        annotations[BUNDLE_DIGEST_ANNOTATION] = json!(d);
+                    }
                     let cm = config_map(
                         ctx,
                         &ns,
@@ -797,7 +943,7 @@ fn render_sandbox(
                         name,
                         "claw-memory-binding",
                         json!({b.file: b.body}),
-                        json!({"kars.azure.com/claw-memory-digest": b.digest, CONTENT_DIGEST_ANNOTATION: b.digest, "kars.azure.com/karsmemory": m.name}),
+                        annotations,
                     );
                     ctx.push(cm, src);
                     mount_cm(
@@ -829,13 +975,7 @@ fn render_sandbox(
             let Ok(mcp) = mcp_obj.typed::<api::McpServer>() else {
                 continue;
             };
-            if let Some(r) = &mcp.spec.bundle_ref
-                && ctx.bundles.get(r).is_none()
-            {
-                ctx.problem(mcp_obj, format!("spec.bundleRef {}/{}@{} has not been verified; signed bundles are not supported yet by this version", r.registry, r.repository, r.digest));
-                continue;
-            }
-            let content = json!({
+            let mut content = json!({
                 "name": m,
                 "url": mcp.spec.url,
                 "oauth": mcp.spec.oauth,
@@ -844,6 +984,30 @@ fn render_sandbox(
                 "allowedTools": mcp.spec.allowed_tools,
                 "bearerFromEnv": mcp.spec.bearer_from_env,
             });
+            let mut bundle_digest = None;
+            if let Some(r) = &mcp.spec.bundle_ref {
+                // The bundle carries the content fields; name and bearerFromEnv stay the CR's.
+                let Some(b) = ctx.bundle_or_hold(mcp_obj, "spec.bundleRef", r) else {
+                    continue;
+                };
+                match serde_json::from_slice::<Value>(&b.bytes) {
+                    Ok(Value::Object(fields)) => {
+                        for (k, v) in fields {
+                            if k != "displayName" {
+                                content[k] = v;
+                            }
+                        }
+                        bundle_digest = Some(b.digest);
+                    }
+                    _ => {
+                        ctx.hold = Some(format!(
+                            "the verified mcp-server bundle {} is not a JSON object",
+                            b.digest
+                        ));
+                        continue;
+                    }
+                }
+            }
             let c = compiled("server.json", canonical::json(&content));
             let cm_name = format!("mcp-{m}-server");
             let cm = config_map(
@@ -853,7 +1017,13 @@ fn render_sandbox(
                 name,
                 "mcp-server",
                 json!({c.file: c.body}),
-                json!({CONTENT_DIGEST_ANNOTATION: c.digest, "kars.azure.com/mcp-server": m}),
+                {
+                    let mut a = json!({CONTENT_DIGEST_ANNOTATION: c.digest, "kars.azure.com/mcp-server": m});
+                    if let Some(d) = bundle_digest {
+                        a[BUNDLE_DIGEST_ANNOTATION] = json!(d);
+                    }
+                    a
+                },
             );
             ctx.push(cm, src);
             mount_cm(

@@ -177,6 +177,356 @@ fn compiled_configmaps_carry_the_digest_of_their_content() {
     assert!(body.contains("api.github.com"));
 }
 
+// ---- signed bundles ---------------------------------------------------------------------------
+
+const EGRESS_DIGEST: &str =
+    "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+fn signed_bundles_tree() -> RepoTree {
+    load(&manifest_dir().join("testdata/repos/signed-bundles"))
+}
+
+/// Canonical content for every reference of the signed-bundles fixture.
+fn fixture_bundles() -> Vec<(&'static str, &'static str, &'static str, Vec<u8>)> {
+    use crate::bundle::{BundleKind, allowlist_bundle, canonicalize};
+    let c = |k: BundleKind, text: &str| canonicalize(k, text.as_bytes()).expect("fixture bundle");
+    vec![
+        (
+            "KarsSandbox/agents/signed",
+            "spec.networkPolicy.allowlistRef",
+            EGRESS_DIGEST,
+            allowlist_bundle(
+                &[
+                    ("api.openai.com".into(), 443),
+                    ("pypi.org".into(), 443),
+                    ("git.example.com".into(), 22),
+                ],
+                1,
+            )
+            .expect("allowlist"),
+        ),
+        (
+            "ToolPolicy/agents/signed-tools",
+            "spec.agtProfile.bundleRef",
+            "sha256:2222222222222222222222222222222222222222222222222222222222222222",
+            c(
+                BundleKind::AgtProfile,
+                "version: '1.0'\nagent: signed\npolicies:\n- name: tool-allow\n  type: capability\n  allowed_actions: ['tool:*']\n  priority: 70\n",
+            ),
+        ),
+        (
+            "InferencePolicy/agents/signed-inference",
+            "spec.bundleRef",
+            "sha256:3333333333333333333333333333333333333333333333333333333333333333",
+            c(
+                BundleKind::InferencePolicy,
+                r#"{"modelPreference":{"primary":{"provider":"azure-openai","deployment":"gpt-4.1-signed"}},"tokenBudget":{"dailyTokens":42000}}"#,
+            ),
+        ),
+        (
+            "KarsMemory/agents/signed-memory",
+            "spec.bundleRef",
+            "sha256:4444444444444444444444444444444444444444444444444444444444444444",
+            c(
+                BundleKind::MemoryBinding,
+                r#"{"storeName":"signed-store","retentionDays":30}"#,
+            ),
+        ),
+        (
+            "McpServer/agents/docs",
+            "spec.bundleRef",
+            "sha256:5555555555555555555555555555555555555555555555555555555555555555",
+            c(
+                BundleKind::McpServer,
+                r#"{"url":"https://mcp.example.com/docs","allowedTools":["search"]}"#,
+            ),
+        ),
+    ]
+}
+
+fn bundles_except(skip: &[&str]) -> Bundles {
+    let mut b = Bundles::none();
+    for (object, field, digest, bytes) in fixture_bundles() {
+        if !skip.contains(&object) {
+            b.insert(object, field, digest, bytes);
+        }
+    }
+    b
+}
+
+fn find<'a>(r: &'a crate::Rendered, kind: &str, name: &str) -> Option<&'a crate::RenderedObject> {
+    r.objects
+        .iter()
+        .find(|o| o.kind() == kind && o.name() == name)
+}
+
+#[test]
+fn golden_signed_bundles_verified() {
+    let tree = signed_bundles_tree();
+    let r = render_tree(&tree, None, &bundles_except(&[])).expect("renders");
+    assert!(r.held_back.is_empty(), "{:?}", r.held_back);
+    let cm = find(&r, "ConfigMap", "karssandbox-signed-egress-allowlist").expect("allowlist");
+    let body = cm.manifest["data"]["allowlist.json"]
+        .as_str()
+        .expect("body");
+    assert_eq!(
+        body,
+        r#"{"endpoints":[{"host":"api.openai.com","port":443},{"host":"git.example.com","port":22},{"host":"pypi.org","port":443}],"schemaVersion":1}"#
+    );
+    assert_eq!(
+        cm.manifest["metadata"]["annotations"][crate::render::BUNDLE_DIGEST_ANNOTATION],
+        EGRESS_DIGEST
+    );
+    let inf = find(&r, "ConfigMap", "inferencepolicy-signed-inference-profile").expect("inference");
+    assert!(
+        inf.manifest["data"]["inference-policy.json"]
+            .as_str()
+            .is_some_and(|b| b.contains("gpt-4.1-signed"))
+    );
+    let mcp = find(&r, "ConfigMap", "mcp-docs-server").expect("mcp");
+    let server = mcp.manifest["data"]["server.json"]
+        .as_str()
+        .expect("server.json");
+    assert!(
+        server.contains("https://mcp.example.com/docs") && server.contains("DOCS_TOKEN"),
+        "{server}"
+    );
+    // Port 22 from the bundle opens in the NetworkPolicy like an inline endpoint's would.
+    let np = r
+        .objects
+        .iter()
+        .find(|o| o.kind() == "NetworkPolicy" && o.namespace() == Some("kars-signed"))
+        .expect("netpol");
+    assert!(
+        np.manifest.to_string().contains("\"port\":22"),
+        "{}",
+        np.manifest
+    );
+    let yaml = output::to_yaml(&r).expect("yaml");
+    check_golden("signed-bundles.yaml", &yaml);
+}
+
+#[test]
+fn an_unverified_bundle_holds_back_only_what_depends_on_it() {
+    let tree = signed_bundles_tree();
+    let all = render_tree(&tree, None, &bundles_except(&[])).expect("renders");
+    // The allowlist of sandbox "signed" did not verify and was never verified before.
+    let r =
+        render_tree(&tree, None, &bundles_except(&["KarsSandbox/agents/signed"])).expect("renders");
+    assert_eq!(r.held_back.len(), 1, "{:?}", r.held_back);
+    let h = &r.held_back[0];
+    assert_eq!(h.object, "KarsSandbox/agents/signed");
+    assert!(
+        h.reason.contains("spec.networkPolicy.allowlistRef") && h.reason.contains("kars-signed"),
+        "{}",
+        h.reason
+    );
+    assert!(
+        r.objects
+            .iter()
+            .all(|o| o.namespace() != Some("kars-signed") && o.name() != "kars-signed"),
+        "nothing of the held sandbox renders"
+    );
+    assert!(find(&r, "KarsSandbox", "signed").is_none());
+    assert!(
+        r.generated_secrets
+            .iter()
+            .all(|s| s.namespace != "kars-signed")
+    );
+    // Everything else renders exactly as with every bundle verified.
+    let others = |x: &crate::Rendered| -> Vec<serde_json::Value> {
+        x.objects
+            .iter()
+            .filter(|o| {
+                o.namespace() != Some("kars-signed")
+                    && o.name() != "kars-signed"
+                    && !(o.kind() == "KarsSandbox" && o.name() == "signed")
+            })
+            .filter(|o| o.name() != "kars-spawner-signed")
+            .map(|o| o.manifest.clone())
+            .collect()
+    };
+    assert_eq!(others(&r), others(&all));
+    assert!(
+        find(&r, "Deployment", "plain").is_some()
+            || r.objects
+                .iter()
+                .any(|o| o.kind() == "Deployment" && o.namespace() == Some("kars-plain"))
+    );
+
+    // A policy object's bundle: the policy CR and the sandboxes that use it are held back.
+    let r = render_tree(
+        &tree,
+        None,
+        &bundles_except(&["ToolPolicy/agents/signed-tools"]),
+    )
+    .expect("renders");
+    let held: Vec<&str> = r.held_back.iter().map(|h| h.object.as_str()).collect();
+    assert_eq!(
+        held,
+        [
+            "KarsSandbox/agents/signed",
+            "ToolPolicy/agents/signed-tools"
+        ],
+        "{:?}",
+        r.held_back
+    );
+    assert!(find(&r, "ToolPolicy", "signed-tools").is_none());
+    assert!(find(&r, "ToolPolicy", "kars-default").is_some());
+
+    // Nothing verified: the plain sandbox still renders in full.
+    let r = render_tree(&tree, None, &Bundles::none()).expect("renders");
+    assert!(
+        r.objects
+            .iter()
+            .any(|o| o.kind() == "Deployment" && o.namespace() == Some("kars-plain"))
+    );
+    assert!(
+        !r.objects
+            .iter()
+            .any(|o| o.namespace() == Some("kars-signed"))
+    );
+    assert_eq!(r.held_back.len(), 5, "{:?}", r.held_back);
+}
+
+#[test]
+fn the_last_verified_bundle_stays_projected_when_a_new_reference_fails() {
+    let tree = signed_bundles_tree();
+    let old =
+        crate::bundle::allowlist_bundle(&[("old.example.com".into(), 443)], 1).expect("allowlist");
+    let old_digest = "sha256:9999999999999999999999999999999999999999999999999999999999999999";
+    let mut b = bundles_except(&["KarsSandbox/agents/signed"]);
+    b.insert(
+        "KarsSandbox/agents/signed",
+        "spec.networkPolicy.allowlistRef",
+        old_digest,
+        old,
+    );
+    let r = render_tree(&tree, None, &b).expect("renders");
+    // The CR (which names the new digest) is held back; its workloads render with the old bundle.
+    assert!(find(&r, "KarsSandbox", "signed").is_none());
+    assert_eq!(r.held_back.len(), 1);
+    assert!(
+        r.held_back[0].reason.contains(old_digest),
+        "{}",
+        r.held_back[0].reason
+    );
+    let cm = find(&r, "ConfigMap", "karssandbox-signed-egress-allowlist").expect("allowlist stays");
+    assert!(
+        cm.manifest["data"]["allowlist.json"]
+            .as_str()
+            .is_some_and(|s| s.contains("old.example.com"))
+    );
+    assert_eq!(
+        cm.manifest["metadata"]["annotations"][crate::render::BUNDLE_DIGEST_ANNOTATION],
+        old_digest
+    );
+    assert!(
+        r.objects
+            .iter()
+            .any(|o| o.kind() == "Deployment" && o.namespace() == Some("kars-signed"))
+    );
+}
+
+#[test]
+fn bundle_references_are_listed_with_their_kind_and_line() {
+    let tree = signed_bundles_tree();
+    let p = crate::prepare(&tree, None).expect("valid");
+    let uses = p.bundle_uses();
+    let got: Vec<(String, &str, &str, u32)> = uses
+        .iter()
+        .map(|u| (u.object.clone(), u.field, u.kind.name(), u.pos.line))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "InferencePolicy/agents/signed-inference".to_string(),
+                "spec.bundleRef",
+                "inference-policy",
+                9
+            ),
+            (
+                "KarsMemory/agents/signed-memory".to_string(),
+                "spec.bundleRef",
+                "memory-binding",
+                22
+            ),
+            (
+                "McpServer/agents/docs".to_string(),
+                "spec.bundleRef",
+                "mcp-server-bundle",
+                34
+            ),
+            (
+                "KarsSandbox/agents/signed".to_string(),
+                "spec.networkPolicy.allowlistRef",
+                "egress-allowlist",
+                65
+            ),
+            (
+                "ToolPolicy/agents/signed-tools".to_string(),
+                "spec.agtProfile.bundleRef",
+                "agt-profile",
+                29
+            ),
+        ]
+    );
+}
+
+#[test]
+fn bundle_references_must_be_pinned_digests_of_the_fields_kind() {
+    let base = signed_bundles_tree();
+    let files: Vec<(String, Vec<u8>)> = base
+        .files()
+        .map(|(p, b)| (p.to_string(), b.to_vec()))
+        .collect();
+    let with = |from: &str, to: &str| {
+        let t = RepoTree::from_files(files.iter().map(|(p, b)| {
+            let text = String::from_utf8_lossy(b).replace(from, to);
+            (p.clone(), text.into_bytes())
+        }));
+        validate_tree(&t).to_string()
+    };
+    let tag = with(
+        "sha256:1111111111111111111111111111111111111111111111111111111111111111",
+        "latest",
+    );
+    assert!(
+        tag.contains("agents/signed/sandbox.yaml:65")
+            && tag.contains("InvalidRef")
+            && tag.contains("never by tag"),
+        "{tag}"
+    );
+    let short = with(
+        "sha256:3333333333333333333333333333333333333333333333333333333333333333",
+        "sha256:3333",
+    );
+    assert!(
+        short.contains("agents/signed/sandbox.yaml:9") && short.contains("InvalidRef"),
+        "{short}"
+    );
+    let wrong_type = with(
+        "application/vnd.kars.egress-allowlist.v1+yaml",
+        "application/vnd.kars.agt-profile.v1+yaml",
+    );
+    assert!(
+        wrong_type.contains("ArtifactTypeMismatch") && wrong_type.contains(":65"),
+        "{wrong_type}"
+    );
+    let scheme = with(
+        "registry: 127.0.0.1:5000\n    repository: policies/memory",
+        "registry: https://127.0.0.1:5000\n    repository: policies/memory",
+    );
+    assert!(scheme.contains("InvalidRef: registry"), "{scheme}");
+    let upper = with("policies/mcp-docs", "Policies/MCP");
+    assert!(upper.contains("InvalidRef: repository"), "{upper}");
+    assert!(
+        !with("nothing", "nothing").contains("error"),
+        "the fixture itself is valid"
+    );
+}
+
 // ---- properties -------------------------------------------------------------------------------
 
 fn template_files() -> Vec<(String, String)> {

@@ -33,6 +33,15 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
     let mut per_file = PerFile::default();
     let cluster = &view.cluster.name;
 
+    // Signed-bundle references: pinned by digest, with the artifactType of the field's kind.
+    for o in &view.objects {
+        for u in crate::bundle::uses_of(o) {
+            if let Err(why) = crate::bundle::check_reference(u.kind, &u.reference) {
+                per_file.of(o).error(u.pos, format!("{}: {why}", u.field));
+            }
+        }
+    }
+
     // Unique kind/namespace/name.
     let mut seen: BTreeMap<(String, Option<String>, String), &SourceObject> = BTreeMap::new();
     for o in &view.objects {

@@ -157,6 +157,7 @@ impl PolicyRepoFixture {
             prune: PruneOptions::default(),
             health_timeout: Duration::ZERO,
             since_override: None,
+            bundles: Default::default(),
         })
     }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kars_gitops_agent::apply::{Action, ApplyOptions};
+use kars_gitops_agent::bundles::BundleArgs;
 use kars_gitops_agent::prune::{PruneOptions, PruneResult};
 use kars_gitops_agent::source::Credentials;
 use kars_gitops_agent::status::DEFAULT_NAMESPACE;
@@ -55,6 +56,8 @@ pub struct SourceArgs {
     /// Where fetched repositories are cached.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub bundles: BundleArgs,
 }
 
 impl SourceArgs {
@@ -92,7 +95,6 @@ impl SourceArgs {
                 ssh_key: self.ssh_key.clone(),
                 ssh_known_hosts: self.known_hosts.clone(),
             },
-            cache_dir,
             status_namespace: self.status_namespace.clone(),
             name: self
                 .name
@@ -102,6 +104,11 @@ impl SourceArgs {
             prune: PruneOptions::default(),
             health_timeout: Duration::ZERO,
             since_override: None,
+            bundles: self
+                .bundles
+                .verifier(Some(&cache_dir))
+                .map_err(|e| Failure::usage(anyhow::anyhow!("signed bundles: {e}")))?,
+            cache_dir,
         })
     }
 }

@@ -400,6 +400,7 @@ fn bench_sync(args: &[String]) -> Result<()> {
         prune: Default::default(),
         health_timeout: Duration::ZERO,
         since_override: None,
+        bundles: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
