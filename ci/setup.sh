@@ -3,7 +3,7 @@
 # Debian packages (git, gnupg, openssh-client, openssl, curl, python3) when missing, then the
 # pinned Go-built tools (ci/build-tools.sh). Safe to run again: everything is cached.
 #
-#   ci/setup.sh [tool sets...]   default: control-plane helm
+#   ci/setup.sh [tool sets...]   default: control-plane helm oci
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -22,6 +22,6 @@ fi
 for cmd in go cargo; do
   command -v "$cmd" >/dev/null 2>&1 || { log "$cmd is required and ships with this machine kind; install it first"; exit 1; }
 done
-[ $# -gt 0 ] || set -- control-plane helm
+[ $# -gt 0 ] || set -- control-plane helm oci
 "$here/build-tools.sh" "$@" >/dev/null
 log "tools ready: $("$here/build-tools.sh" print-dir control-plane)"

@@ -41,6 +41,8 @@ enum Command {
     Status(cmd::status::Args),
     /// Explain why a file's (or an object's) objects are not applied yet.
     Why(Box<cmd::why::Args>),
+    /// Signed OCI policy bundles: sign and push, verify, canonicalise, list kinds.
+    Policy(cmd::policy::Args),
 }
 
 /// A failure with the exit code it maps to.
@@ -117,6 +119,7 @@ fn main() -> ExitCode {
         Command::Diff(a) => cmd::diff::run(*a),
         Command::Status(a) => cmd::status::run(a),
         Command::Why(a) => cmd::why::run(*a),
+        Command::Policy(a) => cmd::policy::run(a),
     };
     match result {
         Ok(code) => code,

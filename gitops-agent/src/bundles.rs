@@ -25,6 +25,7 @@ use kars_renderer::bundle::{BundleKind, BundleUse, canonicalize, is_sha256_diges
 
 use crate::status::BundleStatus;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use serde_json::{Value, json};
@@ -370,13 +371,24 @@ async fn pull_blob(
     Ok(out)
 }
 
-/// Pulls `r` by digest and verifies it completely; returns the canonical content bytes.
+/// A bundle that passed every check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifiedBundle {
+    /// The canonical content bytes.
+    pub content: Vec<u8>,
+    /// The trusted key whose signature verified (its file name).
+    pub signer: String,
+}
+
+/// Pulls `r` by digest and verifies it completely: manifest digest, artifactType, exactly one
+/// content layer, a cosign signature by a trusted key naming this digest, content digest and
+/// canonical form of the kind.
 pub async fn fetch_verified(
     opts: &RegistryOptions,
     policy: &SignerPolicy,
     kind: BundleKind,
     r: &BundleRef,
-) -> Result<Vec<u8>, BundleFailure> {
+) -> Result<VerifiedBundle, BundleFailure> {
     let reference = r.reference()?;
     let client = opts.client(&r.registry);
     let auth = opts.auth_for(&r.registry);
@@ -421,7 +433,7 @@ pub async fn fetch_verified(
         });
     }
     // The signature first: nothing from an unsigned artifact is parsed.
-    verify_signature(&client, opts, policy, r).await?;
+    let signer = verify_signature(&client, opts, policy, r).await?;
     let layer_digest = layers[0]["digest"].as_str().unwrap_or_default().to_string();
     let content = pull_blob(&client, &reference, &layer_digest).await?;
     let canonical = canonicalize(kind, &content)
@@ -432,7 +444,7 @@ pub async fn fetch_verified(
             kind.name()
         )));
     }
-    Ok(content)
+    Ok(VerifiedBundle { content, signer })
 }
 
 async fn verify_signature(
@@ -440,7 +452,7 @@ async fn verify_signature(
     opts: &RegistryOptions,
     policy: &SignerPolicy,
     r: &BundleRef,
-) -> Result<(), BundleFailure> {
+) -> Result<String, BundleFailure> {
     let sig_ref = Reference::with_tag(
         r.registry.clone(),
         r.repository.clone(),
@@ -453,17 +465,11 @@ async fn verify_signature(
     {
         Ok(x) => x,
         Err(e) => {
-            let msg = e.to_string();
-            return Err(
-                if msg.contains("404")
-                    || msg.to_ascii_lowercase().contains("not found")
-                    || msg.contains("MANIFEST_UNKNOWN")
-                {
-                    BundleFailure::Unsigned(format!("no {} tag", signature_tag(&r.digest)))
-                } else {
-                    BundleFailure::OciPullError(format!("signature manifest: {msg}"))
-                },
-            );
+            return Err(if is_not_found(&e) {
+                BundleFailure::Unsigned(format!("no {} tag", signature_tag(&r.digest)))
+            } else {
+                BundleFailure::OciPullError(format!("signature manifest: {e}"))
+            });
         }
     };
     let manifest: Value = serde_json::from_slice(&bytes)
@@ -487,9 +493,9 @@ async fn verify_signature(
             layer["digest"].as_str().unwrap_or_default(),
         )
         .await?;
-        if policy.verify(&payload, sig).is_none() {
+        let Some(signer) = policy.verify(&payload, sig) else {
             continue;
-        }
+        };
         let p: Value = serde_json::from_slice(&payload).map_err(|e| {
             BundleFailure::SignatureDigestMismatch(format!("payload is not JSON: {e}"))
         })?;
@@ -497,7 +503,7 @@ async fn verify_signature(
             .as_str()
             .unwrap_or_default();
         if named == r.digest && p["critical"]["type"] == "cosign container image signature" {
-            return Ok(());
+            return Ok(signer.to_string());
         }
         wrong_digest = Some(named.to_string());
     }
@@ -511,6 +517,22 @@ async fn verify_signature(
             "{n} signature(s), none by the {} trusted key(s)",
             policy.keys.len()
         ))),
+    }
+}
+
+/// True when the registry answered that the manifest does not exist (as opposed to being
+/// unreachable or refusing access: those are pull errors, not a missing signature).
+fn is_not_found(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::ImageManifestNotFoundError(_) => true,
+        OciDistributionError::RegistryError { envelope, .. } => envelope.errors.iter().any(|x| {
+            matches!(
+                x.code,
+                OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown
+            )
+        }),
+        OciDistributionError::ServerError { code, .. } => *code == 404,
+        _ => false,
     }
 }
 
@@ -575,7 +597,7 @@ pub async fn sign(
     digest: &str,
     key_pem: &[u8],
     password: &[u8],
-) -> Result<(), String> {
+) -> Result<SignOutcome, String> {
     let keys =
         sigstore::crypto::signing_key::SigStoreKeyPair::from_encrypted_pem(key_pem, password)
             .or_else(|_| sigstore::crypto::signing_key::SigStoreKeyPair::from_pem(key_pem))
@@ -612,10 +634,25 @@ pub async fn sign(
             .collect(),
         Err(_) => Vec::new(),
     };
-    layers.retain(|l| {
-        !(l["digest"] == payload_digest.as_str()
-            && l["annotations"][COSIGN_SIGNATURE_ANNOTATION] == sig_b64.as_str())
+    // Signing again with the same key is a no-op (ECDSA signatures differ every time, so
+    // compare by verifying, not by bytes).
+    let ours = keys
+        .public_key_to_pem()
+        .ok()
+        .and_then(|pem| CosignVerificationKey::try_from_pem(pem.as_bytes()).ok());
+    let already = layers.iter().any(|l| {
+        l["digest"] == payload_digest.as_str()
+            && l["annotations"][COSIGN_SIGNATURE_ANNOTATION]
+                .as_str()
+                .zip(ours.as_ref())
+                .is_some_and(|(sig, key)| {
+                    key.verify_signature(Signature::Base64Encoded(sig.as_bytes()), &payload)
+                        .is_ok()
+                })
     });
+    if already {
+        return Ok(SignOutcome::AlreadySigned);
+    }
     layers.push(json!({
         "mediaType": COSIGN_PAYLOAD,
         "digest": payload_digest,
@@ -648,7 +685,16 @@ pub async fn sign(
         .push_manifest_raw(&reference, bytes, reqwest_header(OCI_MANIFEST)?)
         .await
         .map_err(|e| format!("pushing the signature manifest: {e}"))?;
-    Ok(())
+    Ok(SignOutcome::Signed)
+}
+
+/// What [`sign`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignOutcome {
+    /// A signature was added.
+    Signed,
+    /// The key had already signed this digest; nothing was pushed.
+    AlreadySigned,
 }
 
 /// Verified bundles on disk, by signer-policy fingerprint and digest (no re-pull of a digest
@@ -693,18 +739,9 @@ impl BundleCache {
     }
 }
 
-/// Command-line flags for bundle verification, shared by the agent and the `kars` CLI.
+/// Command-line flags for reaching registries, shared by the agent and the `kars` CLI.
 #[derive(clap::Args, Clone, Debug, Default)]
-pub struct BundleArgs {
-    /// Trusted cosign public keys (PEM) for signed policy bundles: files, or directories of
-    /// `*.pub`/`*.pem` (repeatable, or comma-separated). Kept outside the policy repository.
-    #[arg(
-        long = "bundle-keys",
-        env = "KARS_BUNDLE_KEYS",
-        value_delimiter = ',',
-        value_name = "PATH"
-    )]
-    pub bundle_keys: Vec<PathBuf>,
+pub struct RegistryArgs {
     /// Registry credentials: a Docker config.json (the `.dockerconfigjson` key of a
     /// `kubernetes.io/dockerconfigjson` Secret) with basic auth or a bearer token per registry.
     #[arg(long, env = "KARS_REGISTRY_AUTH_FILE", value_name = "FILE")]
@@ -718,7 +755,7 @@ pub struct BundleArgs {
     pub allow_http_loopback_registry: bool,
 }
 
-impl BundleArgs {
+impl RegistryArgs {
     /// The registry options these flags describe.
     pub fn registry_options(&self) -> Result<RegistryOptions, String> {
         let mut registry = RegistryOptions {
@@ -737,12 +774,32 @@ impl BundleArgs {
         }
         Ok(registry)
     }
+}
 
+/// Command-line flags for bundle verification (trusted keys and registry access), shared by
+/// the agent and the `kars` CLI.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct BundleArgs {
+    /// Trusted cosign public keys (PEM) for signed policy bundles: files, or directories of
+    /// `*.pub`/`*.pem` (repeatable, or comma-separated). Kept outside the policy repository.
+    #[arg(
+        long = "bundle-keys",
+        env = "KARS_BUNDLE_KEYS",
+        value_delimiter = ',',
+        value_name = "PATH"
+    )]
+    pub bundle_keys: Vec<PathBuf>,
+    /// How to reach registries.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+impl BundleArgs {
     /// A verifier with these flags, caching verified bundles under `cache_dir`.
     pub fn verifier(&self, cache_dir: Option<&Path>) -> Result<BundleVerifier, String> {
         let signers = SignerPolicy::from_paths(&self.bundle_keys)?;
         Ok(BundleVerifier::new(
-            self.registry_options()?,
+            self.registry.registry_options()?,
             signers,
             cache_dir,
         ))
@@ -789,7 +846,9 @@ impl BundleVerifier {
         if let Some(bytes) = self.cache.as_ref().and_then(|c| c.get(&cache_key)) {
             return Ok(bytes);
         }
-        let bytes = fetch_verified(&self.registry, &self.signers, kind, r).await?;
+        let bytes = fetch_verified(&self.registry, &self.signers, kind, r)
+            .await?
+            .content;
         if let Some(c) = &self.cache {
             c.put(&cache_key, &bytes);
         }

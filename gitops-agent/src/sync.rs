@@ -654,10 +654,15 @@ async fn run(
             Some(false),
             reason,
             &format!(
-                "{} of {} signed bundle reference(s) did not verify (first: {object}); {} object(s) held back, prune paused",
+                "{} of {} signed bundle reference(s) did not verify (first: {object}); {} object(s) held back{}",
                 bundle_failures.len(),
                 bundle_statuses.len(),
-                rendered.held_back.len()
+                rendered.held_back.len(),
+                if rendered.held_back.is_empty() {
+                    ""
+                } else {
+                    ", prune paused"
+                }
             ),
             generation,
         );

@@ -84,6 +84,20 @@ impl BundleKind {
         }
     }
 
+    /// The kars kind and field path that reference bundles of this kind.
+    pub fn referenced_by(self) -> (&'static str, &'static [&'static str]) {
+        match self {
+            BundleKind::EgressAllowlist => {
+                ("KarsSandbox", &["spec", "networkPolicy", "allowlistRef"])
+            }
+            BundleKind::AgtProfile => ("ToolPolicy", &["spec", "agtProfile", "bundleRef"]),
+            BundleKind::InferencePolicy => ("InferencePolicy", &["spec", "bundleRef"]),
+            BundleKind::MemoryBinding => ("KarsMemory", &["spec", "bundleRef"]),
+            BundleKind::McpServer => ("McpServer", &["spec", "bundleRef"]),
+            BundleKind::EvalCorpus => ("KarsEval", &["spec", "corpus", "bundleRef"]),
+        }
+    }
+
     /// Parses a CLI name.
     pub fn from_name(name: &str) -> Option<BundleKind> {
         ALL_KINDS.iter().copied().find(|k| k.name() == name)
@@ -510,6 +524,38 @@ pub fn allowlist_bundle(
     )
 }
 
+/// The YAML patch that points an object's field at a published bundle: the referencing kind,
+/// optional `metadata` (name and namespace) and the reference, always the same bytes for the
+/// same input (merge it into the object's file in the policy repository).
+pub fn reference_patch(kind: BundleKind, r: &OciArtifactRef, name: Option<(&str, &str)>) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let (object_kind, path) = kind.referenced_by();
+    let mut out = format!(
+        "# Signed {} bundle; merge into the {object_kind}'s file in the policy repository.\napiVersion: kars.dev/v1alpha1\nkind: {object_kind}\n",
+        kind.name()
+    );
+    if let Some((name, namespace)) = name {
+        out.push_str(&format!(
+            "metadata:\n  name: {}\n  namespace: {}\n",
+            q(name),
+            q(namespace)
+        ));
+    }
+    for (depth, key) in path.iter().enumerate() {
+        out.push_str(&format!("{}{key}:\n", "  ".repeat(depth)));
+    }
+    let indent = "  ".repeat(path.len());
+    for (key, value) in [
+        ("registry", &r.registry),
+        ("repository", &r.repository),
+        ("digest", &r.digest),
+        ("artifactType", &r.artifact_type),
+    ] {
+        out.push_str(&format!("{indent}{key}: {}\n", q(value)));
+    }
+    out
+}
+
 /// One reference from a kars object to a signed bundle.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BundleUse {
@@ -667,6 +713,30 @@ pub fn check_reference(kind: BundleKind, r: &OciArtifactRef) -> Result<(), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reference_patch_points_the_kinds_field_at_the_bundle() {
+        for kind in ALL_KINDS {
+            let r = OciArtifactRef {
+                registry: "127.0.0.1:5000".into(),
+                repository: "policies/a-b".into(),
+                digest: format!("sha256:{}", "c".repeat(64)),
+                artifact_type: kind.media_type().into(),
+            };
+            let patch = reference_patch(kind, &r, Some(("agent: x", "ns")));
+            assert_eq!(patch, reference_patch(kind, &r, Some(("agent: x", "ns"))));
+            let v: Value = serde_saphyr::from_str(&patch).expect("the patch is YAML");
+            let (object_kind, path) = kind.referenced_by();
+            assert_eq!(v["kind"], object_kind);
+            assert_eq!(v["metadata"]["name"], "agent: x", "names are quoted");
+            let mut at = &v;
+            for key in path {
+                at = &at[*key];
+            }
+            assert_eq!(at, &serde_json::to_value(&r).expect("json"), "{kind:?}");
+            assert!(check_reference(kind, &r).is_ok());
+        }
+    }
 
     #[test]
     fn allowlist_canonical_form_is_stable_whatever_the_input_style() {

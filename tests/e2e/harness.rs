@@ -53,13 +53,7 @@ spec:
     let crd_path = crd_file.to_string_lossy().to_string();
     let (ok, _, err) = cluster.kubectl(&["apply", "-f", &crd_path])?;
     ensure!(ok, "applying the CRD failed: {err}");
-    let (ok, _, err) = cluster.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        &format!("crd/widgets.{group}"),
-    ])?;
-    ensure!(ok, "CRD not established: {err}");
+    cluster.wait_established("the CRD", &[&format!("crd/widgets.{group}")])?;
 
     let ns = TestNamespace::create(cluster, "harness-schema")?;
     let object = |size: i64| {

@@ -6,6 +6,7 @@
 use libtest_mimic::{Arguments, Trial};
 
 mod agent;
+mod bundles;
 mod cli;
 mod harness;
 mod render;
@@ -18,6 +19,7 @@ fn main() -> std::process::ExitCode {
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(harness::tests());
     trials.extend(agent::tests());
+    trials.extend(bundles::tests());
     trials.extend(cli::tests());
     trials.extend(render::tests());
     trials.extend(sync::tests());

@@ -137,6 +137,25 @@ impl Cluster {
         Ok(kube::Client::try_from(config)?)
     }
 
+    /// Waits (up to 60 s) until the CRDs selected by `args` are Established. `kubectl wait`
+    /// fails at once (".status.conditions accessor error") when it reads a CRD before the
+    /// apiserver wrote any status, so this retries until the deadline.
+    pub fn wait_established(&self, what: &str, args: &[&str]) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let mut full = vec!["wait", "--for=condition=Established", "--timeout=30s"];
+            full.extend_from_slice(args);
+            let (ok, _, err) = self.kubectl(&full)?;
+            if ok {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("{what} not established: {err}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
     /// Runs the pinned kubectl against this cluster; returns (success, stdout, stderr).
     pub fn kubectl(&self, args: &[&str]) -> Result<(bool, String, String)> {
         let out = Command::new(tool_path("control-plane", "kubectl")?)
@@ -195,12 +214,17 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// Runs an async test body on its own runtime and returns its result.
 pub fn block_on<F: std::future::Future<Output = Result<()>>>(f: F) -> Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
+    block_on_value(f)?
+}
+
+/// Runs a future on its own runtime and returns its output.
+pub fn block_on_value<F: std::future::Future>(f: F) -> Result<F::Output> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("building a tokio runtime")?
-        .block_on(f)
+        .block_on(f))
 }
 
 /// A namespace owned by one test, deleted when dropped (without waiting).
@@ -236,6 +260,7 @@ impl Drop for TestNamespace {
 
 pub mod fixture;
 pub mod git;
+pub mod oci;
 
 static CRDS_INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
 
@@ -264,26 +289,9 @@ pub fn install_kars_crds(cluster: &'static Cluster) -> Result<()> {
                         bail!("installing the CRDs in {path}: {err}");
                     }
                 }
-                let (ok, _, err) = cluster.kubectl(&[
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=60s",
-                    "crd/policyrepos.gitops.kars.io",
-                ])?;
-                if !ok {
-                    bail!("PolicyRepo CRD not established: {err}");
-                }
-                let (ok, _, err) = cluster.kubectl(&[
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=60s",
-                    "crd",
-                    "-l",
-                    "app.kubernetes.io/name=kars",
-                ])?;
-                if !ok {
-                    bail!("kars CRDs not established: {err}");
-                }
+                cluster.wait_established("PolicyRepo CRD", &["crd/policyrepos.gitops.kars.io"])?;
+                cluster
+                    .wait_established("kars CRDs", &["crd", "-l", "app.kubernetes.io/name=kars"])?;
                 Ok(())
             };
             run().map_err(|e| format!("{e:#}"))

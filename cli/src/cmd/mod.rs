@@ -1,6 +1,7 @@
 //! One module per subcommand.
 pub mod diff;
 pub mod init;
+pub mod policy;
 pub mod render;
 pub mod status;
 pub mod sync;

@@ -1,9 +1,10 @@
-//! `kars render [PATH] [--cluster NAME] [--out DIR]`.
+//! `kars render [PATH] [--cluster NAME] [--out DIR] [--bundle-keys KEYS]`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use kars_gitops_agent::bundles::BundleArgs;
 use kars_renderer::{Bundles, RenderError, output};
 
 use crate::Failure;
@@ -20,6 +21,11 @@ pub struct Args {
     /// Write one file per object into this (new or empty) directory instead of stdout.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Signed bundles (`allowlistRef`, `bundleRef`) are pulled and verified with these keys,
+    /// as the agent does. Without keys, objects that need a bundle are held back: listed on
+    /// stderr, left out of the output, and the exit code is 1.
+    #[command(flatten)]
+    bundles: BundleArgs,
 }
 
 /// Maps a render failure to the exit code: invalid input is 1, a bad `--cluster` is 2.
@@ -33,8 +39,34 @@ pub fn render_failure(e: RenderError) -> Failure {
 /// Runs `kars render`.
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let tree = super::read_tree(&args.path)?;
-    let rendered = kars_renderer::render_tree(&tree, args.cluster.as_deref(), &Bundles::none())
-        .map_err(render_failure)?;
+    let prepared =
+        kars_renderer::prepare(&tree, args.cluster.as_deref()).map_err(render_failure)?;
+    let uses = prepared.bundle_uses();
+    let bundles = if uses.is_empty() || args.bundles.bundle_keys.is_empty() {
+        Bundles::none()
+    } else {
+        let verifier = args
+            .bundles
+            .verifier(None)
+            .map_err(|e| Failure::usage(anyhow::anyhow!(e)))?;
+        eprintln!("verifying {} signed bundle reference(s) …", uses.len());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let (bundles, statuses) = runtime.block_on(verifier.resolve(&uses, &[]));
+        for st in statuses.iter().filter(|s| s.reason.is_some()) {
+            eprintln!(
+                "bundle {} of {} ({}): {}",
+                st.reference,
+                st.object,
+                st.field,
+                st.message.as_deref().unwrap_or_default()
+            );
+        }
+        bundles
+    };
+    let rendered = prepared.render(&bundles).map_err(render_failure)?;
     match &args.out {
         None => {
             let yaml = output::to_yaml(&rendered).map_err(Failure::check)?;
@@ -64,5 +96,17 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    if rendered.held_back.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for p in &rendered.held_back {
+        eprintln!("held back: {} ({}): {}", p.object, p.file, p.reason);
+    }
+    if args.bundles.bundle_keys.is_empty() {
+        eprintln!(
+            "{} object(s) need signed bundles: pass --bundle-keys (the agent's keys) to verify and render them",
+            rendered.held_back.len()
+        );
+    }
+    Ok(ExitCode::from(1))
 }

@@ -299,23 +299,30 @@ impl BenchCluster {
                 bail!("installing CRDs: {}", String::from_utf8_lossy(&out.stderr));
             }
         }
-        let out = c
-            .kubectl()
-            .args([
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd",
-                "--all",
-            ])
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "CRDs not established: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+        // `kubectl wait` fails at once on a CRD without status yet: retry up to 60 s.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = c
+                .kubectl()
+                .args([
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=30s",
+                    "crd",
+                    "--all",
+                ])
+                .output()?;
+            if out.status.success() {
+                return Ok(c);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "CRDs not established: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        Ok(c)
     }
     fn kubeconfig(&self) -> std::path::PathBuf {
         self.dir.path().join("kubeconfig")
