@@ -361,7 +361,7 @@ async fn pull_blob(
     client
         .pull_blob(reference, digest, &mut out)
         .await
-        .map_err(|e| BundleFailure::OciPullError(format!("blob {digest}: {e}")))?;
+        .map_err(|e| pull_failure(&format!("blob {digest}"), e))?;
     if sha256_digest(&out) != digest {
         return Err(BundleFailure::DigestMismatch(format!(
             "blob {digest} hashes to {}",
@@ -399,7 +399,7 @@ pub async fn fetch_verified(
     let (manifest_bytes, _) = client
         .pull_manifest_raw(&reference, &auth, &[OCI_MANIFEST, DOCKER_MANIFEST])
         .await
-        .map_err(|e| BundleFailure::OciPullError(format!("manifest {r}: {e}")))?;
+        .map_err(|e| pull_failure(&format!("manifest {r}"), e))?;
     if sha256_digest(&manifest_bytes) != r.digest {
         return Err(BundleFailure::DigestMismatch(format!(
             "the registry returned a manifest hashing to {}",
@@ -517,6 +517,17 @@ async fn verify_signature(
             "{n} signature(s), none by the {} trusted key(s)",
             policy.keys.len()
         ))),
+    }
+}
+
+/// A pull error as a failure: content that does not match its digest is `DigestMismatch`
+/// (tampered storage or a lying registry), everything else `OciPullError`.
+fn pull_failure(what: &str, e: OciDistributionError) -> BundleFailure {
+    match e {
+        OciDistributionError::DigestError(d) => {
+            BundleFailure::DigestMismatch(format!("{what}: {d}"))
+        }
+        other => BundleFailure::OciPullError(format!("{what}: {other}")),
     }
 }
 

@@ -378,6 +378,23 @@ fn bad_variants(s: &Setup) -> Result<Vec<(&'static str, String, &'static str)>> 
         format!("{repo}@{dg}"),
         "SignatureDigestMismatch",
     ));
+    // Storage tampered with behind the registry's back: the served bytes no longer hash to
+    // their digest.
+    let tampered = allowlist_file(d, "tampered.yaml", &["tampered.example"], true)?;
+    let tampered_ref = kars_sign(&s.reg, "policies/tampered", &tampered, &s.key)?;
+    let content_hex = kars_gitops_agent::bundles::sha256_digest(&std::fs::read(&tampered)?)
+        ["sha256:".len()..]
+        .to_string();
+    let blob = d
+        .join("registry/data/docker/registry/v2/blobs/sha256")
+        .join(&content_hex[..2])
+        .join(&content_hex)
+        .join("data");
+    let mut bytes = std::fs::read(&blob).with_context(|| format!("{}", blob.display()))?;
+    let at = bytes.len() - 3;
+    bytes[at] = b'x';
+    std::fs::write(&blob, bytes)?;
+    cases.push(("tampered registry storage", tampered_ref, "DigestMismatch"));
     // A digest the registry does not have.
     cases.push((
         "digest of bytes never pushed",
@@ -510,6 +527,31 @@ fn signed_allowlist_on_the_control_plane() -> Result<()> {
         Some(&f.path().join("bundle-cache")),
     );
     let sandbox_a = format!("KarsSandbox/{}/{}", f.namespace(), f.agent("a"));
+    // `kars render` verifies like the agent with --bundle-keys, and says what it holds back
+    // without them.
+    let work = f.work.path.to_string_lossy().to_string();
+    let with_keys = kars(&[
+        "render",
+        &work,
+        "--bundle-keys",
+        &s.public.to_string_lossy(),
+        "--allow-http-loopback-registry",
+    ])?;
+    ensure!(
+        with_keys.code == 0 && with_keys.stdout.contains("pypi.org"),
+        "kars render --bundle-keys: exit {} {}",
+        with_keys.code,
+        with_keys.stderr
+    );
+    let without = kars(&["render", &work])?;
+    ensure!(
+        without.code == 1
+            && without.stderr.contains(&format!("held back: {sandbox_a}"))
+            && !without.stdout.contains("pypi.org"),
+        "kars render without keys: exit {} {}",
+        without.code,
+        without.stderr
+    );
     block_on(async {
         let client = cluster.client().await?;
         let o = sync_once(client.clone(), &cfg, None, &|| false)
