@@ -15,6 +15,10 @@
 //! (`SignatureDigestMismatch`); the layer's bytes are canonical (`CanonicalFormatViolation`);
 //! registry and network errors are `OciPullError`. Verified bytes are cached by digest.
 
+mod identity;
+
+pub use identity::{CERTIFICATE_ANNOTATION, CHAIN_ANNOTATION, CertIdentity, TrustRoot};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -267,17 +271,28 @@ impl std::fmt::Display for BundleRef {
     }
 }
 
-/// Trusted signer keys (cosign public keys, PEM), from outside the repository.
+/// Trusted signers, from outside the repository: cosign public keys (PEM), and/or certificate
+/// identities (subject + OIDC issuer) whose certificates chain to configured roots.
 #[derive(Clone, Default)]
 pub struct SignerPolicy {
     keys: Vec<(String, CosignVerificationKey)>,
     key_hashes: Vec<String>,
+    roots: Vec<TrustRoot>,
+    identities: Vec<CertIdentity>,
 }
 
 impl std::fmt::Debug for SignerPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.keys.iter().map(|(n, _)| n))
+        f.debug_struct("SignerPolicy")
+            .field(
+                "keys",
+                &self.keys.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("identities", &self.identities)
+            .field(
+                "roots",
+                &self.roots.iter().map(|r| &r.name).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -315,9 +330,30 @@ impl SignerPolicy {
         Ok(p)
     }
 
-    /// True when no key is configured.
+    /// Adds every certificate of the PEM file `name` as a root for certificate identities.
+    pub fn add_roots_pem(&mut self, name: &str, pem: &[u8]) -> Result<(), String> {
+        self.roots.extend(TrustRoot::from_pem(name, pem)?);
+        self.key_hashes.push(format!("root:{}", sha256_digest(pem)));
+        Ok(())
+    }
+
+    /// Allows signatures by certificates naming `identity` (needs roots).
+    pub fn add_identity(&mut self, identity: CertIdentity) {
+        self.key_hashes.push(format!(
+            "identity:{}\n{}",
+            identity.subject, identity.issuer
+        ));
+        self.identities.push(identity);
+    }
+
+    /// True when nothing can verify: no key, and no identity with a root.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.is_empty() && (self.identities.is_empty() || self.roots.is_empty())
+    }
+
+    /// How many signers are trusted (keys + identities), for messages.
+    pub fn len(&self) -> usize {
+        self.keys.len() + self.identities.len()
     }
 
     /// A fingerprint of the configured keys (cache partition: a policy change invalidates).
@@ -482,8 +518,10 @@ async fn verify_signature(
     }
     let mut wrong_digest = None;
     let mut tried = 0;
+    let mut certificate_problems = Vec::new();
     for layer in layers.iter().filter(|l| l["mediaType"] == COSIGN_PAYLOAD) {
-        let Some(sig) = layer["annotations"][COSIGN_SIGNATURE_ANNOTATION].as_str() else {
+        let annotations = &layer["annotations"];
+        let Some(sig) = annotations[COSIGN_SIGNATURE_ANNOTATION].as_str() else {
             continue;
         };
         tried += 1;
@@ -493,8 +531,27 @@ async fn verify_signature(
             layer["digest"].as_str().unwrap_or_default(),
         )
         .await?;
-        let Some(signer) = policy.verify(&payload, sig) else {
-            continue;
+        let signer = match policy.verify(&payload, sig) {
+            Some(name) => name.to_string(),
+            None => match annotations[CERTIFICATE_ANNOTATION].as_str() {
+                Some(cert) if !policy.identities.is_empty() => {
+                    match identity::verify_with_certificate(
+                        &payload,
+                        sig,
+                        cert,
+                        annotations[CHAIN_ANNOTATION].as_str(),
+                        &policy.roots,
+                        &policy.identities,
+                    ) {
+                        Ok(who) => who,
+                        Err(why) => {
+                            certificate_problems.push(why);
+                            continue;
+                        }
+                    }
+                }
+                _ => continue,
+            },
         };
         let p: Value = serde_json::from_slice(&payload).map_err(|e| {
             BundleFailure::SignatureDigestMismatch(format!("payload is not JSON: {e}"))
@@ -503,7 +560,7 @@ async fn verify_signature(
             .as_str()
             .unwrap_or_default();
         if named == r.digest && p["critical"]["type"] == "cosign container image signature" {
-            return Ok(signer.to_string());
+            return Ok(signer);
         }
         wrong_digest = Some(named.to_string());
     }
@@ -514,8 +571,13 @@ async fn verify_signature(
         ))),
         (None, 0) => Err(BundleFailure::Unsigned("no cosign signature layer".into())),
         (None, n) => Err(BundleFailure::SignerPolicyMismatch(format!(
-            "{n} signature(s), none by the {} trusted key(s)",
-            policy.keys.len()
+            "{n} signature(s), none by the {} trusted signer(s){}",
+            policy.len(),
+            if certificate_problems.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", certificate_problems.join("; "))
+            }
         ))),
     }
 }
@@ -800,15 +862,52 @@ pub struct BundleArgs {
         value_name = "PATH"
     )]
     pub bundle_keys: Vec<PathBuf>,
+    /// Keyless signers: `SUBJECT,ISSUER` of signing certificates to trust (SAN e-mail or URI,
+    /// and the OIDC issuer Fulcio records), repeatable; needs --bundle-cert-roots.
+    #[arg(long = "bundle-identity", env = "KARS_BUNDLE_IDENTITY", value_name = "SUBJECT,ISSUER", value_parser = CertIdentity::parse)]
+    pub bundle_identities: Vec<CertIdentity>,
+    /// Root certificates (PEM) that signing certificates of --bundle-identity must chain to
+    /// (e.g. a Fulcio root), repeatable.
+    #[arg(
+        long = "bundle-cert-roots",
+        env = "KARS_BUNDLE_CERT_ROOTS",
+        value_delimiter = ',',
+        value_name = "FILE"
+    )]
+    pub bundle_cert_roots: Vec<PathBuf>,
     /// How to reach registries.
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
 impl BundleArgs {
+    /// True when any signer flag is given.
+    pub fn any_signer(&self) -> bool {
+        !self.bundle_keys.is_empty() || !self.bundle_identities.is_empty()
+    }
+
+    /// The signer policy these flags describe.
+    pub fn signer_policy(&self) -> Result<SignerPolicy, String> {
+        let mut signers = SignerPolicy::from_paths(&self.bundle_keys)?;
+        if self.bundle_identities.is_empty() != self.bundle_cert_roots.is_empty() {
+            return Err(
+                "--bundle-identity and --bundle-cert-roots go together: an identity is trusted only through a root"
+                    .into(),
+            );
+        }
+        for path in &self.bundle_cert_roots {
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            signers.add_roots_pem(&path.display().to_string(), &pem)?;
+        }
+        for identity in &self.bundle_identities {
+            signers.add_identity(identity.clone());
+        }
+        Ok(signers)
+    }
+
     /// A verifier with these flags, caching verified bundles under `cache_dir`.
     pub fn verifier(&self, cache_dir: Option<&Path>) -> Result<BundleVerifier, String> {
-        let signers = SignerPolicy::from_paths(&self.bundle_keys)?;
+        let signers = self.signer_policy()?;
         Ok(BundleVerifier::new(
             self.registry.registry_options()?,
             signers,
@@ -849,7 +948,7 @@ impl BundleVerifier {
         r.reference()?;
         if self.signers.is_empty() {
             return Err(BundleFailure::SignerPolicyMismatch(
-                "no signer keys are configured (agent flag --bundle-keys); no bundle can verify"
+                "no signers are configured (agent flags --bundle-keys, or --bundle-identity with --bundle-cert-roots); no bundle can verify"
                     .into(),
             ));
         }

@@ -40,6 +40,10 @@ pub fn tests() -> Vec<Trial> {
             "bundles::signed_allowlist_is_projected_and_last_good_kept",
             signed_allowlist_on_the_control_plane,
         ),
+        trial(
+            "bundles::certificate_identity_signers",
+            certificate_identity_signers,
+        ),
     ]
 }
 
@@ -690,4 +694,262 @@ fn signed_allowlist_on_the_control_plane() -> Result<()> {
         );
         Ok(())
     })
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .context("running openssl")?;
+    ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A root CA `<name>.pem`/`<name>.key` in `dir`.
+fn test_root(dir: &Path, name: &str) -> Result<PathBuf> {
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &format!("{name}.key"),
+        ],
+    )?;
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &format!("{name}.key"),
+            "-sha256",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=kars test root",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+            "-out",
+            &format!("{name}.pem"),
+        ],
+    )?;
+    Ok(dir.join(format!("{name}.pem")))
+}
+
+fn certificate_identity_signers() -> Result<()> {
+    let s = setup()?;
+    let d = s.dir.path().join("pki");
+    std::fs::create_dir_all(&d)?;
+    let root = test_root(&d, "root")?;
+    let other_root = test_root(&d, "other-root")?;
+    // A Fulcio-like leaf: code signing, SAN e-mail, OIDC issuer extension (v1 form, which
+    // cosign reads too).
+    let issuer = "https://issuer.kars.test";
+    let issuer_hex: String = issuer.bytes().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(
+        d.join("leaf.cnf"),
+        format!(
+            "[ext]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\nsubjectAltName=email:ci@kars.test\n1.3.6.1.4.1.57264.1.1=DER:{issuer_hex}\n"
+        ),
+    )?;
+    openssl(
+        &d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "leaf.ec",
+        ],
+    )?;
+    openssl(
+        &d,
+        &[
+            "pkcs8", "-topk8", "-nocrypt", "-in", "leaf.ec", "-out", "leaf.key",
+        ],
+    )?;
+    openssl(
+        &d,
+        &[
+            "req", "-new", "-key", "leaf.key", "-subj", "/O=kars", "-out", "leaf.csr",
+        ],
+    )?;
+    openssl(
+        &d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "root.pem",
+            "-CAkey",
+            "root.key",
+            "-CAcreateserial",
+            "-days",
+            "7",
+            "-sha256",
+            "-extfile",
+            "leaf.cnf",
+            "-extensions",
+            "ext",
+            "-out",
+            "leaf.pem",
+        ],
+    )?;
+    let out = kars_e2e::oci::cosign()?
+        .current_dir(&d)
+        .args([
+            "import-key-pair",
+            "--key",
+            "leaf.key",
+            "--output-key-prefix",
+            "leafcosign",
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "cosign import-key-pair: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let file = allowlist_file(s.dir.path(), "allow.yaml", &["api.openai.com"], true)?;
+    let repo_ref = format!("{}/policies/keyless", s.reg.host);
+    let digest = oras_push(&format!("{repo_ref}:v1"), &file, EGRESS.media_type())?;
+    let reference = format!("{repo_ref}@{digest}");
+    let out = kars_e2e::oci::cosign()?
+        .current_dir(&d)
+        .args([
+            "sign",
+            "--key",
+            "leafcosign.key",
+            "--certificate",
+            "leaf.pem",
+            "--certificate-chain",
+            "root.pem",
+            "--tlog-upload=false",
+            "--allow-insecure-registry",
+            "--allow-http-registry",
+            "-y",
+            &reference,
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "cosign sign --certificate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = |identity: &str, roots: &Path| -> Result<(i32, Value)> {
+        let out = kars(&[
+            "policy",
+            "verify",
+            "--kind",
+            "egress-allowlist",
+            &reference,
+            "--bundle-identity",
+            identity,
+            "--bundle-cert-roots",
+            &roots.to_string_lossy(),
+            "--allow-http-loopback-registry",
+            "--json",
+        ])?;
+        let v: Value = serde_json::from_str(&out.stdout)
+            .with_context(|| format!("{}{}", out.stdout, out.stderr))?;
+        Ok((out.code, v))
+    };
+    let good = format!("ci@kars.test,{issuer}");
+    let (code, v) = verify(&good, &root)?;
+    ensure!(
+        code == 0 && v["verified"] == true,
+        "allowed identity refused: {v}"
+    );
+    ensure!(
+        v["signer"]
+            .as_str()
+            .is_some_and(|x| x.starts_with("ci@kars.test")),
+        "{v}"
+    );
+    // cosign agrees on the same identity.
+    let out = kars_e2e::oci::cosign()?
+        .arg("verify")
+        .args([
+            "--certificate-identity",
+            "ci@kars.test",
+            "--certificate-oidc-issuer",
+            issuer,
+            "--certificate-chain",
+            &root.to_string_lossy(),
+            "--insecure-ignore-tlog",
+            "--insecure-ignore-sct",
+            "--allow-insecure-registry",
+            "--allow-http-registry",
+            &reference,
+        ])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "cosign verify --certificate-identity: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each way it could be bypassed.
+    for (case, identity, roots) in [
+        (
+            "another subject",
+            format!("other@kars.test,{issuer}"),
+            &root,
+        ),
+        (
+            "another issuer",
+            "ci@kars.test,https://evil.example".to_string(),
+            &root,
+        ),
+        (
+            "a root that did not issue it (same name)",
+            good.clone(),
+            &other_root,
+        ),
+    ] {
+        let (code, v) = verify(&identity, roots)?;
+        ensure!(
+            code == 1 && v["reason"] == "SignerPolicyMismatch",
+            "{case}: {v}"
+        );
+    }
+    // A key-only policy does not trust the certificate's key by itself.
+    let (code, v) = kars_verify("egress-allowlist", &reference, &s.public)?;
+    ensure!(
+        code == 1 && v["reason"] == "SignerPolicyMismatch",
+        "key policy: {v}"
+    );
+    // An identity without a root is a usage error, not "trust everything".
+    let out = kars(&[
+        "policy",
+        "verify",
+        "--kind",
+        "egress-allowlist",
+        &reference,
+        "--bundle-identity",
+        &good,
+        "--allow-http-loopback-registry",
+    ])?;
+    ensure!(
+        out.code == 2 && out.stderr.contains("go together"),
+        "identity without roots: {} {}",
+        out.code,
+        out.stderr
+    );
+    Ok(())
 }

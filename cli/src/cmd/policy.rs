@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, anyhow};
 use kars_gitops_agent::bundles::{
-    self, BundleRef, RegistryArgs, SignerPolicy, fetch_verified, sha256_digest,
+    self, BundleArgs, BundleRef, RegistryArgs, fetch_verified, sha256_digest,
 };
 use kars_renderer::api::OciArtifactRef;
 use kars_renderer::bundle::{
@@ -98,23 +98,15 @@ struct VerifyArgs {
     /// The kind the referencing field takes.
     #[arg(long, value_parser = parse_kind)]
     kind: BundleKind,
-    /// Trusted cosign public keys (PEM): files or directories (repeatable, or comma-separated).
-    #[arg(
-        long = "bundle-keys",
-        env = "KARS_BUNDLE_KEYS",
-        value_delimiter = ',',
-        value_name = "PATH",
-        required = true
-    )]
-    bundle_keys: Vec<PathBuf>,
     /// Write the verified content to FILE (`-`: stdout).
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Trusted signers (keys or certificate identities) and registry access, as the agent's.
     #[command(flatten)]
-    registry_args: RegistryArgs,
+    signers: BundleArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -299,10 +291,18 @@ async fn verify_cmd(a: VerifyArgs) -> Result<ExitCode, Failure> {
             a.reference
         )));
     };
-    let policy =
-        SignerPolicy::from_paths(&a.bundle_keys).map_err(|e| Failure::usage(anyhow!(e)))?;
+    let policy = a
+        .signers
+        .signer_policy()
+        .map_err(|e| Failure::usage(anyhow!(e)))?;
+    if policy.is_empty() {
+        return Err(Failure::usage(anyhow!(
+            "no signers: pass --bundle-keys (cosign public keys) or --bundle-identity with --bundle-cert-roots"
+        )));
+    }
     let opts = a
-        .registry_args
+        .signers
+        .registry
         .registry_options()
         .map_err(|e| Failure::usage(anyhow!("{e}")))?;
     match fetch_verified(&opts, &policy, a.kind, &r).await {

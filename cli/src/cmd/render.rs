@@ -42,7 +42,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let prepared =
         kars_renderer::prepare(&tree, args.cluster.as_deref()).map_err(render_failure)?;
     let uses = prepared.bundle_uses();
-    let bundles = if uses.is_empty() || args.bundles.bundle_keys.is_empty() {
+    let bundles = if uses.is_empty() || !args.bundles.any_signer() {
         Bundles::none()
     } else {
         let verifier = args
@@ -102,9 +102,9 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     for p in &rendered.held_back {
         eprintln!("held back: {} ({}): {}", p.object, p.file, p.reason);
     }
-    if args.bundles.bundle_keys.is_empty() {
+    if !args.bundles.any_signer() {
         eprintln!(
-            "{} object(s) need signed bundles: pass --bundle-keys (the agent's keys) to verify and render them",
+            "{} object(s) need signed bundles: pass --bundle-keys (or --bundle-identity), the agent's signers, to verify and render them",
             rendered.held_back.len()
         );
     }
