@@ -180,9 +180,15 @@ impl RegistryOptions {
             .unwrap_or(RegistryAuth::Anonymous)
     }
 
-    /// A client for `registry`. Plain HTTP only when allowed and the registry is loopback.
+    /// True when `registry` is reached over plain HTTP: only when allowed and the registry is
+    /// on loopback.
+    pub fn uses_plain_http(&self, registry: &str) -> bool {
+        self.allow_http_loopback && is_loopback_registry(registry)
+    }
+
+    /// A client for `registry` (HTTPS unless [`RegistryOptions::uses_plain_http`]).
     pub fn client(&self, registry: &str) -> Client {
-        let protocol = if self.allow_http_loopback && is_loopback_registry(registry) {
+        let protocol = if self.uses_plain_http(registry) {
             ClientProtocol::Http
         } else {
             ClientProtocol::Https
@@ -431,7 +437,7 @@ pub async fn fetch_verified(
     client
         .auth(&reference, &auth, RegistryOperation::Pull)
         .await
-        .map_err(|e| BundleFailure::OciPullError(format!("{}: {e}", r.registry)))?;
+        .map_err(|e| BundleFailure::OciPullError(format!("{}: {}", r.registry, error_chain(&e))))?;
     let (manifest_bytes, _) = client
         .pull_manifest_raw(&reference, &auth, &[OCI_MANIFEST, DOCKER_MANIFEST])
         .await
@@ -504,7 +510,7 @@ async fn verify_signature(
             return Err(if is_not_found(&e) {
                 BundleFailure::Unsigned(format!("no {} tag", signature_tag(&r.digest)))
             } else {
-                BundleFailure::OciPullError(format!("signature manifest: {e}"))
+                BundleFailure::OciPullError(format!("signature manifest: {}", error_chain(&e)))
             });
         }
     };
@@ -582,6 +588,21 @@ async fn verify_signature(
     }
 }
 
+/// An error with its causes (`a: b: c`), so "error sending request" says why (TLS, refused, …).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
 /// A pull error as a failure: content that does not match its digest is `DigestMismatch`
 /// (tampered storage or a lying registry), everything else `OciPullError`.
 fn pull_failure(what: &str, e: OciDistributionError) -> BundleFailure {
@@ -589,7 +610,7 @@ fn pull_failure(what: &str, e: OciDistributionError) -> BundleFailure {
         OciDistributionError::DigestError(d) => {
             BundleFailure::DigestMismatch(format!("{what}: {d}"))
         }
-        other => BundleFailure::OciPullError(format!("{what}: {other}")),
+        other => BundleFailure::OciPullError(format!("{what}: {}", error_chain(&other))),
     }
 }
 
@@ -1050,6 +1071,26 @@ mod tests {
         ] {
             assert!(!is_loopback_registry(r), "{r}");
         }
+    }
+
+    #[test]
+    fn plain_http_only_when_allowed_and_loopback() {
+        let allowed = RegistryOptions {
+            allow_http_loopback: true,
+            ..RegistryOptions::default()
+        };
+        assert!(allowed.uses_plain_http("127.0.0.1:5000"));
+        assert!(allowed.uses_plain_http("localhost:5000"));
+        for r in [
+            "registry.example.com",
+            "10.0.0.1:5000",
+            "localhost.evil.com",
+            "127.0.0.1.nip.io:5000",
+            "[::ffff:7f00:1]:5000",
+        ] {
+            assert!(!allowed.uses_plain_http(r), "{r}");
+        }
+        assert!(!RegistryOptions::default().uses_plain_http("127.0.0.1:5000"));
     }
 
     #[test]

@@ -194,11 +194,19 @@ fn webhook_and_watch() -> Result<()> {
         "the first sync",
         |pr| applied(pr).as_deref() == Some(first.as_str()),
     )?;
-    let (code, body) = get(agent.port, "/metrics")?;
-    ensure!(
-        code == 200 && body.contains("kars_gitops_sync_duration_seconds"),
-        "metrics: {code}"
-    );
+    // The duration is observed when the sync returns, just after its status write: poll.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = get(agent.port, "/metrics")?;
+        if code == 200 && body.contains("kars_gitops_sync_duration_seconds") {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "metrics: {code}, no kars_gitops_sync_duration_seconds in {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     ensure!(get(agent.port, "/readyz")?.0 == 200);
 
     // A push, then a signed hook: applied well before the 600 s interval.

@@ -44,6 +44,10 @@ pub fn tests() -> Vec<Trial> {
             "bundles::certificate_identity_signers",
             certificate_identity_signers,
         ),
+        trial(
+            "bundles::registry_with_tls_private_ca_and_basic_auth",
+            registry_with_tls_and_auth,
+        ),
     ]
 }
 
@@ -951,5 +955,186 @@ fn certificate_identity_signers() -> Result<()> {
         out.code,
         out.stderr
     );
+    Ok(())
+}
+
+fn registry_with_tls_and_auth() -> Result<()> {
+    use base64::Engine;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    // A private CA and a serving certificate for 127.0.0.1.
+    let ca = test_root(d, "ca")?;
+    std::fs::write(
+        d.join("server.cnf"),
+        "[ext]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+    )?;
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "server.ec",
+        ],
+    )?;
+    openssl(
+        d,
+        &[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            "server.ec",
+            "-out",
+            "server.key",
+        ],
+    )?;
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "server.key",
+            "-subj",
+            "/CN=registry",
+            "-out",
+            "server.csr",
+        ],
+    )?;
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "7",
+            "-sha256",
+            "-extfile",
+            "server.cnf",
+            "-extensions",
+            "ext",
+            "-out",
+            "server.pem",
+        ],
+    )?;
+    let hash = bcrypt::hash("s3cret", 4).map_err(|e| anyhow::anyhow!("bcrypt: {e}"))?;
+    std::fs::write(d.join("htpasswd"), format!("kars:{hash}\n"))?;
+    let reg = Registry::start_with(
+        &d.join("registry"),
+        &kars_e2e::oci::RegistrySecurity {
+            tls: Some((d.join("server.pem"), d.join("server.key"))),
+            htpasswd: Some(d.join("htpasswd")),
+        },
+    )?;
+    let auth_file = |name: &str, user_pass: &str| -> Result<PathBuf> {
+        let path = d.join(name);
+        let auth = base64::engine::general_purpose::STANDARD.encode(user_pass);
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.host),
+        )?;
+        Ok(path)
+    };
+    let good_auth = auth_file("config.json", "kars:s3cret")?;
+    let bad_auth = auth_file("bad.json", "kars:wrong")?;
+    let (key, public) = cosign_key_pair(&d.join("keys"), "trusted")?;
+    let file = allowlist_file(d, "allow.yaml", &["api.openai.com"], true)?;
+    let ca_s = ca.to_string_lossy().to_string();
+    let good_s = good_auth.to_string_lossy().to_string();
+    let sign = kars(&[
+        "policy",
+        "sign",
+        "--kind",
+        "egress-allowlist",
+        "--file",
+        &file.to_string_lossy(),
+        "--registry",
+        &reg.host,
+        "--repository",
+        "policies/private",
+        "--key",
+        &key.to_string_lossy(),
+        "--registry-ca-file",
+        &ca_s,
+        "--registry-auth-file",
+        &good_s,
+    ])?;
+    ensure!(
+        sign.code == 0,
+        "sign over TLS with basic auth: {}",
+        sign.stderr
+    );
+    let reference = sign.stdout.trim().to_string();
+    let verify = |extra: &[&str]| -> Result<(i32, Value)> {
+        let mut args = vec![
+            "policy",
+            "verify",
+            "--kind",
+            "egress-allowlist",
+            &reference,
+            "--json",
+        ];
+        let keys = public.to_string_lossy().to_string();
+        args.extend_from_slice(&["--bundle-keys", &keys]);
+        args.extend_from_slice(extra);
+        let out = kars(&args)?;
+        let v: Value = serde_json::from_str(&out.stdout)
+            .with_context(|| format!("{}{}", out.stdout, out.stderr))?;
+        Ok((out.code, v))
+    };
+    let (code, v) = verify(&["--registry-ca-file", &ca_s, "--registry-auth-file", &good_s])?;
+    ensure!(code == 0 && v["verified"] == true, "TLS + auth: {v}");
+    let bad_s = bad_auth.to_string_lossy().to_string();
+    for (case, extra, says) in [
+        (
+            "no CA (the private CA is not trusted by default)",
+            vec!["--registry-auth-file", good_s.as_str()],
+            "certificate",
+        ),
+        (
+            "no credentials",
+            vec!["--registry-ca-file", ca_s.as_str()],
+            "Not authorized",
+        ),
+        (
+            "wrong password",
+            vec![
+                "--registry-ca-file",
+                ca_s.as_str(),
+                "--registry-auth-file",
+                bad_s.as_str(),
+            ],
+            "Not authorized",
+        ),
+        // Plain HTTP to a TLS registry fails; nothing falls back or downgrades silently.
+        (
+            "plain HTTP asked, TLS served",
+            vec![
+                "--allow-http-loopback-registry",
+                "--registry-auth-file",
+                good_s.as_str(),
+            ],
+            "HTTPS server",
+        ),
+    ] {
+        let (code, v) = verify(&extra)?;
+        ensure!(
+            code == 1
+                && v["reason"] == "OciPullError"
+                && v["message"].as_str().is_some_and(|m| m.contains(says)),
+            "{case}: {v}"
+        );
+    }
     Ok(())
 }

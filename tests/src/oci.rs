@@ -16,29 +16,61 @@ pub const COSIGN_PASSWORD: &str = "kars-test-password";
 pub struct Registry {
     child: Option<Child>,
     config: PathBuf,
+    scheme: &'static str,
     /// `127.0.0.1:<port>`.
     pub host: String,
 }
 
+/// How a test registry is secured (default: plain HTTP, anonymous).
+#[derive(Clone, Debug, Default)]
+pub struct RegistrySecurity {
+    /// Serve HTTPS with this certificate and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Require basic auth from this htpasswd file (bcrypt hashes).
+    pub htpasswd: Option<PathBuf>,
+}
+
 impl Registry {
-    /// Starts a registry storing its data under `dir`, on a free loopback port.
+    /// Starts a plain-HTTP, anonymous registry storing its data under `dir`, on a free
+    /// loopback port.
     pub fn start(dir: &Path) -> Result<Registry> {
+        Registry::start_with(dir, &RegistrySecurity::default())
+    }
+
+    /// Starts a registry secured as `security` says.
+    pub fn start_with(dir: &Path, security: &RegistrySecurity) -> Result<Registry> {
         std::fs::create_dir_all(dir.join("data"))?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let host = format!("127.0.0.1:{port}");
         let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
-                dir.join("data").display()
-            ),
-        )?;
+        let mut yaml = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n",
+            dir.join("data").display()
+        );
+        if let Some((cert, key)) = &security.tls {
+            yaml.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+        if let Some(htpasswd) = &security.htpasswd {
+            yaml.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kars-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        std::fs::write(&config, yaml)?;
         let mut r = Registry {
             child: None,
             config,
+            scheme: if security.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
             host,
         };
         r.resume()?;
@@ -57,14 +89,18 @@ impl Registry {
             .spawn()
             .context("starting the registry")?;
         self.child = Some(child);
-        let url = format!("http://{}/v2/", self.host);
+        let url = format!("{}://{}/v2/", self.scheme, self.host);
         for _ in 0..200 {
             if std::net::TcpStream::connect(&self.host).is_ok() {
-                let ok = Command::new("curl")
-                    .args(["-fsS", "-o", "/dev/null", &url])
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ok {
+                // Any HTTP answer (200, or 401 when auth is on) means it is serving.
+                let answered = Command::new("curl")
+                    .args(["-ksS", "-o", "/dev/null", "-w", "%{http_code}", &url])
+                    .output()
+                    .is_ok_and(|o| {
+                        let code = String::from_utf8_lossy(&o.stdout).to_string();
+                        code.starts_with('2') || code == "401"
+                    });
+                if answered {
                     return Ok(());
                 }
             }
