@@ -43,6 +43,8 @@ enum Command {
     Why(Box<cmd::why::Args>),
     /// Signed OCI policy bundles: sign and push, verify, canonicalise, list kinds.
     Policy(cmd::policy::Args),
+    /// Router audit logs: verify the hash chain.
+    Audit(cmd::audit::Args),
 }
 
 /// A failure with the exit code it maps to.
@@ -120,6 +122,7 @@ fn main() -> ExitCode {
         Command::Status(a) => cmd::status::run(a),
         Command::Why(a) => cmd::why::run(*a),
         Command::Policy(a) => cmd::policy::run(a),
+        Command::Audit(a) => cmd::audit::run(a),
     };
     match result {
         Ok(code) => code,

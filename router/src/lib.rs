@@ -4,9 +4,12 @@
 //! approvals, AGT profile, inference policy, memory binding), reloading them when they change
 //! (a bad file keeps the last good copy and is reported), and `GET /internal/policy-status`,
 //! which echoes each loaded policy's digest so the agent can tell when a policy is enforced.
-//! Enforcement (egress proxy, inference proxy, tool decisions, audit chain) is issue 7.
+//! The audit log with its hash chain (`audit`) is in place; enforcement (egress proxy,
+//! inference proxy, tool decisions) is issue 7.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod governance;
 pub mod policy;
 pub mod server;

@@ -36,6 +36,17 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
+    /// The audit log (append-only JSON lines with a hash chain; `kars audit verify` checks it).
+    #[arg(
+        long,
+        env = "KARS_AUDIT_LOG",
+        default_value = "/var/log/kars/audit.jsonl"
+    )]
+    audit_log: PathBuf,
+    /// When the audit log is synced to disk: `always` (before each decision is answered),
+    /// an interval such as `100ms`, or `never`.
+    #[arg(long, env = "KARS_AUDIT_FSYNC", default_value = "always")]
+    audit_fsync: kars_router::audit::Fsync,
 }
 
 #[tokio::main]
@@ -74,10 +85,22 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
+    let audit = kars_router::audit::AuditLog::open(&args.audit_log, args.audit_fsync)
+        .map_err(|e| anyhow::anyhow!("audit log: {e} (run `kars audit verify {}` to see where it breaks; move it aside to start a new chain)", args.audit_log.display()))?;
+    if audit.recovered > 0 {
+        tracing::warn!(
+            bytes = audit.recovered,
+            "a torn last audit record was cut off"
+        );
+    }
+    let summary = audit.summary();
+    tracing::info!(records = summary.records, head = %summary.head, path = %args.audit_log.display(), "audit log open");
     let state = AppState {
         policies: store,
         admin_token: Arc::new(token),
         sandbox: Arc::new(args.sandbox.clone()),
+        governance: Arc::default(),
+        audit: Some(Arc::new(audit)),
     };
     let listener = tokio::net::TcpListener::bind((args.address, args.port)).await?;
     tracing::info!(addr = %listener.local_addr()?, sandbox = %args.sandbox, "kars-router listening");

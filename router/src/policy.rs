@@ -77,12 +77,12 @@ pub fn digest(files: &[(String, Vec<u8>)]) -> String {
     format!("sha256:{}", hex::encode(h.finalize()))
 }
 
-/// Validates a file's content for its kind (JSON must parse; YAML must be UTF-8 text).
+/// Validates a file's content for its kind (JSON must parse; an AGT profile must compile).
 fn check_content(kind: PolicyKind, name: &str, body: &[u8]) -> Result<(), String> {
     match kind {
         PolicyKind::AgtProfile => std::str::from_utf8(body)
-            .map(drop)
-            .map_err(|_| format!("{name}: not UTF-8")),
+            .map_err(|_| format!("{name}: not UTF-8"))
+            .and_then(|text| crate::governance::Profile::parse(name, text).map(drop)),
         _ => serde_json::from_slice::<serde_json::Value>(body)
             .map(drop)
             .map_err(|e| format!("{name}: invalid JSON: {e}")),
@@ -116,7 +116,8 @@ pub fn read_mount(mount: &Mount) -> Result<Vec<(String, Vec<u8>)>, String> {
     Ok(files)
 }
 
-fn now_rfc3339() -> String {
+/// The current UTC time, RFC 3339 with seconds.
+pub fn now_rfc3339() -> String {
     let secs = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -1,4 +1,5 @@
-//! The HTTP surface that exists today: health, and the policy-status echo.
+//! The HTTP surface: health, the policy-status echo, governance decisions (audited), and the
+//! audit head.
 
 use std::sync::Arc;
 
@@ -6,10 +7,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 
+use crate::audit::AuditLog;
 use crate::auth::bearer_matches;
+use crate::governance::Governance;
 use crate::policy::PolicyStore;
 
 /// Shared state of the handlers.
@@ -21,6 +24,10 @@ pub struct AppState {
     pub admin_token: Arc<String>,
     /// Sandbox name.
     pub sandbox: Arc<String>,
+    /// Governance engine (compiled from the loaded AGT profiles).
+    pub governance: Arc<Governance>,
+    /// The audit log (`None`: decisions are not recorded — tests only).
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 /// Builds the router (handlers are testable without sockets).
@@ -29,6 +36,8 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/internal/policy-status", get(policy_status))
+        .route("/internal/audit-head", get(audit_head))
+        .route("/governance/check", post(governance_check))
         .with_state(state)
 }
 
@@ -41,17 +50,81 @@ async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
-async fn policy_status(State(s): State<AppState>, headers: HeaderMap) -> Response {
+/// `None` when the request carries the admin token, else the 401 to send.
+fn require_admin(s: &AppState, headers: &HeaderMap) -> Option<Response> {
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if !bearer_matches(auth, &s.admin_token) {
-        return (
+    if bearer_matches(auth, &s.admin_token) {
+        return None;
+    }
+    Some(
+        (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
             "bearer token required",
         )
+            .into_response(),
+    )
+}
+
+async fn audit_head(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = require_admin(&s, &headers) {
+        return denied;
+    }
+    match &s.audit {
+        Some(log) => Json(json!(log.summary())).into_response(),
+        None => (StatusCode::NOT_FOUND, "no audit log").into_response(),
+    }
+}
+
+/// Longest action string accepted.
+pub const MAX_ACTION_LEN: usize = 1024;
+
+async fn governance_check(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    let action = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["action"].as_str().map(str::to_string));
+    let Some(action) = action
+        .filter(|a| !a.is_empty() && a.len() <= MAX_ACTION_LEN && !a.chars().any(char::is_control))
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"allowed": false, "error": format!("expected {{\"action\": \"tool:<name>:<arg>\"}}: a non-empty string of at most {MAX_ACTION_LEN} bytes without control characters")})),
+        )
             .into_response();
+    };
+    let engine = s.governance.engine(&s.policies);
+    let decision = engine.decide(&action, std::time::Instant::now());
+    if let Some(log) = &s.audit {
+        let mut fields = serde_json::Map::new();
+        fields.insert("event".into(), json!("governance.decision"));
+        fields.insert("sandbox".into(), json!(*s.sandbox));
+        fields.insert("action".into(), json!(decision.action));
+        fields.insert("verdict".into(), json!(decision.verdict));
+        fields.insert("rule".into(), json!(decision.rule));
+        // No record, no decision: a failed write refuses the action.
+        if let Err(e) = log.append(&crate::policy::now_rfc3339(), fields) {
+            tracing::error!(error = %e, "audit write failed; refusing the action");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"allowed": false, "error": "the audit log cannot be written"})),
+            )
+                .into_response();
+        }
+    }
+    Json(json!({
+        "allowed": decision.allowed(),
+        "verdict": decision.verdict,
+        "rule": decision.rule,
+        "action": decision.action,
+    }))
+    .into_response()
+}
+
+async fn policy_status(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = require_admin(&s, &headers) {
+        return denied;
     }
     let entries: Vec<_> = s.policies.snapshot().iter().map(|e| json!(**e)).collect();
     Json(json!({
@@ -82,6 +155,8 @@ mod tests {
             policies: Arc::new(store),
             admin_token: Arc::new("tok".into()),
             sandbox: Arc::new("a".into()),
+            governance: Arc::default(),
+            audit: None,
         }
     }
 
@@ -130,5 +205,97 @@ mod tests {
             v["entries"][0]["digest"],
             crate::policy::digest(&[("allowlist.json".into(), b"{}".to_vec())])
         );
+    }
+
+    async fn check(app: &Router, body: &str) -> (StatusCode, serde_json::Value) {
+        let res = app
+            .clone()
+            .oneshot(
+                Request::post("/governance/check")
+                    .header("content-type", "application/json")
+                    .body(Body::from(body.to_string()))
+                    .expect("req"),
+            )
+            .await
+            .expect("res");
+        let status = res.status();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, serde_json::from_slice(&body).expect("json"))
+    }
+
+    #[tokio::test]
+    async fn governance_decisions_are_audited_and_follow_reloads() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let profiles = dir.path().join("agt");
+        std::fs::create_dir_all(&profiles).expect("mkdir");
+        let profile = profiles.join("tools.yaml");
+        std::fs::write(&profile, "version: '1'\nagent: a\npolicies:\n- {name: tools, allowed_actions: ['tool:*'], priority: 1}\n- {name: no-rm, denied_actions: ['tool:shell:rm*'], priority: 5}\n").expect("write");
+        let store = PolicyStore::new(vec![Mount {
+            kind: PolicyKind::AgtProfile,
+            dir: profiles.clone(),
+        }]);
+        store.reload();
+        let audit_path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open(&audit_path, crate::audit::Fsync::Always).expect("audit");
+        let state = AppState {
+            policies: Arc::new(store),
+            admin_token: Arc::new("tok".into()),
+            sandbox: Arc::new("a".into()),
+            governance: Arc::default(),
+            audit: Some(Arc::new(log)),
+        };
+        let app = app(state.clone());
+        let (code, v) = check(&app, r#"{"action":"tool:web_fetch:x"}"#).await;
+        assert_eq!(
+            (code, v["allowed"].clone()),
+            (StatusCode::OK, json!(true)),
+            "{v}"
+        );
+        let (_, v) = check(&app, r#"{"action":"tool:shell:rm -rf /"}"#).await;
+        assert_eq!(v["allowed"], false);
+        assert_eq!(v["rule"], "tools.yaml/no-rm");
+        for bad in [
+            r#"{}"#,
+            r#"{"action":""}"#,
+            r#"{"action":"tool:a\u0000b"}"#,
+            "not json",
+        ] {
+            let (code, v) = check(&app, bad).await;
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(v["allowed"], false);
+        }
+        // A reloaded profile takes effect; a broken one keeps the previous policy.
+        std::fs::write(&profile, "version: '1'\nagent: a\npolicies:\n- {name: none, denied_actions: ['*'], priority: 1}\n").expect("write");
+        state.policies.reload();
+        assert_eq!(
+            check(&app, r#"{"action":"tool:web_fetch:x"}"#).await.1["allowed"],
+            false
+        );
+        std::fs::write(&profile, "policies:\n- {name: x, type: bogus}\n").expect("write");
+        state.policies.reload();
+        let (_, v) = check(&app, r#"{"action":"tool:web_fetch:x"}"#).await;
+        assert_eq!(
+            v["rule"], "tools.yaml/none",
+            "the last good profile stays: {v}"
+        );
+        let summary = crate::audit::verify(&audit_path).expect("chain verifies");
+        assert_eq!(summary.records, 4, "one record per answered decision");
+        let text = std::fs::read_to_string(&audit_path).expect("read");
+        assert!(text.lines().nth(1).is_some_and(
+            |l| l.contains("tool:shell:rm -rf /") && l.contains("\"verdict\":\"deny\"")
+        ));
+        // The head is served to the admin only.
+        let res = app
+            .clone()
+            .oneshot(
+                Request::get("/internal/audit-head")
+                    .body(Body::empty())
+                    .expect("req"),
+            )
+            .await
+            .expect("res");
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     }
 }

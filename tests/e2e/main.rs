@@ -10,6 +10,7 @@ mod bundles;
 mod cli;
 mod harness;
 mod render;
+mod router;
 mod sync;
 mod verify;
 
@@ -22,6 +23,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(bundles::tests());
     trials.extend(cli::tests());
     trials.extend(render::tests());
+    trials.extend(router::tests());
     trials.extend(sync::tests());
     trials.extend(verify::tests());
     let conclusion = libtest_mimic::run(&args, trials);

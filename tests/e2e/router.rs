@@ -1,0 +1,228 @@
+//! The router as a real process on loopback: governance decisions over HTTP, each one in the
+//! audit log, and `kars audit verify` catching edits, deletions and cut-off tails.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use kars_e2e::workspace_root;
+use libtest_mimic::Trial;
+use serde_json::Value;
+
+use crate::trial;
+
+pub fn tests() -> Vec<Trial> {
+    vec![trial(
+        "router::governance_decisions_are_audited_and_tampering_is_detected",
+        governance_and_audit,
+    )]
+}
+
+struct Router {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_router(dir: &Path) -> Result<Router> {
+    let bin = workspace_root().join("target/debug/kars-router");
+    ensure!(bin.exists(), "{} is not built", bin.display());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    std::fs::write(dir.join("token"), "admin-token\n")?;
+    let child = Command::new(bin)
+        .args(["--address", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--audit-log")
+        .arg(dir.join("audit.jsonl"))
+        .arg("--admin-token-file")
+        .arg(dir.join("token"))
+        .env("AGT_POLICY_DIR", dir.join("agt"))
+        .env("SANDBOX_NAME", "e2e")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting kars-router")?;
+    let r = Router { child, port };
+    for _ in 0..100 {
+        if http(r.port, "GET", "/healthz", "", None).is_ok_and(|(c, _)| c == 200) {
+            return Ok(r);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("kars-router did not answer on port {port}")
+}
+
+/// A minimal HTTP/1.1 client (one request per connection).
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no status")?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+fn kars_audit(args: &[&str]) -> Result<(i32, String)> {
+    let out = Command::new(workspace_root().join("target/debug/kars"))
+        .arg("audit")
+        .args(args)
+        .output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+fn governance_and_audit() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("agt"))?;
+    std::fs::copy(
+        workspace_root().join("router/testdata/kars-default-agt-profile.yaml"),
+        d.join("agt/default.yaml"),
+    )?;
+    let router = start_router(d)?;
+    let mut expected = Vec::new();
+    for (action, allowed) in [
+        ("shell:ls", true),
+        ("shell:rm", false),
+        ("tool:web_fetch:https://example.com", true),
+        ("admin:bulk_delete", false),
+        ("nothing:matches", false),
+    ] {
+        let (code, body) = http(
+            router.port,
+            "POST",
+            "/governance/check",
+            &format!(r#"{{"action":"{action}"}}"#),
+            None,
+        )?;
+        let v: Value = serde_json::from_str(&body).with_context(|| body.clone())?;
+        ensure!(
+            code == 200 && v["allowed"] == allowed,
+            "{action}: {code} {v}"
+        );
+        expected.push(action);
+    }
+    let (code, body) = http(
+        router.port,
+        "GET",
+        "/internal/audit-head",
+        "",
+        Some("admin-token"),
+    )?;
+    ensure!(code == 200, "audit head: {code} {body}");
+    let head: Value = serde_json::from_str(&body)?;
+    ensure!(head["records"] == 5, "{head}");
+    let head_hash = head["head"].as_str().context("head")?.to_string();
+    drop(router);
+
+    let log = d.join("audit.jsonl");
+    let log_s = log.to_string_lossy().to_string();
+    let (code, out) = kars_audit(&["verify", &log_s, "--expect-head", &head_hash])?;
+    ensure!(
+        code == 0 && out.contains("5 record(s)"),
+        "verify: {code} {out}"
+    );
+    let lines: Vec<String> = std::fs::read_to_string(&log)?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    for (i, action) in expected.iter().enumerate() {
+        ensure!(
+            lines[i].contains(action),
+            "record {i} is not {action}: {}",
+            lines[i]
+        );
+    }
+    let write = |ls: &[String]| std::fs::write(&log, ls.join("\n") + "\n");
+    // An edit: turn a deny into an allow.
+    let mut edited = lines.clone();
+    edited[1] = edited[1].replace("\"verdict\":\"deny\"", "\"verdict\":\"allow\"");
+    write(&edited)?;
+    let (code, out) = kars_audit(&["verify", &log_s])?;
+    ensure!(
+        code == 1 && out.contains("line 2 (seq 1)"),
+        "edit: {code} {out}"
+    );
+    // A deletion.
+    let mut deleted = lines.clone();
+    deleted.remove(2);
+    write(&deleted)?;
+    let (code, out) = kars_audit(&["verify", &log_s, "--json"])?;
+    let v: Value = serde_json::from_str(&out).with_context(|| out.clone())?;
+    ensure!(
+        code == 1 && v["line"] == 3 && v["seq"] == 3,
+        "deletion: {v}"
+    );
+    // Reordering.
+    let mut swapped = lines.clone();
+    swapped.swap(3, 4);
+    write(&swapped)?;
+    let (code, out) = kars_audit(&["verify", &log_s])?;
+    ensure!(code == 1 && out.contains("line 4"), "reorder: {code} {out}");
+    // The tail cut off: only the head kept elsewhere tells.
+    write(&lines[..3])?;
+    let (code, _) = kars_audit(&["verify", &log_s])?;
+    ensure!(code == 0, "a prefix is a valid chain");
+    let (code, out) = kars_audit(&["verify", &log_s, "--expect-head", &head_hash])?;
+    ensure!(
+        code == 1 && out.contains("cut from the end"),
+        "truncation: {code} {out}"
+    );
+    // The router refuses to start on a broken log rather than appending after the break.
+    write(&edited)?;
+    let bin = workspace_root().join("target/debug/kars-router");
+    let out = Command::new(bin)
+        .args([
+            "--address",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--audit-log",
+            &log_s,
+        ])
+        .output()?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("kars audit verify"),
+        "router on a broken log: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
