@@ -10,6 +10,8 @@
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod egress;
 pub mod governance;
 pub mod policy;
+pub mod proxy;
 pub mod server;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use kars_router::config::env;
 use kars_router::policy::{PolicyStore, mounts_from_env};
+use kars_router::proxy::{ProxyLimits, ProxyState, Resolver, system_clock};
 use kars_router::server::{AppState, app};
 
 /// kars router sidecar: loads the policies rendered for this sandbox, reloads them when they
@@ -47,6 +48,20 @@ struct Args {
     /// an interval such as `100ms`, or `never`.
     #[arg(long, env = "KARS_AUDIT_FSYNC", default_value = "always")]
     audit_fsync: kars_router::audit::Fsync,
+    /// Port of the egress forward proxy (CONNECT and absolute-form HTTP); 0 disables it.
+    #[arg(long, env = "EGRESS_PROXY_PORT", default_value_t = 8444)]
+    proxy_port: u16,
+    /// Egress mode: strict (only the allowlist and unexpired approvals) or learn (anything not
+    /// blocklisted, recorded at /egress/learned).
+    #[arg(long, env = "EGRESS_MODE", default_value = "strict")]
+    egress_mode: kars_router::egress::Mode,
+    /// File of blocklisted host names, one per line (`#` comments); it always wins.
+    #[arg(long, env = "KARS_EGRESS_BLOCKLIST_FILE")]
+    blocklist_file: Option<PathBuf>,
+    /// CIDRs of internal addresses the proxy may connect to (loopback, private, link-local and
+    /// metadata addresses are refused otherwise), repeatable or comma-separated.
+    #[arg(long, env = "KARS_EGRESS_ALLOW_CIDRS", value_delimiter = ',')]
+    allow_private_cidr: Vec<ipnet::IpNet>,
 }
 
 #[tokio::main]
@@ -75,16 +90,6 @@ async fn main() -> anyhow::Result<()> {
     for kind in store.reload() {
         tracing::info!(?kind, "policy loaded");
     }
-    let reloader = store.clone();
-    let every = Duration::from_secs(args.reload_seconds.max(1));
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
-            for kind in reloader.reload() {
-                tracing::info!(?kind, "policy reloaded");
-            }
-        }
-    });
     let audit = kars_router::audit::AuditLog::open(&args.audit_log, args.audit_fsync)
         .map_err(|e| anyhow::anyhow!("audit log: {e} (run `kars audit verify {}` to see where it breaks; move it aside to start a new chain)", args.audit_log.display()))?;
     if audit.recovered > 0 {
@@ -95,13 +100,76 @@ async fn main() -> anyhow::Result<()> {
     }
     let summary = audit.summary();
     tracing::info!(records = summary.records, head = %summary.head, path = %args.audit_log.display(), "audit log open");
+    let audit = Arc::new(audit);
+    let blocklist: Vec<String> = match &args.blocklist_file {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        None => Vec::new(),
+    };
+    let proxy = Arc::new(ProxyState {
+        policy: std::sync::RwLock::new(Arc::new(kars_router::egress::EgressPolicy::new(
+            args.egress_mode,
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        ))),
+        resolver: Resolver::System,
+        audit: Some(audit.clone()),
+        limits: ProxyLimits::default(),
+        clock: system_clock,
+    });
+    let rebuild = {
+        let (store, proxy, mode, cidrs) = (
+            store.clone(),
+            proxy.clone(),
+            args.egress_mode,
+            args.allow_private_cidr.clone(),
+        );
+        move || {
+            if let Err(e) = proxy.rebuild(&store, mode, &blocklist, &cidrs) {
+                tracing::error!(error = %e, "egress policy not rebuilt; the previous one stays");
+            }
+        }
+    };
+    rebuild();
+    let reloader = store.clone();
+    let every = Duration::from_secs(args.reload_seconds.max(1));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let changed = reloader.reload();
+            for kind in &changed {
+                tracing::info!(?kind, "policy reloaded");
+            }
+            if changed.iter().any(|k| {
+                matches!(
+                    k,
+                    kars_router::policy::PolicyKind::EgressAllowlist
+                        | kars_router::policy::PolicyKind::EgressApproval
+                )
+            }) {
+                rebuild();
+            }
+        }
+    });
     let state = AppState {
         policies: store,
         admin_token: Arc::new(token),
         sandbox: Arc::new(args.sandbox.clone()),
         governance: Arc::default(),
-        audit: Some(Arc::new(audit)),
+        audit: Some(audit),
+        egress: (args.proxy_port != 0).then(|| proxy.clone()),
     };
+    if args.proxy_port != 0 {
+        let listener = tokio::net::TcpListener::bind((args.address, args.proxy_port)).await?;
+        tracing::info!(addr = %listener.local_addr()?, mode = ?args.egress_mode, "egress proxy listening");
+        tokio::spawn(kars_router::proxy::serve(listener, proxy));
+    }
     let listener = tokio::net::TcpListener::bind((args.address, args.port)).await?;
     tracing::info!(addr = %listener.local_addr()?, sandbox = %args.sandbox, "kars-router listening");
     axum::serve(listener, app(state))

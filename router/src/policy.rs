@@ -83,6 +83,8 @@ fn check_content(kind: PolicyKind, name: &str, body: &[u8]) -> Result<(), String
         PolicyKind::AgtProfile => std::str::from_utf8(body)
             .map_err(|_| format!("{name}: not UTF-8"))
             .and_then(|text| crate::governance::Profile::parse(name, text).map(drop)),
+        PolicyKind::EgressAllowlist => crate::egress::check_allowlist_file(body),
+        PolicyKind::EgressApproval => crate::egress::check_approval_file(name, body),
         _ => serde_json::from_slice::<serde_json::Value>(body)
             .map(drop)
             .map_err(|e| format!("{name}: invalid JSON: {e}")),
@@ -284,7 +286,9 @@ mod tests {
         assert!(
             e.last_error
                 .as_deref()
-                .is_some_and(|m| m.contains("invalid JSON"))
+                .is_some_and(|m| m.contains("invalid JSON")),
+            "{:?}",
+            e.last_error
         );
         std::fs::write(
             dir.path().join("allowlist.json"),

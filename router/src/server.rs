@@ -28,6 +28,8 @@ pub struct AppState {
     pub governance: Arc<Governance>,
     /// The audit log (`None`: decisions are not recorded — tests only).
     pub audit: Option<Arc<AuditLog>>,
+    /// The egress proxy's state (for `/egress/learned`), when the proxy runs.
+    pub egress: Option<Arc<crate::proxy::ProxyState>>,
 }
 
 /// Builds the router (handlers are testable without sockets).
@@ -37,6 +39,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/internal/policy-status", get(policy_status))
         .route("/internal/audit-head", get(audit_head))
+        .route("/egress/learned", get(egress_learned))
         .route("/governance/check", post(governance_check))
         .with_state(state)
 }
@@ -76,6 +79,22 @@ async fn audit_head(State(s): State<AppState>, headers: HeaderMap) -> Response {
         Some(log) => Json(json!(log.summary())).into_response(),
         None => (StatusCode::NOT_FOUND, "no audit log").into_response(),
     }
+}
+
+async fn egress_learned(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = require_admin(&s, &headers) {
+        return denied;
+    }
+    let Some(egress) = &s.egress else {
+        return (StatusCode::NOT_FOUND, "the egress proxy is not running").into_response();
+    };
+    let policy = egress.policy();
+    let learned: Vec<_> = policy
+        .learned()
+        .into_iter()
+        .map(|(host, port)| json!({"host": host, "port": port}))
+        .collect();
+    Json(json!({"mode": policy.mode, "learned": learned})).into_response()
 }
 
 /// Longest action string accepted.
@@ -157,6 +176,7 @@ mod tests {
             sandbox: Arc::new("a".into()),
             governance: Arc::default(),
             audit: None,
+            egress: None,
         }
     }
 
@@ -245,6 +265,7 @@ mod tests {
             sandbox: Arc::new("a".into()),
             governance: Arc::default(),
             audit: Some(Arc::new(log)),
+            egress: None,
         };
         let app = app(state.clone());
         let (code, v) = check(&app, r#"{"action":"tool:web_fetch:x"}"#).await;

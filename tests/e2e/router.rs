@@ -15,15 +15,28 @@ use serde_json::Value;
 use crate::trial;
 
 pub fn tests() -> Vec<Trial> {
-    vec![trial(
-        "router::governance_decisions_are_audited_and_tampering_is_detected",
-        governance_and_audit,
-    )]
+    vec![
+        trial(
+            "router::governance_decisions_are_audited_and_tampering_is_detected",
+            governance_and_audit,
+        ),
+        trial(
+            "router::egress_proxy_allows_the_allowlist_and_refuses_the_rest",
+            egress_proxy,
+        ),
+    ]
 }
 
 struct Router {
     child: Child,
     port: u16,
+    proxy_port: u16,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl Drop for Router {
@@ -33,15 +46,17 @@ impl Drop for Router {
     }
 }
 
-fn start_router(dir: &Path) -> Result<Router> {
+fn start_router(dir: &Path, extra: &[&str]) -> Result<Router> {
     let bin = workspace_root().join("target/debug/kars-router");
     ensure!(bin.exists(), "{} is not built", bin.display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
+    let proxy_port = free_port()?;
     std::fs::write(dir.join("token"), "admin-token\n")?;
     let child = Command::new(bin)
         .args(["--address", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--proxy-port", &proxy_port.to_string()])
+        .args(extra)
+        .env("EGRESS_ALLOWLIST_DIR", dir.join("egress"))
         .arg("--audit-log")
         .arg(dir.join("audit.jsonl"))
         .arg("--admin-token-file")
@@ -52,7 +67,11 @@ fn start_router(dir: &Path) -> Result<Router> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting kars-router")?;
-    let r = Router { child, port };
+    let r = Router {
+        child,
+        port,
+        proxy_port,
+    };
     for _ in 0..100 {
         if http(r.port, "GET", "/healthz", "", None).is_ok_and(|(c, _)| c == 200) {
             return Ok(r);
@@ -117,7 +136,7 @@ fn governance_and_audit() -> Result<()> {
         workspace_root().join("router/testdata/kars-default-agt-profile.yaml"),
         d.join("agt/default.yaml"),
     )?;
-    let router = start_router(d)?;
+    let router = start_router(d, &[])?;
     let mut expected = Vec::new();
     for (action, allowed) in [
         ("shell:ls", true),
@@ -223,6 +242,146 @@ fn governance_and_audit() -> Result<()> {
         !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("kars audit verify"),
         "router on a broken log: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A loopback upstream answering one fixed response per connection; counts connections.
+fn upstream() -> Result<(u16, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = l.local_addr()?.port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+            );
+        }
+    });
+    Ok((port, count))
+}
+
+fn raw(port: u16, request: &str) -> Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(request.as_bytes())?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn egress_proxy() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let (up, count) = upstream()?;
+    std::fs::create_dir_all(d.join("egress"))?;
+    std::fs::write(
+        d.join("egress/allowlist.json"),
+        format!(r#"{{"endpoints":[{{"host":"localhost","port":{up}}}],"schemaVersion":1}}"#),
+    )?;
+    std::fs::write(d.join("blocklist"), "# blocked\nblocked.localhost\n")?;
+    let blocklist = d.join("blocklist").to_string_lossy().to_string();
+    let router = start_router(
+        d,
+        &[
+            "--allow-private-cidr",
+            "127.0.0.0/8",
+            "--blocklist-file",
+            &blocklist,
+            "--reload-seconds",
+            "1",
+        ],
+    )?;
+    // Allowed: a CONNECT tunnel and an absolute-form request through the real process.
+    let out = raw(
+        router.proxy_port,
+        &format!(
+            "CONNECT localhost:{up} HTTP/1.1\r\nHost: localhost:{up}\r\n\r\nGET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+        ),
+    )?;
+    ensure!(
+        out.starts_with("HTTP/1.1 200 Connection Established") && out.ends_with("hello"),
+        "CONNECT: {out}"
+    );
+    let out = raw(
+        router.proxy_port,
+        &format!("GET http://localhost:{up}/x HTTP/1.1\r\nHost: localhost:{up}\r\n\r\n"),
+    )?;
+    ensure!(
+        out.contains("200 OK") && out.ends_with("hello"),
+        "absolute form: {out}"
+    );
+    let reached = count.load(std::sync::atomic::Ordering::SeqCst);
+    ensure!(reached == 2, "upstream saw {reached} connections");
+    // Refused: other port, IP literal, blocklisted subdomain, Host mismatch.
+    for (request, label) in [
+        (
+            format!("CONNECT localhost:{} HTTP/1.1\r\n\r\n", up + 1),
+            "NotAllowed",
+        ),
+        (
+            format!("CONNECT 127.0.0.1:{up} HTTP/1.1\r\n\r\n"),
+            "InvalidHost",
+        ),
+        (
+            format!("CONNECT blocked.localhost:{up} HTTP/1.1\r\n\r\n"),
+            "Blocklisted",
+        ),
+        (
+            format!("GET http://localhost:{up}/ HTTP/1.1\r\nHost: evil.example\r\n\r\n"),
+            "InvalidHost",
+        ),
+    ] {
+        let out = raw(router.proxy_port, &request)?;
+        ensure!(
+            out.contains(label) && !out.contains("hello"),
+            "{request:?}: {out}"
+        );
+    }
+    ensure!(
+        count.load(std::sync::atomic::Ordering::SeqCst) == reached,
+        "a refused request reached upstream"
+    );
+    // A new allowlist is picked up without a restart; the old entry stops working.
+    std::fs::write(
+        d.join("egress/allowlist.json"),
+        r#"{"endpoints":[{"host":"localhost","port":1}],"schemaVersion":1}"#,
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = raw(
+            router.proxy_port,
+            &format!("CONNECT localhost:{up} HTTP/1.1\r\n\r\n"),
+        )?;
+        if out.contains("NotAllowed") {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "reload not applied: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Every decision is in the audit log, and the chain verifies.
+    drop(router);
+    let log = d.join("audit.jsonl");
+    let (code, out) = kars_audit(&["verify", &log.to_string_lossy()])?;
+    ensure!(code == 0, "audit: {out}");
+    let text = std::fs::read_to_string(&log)?;
+    ensure!(
+        text.contains("\"event\":\"egress.decision\"") && text.contains("Blocklisted"),
+        "audit content"
     );
     Ok(())
 }
