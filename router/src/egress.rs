@@ -17,7 +17,7 @@
 //! documentation and IPv4-mapped/-translated forms of those are refused unless a configured
 //! CIDR allows them; the proxy then connects to exactly the address it checked.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Mutex;
 
@@ -151,6 +151,11 @@ pub fn normalize_host(raw: &str) -> Result<String, Refusal> {
     Ok(ascii)
 }
 
+/// `a.b.c`, `b.c`, `c`: the names whose entries cover `host`.
+fn suffixes(host: &str) -> impl Iterator<Item = &str> {
+    std::iter::successors(Some(host), |h| h.split_once('.').map(|(_, rest)| rest))
+}
+
 /// True when `host` is `entry` or a subdomain of it (both normalised).
 fn covers(entry: &str, host: &str) -> bool {
     host == entry
@@ -252,9 +257,11 @@ pub fn parse_rfc3339_utc(s: &str) -> Option<i64> {
 pub struct EgressPolicy {
     /// Strict or Learn.
     pub mode: Mode,
-    allow: BTreeSet<(String, u16)>,
+    /// Host → allowed ports (a lookup per label suffix of the asked host: O(labels), not
+    /// O(entries)).
+    allow: HashMap<String, BTreeSet<u16>>,
     approvals: Vec<Approval>,
-    blocklist: Vec<String>,
+    blocklist: HashSet<String>,
     private_allowed: Vec<ipnet::IpNet>,
     learned: Mutex<BTreeSet<(String, u16)>>,
 }
@@ -270,9 +277,12 @@ impl EgressPolicy {
     ) -> EgressPolicy {
         EgressPolicy {
             mode,
-            allow: allow.into_iter().collect(),
+            allow: allow.into_iter().fold(HashMap::new(), |mut m, (h, p)| {
+                m.entry(h).or_insert_with(BTreeSet::new).insert(p);
+                m
+            }),
             approvals,
-            blocklist,
+            blocklist: blocklist.into_iter().collect(),
             private_allowed,
             learned: Mutex::default(),
         }
@@ -329,11 +339,13 @@ impl EgressPolicy {
     /// Decides a destination at `now` (Unix seconds). `host` is as the client wrote it.
     pub fn decide(&self, host: &str, port: u16, now: i64) -> Result<(String, Allowed), Refusal> {
         let h = normalize_host(host)?;
-        if let Some(b) = self.blocklist.iter().find(|b| covers(b, &h)) {
+        if let Some(b) = suffixes(&h).find(|s| self.blocklist.contains(*s)) {
             return Err(Refusal::Blocklisted(format!("{h} (blocklist entry {b})")));
         }
-        if let Some((e, p)) = self.allow.iter().find(|(e, p)| *p == port && covers(e, &h)) {
-            return Ok((h.clone(), Allowed::Allowlist(format!("{e}:{p}"))));
+        if let Some(e) =
+            suffixes(&h).find(|s| self.allow.get(*s).is_some_and(|ps| ps.contains(&port)))
+        {
+            return Ok((h.clone(), Allowed::Allowlist(format!("{e}:{port}"))));
         }
         if let Some(a) = self.approvals.iter().find(|a| {
             a.effective_at <= now

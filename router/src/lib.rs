@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod egress;
 pub mod governance;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod server;

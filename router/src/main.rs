@@ -110,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             .collect(),
         None => Vec::new(),
     };
+    let metrics = Arc::new(kars_router::metrics::RouterMetrics::default());
     let proxy = Arc::new(ProxyState {
         policy: std::sync::RwLock::new(Arc::new(kars_router::egress::EgressPolicy::new(
             args.egress_mode,
@@ -122,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
         audit: Some(audit.clone()),
         limits: ProxyLimits::default(),
         clock: system_clock,
+        metrics: metrics.clone(),
     });
     let rebuild = {
         let (store, proxy, mode, cidrs) = (
@@ -164,6 +166,7 @@ async fn main() -> anyhow::Result<()> {
         governance: Arc::default(),
         audit: Some(audit),
         egress: (args.proxy_port != 0).then(|| proxy.clone()),
+        metrics,
     };
     if args.proxy_port != 0 {
         let listener = tokio::net::TcpListener::bind((args.address, args.proxy_port)).await?;

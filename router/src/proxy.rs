@@ -79,6 +79,8 @@ pub struct ProxyState {
     pub limits: ProxyLimits,
     /// The router's clock, Unix seconds (tests replace it).
     pub clock: fn() -> i64,
+    /// Decision counters.
+    pub metrics: Arc<crate::metrics::RouterMetrics>,
 }
 
 /// Unix seconds now.
@@ -306,9 +308,26 @@ async fn refuse(stream: &mut TcpStream, status: u16, refusal: &Refusal) {
 }
 
 fn record(state: &ProxyState, fields: serde_json::Value) {
+    let allowed = fields["allowed"] == true;
+    let reason = if allowed {
+        fields["via"]
+            .as_str()
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or("allowed")
+            .to_string()
+    } else {
+        fields["refusal"]["reason"]
+            .as_str()
+            .unwrap_or("refused")
+            .to_string()
+    };
+    state
+        .metrics
+        .egress(if allowed { "allowed" } else { "refused" }, &reason);
     if let (Some(log), serde_json::Value::Object(map)) = (&state.audit, fields)
         && let Err(e) = log.append(&crate::policy::now_rfc3339(), map)
     {
+        state.metrics.audit_write_failures.inc();
         tracing::error!(error = %e, "audit write failed");
     }
 }
@@ -517,6 +536,7 @@ mod tests {
                 ..ProxyLimits::default()
             },
             clock,
+            metrics: Arc::default(),
         });
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = l.local_addr().expect("addr").port();

@@ -30,6 +30,8 @@ pub struct AppState {
     pub audit: Option<Arc<AuditLog>>,
     /// The egress proxy's state (for `/egress/learned`), when the proxy runs.
     pub egress: Option<Arc<crate::proxy::ProxyState>>,
+    /// Counters (shared with the proxy).
+    pub metrics: Arc<crate::metrics::RouterMetrics>,
 }
 
 /// Builds the router (handlers are testable without sockets).
@@ -37,6 +39,15 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(|State(s): State<AppState>| async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    s.metrics.encode(),
+                )
+            }),
+        )
         .route("/internal/policy-status", get(policy_status))
         .route("/internal/audit-head", get(audit_head))
         .route("/egress/learned", get(egress_learned))
@@ -115,6 +126,15 @@ async fn governance_check(State(s): State<AppState>, body: axum::body::Bytes) ->
     };
     let engine = s.governance.engine(&s.policies);
     let decision = engine.decide(&action, std::time::Instant::now());
+    s.metrics
+        .governance
+        .get_or_create(&crate::metrics::VerdictLabel {
+            verdict: serde_json::to_value(decision.verdict)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        })
+        .inc();
     if let Some(log) = &s.audit {
         let mut fields = serde_json::Map::new();
         fields.insert("event".into(), json!("governance.decision"));
@@ -124,6 +144,7 @@ async fn governance_check(State(s): State<AppState>, body: axum::body::Bytes) ->
         fields.insert("rule".into(), json!(decision.rule));
         // No record, no decision: a failed write refuses the action.
         if let Err(e) = log.append(&crate::policy::now_rfc3339(), fields) {
+            s.metrics.audit_write_failures.inc();
             tracing::error!(error = %e, "audit write failed; refusing the action");
             return (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -177,6 +198,7 @@ mod tests {
             governance: Arc::default(),
             audit: None,
             egress: None,
+            metrics: Arc::default(),
         }
     }
 
@@ -266,6 +288,7 @@ mod tests {
             governance: Arc::default(),
             audit: Some(Arc::new(log)),
             egress: None,
+            metrics: Arc::default(),
         };
         let app = app(state.clone());
         let (code, v) = check(&app, r#"{"action":"tool:web_fetch:x"}"#).await;

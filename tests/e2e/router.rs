@@ -353,6 +353,17 @@ fn egress_proxy() -> Result<()> {
         count.load(std::sync::atomic::Ordering::SeqCst) == reached,
         "a refused request reached upstream"
     );
+    let (code, metrics) = http(router.port, "GET", "/metrics", "", None)?;
+    ensure!(
+        code == 200
+            && metrics.contains(
+                r#"kars_router_egress_decisions_total{outcome="refused",reason="Blocklisted"} 1"#
+            )
+            && metrics.contains(
+                r#"kars_router_egress_decisions_total{outcome="allowed",reason="allowlist"} 2"#
+            ),
+        "metrics: {metrics}"
+    );
     // A new allowlist is picked up without a restart; the old entry stops working.
     std::fs::write(
         d.join("egress/allowlist.json"),

@@ -5,6 +5,7 @@
 //! cargo run --release -p kars-e2e --bin kars-bench -- verify [--commits 1000]
 //! cargo build --release --workspace --bins && \
 //!   cargo run --release -p kars-e2e --bin kars-bench -- sync [--agents 1000]
+//! cargo run --release -p kars-e2e --bin kars-bench -- router [--seconds 3] [--rate 1000] [--conns 16]
 //! ```
 //!
 //! Peak memory is the child process's `VmHWM` (peak resident set): each measured phase runs in
@@ -683,9 +684,14 @@ fn main() -> ExitCode {
         Some("render") => bench_render(&args),
         Some("verify") => bench_verify(&args),
         Some("sync") => bench_sync(&args),
+        Some("router") => kars_e2e::router_bench::run(
+            arg(&args, "--seconds", 3) as u64,
+            arg(&args, "--rate", 1000) as u64,
+            arg(&args, "--conns", 16),
+        ),
         _ => {
             eprintln!(
-                "usage: kars-bench render [--agents N] [--runs N] | verify [--commits N] | sync [--agents N]"
+                "usage: kars-bench render [--agents N] [--runs N] | verify [--commits N] | sync [--agents N] | router [--seconds N] [--rate N] [--conns N]"
             );
             return ExitCode::from(2);
         }
