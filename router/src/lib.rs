@@ -9,6 +9,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod egress;
 pub mod governance;

@@ -1,0 +1,330 @@
+//! Token budgets for the inference proxy: a per-request cap checked before any upstream call,
+//! and daily and monthly UTC budgets kept in a file so they survive restarts.
+//!
+//! Usage is recorded by request id: recording the same id again (a client retry, or the
+//! proxy's own retry on a fallback upstream) counts once. The ledger file is replaced
+//! atomically (write a temporary file, fsync it, rename, fsync the directory), so a crash
+//! leaves either the old or the new ledger, never a torn one. Day and month roll over at
+//! 00:00 UTC by the router's clock.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// The limits (from `InferencePolicy.spec.tokenBudget`); `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    /// Largest `max_tokens` one request may ask for.
+    pub per_request_tokens: Option<u64>,
+    /// Tokens per UTC day.
+    pub daily_tokens: Option<u64>,
+    /// Tokens per UTC month.
+    pub monthly_tokens: Option<u64>,
+}
+
+/// Why a request is refused before it reaches an upstream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "reason", rename_all = "camelCase")]
+pub enum BudgetRefusal {
+    /// The request asks for more than the per-request cap (or does not say and there is one).
+    PerRequestCap {
+        /// What it asked for.
+        requested: Option<u64>,
+        /// The cap.
+        cap: u64,
+    },
+    /// Today's budget is used up.
+    DailyExhausted {
+        /// Used today.
+        used: u64,
+        /// The budget.
+        limit: u64,
+    },
+    /// This month's budget is used up.
+    MonthlyExhausted {
+        /// Used this month.
+        used: u64,
+        /// The budget.
+        limit: u64,
+    },
+}
+
+/// How many request ids are remembered for deduplication.
+const REMEMBERED_IDS: usize = 10_000;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Ledger {
+    /// `YYYY-MM-DD` of `day_used`.
+    day: String,
+    day_used: u64,
+    /// `YYYY-MM` of `month_used`.
+    month: String,
+    month_used: u64,
+    /// Recently counted request ids, oldest first.
+    counted: VecDeque<String>,
+}
+
+/// Errors of the ledger file.
+#[derive(Debug, thiserror::Error)]
+pub enum BudgetError {
+    /// Reading or writing the ledger.
+    #[error("{path}: {message}")]
+    Io {
+        /// The ledger file.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+/// The persisted budget ledger of one sandbox.
+pub struct Budget {
+    path: PathBuf,
+    limits: Limits,
+    ledger: Mutex<Ledger>,
+}
+
+/// `(YYYY-MM-DD, YYYY-MM)` of a Unix time, UTC.
+pub fn utc_day_and_month(unix: i64) -> (String, String) {
+    let (y, m, d) = crate::policy::civil_from_days(unix.div_euclid(86_400));
+    (format!("{y:04}-{m:02}-{d:02}"), format!("{y:04}-{m:02}"))
+}
+
+impl Budget {
+    /// Opens (or starts) the ledger at `path`. An unreadable ledger is an error, not a reset:
+    /// starting from zero would hand out the budget twice.
+    pub fn open(path: &Path, limits: Limits) -> Result<Budget, BudgetError> {
+        let io = |message: String| BudgetError::Io {
+            path: path.display().to_string(),
+            message,
+        };
+        let ledger = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| io(format!("not a budget ledger ({e}); move it aside to reset")))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
+            Err(e) => return Err(io(e.to_string())),
+        };
+        Ok(Budget {
+            path: path.to_path_buf(),
+            limits,
+            ledger: Mutex::new(ledger),
+        })
+    }
+
+    fn rolled(ledger: &mut Ledger, now: i64) {
+        let (day, month) = utc_day_and_month(now);
+        if ledger.day != day {
+            ledger.day = day;
+            ledger.day_used = 0;
+        }
+        if ledger.month != month {
+            ledger.month = month;
+            ledger.month_used = 0;
+        }
+    }
+
+    /// Checks a request asking for up to `max_tokens` at `now` (Unix seconds). Called before
+    /// any upstream call; a refusal costs nothing.
+    pub fn admit(&self, max_tokens: Option<u64>, now: i64) -> Result<(), BudgetRefusal> {
+        if let Some(cap) = self.limits.per_request_tokens
+            && max_tokens.is_none_or(|m| m > cap)
+        {
+            return Err(BudgetRefusal::PerRequestCap {
+                requested: max_tokens,
+                cap,
+            });
+        }
+        let mut l = self
+            .ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self::rolled(&mut l, now);
+        if let Some(limit) = self.limits.daily_tokens
+            && l.day_used >= limit
+        {
+            return Err(BudgetRefusal::DailyExhausted {
+                used: l.day_used,
+                limit,
+            });
+        }
+        if let Some(limit) = self.limits.monthly_tokens
+            && l.month_used >= limit
+        {
+            return Err(BudgetRefusal::MonthlyExhausted {
+                used: l.month_used,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records `tokens` used by `request_id` at `now` and persists the ledger. Returns false
+    /// (and changes nothing) when that id was already counted.
+    pub fn record(&self, request_id: &str, tokens: u64, now: i64) -> Result<bool, BudgetError> {
+        let mut l = self
+            .ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if l.counted.iter().any(|id| id == request_id) {
+            return Ok(false);
+        }
+        Self::rolled(&mut l, now);
+        l.day_used = l.day_used.saturating_add(tokens);
+        l.month_used = l.month_used.saturating_add(tokens);
+        l.counted.push_back(request_id.to_string());
+        while l.counted.len() > REMEMBERED_IDS {
+            l.counted.pop_front();
+        }
+        self.persist(&l)?;
+        Ok(true)
+    }
+
+    /// `(used today, used this month)` at `now`.
+    pub fn used(&self, now: i64) -> (u64, u64) {
+        let mut l = self
+            .ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Self::rolled(&mut l, now);
+        (l.day_used, l.month_used)
+    }
+
+    fn persist(&self, l: &Ledger) -> Result<(), BudgetError> {
+        let io = |e: std::io::Error| BudgetError::Io {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        };
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let tmp = self.path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        let bytes = serde_json::to_vec(l).map_err(|e| io(std::io::Error::other(e)))?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOV_24: i64 = 1_795_478_400; // 2026-11-24T00:00:00Z
+
+    fn limits() -> Limits {
+        Limits {
+            per_request_tokens: Some(1_000),
+            daily_tokens: Some(2_000),
+            monthly_tokens: Some(5_000),
+        }
+    }
+
+    #[test]
+    fn calendar() {
+        assert_eq!(
+            utc_day_and_month(NOV_24),
+            ("2026-11-24".into(), "2026-11".into())
+        );
+        assert_eq!(
+            utc_day_and_month(NOV_24 - 1),
+            ("2026-11-23".into(), "2026-11".into())
+        );
+        assert_eq!(
+            utc_day_and_month(0),
+            ("1970-01-01".into(), "1970-01".into())
+        );
+        assert_eq!(
+            utc_day_and_month(951_782_400),
+            ("2000-02-29".into(), "2000-02".into())
+        );
+    }
+
+    #[test]
+    fn caps_are_checked_before_the_call() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let b = Budget::open(&dir.path().join("budget.json"), limits()).expect("open");
+        assert!(b.admit(Some(1_000), NOV_24).is_ok());
+        assert!(matches!(
+            b.admit(Some(1_001), NOV_24),
+            Err(BudgetRefusal::PerRequestCap { .. })
+        ));
+        assert!(
+            matches!(
+                b.admit(None, NOV_24),
+                Err(BudgetRefusal::PerRequestCap { .. })
+            ),
+            "with a cap, a request must say how much it may use"
+        );
+    }
+
+    #[test]
+    fn budgets_survive_restarts_roll_over_at_utc_midnight_and_never_double_count() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("budget.json");
+        let b = Budget::open(&path, limits()).expect("open");
+        assert!(b.record("req-1", 900, NOV_24 + 10).expect("rec"));
+        assert!(
+            !b.record("req-1", 900, NOV_24 + 11).expect("rec"),
+            "a retry counts once"
+        );
+        b.record("req-2", 1_100, NOV_24 + 12).expect("rec");
+        assert!(matches!(
+            b.admit(Some(10), NOV_24 + 13),
+            Err(BudgetRefusal::DailyExhausted {
+                used: 2_000,
+                limit: 2_000
+            })
+        ));
+        drop(b);
+        // A restart keeps the ledger.
+        let b = Budget::open(&path, limits()).expect("reopen");
+        assert_eq!(b.used(NOV_24 + 14), (2_000, 2_000));
+        assert!(b.admit(Some(10), NOV_24 + 14).is_err());
+        assert!(
+            !b.record("req-1", 900, NOV_24 + 15).expect("rec"),
+            "ids survive too"
+        );
+        // The next UTC day starts a new daily budget; the month goes on.
+        let next_day = NOV_24 + 86_400;
+        assert!(b.admit(Some(10), next_day).is_ok());
+        b.record("req-3", 2_000, next_day).expect("rec");
+        b.record("req-4", 1_000, next_day + 1).expect("rec");
+        assert!(matches!(
+            b.admit(Some(10), next_day + 2),
+            Err(BudgetRefusal::DailyExhausted { .. })
+        ));
+        b.record("req-5", 0, next_day + 86_400).expect("rec");
+        assert!(matches!(
+            b.admit(Some(10), next_day + 86_400),
+            Err(BudgetRefusal::MonthlyExhausted {
+                used: 5_000,
+                limit: 5_000
+            })
+        ));
+        // December: a new month.
+        let dec_1 = NOV_24 + 7 * 86_400;
+        assert!(b.admit(Some(10), dec_1).is_ok());
+        assert_eq!(b.used(dec_1), (0, 0));
+    }
+
+    #[test]
+    fn a_damaged_ledger_is_an_error_not_a_reset() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("budget.json");
+        std::fs::write(&path, "{garbage").expect("write");
+        assert!(Budget::open(&path, limits()).is_err());
+    }
+}
