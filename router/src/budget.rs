@@ -37,14 +37,14 @@ pub enum BudgetRefusal {
         /// The cap.
         cap: u64,
     },
-    /// Today's budget is used up.
+    /// Today's budget cannot cover the request (used + the request's cap > budget).
     DailyExhausted {
         /// Used today.
         used: u64,
         /// The budget.
         limit: u64,
     },
-    /// This month's budget is used up.
+    /// This month's budget cannot cover the request.
     MonthlyExhausted {
         /// Used this month.
         used: u64,
@@ -85,7 +85,7 @@ pub enum BudgetError {
 /// The persisted budget ledger of one sandbox.
 pub struct Budget {
     path: PathBuf,
-    limits: Limits,
+    limits: std::sync::RwLock<Limits>,
     ledger: Mutex<Ledger>,
 }
 
@@ -111,9 +111,17 @@ impl Budget {
         };
         Ok(Budget {
             path: path.to_path_buf(),
-            limits,
+            limits: std::sync::RwLock::new(limits),
             ledger: Mutex::new(ledger),
         })
+    }
+
+    /// Replaces the limits (a reloaded policy); usage so far is kept.
+    pub fn set_limits(&self, limits: Limits) {
+        *self
+            .limits
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
     }
 
     fn rolled(ledger: &mut Ledger, now: i64) {
@@ -128,10 +136,16 @@ impl Budget {
         }
     }
 
-    /// Checks a request asking for up to `max_tokens` at `now` (Unix seconds). Called before
-    /// any upstream call; a refusal costs nothing.
+    /// Checks a request asking for up to `max_tokens` at `now` (Unix seconds): refused when it
+    /// is over the per-request cap, or when what is used plus `max_tokens` would pass the daily
+    /// or monthly budget (so a budget is never overshot by more than a request's reported
+    /// usage beyond its own cap). Called before any upstream call; a refusal costs nothing.
     pub fn admit(&self, max_tokens: Option<u64>, now: i64) -> Result<(), BudgetRefusal> {
-        if let Some(cap) = self.limits.per_request_tokens
+        let limits = *self
+            .limits
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(cap) = limits.per_request_tokens
             && max_tokens.is_none_or(|m| m > cap)
         {
             return Err(BudgetRefusal::PerRequestCap {
@@ -144,16 +158,17 @@ impl Budget {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         Self::rolled(&mut l, now);
-        if let Some(limit) = self.limits.daily_tokens
-            && l.day_used >= limit
+        let asked = max_tokens.unwrap_or(0);
+        if let Some(limit) = limits.daily_tokens
+            && (l.day_used >= limit || l.day_used.saturating_add(asked) > limit)
         {
             return Err(BudgetRefusal::DailyExhausted {
                 used: l.day_used,
                 limit,
             });
         }
-        if let Some(limit) = self.limits.monthly_tokens
-            && l.month_used >= limit
+        if let Some(limit) = limits.monthly_tokens
+            && (l.month_used >= limit || l.month_used.saturating_add(asked) > limit)
         {
             return Err(BudgetRefusal::MonthlyExhausted {
                 used: l.month_used,

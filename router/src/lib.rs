@@ -13,6 +13,7 @@ pub mod budget;
 pub mod config;
 pub mod egress;
 pub mod governance;
+pub mod inference;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -62,6 +62,23 @@ struct Args {
     /// metadata addresses are refused otherwise), repeatable or comma-separated.
     #[arg(long, env = "KARS_EGRESS_ALLOW_CIDRS", value_delimiter = ',')]
     allow_private_cidr: Vec<ipnet::IpNet>,
+    /// Inference provider base URL, `NAME=URL` (e.g. `azure-openai=https://x.openai.azure.com/openai/v1`),
+    /// repeatable; the InferencePolicy names providers, the router maps them to URLs.
+    #[arg(long = "provider", env = "KARS_INFERENCE_PROVIDERS", value_delimiter = ',', value_parser = kars_router::inference::name_value)]
+    providers: Vec<(String, String)>,
+    /// A provider's API key file, `NAME=FILE`, repeatable (sent as a bearer token).
+    #[arg(long = "provider-key-file", value_parser = kars_router::inference::name_value)]
+    provider_key_files: Vec<(String, String)>,
+    /// Extra CA certificates (PEM) trusted for inference upstreams.
+    #[arg(long, env = "KARS_INFERENCE_CA_FILE")]
+    inference_ca_file: Option<PathBuf>,
+    /// The token-budget ledger (daily and monthly usage; survives restarts).
+    #[arg(
+        long,
+        env = "KARS_BUDGET_FILE",
+        default_value = "/var/lib/kars/budget.json"
+    )]
+    budget_file: PathBuf,
 }
 
 #[tokio::main]
@@ -159,6 +176,65 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
+    let mut providers = kars_router::inference::Providers::new();
+    for (name, url) in &args.providers {
+        let key = args
+            .provider_key_files
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| {
+                std::fs::read_to_string(f)
+                    .map(|k| k.trim().to_string())
+                    .map_err(|e| anyhow::anyhow!("{f}: {e}"))
+            })
+            .transpose()?;
+        providers.insert(name.clone(), (url.clone(), key));
+    }
+    let inference = if providers.is_empty() {
+        None
+    } else {
+        let budget = Arc::new(
+            kars_router::budget::Budget::open(&args.budget_file, Default::default())
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        let ca = match &args.inference_ca_file {
+            Some(f) => Some(std::fs::read(f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?),
+            None => None,
+        };
+        let inf = Arc::new(
+            kars_router::inference::Inference::new(Vec::new(), budget, ca.as_deref(), system_clock)
+                .map_err(|e| anyhow::anyhow!("inference client: {e}"))?,
+        );
+        let apply = {
+            let (inf, store, providers) = (inf.clone(), store.clone(), providers.clone());
+            move || {
+                let policy = store
+                    .snapshot()
+                    .into_iter()
+                    .find(|e| e.kind == kars_router::policy::PolicyKind::InferencePolicy)
+                    .and_then(|e| {
+                        e.files
+                            .iter()
+                            .find(|(n, _)| n == "inference-policy.json")
+                            .map(|(_, b)| b.clone())
+                    });
+                if let Some(p) = policy
+                    && let Err(e) = inf.apply_policy(&p, &providers)
+                {
+                    tracing::error!(error = %e, "inference policy not applied; the previous one stays");
+                }
+            }
+        };
+        apply();
+        let every = Duration::from_secs(args.reload_seconds.max(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                apply();
+            }
+        });
+        Some(inf)
+    };
     let state = AppState {
         policies: store,
         admin_token: Arc::new(token),
@@ -167,6 +243,7 @@ async fn main() -> anyhow::Result<()> {
         audit: Some(audit),
         egress: (args.proxy_port != 0).then(|| proxy.clone()),
         metrics,
+        inference,
     };
     if args.proxy_port != 0 {
         let listener = tokio::net::TcpListener::bind((args.address, args.proxy_port)).await?;

@@ -32,6 +32,8 @@ pub struct AppState {
     pub egress: Option<Arc<crate::proxy::ProxyState>>,
     /// Counters (shared with the proxy).
     pub metrics: Arc<crate::metrics::RouterMetrics>,
+    /// The inference proxy, when an inference policy and providers are configured.
+    pub inference: Option<Arc<crate::inference::Inference>>,
 }
 
 /// Builds the router (handlers are testable without sockets).
@@ -52,6 +54,22 @@ pub fn app(state: AppState) -> Router {
         .route("/internal/audit-head", get(audit_head))
         .route("/egress/learned", get(egress_learned))
         .route("/governance/check", post(governance_check))
+        .route(
+            "/v1/chat/completions",
+            post(
+                |State(s): State<AppState>, h: HeaderMap, b: axum::body::Bytes| async move {
+                    inference(s, "chat/completions", h, b).await
+                },
+            ),
+        )
+        .route(
+            "/v1/responses",
+            post(
+                |State(s): State<AppState>, h: HeaderMap, b: axum::body::Bytes| async move {
+                    inference(s, "responses", h, b).await
+                },
+            ),
+        )
         .with_state(state)
 }
 
@@ -106,6 +124,22 @@ async fn egress_learned(State(s): State<AppState>, headers: HeaderMap) -> Respon
         .map(|(host, port)| json!({"host": host, "port": port}))
         .collect();
     Json(json!({"mode": policy.mode, "learned": learned})).into_response()
+}
+
+async fn inference(
+    s: AppState,
+    api: &str,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    match &s.inference {
+        Some(i) => i.clone().handle(api, headers, body).await,
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": {"type": "no_upstream", "message": "no inference policy or provider is configured for this sandbox"}})),
+        )
+            .into_response(),
+    }
 }
 
 /// Longest action string accepted.
@@ -199,6 +233,7 @@ mod tests {
             audit: None,
             egress: None,
             metrics: Arc::default(),
+            inference: None,
         }
     }
 
@@ -289,6 +324,7 @@ mod tests {
             audit: Some(Arc::new(log)),
             egress: None,
             metrics: Arc::default(),
+            inference: None,
         };
         let app = app(state.clone());
         let (code, v) = check(&app, r#"{"action":"tool:web_fetch:x"}"#).await;

@@ -24,6 +24,10 @@ pub fn tests() -> Vec<Trial> {
             "router::egress_proxy_allows_the_allowlist_and_refuses_the_rest",
             egress_proxy,
         ),
+        trial(
+            "router::inference_over_https_with_budgets_that_survive_restarts",
+            inference_over_https,
+        ),
     ]
 }
 
@@ -57,6 +61,7 @@ fn start_router(dir: &Path, extra: &[&str]) -> Result<Router> {
         .args(["--proxy-port", &proxy_port.to_string()])
         .args(extra)
         .env("EGRESS_ALLOWLIST_DIR", dir.join("egress"))
+        .env("INFERENCE_POLICY_DIR", dir.join("inference"))
         .arg("--audit-log")
         .arg(dir.join("audit.jsonl"))
         .arg("--admin-token-file")
@@ -394,5 +399,277 @@ fn egress_proxy() -> Result<()> {
         text.contains("\"event\":\"egress.decision\"") && text.contains("Blocklisted"),
         "audit content"
     );
+    Ok(())
+}
+
+const HTTPS_UPSTREAM: &str = r#"
+import http.server, json, ssl, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        with open(sys.argv[3], "a") as f:
+            f.write(json.dumps({"path": self.path, "auth": self.headers.get("authorization", ""), "body": json.loads(body)}) + "\n")
+        out = json.dumps({"choices": [{"message": {"content": "hi"}}], "usage": {"total_tokens": 40}}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *a):
+        pass
+srv = http.server.HTTPServer(("127.0.0.1", 0), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+print(srv.server_address[1], flush=True)
+srv.serve_forever()
+"#;
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn inference_over_https() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    // A private CA and an HTTPS upstream on 127.0.0.1.
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ca.key",
+        ],
+    )?;
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-sha256",
+            "-days",
+            "7",
+            "-subj",
+            "/CN=kars test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+            "-out",
+            "ca.pem",
+        ],
+    )?;
+    std::fs::write(
+        d.join("srv.cnf"),
+        "[ext]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+    )?;
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "srv.ec",
+        ],
+    )?;
+    openssl(
+        d,
+        &[
+            "pkcs8", "-topk8", "-nocrypt", "-in", "srv.ec", "-out", "srv.key",
+        ],
+    )?;
+    openssl(
+        d,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "srv.key",
+            "-subj",
+            "/CN=upstream",
+            "-out",
+            "srv.csr",
+        ],
+    )?;
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "7",
+            "-sha256",
+            "-extfile",
+            "srv.cnf",
+            "-extensions",
+            "ext",
+            "-out",
+            "srv.pem",
+        ],
+    )?;
+    let log = d.join("upstream.log");
+    let mut child = Command::new("python3")
+        .args(["-c", HTTPS_UPSTREAM])
+        .arg(d.join("srv.pem"))
+        .arg(d.join("srv.key"))
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the HTTPS upstream")?;
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let out = child.stdout.take().context("stdout")?;
+        std::io::BufReader::new(out).read_line(&mut line)?;
+    }
+    let _upstream = Killed(child);
+    let up_port: u16 = line
+        .trim()
+        .parse()
+        .with_context(|| format!("upstream port: {line:?}"))?;
+    std::fs::create_dir_all(d.join("inference"))?;
+    std::fs::write(
+        d.join("inference/inference-policy.json"),
+        r#"{"modelPreference":{"primary":{"provider":"up","deployment":"dep-1"}},"tokenBudget":{"perRequestTokens":50,"dailyTokens":100}}"#,
+    )?;
+    std::fs::write(d.join("up.key"), "sk-test\n")?;
+    let provider = format!("up=https://127.0.0.1:{up_port}/v1");
+    let key = format!("up={}", d.join("up.key").display());
+    let ca = d.join("ca.pem").to_string_lossy().to_string();
+    let budget = d.join("budget.json").to_string_lossy().to_string();
+    let args = [
+        "--provider",
+        provider.as_str(),
+        "--provider-key-file",
+        key.as_str(),
+        "--inference-ca-file",
+        ca.as_str(),
+        "--budget-file",
+        budget.as_str(),
+    ];
+    let upstream_calls = || {
+        std::fs::read_to_string(&log)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let chat = |port: u16, id: &str, max: u64| -> Result<(u16, String)> {
+        let body = format!(
+            r#"{{"model":"whatever","max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nConnection: close\r\nContent-Type: application/json\r\nx-request-id: {id}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("status")?;
+        Ok((code, out))
+    };
+    {
+        let router = start_router(d, &args)?;
+        // Over the per-request cap: refused, the upstream is not called.
+        let (code, out) = chat(router.port, "r0", 500)?;
+        ensure!(code == 429 && out.contains("budget_exceeded"), "cap: {out}");
+        ensure!(
+            upstream_calls() == 0,
+            "the upstream was called for a refused request"
+        );
+        // Two requests fit the day (0+50, 40+50 ≤ 100) and go over TLS to the private-CA upstream.
+        for id in ["r1", "r2"] {
+            let (code, out) = chat(router.port, id, 50)?;
+            ensure!(
+                code == 200 && out.contains("\"total_tokens\": 40"),
+                "{id}: {out}"
+            );
+        }
+        // 80 used + 50 asked > 100: refused before the upstream.
+        let (code, out) = chat(router.port, "r3", 50)?;
+        ensure!(
+            code == 429 && out.contains("dailyExhausted"),
+            "budget: {out}"
+        );
+        ensure!(
+            upstream_calls() == 2,
+            "upstream calls: {}",
+            upstream_calls()
+        );
+    }
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(&log)?
+            .lines()
+            .next()
+            .context("log")?,
+    )?;
+    ensure!(
+        first["auth"] == "Bearer sk-test"
+            && first["body"]["model"] == "dep-1"
+            && first["path"] == "/v1/chat/completions",
+        "upstream saw {first}"
+    );
+    // A restart keeps the day's usage.
+    {
+        let router = start_router(d, &args)?;
+        let (code, out) = chat(router.port, "r4", 50)?;
+        ensure!(code == 429, "after restart: {out}");
+    }
+    // Without the private CA the upstream's certificate is not trusted: nothing is sent.
+    std::fs::remove_file(d.join("budget.json"))?;
+    let no_ca = [
+        "--provider",
+        provider.as_str(),
+        "--provider-key-file",
+        key.as_str(),
+        "--budget-file",
+        budget.as_str(),
+    ];
+    let router = start_router(d, &no_ca)?;
+    let (code, out) = chat(router.port, "r5", 50)?;
+    ensure!(
+        code == 502 && out.contains("upstream_unavailable"),
+        "without the CA: {out}"
+    );
+    ensure!(upstream_calls() == 2);
     Ok(())
 }
