@@ -156,26 +156,6 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     rebuild();
-    let reloader = store.clone();
-    let every = Duration::from_secs(args.reload_seconds.max(1));
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(every).await;
-            let changed = reloader.reload();
-            for kind in &changed {
-                tracing::info!(?kind, "policy reloaded");
-            }
-            if changed.iter().any(|k| {
-                matches!(
-                    k,
-                    kars_router::policy::PolicyKind::EgressAllowlist
-                        | kars_router::policy::PolicyKind::EgressApproval
-                )
-            }) {
-                rebuild();
-            }
-        }
-    });
     let mut providers = kars_router::inference::Providers::new();
     for (name, url) in &args.providers {
         let key = args
@@ -226,15 +206,46 @@ async fn main() -> anyhow::Result<()> {
             }
         };
         apply();
+        Some((inf, apply))
+    };
+    // Reload on every change in a mount (notify) and every --reload-seconds anyway.
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let _watcher = kars_router::policy::watch_mounts(store.mounts(), wake.clone());
+    let (inference, apply_inference) = match inference {
+        Some((i, apply)) => (Some(i), Some(apply)),
+        None => (None, None),
+    };
+    {
+        let reloader = store.clone();
         let every = Duration::from_secs(args.reload_seconds.max(1));
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(every).await;
-                apply();
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = wake.notified() => {
+                        // Let kubelet finish its symlink swap.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                let changed = reloader.reload();
+                for kind in &changed {
+                    tracing::info!(?kind, "policy reloaded");
+                }
+                use kars_router::policy::PolicyKind;
+                if changed
+                    .iter()
+                    .any(|k| matches!(k, PolicyKind::EgressAllowlist | PolicyKind::EgressApproval))
+                {
+                    rebuild();
+                }
+                if changed.contains(&PolicyKind::InferencePolicy)
+                    && let Some(apply) = &apply_inference
+                {
+                    apply();
+                }
             }
         });
-        Some(inf)
-    };
+    }
     let state = AppState {
         policies: store,
         admin_token: Arc::new(token),

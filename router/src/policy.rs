@@ -148,6 +148,32 @@ pub fn now_rfc3339() -> String {
     )
 }
 
+/// Watches the mount directories (kubelet swaps a `..data` symlink on every ConfigMap update,
+/// which is an event in the directory); every event wakes `wake`. Directories that do not exist
+/// are skipped (the periodic reload still covers them). `None` when no watch could be set.
+pub fn watch_mounts(
+    mounts: &[Mount],
+    wake: std::sync::Arc<tokio::sync::Notify>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            wake.notify_one();
+        }
+    })
+    .ok()?;
+    let mut watched = 0;
+    for m in mounts {
+        match watcher.watch(&m.dir, RecursiveMode::NonRecursive) {
+            Ok(()) => watched += 1,
+            Err(e) => {
+                tracing::warn!(dir = %m.dir.display(), error = %e, "not watched; polled only")
+            }
+        }
+    }
+    (watched > 0).then_some(watcher)
+}
+
 /// The loaded policies; reloads swap entries atomically.
 #[derive(Debug, Default)]
 pub struct PolicyStore {
@@ -156,6 +182,11 @@ pub struct PolicyStore {
 }
 
 impl PolicyStore {
+    /// The mounts this store reads.
+    pub fn mounts(&self) -> &[Mount] {
+        &self.mounts
+    }
+
     /// A store for `mounts` (nothing loaded yet).
     pub fn new(mounts: Vec<Mount>) -> Self {
         PolicyStore {
@@ -312,5 +343,20 @@ mod tests {
         store.reload();
         let e = &store.snapshot()[0];
         assert!(e.digest.is_none() && e.last_error.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_changed_file_wakes_the_watcher() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mounts = vec![Mount {
+            kind: PolicyKind::EgressAllowlist,
+            dir: dir.path().into(),
+        }];
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let _w = watch_mounts(&mounts, wake.clone()).expect("watching");
+        std::fs::write(dir.path().join("allowlist.json"), "{}").expect("write");
+        tokio::time::timeout(std::time::Duration::from_secs(5), wake.notified())
+            .await
+            .expect("an event within 5 s");
     }
 }

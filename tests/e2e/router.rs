@@ -305,7 +305,7 @@ fn egress_proxy() -> Result<()> {
             "--blocklist-file",
             &blocklist,
             "--reload-seconds",
-            "1",
+            "3600",
         ],
     )?;
     // Allowed: a CONNECT tunnel and an absolute-form request through the real process.
@@ -369,7 +369,8 @@ fn egress_proxy() -> Result<()> {
             ),
         "metrics: {metrics}"
     );
-    // A new allowlist is picked up without a restart; the old entry stops working.
+    // A new allowlist is picked up without a restart (a file-system event: polling is hourly
+    // here); the old entry stops working.
     std::fs::write(
         d.join("egress/allowlist.json"),
         r#"{"endpoints":[{"host":"localhost","port":1}],"schemaVersion":1}"#,
