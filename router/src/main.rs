@@ -37,19 +37,19 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long)]
     log_json: bool,
-    /// The audit log (append-only JSON lines with a hash chain; `kars audit verify` checks it).
-    #[arg(
-        long,
-        env = "KARS_AUDIT_LOG",
-        default_value = "/var/log/kars/audit.jsonl"
-    )]
-    audit_log: PathBuf,
+    /// Directory of the audit log (`audit.jsonl` in it: append-only JSON lines with a hash
+    /// chain; `kars audit verify` checks it). The renderer sets KARS_AUDIT_DIR.
+    #[arg(long, env = "KARS_AUDIT_DIR", default_value = "/var/log/kars/audit")]
+    audit_dir: PathBuf,
+    /// The audit log file itself (overrides --audit-dir).
+    #[arg(long, env = "KARS_AUDIT_LOG")]
+    audit_log: Option<PathBuf>,
     /// When the audit log is synced to disk: `always` (before each decision is answered),
     /// an interval such as `100ms`, or `never`.
     #[arg(long, env = "KARS_AUDIT_FSYNC", default_value = "always")]
     audit_fsync: kars_router::audit::Fsync,
     /// Port of the egress forward proxy (CONNECT and absolute-form HTTP); 0 disables it.
-    #[arg(long, env = "EGRESS_PROXY_PORT", default_value_t = 8444)]
+    #[arg(long, env = "FORWARD_PROXY_PORT", default_value_t = 8444)]
     proxy_port: u16,
     /// Egress mode: strict (only the allowlist and unexpired approvals) or learn (anything not
     /// blocklisted, recorded at /egress/learned).
@@ -72,11 +72,12 @@ struct Args {
     /// Extra CA certificates (PEM) trusted for inference upstreams.
     #[arg(long, env = "KARS_INFERENCE_CA_FILE")]
     inference_ca_file: Option<PathBuf>,
-    /// The token-budget ledger (daily and monthly usage; survives restarts).
+    /// The token-budget ledger (daily and monthly usage; survives restarts). The renderer
+    /// sets TOKEN_BUDGET_PERSIST_PATH.
     #[arg(
         long,
-        env = "KARS_BUDGET_FILE",
-        default_value = "/var/lib/kars/budget.json"
+        env = "TOKEN_BUDGET_PERSIST_PATH",
+        default_value = "/var/lib/kars/token-budgets.json"
     )]
     budget_file: PathBuf,
 }
@@ -107,8 +108,12 @@ async fn main() -> anyhow::Result<()> {
     for kind in store.reload() {
         tracing::info!(?kind, "policy loaded");
     }
-    let audit = kars_router::audit::AuditLog::open(&args.audit_log, args.audit_fsync)
-        .map_err(|e| anyhow::anyhow!("audit log: {e} (run `kars audit verify {}` to see where it breaks; move it aside to start a new chain)", args.audit_log.display()))?;
+    let audit_log = args
+        .audit_log
+        .clone()
+        .unwrap_or_else(|| args.audit_dir.join("audit.jsonl"));
+    let audit = kars_router::audit::AuditLog::open(&audit_log, args.audit_fsync)
+        .map_err(|e| anyhow::anyhow!("audit log: {e} (run `kars audit verify {}` to see where it breaks; move it aside to start a new chain)", audit_log.display()))?;
     if audit.recovered > 0 {
         tracing::warn!(
             bytes = audit.recovered,
@@ -116,7 +121,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let summary = audit.summary();
-    tracing::info!(records = summary.records, head = %summary.head, path = %args.audit_log.display(), "audit log open");
+    tracing::info!(records = summary.records, head = %summary.head, path = %audit_log.display(), "audit log open");
     let audit = Arc::new(audit);
     let blocklist: Vec<String> = match &args.blocklist_file {
         Some(p) => std::fs::read_to_string(p)

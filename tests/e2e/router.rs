@@ -28,6 +28,10 @@ pub fn tests() -> Vec<Trial> {
             "router::inference_over_https_with_budgets_that_survive_restarts",
             inference_over_https,
         ),
+        trial(
+            "router::rendered_policies_load_with_the_digests_the_renderer_annotated",
+            rendered_policies_digests_agree,
+        ),
     ]
 }
 
@@ -672,5 +676,127 @@ fn inference_over_https() -> Result<()> {
         "without the CA: {out}"
     );
     ensure!(upstream_calls() == 2);
+    Ok(())
+}
+
+/// "Ready means enforced": the router, given exactly the ConfigMaps and environment the renderer
+/// wrote for a sandbox (mounted as kubelet would), reports for every policy the digest the
+/// renderer annotated on its ConfigMap.
+fn rendered_policies_digests_agree() -> Result<()> {
+    use kars_renderer::source::SourceLimits;
+    let tree = kars_renderer::RepoTree::from_dir(
+        &workspace_root().join("repo-template"),
+        SourceLimits::default(),
+    )?;
+    let rendered = kars_renderer::render_tree(&tree, None, &kars_renderer::Bundles::none())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let objects: Vec<&Value> = rendered.objects.iter().map(|o| &o.manifest).collect();
+    let deployment = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "Deployment"
+                && o["spec"]["template"]["spec"]["containers"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["name"] == "inference-router"))
+        })
+        .context("no Deployment with the router")?;
+    let ns = deployment["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let router = pod["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == "inference-router"))
+        .context("router container")?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    // Mount every ConfigMap volume of the router under d, as kubelet does (one file per key).
+    let mut mounted: Vec<(String, std::path::PathBuf, String)> = Vec::new(); // (mountPath, dir, expected digest)
+    for m in router["volumeMounts"].as_array().into_iter().flatten() {
+        let (Some(path), Some(vol)) = (m["mountPath"].as_str(), m["name"].as_str()) else {
+            continue;
+        };
+        let Some(cm_name) = pod["volumes"]
+            .as_array()
+            .and_then(|vs| vs.iter().find(|v| v["name"] == vol))
+            .and_then(|v| v["configMap"]["name"].as_str())
+        else {
+            continue;
+        };
+        let cm = objects
+            .iter()
+            .find(|o| {
+                o["kind"] == "ConfigMap"
+                    && o["metadata"]["name"] == cm_name
+                    && o["metadata"]["namespace"] == ns
+            })
+            .with_context(|| format!("ConfigMap {cm_name}"))?;
+        let target = d.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(&target)?;
+        for (k, v) in cm["data"].as_object().into_iter().flatten() {
+            std::fs::write(target.join(k), v.as_str().unwrap_or_default())?;
+        }
+        let digest = cm["metadata"]["annotations"]["gitops.kars.io/content-digest"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        mounted.push((path.to_string(), target, digest));
+    }
+    ensure!(
+        mounted.len() >= 3,
+        "expected the allowlist, approvals, AGT and inference mounts: {mounted:?}"
+    );
+    std::fs::create_dir_all(d.join("etc/kars/secrets"))?;
+    std::fs::write(d.join("etc/kars/secrets/admin-token"), "t0k")?;
+    let port = free_port()?;
+    let mut cmd = Command::new(workspace_root().join("target/debug/kars-router"));
+    cmd.args([
+        "--address",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--proxy-port",
+        "0",
+    ]);
+    for e in router["env"].as_array().into_iter().flatten() {
+        let (Some(name), Some(value)) = (e["name"].as_str(), e["value"].as_str()) else {
+            continue;
+        };
+        // Paths the renderer chose point into the temporary root; ports are ours.
+        if value.starts_with('/') {
+            cmd.env(name, d.join(value.trim_start_matches('/')));
+        } else if !name.ends_with("_PORT") {
+            cmd.env(name, value);
+        }
+    }
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let r = Router {
+        child,
+        port,
+        proxy_port: 0,
+    };
+    let mut status = Value::Null;
+    for _ in 0..100 {
+        if let Ok((200, body)) = http(r.port, "GET", "/internal/policy-status", "", Some("t0k")) {
+            status = serde_json::from_str(&body)?;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let entries = status["entries"]
+        .as_array()
+        .context("policy-status entries")?;
+    for (path, target, expected) in &mounted {
+        let entry = entries
+            .iter()
+            .find(|e| e["source_path"] == target.to_string_lossy().as_ref())
+            .with_context(|| format!("the router did not load {path}: {status}"))?;
+        ensure!(
+            entry["digest"] == expected.as_str() && entry["last_error"].is_null(),
+            "{path}: the router reports {} (error {}), the renderer annotated {expected}",
+            entry["digest"],
+            entry["last_error"]
+        );
+    }
     Ok(())
 }

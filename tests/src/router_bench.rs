@@ -126,6 +126,11 @@ enum Via {
 
 /// One request on a new connection; true when the response arrived whole.
 async fn one(target: SocketAddr, via: Via, up_port: u16) -> bool {
+    one_to(target, via, "upstream.bench", up_port).await
+}
+
+/// One request for `host:up_port` on a new connection.
+async fn one_to(target: SocketAddr, via: Via, host: &str, up_port: u16) -> bool {
     let Ok(mut s) = TcpStream::connect(target).await else {
         return false;
     };
@@ -133,11 +138,11 @@ async fn one(target: SocketAddr, via: Via, up_port: u16) -> bool {
     let request = match via {
         Via::Direct => "GET / HTTP/1.1\r\nHost: upstream.bench\r\n\r\n".to_string(),
         Via::Connect => format!(
-            "CONNECT upstream.bench:{up_port} HTTP/1.1\r\nHost: upstream.bench:{up_port}\r\n\r\nGET / HTTP/1.1\r\nHost: upstream.bench\r\n\r\n"
+            "CONNECT {host}:{up_port} HTTP/1.1\r\nHost: {host}:{up_port}\r\n\r\nGET / HTTP/1.1\r\nHost: {host}\r\n\r\n"
         ),
-        Via::AbsoluteForm => format!(
-            "GET http://upstream.bench:{up_port}/ HTTP/1.1\r\nHost: upstream.bench:{up_port}\r\n\r\n"
-        ),
+        Via::AbsoluteForm => {
+            format!("GET http://{host}:{up_port}/ HTTP/1.1\r\nHost: {host}:{up_port}\r\n\r\n")
+        }
     };
     if s.write_all(request.as_bytes()).await.is_err() {
         return false;
@@ -165,6 +170,17 @@ async fn at_rate(
     rate: u64,
     seconds: u64,
 ) -> (Vec<Duration>, u64) {
+    at_rate_to(target, via, "upstream.bench", up_port, rate, seconds).await
+}
+
+async fn at_rate_to(
+    target: SocketAddr,
+    via: Via,
+    host: &'static str,
+    up_port: u16,
+    rate: u64,
+    seconds: u64,
+) -> (Vec<Duration>, u64) {
     let total = rate * seconds;
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now();
@@ -174,7 +190,7 @@ async fn at_rate(
         tokio::time::sleep_until(due.into()).await;
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
-            let ok = one(target, via, up_port).await;
+            let ok = one_to(target, via, host, up_port).await;
             (t.elapsed(), ok)
         }));
     }
@@ -300,6 +316,109 @@ fn row(name: &str, (lat, errors): &(Vec<Duration>, u64), direct: &(Vec<Duration>
     );
 }
 
+fn proc_field_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn proc_cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) start after ") ".
+            let rest = s.rsplit_once(") ")?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+struct RouterProcess {
+    child: std::process::Child,
+    proxy: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the release `kars-router` with an allowlist of `entries` hosts plus `localhost:up`.
+fn router_process(up: u16, entries: usize) -> Result<RouterProcess> {
+    let bin = crate::workspace_root().join("target/release/kars-router");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is not built (cargo build --release -p kars-router)",
+        bin.display()
+    );
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("egress"))?;
+    let mut eps: Vec<String> = (0..entries)
+        .map(|i| {
+            format!(
+                r#"{{"host":"host-{i}.svc-{}.example.com","port":443}}"#,
+                i % 97
+            )
+        })
+        .collect();
+    eps.push(format!(r#"{{"host":"localhost","port":{up}}}"#));
+    std::fs::write(
+        dir.path().join("egress/allowlist.json"),
+        format!(r#"{{"endpoints":[{}],"schemaVersion":1}}"#, eps.join(",")),
+    )?;
+    let port = |()| -> Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let (http, proxy) = (port(())?, port(())?);
+    let child = std::process::Command::new(bin)
+        .args([
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &http.to_string(),
+            "--proxy-port",
+            &proxy.to_string(),
+        ])
+        .args([
+            "--allow-private-cidr",
+            "127.0.0.0/8",
+            "--audit-fsync",
+            "100ms",
+        ])
+        .arg("--audit-log")
+        .arg(dir.path().join("audit.jsonl"))
+        .env("EGRESS_ALLOWLIST_DIR", dir.path().join("egress"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let proxy: SocketAddr = format!("127.0.0.1:{proxy}").parse()?;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(proxy).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Ok(RouterProcess {
+        child,
+        proxy,
+        _dir: dir,
+    })
+}
+
 /// Runs the router benchmarks.
 pub fn run(seconds: u64, rate: u64, conns: usize) -> Result<()> {
     decisions()?;
@@ -369,6 +488,33 @@ pub fn run(seconds: u64, rate: u64, conns: usize) -> Result<()> {
             &at_rate(audited_always, Via::Connect, p, rate, seconds).await,
             &direct,
         );
+        // The router as its own process: CPU and memory at the rate, and with 10k entries.
+        {
+            let small = router_process(p, 0)?;
+            let big = router_process(p, 10_000)?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (pid_small, pid_big) = (small.child.id(), big.child.id());
+            println!(
+                "kars-router process, idle: RSS {:.1} MiB with a 1-entry allowlist, {:.1} MiB with 10,001 entries",
+                proc_field_kib(pid_small, "VmRSS:") as f64 / 1024.0,
+                proc_field_kib(pid_big, "VmRSS:") as f64 / 1024.0
+            );
+            for _ in 0..200 {
+                one_to(small.proxy, Via::Connect, "localhost", p).await;
+            }
+            let ticks = proc_cpu_ticks(pid_small);
+            let t = Instant::now();
+            let run = at_rate_to(small.proxy, Via::Connect, "localhost", p, rate, seconds).await;
+            // USER_HZ (the unit of /proc/PID/stat times) is 100 on Linux.
+            let cpu = (proc_cpu_ticks(pid_small) - ticks) as f64 / 100.0 / t.elapsed().as_secs_f64();
+            row("kars-router process CONNECT (audit fsync 100ms, system resolver)", &run, &direct);
+            println!(
+                "  kars-router process at {rate} req/s: {:.3} vCPU, RSS {:.1} MiB (peak {:.1} MiB)",
+                cpu,
+                proc_field_kib(pid_small, "VmRSS:") as f64 / 1024.0,
+                proc_field_kib(pid_small, "VmHWM:") as f64 / 1024.0
+            );
+        }
         println!("saturation, {conns} connections in a loop for {seconds} s:");
         for (name, t, v) in [
             ("direct", up, Via::Direct),
