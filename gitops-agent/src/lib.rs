@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod apply;
 pub mod bundles;
+pub mod enforcement;
 pub mod health;
 pub mod inspect;
 pub mod lease;
@@ -17,3 +18,12 @@ pub mod status;
 pub mod sync;
 pub mod verify;
 pub mod webhook;
+
+/// An HTTP client for talking to routers (rustls, short timeouts).
+pub fn reqwest_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .unwrap_or_default()
+}

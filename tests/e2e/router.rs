@@ -798,5 +798,60 @@ fn rendered_policies_digests_agree() -> Result<()> {
             entry["last_error"]
         );
     }
+    // The agent's check agrees: enforced now; not enforced once a mounted policy differs from
+    // the rendered one (here: edited on disk, as a stale or tampered mount would be).
+    let configmaps: Vec<&Value> = objects
+        .iter()
+        .copied()
+        .filter(|o| o["kind"] == "ConfigMap")
+        .collect();
+    let expected: std::collections::BTreeMap<String, String> =
+        kars_gitops_agent::enforcement::expected_digests(deployment, &configmaps)
+            .into_iter()
+            .map(|(path, digest)| {
+                (
+                    d.join(path.trim_start_matches('/'))
+                        .to_string_lossy()
+                        .to_string(),
+                    digest,
+                )
+            })
+            .collect();
+    ensure!(
+        expected.len() == mounted.len(),
+        "agent view {expected:?} vs mounts {mounted:?}"
+    );
+    let client = kars_gitops_agent::reqwest_client();
+    let base = format!("http://127.0.0.1:{}", r.port);
+    let probe = |token: &'static str| {
+        let (client, base, expected) = (client.clone(), base.clone(), expected.clone());
+        kars_e2e::block_on_value(async move {
+            kars_gitops_agent::enforcement::probe(&client, &base, token, &expected).await
+        })
+    };
+    probe("t0k")?.map_err(|p| anyhow::anyhow!("not enforced: {p:?}"))?;
+    ensure!(
+        probe("wrong")?.is_err(),
+        "the wrong token must not read the status"
+    );
+    let (path, target, _) = mounted
+        .iter()
+        .find(|(p, _, _)| p.ends_with("/egress"))
+        .context("the allowlist mount")?;
+    std::fs::write(
+        target.join("allowlist.json"),
+        r#"{"endpoints":[],"schemaVersion":1}"#,
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match probe("t0k")? {
+            Err(problems) if problems.iter().any(|p| p.contains("egress")) => break,
+            other => ensure!(
+                std::time::Instant::now() < deadline,
+                "{path}: still enforced after a change: {other:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }
