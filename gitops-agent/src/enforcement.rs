@@ -1,11 +1,11 @@
 //! "Ready means enforced": compares what a sandbox's router reports at
 //! `/internal/policy-status` with the digests the renderer put on the ConfigMaps it mounts.
 //!
-//! The router reports, per policy mount, the directory (`source_path`) and the digest of the
-//! files it loaded and enforces. The rendered router container says which ConfigMap is mounted
-//! at which path, and each rendered ConfigMap carries `gitops.kars.io/content-digest`. A
-//! sandbox's policies are enforced when, for every mounted policy ConfigMap, the router reports
-//! that digest for that path with no load error.
+//! The router reports, per policy kind, the digest of the files it loaded and enforces. The
+//! rendered router container says (through its `*_DIR` environment and volume mounts) which
+//! ConfigMap holds each kind, and each rendered ConfigMap carries
+//! `gitops.kars.io/content-digest`. A sandbox's policies are enforced when, for every kind, the
+//! router reports that digest with no load error.
 
 use std::collections::BTreeMap;
 
@@ -15,9 +15,19 @@ use serde_json::Value;
 pub const ROUTER_CONTAINER: &str = "inference-router";
 const CONTENT_DIGEST: &str = "gitops.kars.io/content-digest";
 
-/// Mount path → the digest the renderer annotated, for the policy ConfigMaps a rendered
-/// Deployment mounts into its router container. `configmaps` are the rendered objects (any
-/// kinds; only ConfigMaps in the Deployment's namespace are used).
+/// The router's policy kinds (as `/internal/policy-status` names them) and the environment
+/// variable that tells the router where each is mounted.
+pub const POLICY_MOUNTS: [(&str, &str); 5] = [
+    ("EgressAllowlist", "EGRESS_ALLOWLIST_DIR"),
+    ("EgressApproval", "EGRESS_APPROVAL_DIR"),
+    ("AgtProfile", "AGT_POLICY_DIR"),
+    ("InferencePolicy", "INFERENCE_POLICY_DIR"),
+    ("Memory", "MEMORY_BINDING_DIR"),
+];
+
+/// Policy kind → the digest the renderer annotated on the ConfigMap the rendered Deployment
+/// mounts where its router reads that kind. `configmaps` are rendered objects (only
+/// ConfigMaps in the Deployment's namespace are used).
 pub fn expected_digests(deployment: &Value, configmaps: &[&Value]) -> BTreeMap<String, String> {
     let ns = deployment["metadata"]["namespace"]
         .as_str()
@@ -29,9 +39,20 @@ pub fn expected_digests(deployment: &Value, configmaps: &[&Value]) -> BTreeMap<S
     else {
         return BTreeMap::new();
     };
+    let env = |name: &str| {
+        router["env"]
+            .as_array()
+            .and_then(|es| es.iter().find(|e| e["name"] == name))
+            .and_then(|e| e["value"].as_str())
+    };
     let mut out = BTreeMap::new();
-    for m in router["volumeMounts"].as_array().into_iter().flatten() {
-        let (Some(path), Some(vol)) = (m["mountPath"].as_str(), m["name"].as_str()) else {
+    for (kind, var) in POLICY_MOUNTS {
+        let Some(path) = env(var) else { continue };
+        let Some(vol) = router["volumeMounts"]
+            .as_array()
+            .and_then(|ms| ms.iter().find(|m| m["mountPath"] == path))
+            .and_then(|m| m["name"].as_str())
+        else {
             continue;
         };
         let Some(cm_name) = pod["volumes"]
@@ -50,19 +71,19 @@ pub fn expected_digests(deployment: &Value, configmaps: &[&Value]) -> BTreeMap<S
             })
             .and_then(|cm| cm["metadata"]["annotations"][CONTENT_DIGEST].as_str());
         if let Some(d) = digest {
-            out.insert(path.to_string(), d.to_string());
+            out.insert(kind.to_string(), d.to_string());
         }
     }
     out
 }
 
-/// Checks a router's policy-status answer against `expected` (mount path → digest). `Ok` when
-/// every expected policy is loaded with its digest; else one line per difference.
+/// Checks a router's policy-status answer against `expected` (kind → digest). `Ok` when every
+/// expected policy is loaded with its digest; else one line per difference.
 pub fn compare(expected: &BTreeMap<String, String>, status: &Value) -> Result<(), Vec<String>> {
     let entries = status["entries"].as_array().cloned().unwrap_or_default();
     let mut problems = Vec::new();
     for (path, want) in expected {
-        match entries.iter().find(|e| e["source_path"] == path.as_str()) {
+        match entries.iter().find(|e| e["kind"] == path.as_str()) {
             None => problems.push(format!("{path}: the router does not report this policy")),
             Some(e) => {
                 if let Some(err) = e["last_error"].as_str() {
@@ -108,6 +129,149 @@ pub async fn probe(
     compare(expected, &status)
 }
 
+/// The router port the renderer gives every sandbox.
+pub const ROUTER_PORT: u16 = 8443;
+
+/// What the check found for one sandbox Deployment.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Enforcement {
+    /// Every running router pod reports the rendered digests.
+    Enforced {
+        /// How many pods were asked.
+        pods: usize,
+    },
+    /// A running router pod reports something else (or cannot be asked).
+    NotEnforced(Vec<String>),
+    /// No router pod is running (nothing can enforce yet, nothing contradicts).
+    NoRunningPods,
+}
+
+/// Checks every rendered router Deployment in `objects` against its running pods.
+/// Returns (`Deployment namespace/name`, result) per Deployment with a router.
+pub async fn check_all(
+    kube: &kube::Client,
+    http: &reqwest::Client,
+    objects: &[&Value],
+) -> Vec<(String, Enforcement)> {
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    let configmaps: Vec<&Value> = objects
+        .iter()
+        .copied()
+        .filter(|o| o["kind"] == "ConfigMap")
+        .collect();
+    let deployments: Vec<(&Value, BTreeMap<String, String>)> = objects
+        .iter()
+        .filter(|o| o["kind"] == "Deployment")
+        .map(|d| (*d, expected_digests(d, &configmaps)))
+        .filter(|(_, e)| !e.is_empty())
+        .collect();
+    let mut out = Vec::new();
+    if deployments.is_empty() {
+        return out;
+    }
+    // One list for all sandboxes (every sandbox pod carries this label), not one per sandbox.
+    let all: kube::Api<Pod> = kube::Api::all(kube.clone());
+    let pods = match all
+        .list(&kube::api::ListParams::default().labels("kars.azure.com/sandbox"))
+        .await
+    {
+        Ok(l) => l.items,
+        Err(e) => {
+            for (dep, _) in &deployments {
+                let key = format!(
+                    "{}/{}",
+                    dep["metadata"]["namespace"].as_str().unwrap_or_default(),
+                    dep["metadata"]["name"].as_str().unwrap_or_default()
+                );
+                out.push((
+                    key,
+                    Enforcement::NotEnforced(vec![format!(
+                        "cannot list pods to ask their routers: {e}"
+                    )]),
+                ));
+            }
+            return out;
+        }
+    };
+    for (dep, expected) in &deployments {
+        let ns = dep["metadata"]["namespace"].as_str().unwrap_or_default();
+        let name = dep["metadata"]["name"].as_str().unwrap_or_default();
+        let key = format!("{ns}/{name}");
+        let selector: BTreeMap<String, String> = dep["spec"]["selector"]["matchLabels"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let running: Vec<String> = pods
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+            .filter(|p| {
+                let labels = p.metadata.labels.clone().unwrap_or_default();
+                !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .filter_map(|p| {
+                let st = p.status.as_ref()?;
+                (st.phase.as_deref() == Some("Running"))
+                    .then(|| st.pod_ip.clone())
+                    .flatten()
+            })
+            .collect();
+        if running.is_empty() {
+            out.push((key, Enforcement::NoRunningPods));
+            continue;
+        }
+        let secrets: kube::Api<Secret> = kube::Api::namespaced(kube.clone(), ns);
+        let token = match secrets.get("router-admin-token").await {
+            Ok(s) => s
+                .data
+                .and_then(|d| {
+                    d.get("token")
+                        .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+                })
+                .unwrap_or_default(),
+            Err(e) => {
+                out.push((
+                    key,
+                    Enforcement::NotEnforced(vec![format!("router-admin-token: {e}")]),
+                ));
+                continue;
+            }
+        };
+        let mut problems = Vec::new();
+        for ip in &running {
+            let host = if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip.clone()
+            };
+            if let Err(p) = probe(
+                http,
+                &format!("http://{host}:{ROUTER_PORT}"),
+                &token,
+                expected,
+            )
+            .await
+            {
+                problems.extend(p.into_iter().map(|x| format!("pod {ip}: {x}")));
+            }
+        }
+        out.push((
+            key,
+            if problems.is_empty() {
+                Enforcement::Enforced {
+                    pods: running.len(),
+                }
+            } else {
+                Enforcement::NotEnforced(problems)
+            },
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,17 +280,17 @@ mod tests {
     #[test]
     fn every_mounted_policy_must_be_reported_with_its_digest() {
         let expected = BTreeMap::from([
-            ("/etc/kars/egress".to_string(), "sha256:a".to_string()),
-            ("/etc/agt/policies".to_string(), "sha256:b".to_string()),
+            ("EgressAllowlist".to_string(), "sha256:a".to_string()),
+            ("AgtProfile".to_string(), "sha256:b".to_string()),
         ]);
         let ok = json!({"entries": [
-            {"source_path": "/etc/kars/egress", "digest": "sha256:a", "last_error": null},
-            {"source_path": "/etc/agt/policies", "digest": "sha256:b", "last_error": null},
+            {"kind": "EgressAllowlist", "digest": "sha256:a", "last_error": null},
+            {"kind": "AgtProfile", "digest": "sha256:b", "last_error": null},
         ]});
         assert_eq!(compare(&expected, &ok), Ok(()));
         let stale = json!({"entries": [
-            {"source_path": "/etc/kars/egress", "digest": "sha256:old", "last_error": null},
-            {"source_path": "/etc/agt/policies", "digest": "sha256:b", "last_error": "bad.yaml: x"},
+            {"kind": "EgressAllowlist", "digest": "sha256:old", "last_error": null},
+            {"kind": "AgtProfile", "digest": "sha256:b", "last_error": "bad.yaml: x"},
         ]});
         let problems = compare(&expected, &stale).expect_err("stale");
         assert_eq!(problems.len(), 2, "{problems:?}");

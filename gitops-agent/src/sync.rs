@@ -121,6 +121,9 @@ pub struct SyncOutcome {
     pub bundle_failures: Vec<(String, String)>,
     /// Objects held back because a bundle they need is not verified (`Kind/namespace/name`).
     pub held_back: Vec<String>,
+    /// Router Deployments whose running pods do not report the rendered policy digests
+    /// (`namespace/name`); Ready waits for them ("Ready means enforced").
+    pub not_enforced: Vec<String>,
 }
 
 impl SyncOutcome {
@@ -130,6 +133,7 @@ impl SyncOutcome {
             && self.prune_refused.is_none()
             && self.bundle_failures.is_empty()
             && self.held_back.is_empty()
+            && self.not_enforced.is_empty()
             && self
                 .prune
                 .iter()
@@ -402,6 +406,8 @@ pub async fn sync_once(
                 reason.clone()
             } else if !o.held_back.is_empty() {
                 "HeldBack".to_string()
+            } else if !o.not_enforced.is_empty() {
+                "NotEnforced".to_string()
             } else if o.prune_refused.is_some() {
                 "PruneRefused".to_string()
             } else {
@@ -952,6 +958,65 @@ async fn run(
         }
     }
 
+    // Ready means enforced: every running router reports the digests just rendered.
+    let mut not_enforced = Vec::new();
+    if !cfg.apply.dry_run {
+        let manifests: Vec<&serde_json::Value> =
+            rendered.objects.iter().map(|o| &o.manifest).collect();
+        let results =
+            crate::enforcement::check_all(applier.client(), &crate::reqwest_client(), &manifests)
+                .await;
+        let (mut enforced, mut waiting) = (0, 0);
+        for (deployment, result) in &results {
+            match result {
+                crate::enforcement::Enforcement::Enforced { .. } => enforced += 1,
+                crate::enforcement::Enforcement::NoRunningPods => waiting += 1,
+                crate::enforcement::Enforcement::NotEnforced(problems) => {
+                    not_enforced.push(deployment.clone());
+                    st.failures.push(ObjectFailure {
+                        object: format!("Deployment/{deployment}"),
+                        source: String::new(),
+                        reason: "NotEnforced".into(),
+                        message: problems.join("; "),
+                    });
+                }
+            }
+        }
+        let (status, reason, message) = if !not_enforced.is_empty() {
+            (
+                Some(false),
+                "NotEnforced",
+                format!(
+                    "{} router(s) do not report the rendered policies (first: {})",
+                    not_enforced.len(),
+                    not_enforced[0]
+                ),
+            )
+        } else if enforced > 0 {
+            (
+                Some(true),
+                "Enforced",
+                format!(
+                    "{enforced} router(s) report the rendered policies; {waiting} have no running pod"
+                ),
+            )
+        } else {
+            (
+                None,
+                "NoRunningRouters",
+                format!("{waiting} sandbox(es) have no running router pod to ask yet"),
+            )
+        };
+        set_condition(
+            &mut st.conditions,
+            "Enforced",
+            status,
+            reason,
+            &message,
+            generation,
+        );
+    }
+
     if applied_ok && !cfg.apply.dry_run {
         let before_revision = st.last_applied_revision.clone();
         st.last_applied_revision = Some(head.to_string());
@@ -994,6 +1059,7 @@ async fn run(
         prune_refused,
         health,
         bundle_failures,
+        not_enforced,
         held_back: rendered
             .held_back
             .iter()

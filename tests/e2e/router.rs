@@ -32,6 +32,10 @@ pub fn tests() -> Vec<Trial> {
             "router::rendered_policies_load_with_the_digests_the_renderer_annotated",
             rendered_policies_digests_agree,
         ),
+        trial(
+            "router::ready_waits_until_the_router_reports_the_rendered_digests",
+            ready_waits_for_enforcement,
+        ),
     ]
 }
 
@@ -679,27 +683,54 @@ fn inference_over_https() -> Result<()> {
     Ok(())
 }
 
-/// "Ready means enforced": the router, given exactly the ConfigMaps and environment the renderer
-/// wrote for a sandbox (mounted as kubelet would), reports for every policy the digest the
-/// renderer annotated on its ConfigMap.
-fn rendered_policies_digests_agree() -> Result<()> {
-    use kars_renderer::source::SourceLimits;
-    let tree = kars_renderer::RepoTree::from_dir(
-        &workspace_root().join("repo-template"),
-        SourceLimits::default(),
-    )?;
-    let rendered = kars_renderer::render_tree(&tree, None, &kars_renderer::Bundles::none())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let objects: Vec<&Value> = rendered.objects.iter().map(|o| &o.manifest).collect();
-    let deployment = objects
+/// Policy mounts of a started router: (mountPath, directory, annotated digest).
+type Mounts = Vec<(String, std::path::PathBuf, String)>;
+
+/// Replaces the mounted egress allowlist with an empty one (a stale or tampered mount); returns
+/// the mount path.
+fn make_allowlist_stale(mounted: &Mounts) -> Result<String> {
+    let (path, target, _) = mounted
         .iter()
-        .find(|o| {
-            o["kind"] == "Deployment"
-                && o["spec"]["template"]["spec"]["containers"]
-                    .as_array()
-                    .is_some_and(|cs| cs.iter().any(|c| c["name"] == "inference-router"))
-        })
-        .context("no Deployment with the router")?;
+        .find(|(p, _, _)| p.ends_with("/egress"))
+        .context("the allowlist mount")?;
+    std::fs::write(
+        target.join("allowlist.json"),
+        r#"{"endpoints":[],"schemaVersion":1}"#,
+    )?;
+    Ok(path.clone())
+}
+
+/// A condition field of a fixture's PolicyRepo, via kubectl.
+fn policyrepo_condition(
+    cluster: &kars_e2e::Cluster,
+    f: &kars_e2e::fixture::PolicyRepoFixture,
+    kind: &str,
+    field: &str,
+) -> Result<String> {
+    let (_, out, _) = cluster.kubectl(&[
+        "-n",
+        &format!("{}-status", f.prefix),
+        "get",
+        "policyrepo",
+        &f.prefix,
+        "-o",
+        &format!("jsonpath={{.status.conditions[?(@.type==\"{kind}\")].{field}}}"),
+    ])?;
+    Ok(out.trim().to_string())
+}
+
+/// Mounts the ConfigMaps a rendered Deployment gives its router under `d` (as kubelet would:
+/// one file per key), writes the admin token, and starts `kars-router` on `address:port` with
+/// the container's rendered environment (paths moved under `d`). Returns the mounts
+/// (mountPath, directory, annotated digest) and the process.
+fn start_rendered_router(
+    objects: &[&Value],
+    deployment: &Value,
+    d: &Path,
+    address: &str,
+    port: u16,
+    token: &str,
+) -> Result<(Mounts, Router)> {
     let ns = deployment["metadata"]["namespace"]
         .as_str()
         .unwrap_or_default();
@@ -708,10 +739,7 @@ fn rendered_policies_digests_agree() -> Result<()> {
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["name"] == "inference-router"))
         .context("router container")?;
-    let dir = tempfile::tempdir()?;
-    let d = dir.path();
-    // Mount every ConfigMap volume of the router under d, as kubelet does (one file per key).
-    let mut mounted: Vec<(String, std::path::PathBuf, String)> = Vec::new(); // (mountPath, dir, expected digest)
+    let mut mounted: Mounts = Vec::new();
     for m in router["volumeMounts"].as_array().into_iter().flatten() {
         let (Some(path), Some(vol)) = (m["mountPath"].as_str(), m["name"].as_str()) else {
             continue;
@@ -747,12 +775,11 @@ fn rendered_policies_digests_agree() -> Result<()> {
         "expected the allowlist, approvals, AGT and inference mounts: {mounted:?}"
     );
     std::fs::create_dir_all(d.join("etc/kars/secrets"))?;
-    std::fs::write(d.join("etc/kars/secrets/admin-token"), "t0k")?;
-    let port = free_port()?;
+    std::fs::write(d.join("etc/kars/secrets/admin-token"), token)?;
     let mut cmd = Command::new(workspace_root().join("target/debug/kars-router"));
     cmd.args([
         "--address",
-        "127.0.0.1",
+        address,
         "--port",
         &port.to_string(),
         "--proxy-port",
@@ -770,11 +797,41 @@ fn rendered_policies_digests_agree() -> Result<()> {
         }
     }
     let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-    let r = Router {
-        child,
-        port,
-        proxy_port: 0,
-    };
+    Ok((
+        mounted,
+        Router {
+            child,
+            port,
+            proxy_port: 0,
+        },
+    ))
+}
+
+/// "Ready means enforced": the router, given exactly the ConfigMaps and environment the renderer
+/// wrote for a sandbox (mounted as kubelet would), reports for every policy the digest the
+/// renderer annotated on its ConfigMap.
+fn rendered_policies_digests_agree() -> Result<()> {
+    use kars_renderer::source::SourceLimits;
+    let tree = kars_renderer::RepoTree::from_dir(
+        &workspace_root().join("repo-template"),
+        SourceLimits::default(),
+    )?;
+    let rendered = kars_renderer::render_tree(&tree, None, &kars_renderer::Bundles::none())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let objects: Vec<&Value> = rendered.objects.iter().map(|o| &o.manifest).collect();
+    let deployment = objects
+        .iter()
+        .find(|o| {
+            o["kind"] == "Deployment"
+                && o["spec"]["template"]["spec"]["containers"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["name"] == "inference-router"))
+        })
+        .context("no Deployment with the router")?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let (mounted, r) =
+        start_rendered_router(&objects, deployment, d, "127.0.0.1", free_port()?, "t0k")?;
     let mut status = Value::Null;
     for _ in 0..100 {
         if let Ok((200, body)) = http(r.port, "GET", "/internal/policy-status", "", Some("t0k")) {
@@ -805,20 +862,12 @@ fn rendered_policies_digests_agree() -> Result<()> {
         .copied()
         .filter(|o| o["kind"] == "ConfigMap")
         .collect();
-    let expected: std::collections::BTreeMap<String, String> =
-        kars_gitops_agent::enforcement::expected_digests(deployment, &configmaps)
-            .into_iter()
-            .map(|(path, digest)| {
-                (
-                    d.join(path.trim_start_matches('/'))
-                        .to_string_lossy()
-                        .to_string(),
-                    digest,
-                )
-            })
-            .collect();
+    let expected = kars_gitops_agent::enforcement::expected_digests(deployment, &configmaps);
     ensure!(
-        expected.len() == mounted.len(),
+        expected.len() >= 3
+            && expected
+                .values()
+                .all(|d| mounted.iter().any(|(_, _, m)| m == d)),
         "agent view {expected:?} vs mounts {mounted:?}"
     );
     let client = kars_gitops_agent::reqwest_client();
@@ -834,18 +883,11 @@ fn rendered_policies_digests_agree() -> Result<()> {
         probe("wrong")?.is_err(),
         "the wrong token must not read the status"
     );
-    let (path, target, _) = mounted
-        .iter()
-        .find(|(p, _, _)| p.ends_with("/egress"))
-        .context("the allowlist mount")?;
-    std::fs::write(
-        target.join("allowlist.json"),
-        r#"{"endpoints":[],"schemaVersion":1}"#,
-    )?;
+    let path = make_allowlist_stale(&mounted)?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match probe("t0k")? {
-            Err(problems) if problems.iter().any(|p| p.contains("egress")) => break,
+            Err(problems) if problems.iter().any(|p| p.contains("EgressAllowlist")) => break,
             other => ensure!(
                 std::time::Instant::now() < deadline,
                 "{path}: still enforced after a change: {other:?}"
@@ -853,5 +895,119 @@ fn rendered_policies_digests_agree() -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+    Ok(())
+}
+
+/// On the real control plane: a sandbox whose router pod runs (a Pod object marked Running at
+/// 127.0.0.2, where a real kars-router serves the rendered mounts) is Ready only while that
+/// router reports the rendered digests.
+fn ready_waits_for_enforcement() -> Result<()> {
+    use kars_e2e::fixture::PolicyRepoFixture;
+    use kars_gitops_agent::sync::sync_once;
+    let cluster = kars_e2e::Cluster::shared()?;
+    kars_e2e::install_kars_crds(cluster)?;
+    let f = PolicyRepoFixture::new(&kars_e2e::unique_name("enforce"), &["a"])?;
+    let cfg = f.config(&f.file_url())?;
+    let agent = f.agent("a");
+    let ns = format!("kars-{agent}");
+    // First sync: no router pod runs, so nothing contradicts; Enforced is Unknown.
+    let o = kars_e2e::block_on_value(async {
+        let client = cluster.client().await?;
+        sync_once(client, &cfg, None, &|| false)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    })??;
+    ensure!(
+        o.converged() && o.not_enforced.is_empty(),
+        "first sync: {:?}",
+        o.not_enforced
+    );
+    // The token the agent generated for this sandbox's router.
+    let (ok, token, err) = cluster.kubectl(&[
+        "-n",
+        &ns,
+        "get",
+        "secret",
+        "router-admin-token",
+        "-o",
+        "jsonpath={.data.token}",
+    ])?;
+    ensure!(ok, "router-admin-token: {err}");
+    let token = String::from_utf8(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, token.trim())
+            .context("token is base64")?,
+    )?;
+    // The router, serving exactly what was rendered, on the pod's address.
+    use kars_renderer::source::SourceLimits;
+    let tree = kars_renderer::RepoTree::from_dir(&f.work.path, SourceLimits::default())?;
+    let rendered = kars_renderer::render_tree(&tree, None, &kars_renderer::Bundles::none())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let objects: Vec<&Value> = rendered.objects.iter().map(|o| &o.manifest).collect();
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == agent.as_str())
+        .context("the sandbox Deployment")?;
+    let dir = tempfile::tempdir()?;
+    let (mounted, router) = start_rendered_router(
+        &objects,
+        deployment,
+        dir.path(),
+        "127.0.0.2",
+        kars_gitops_agent::enforcement::ROUTER_PORT,
+        &token,
+    )?;
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.2", router.port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A Pod of the sandbox, marked Running at 127.0.0.2 (no kubelet runs here).
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: router-probe\n  namespace: {ns}\n  labels:\n    kars.azure.com/sandbox: {agent}\nspec:\n  containers:\n  - name: x\n    image: example.invalid/x:1\n"
+    );
+    let (ok, out) = kars_e2e::kubectl_apply(cluster, &pod, false)?;
+    ensure!(ok, "creating the pod: {out}");
+    let (ok, _, err) = cluster.kubectl(&[
+        "-n",
+        &ns,
+        "patch",
+        "pod",
+        "router-probe",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Running","podIP":"127.0.0.2","podIPs":[{"ip":"127.0.0.2"}]}}"#,
+    ])?;
+    ensure!(ok, "marking the pod Running: {err}");
+    let sync = || {
+        kars_e2e::block_on_value(async {
+            let client = cluster.client().await?;
+            sync_once(client, &cfg, None, &|| false)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })?
+    };
+    let o = sync()?;
+    ensure!(
+        o.converged(),
+        "with the router enforcing: {:?} {:?}",
+        o.not_enforced,
+        o.apply.failures().collect::<Vec<_>>()
+    );
+    let enforced = policyrepo_condition(cluster, &f, "Enforced", "status")?;
+    ensure!(enforced == "True", "Enforced condition: {enforced:?}");
+    // The router stops enforcing what was rendered (a stale mount): not Ready, named.
+    make_allowlist_stale(&mounted)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let o = sync()?;
+    ensure!(
+        o.not_enforced == vec![format!("{ns}/{agent}")] && !o.converged(),
+        "after the change: {:?}",
+        o.not_enforced
+    );
+    let ready = policyrepo_condition(cluster, &f, "Ready", "reason")?;
+    ensure!(ready == "NotEnforced", "Ready reason: {ready:?}");
+    drop(router);
     Ok(())
 }
