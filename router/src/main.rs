@@ -48,6 +48,10 @@ struct Args {
     /// an interval such as `100ms`, or `never`.
     #[arg(long, env = "KARS_AUDIT_FSYNC", default_value = "always")]
     audit_fsync: kars_router::audit::Fsync,
+    /// Port of a second listener serving only /metrics and /healthz (the renderer sets
+    /// METRICS_PORT=9090); 0 disables it. /metrics is also on the main port.
+    #[arg(long, env = "METRICS_PORT", default_value_t = 0)]
+    metrics_port: u16,
     /// Port of the egress forward proxy (CONNECT and absolute-form HTTP); 0 disables it.
     #[arg(long, env = "FORWARD_PROXY_PORT", default_value_t = 8444)]
     proxy_port: u16,
@@ -261,6 +265,12 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         inference,
     };
+    if args.metrics_port != 0 {
+        let listener = tokio::net::TcpListener::bind((args.address, args.metrics_port)).await?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+        let app = kars_router::server::metrics_app(state.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
     if args.proxy_port != 0 {
         let listener = tokio::net::TcpListener::bind((args.address, args.proxy_port)).await?;
         tracing::info!(addr = %listener.local_addr()?, mode = ?args.egress_mode, "egress proxy listening");

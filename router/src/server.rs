@@ -36,20 +36,28 @@ pub struct AppState {
     pub inference: Option<Arc<crate::inference::Inference>>,
 }
 
+/// The metrics listener's routes (`/metrics`, `/healthz`), for the separate metrics port.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
 /// Builds the router (handlers are testable without sockets).
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route(
-            "/metrics",
-            get(|State(s): State<AppState>| async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    s.metrics.encode(),
-                )
-            }),
-        )
+        .route("/metrics", get(metrics))
         .route("/internal/policy-status", get(policy_status))
         .route("/internal/audit-head", get(audit_head))
         .route("/egress/learned", get(egress_learned))

@@ -305,6 +305,7 @@ fn egress_proxy() -> Result<()> {
     )?;
     std::fs::write(d.join("blocklist"), "# blocked\nblocked.localhost\n")?;
     let blocklist = d.join("blocklist").to_string_lossy().to_string();
+    let metrics_port = free_port()?;
     let router = start_router(
         d,
         &[
@@ -314,6 +315,8 @@ fn egress_proxy() -> Result<()> {
             &blocklist,
             "--reload-seconds",
             "3600",
+            "--metrics-port",
+            &metrics_port.to_string(),
         ],
     )?;
     // Allowed: a CONNECT tunnel and an absolute-form request through the real process.
@@ -366,7 +369,8 @@ fn egress_proxy() -> Result<()> {
         count.load(std::sync::atomic::Ordering::SeqCst) == reached,
         "a refused request reached upstream"
     );
-    let (code, metrics) = http(router.port, "GET", "/metrics", "", None)?;
+    // The metrics port (METRICS_PORT in the rendered pod) serves the same counters.
+    let (code, metrics) = http(metrics_port, "GET", "/metrics", "", None)?;
     ensure!(
         code == 200
             && metrics.contains(
