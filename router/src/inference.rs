@@ -101,6 +101,7 @@ pub struct Inference {
     /// The router's clock, Unix seconds.
     pub clock: fn() -> i64,
     next_id: AtomicU64,
+    started_ns: u128,
 }
 
 /// Largest request body accepted.
@@ -179,6 +180,10 @@ impl Inference {
             budget,
             clock,
             next_id: AtomicU64::new(0),
+            started_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
         })
     }
 
@@ -190,9 +195,11 @@ impl Inference {
                 (!s.is_empty() && s.len() <= 128 && s.bytes().all(|c| c.is_ascii_graphic()))
                     .then(|| s.to_string())
             }
+            // Process start time (ns) + a counter: unique across restarts, so a new request is
+            // never mistaken for one already counted.
             None => Some(format!(
                 "kars-{}-{}",
-                (self.clock)(),
+                self.started_ns,
                 self.next_id.fetch_add(1, Ordering::Relaxed)
             )),
         }
@@ -505,6 +512,25 @@ mod tests {
         assert_eq!(p.budget.used(NOON), (42, 42));
         call(&p, body, Some("r-2")).await;
         assert_eq!(p.budget.used(NOON), (84, 84));
+    }
+
+    #[tokio::test]
+    async fn requests_without_an_id_are_all_counted_across_restarts() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (good, _, _) = upstream(200, OK, "application/json").await;
+        for expected in [42, 84] {
+            // A new proxy over the same ledger: a restart.
+            let p = proxy(vec![(&good, "dep")], Limits::default(), dir.path());
+            assert_eq!(
+                call(&p, r#"{"max_tokens":50}"#, None).await.0,
+                StatusCode::OK
+            );
+            assert_eq!(
+                p.budget.used(NOON).0,
+                expected,
+                "a new request is never taken for a retry"
+            );
+        }
     }
 
     #[tokio::test]
