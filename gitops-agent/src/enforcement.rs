@@ -25,56 +25,69 @@ pub const POLICY_MOUNTS: [(&str, &str); 5] = [
     ("Memory", "MEMORY_BINDING_DIR"),
 ];
 
-/// Policy kind → the digest the renderer annotated on the ConfigMap the rendered Deployment
-/// mounts where its router reads that kind. `configmaps` are rendered objects (only
-/// ConfigMaps in the Deployment's namespace are used).
-pub fn expected_digests(deployment: &Value, configmaps: &[&Value]) -> BTreeMap<String, String> {
+/// The rendered router container of a Deployment, if it has one.
+pub fn router_container(deployment: &Value) -> Option<&Value> {
+    deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["name"] == ROUTER_CONTAINER))
+}
+
+/// (mount path, ConfigMap) for every rendered ConfigMap a Deployment mounts into its router.
+/// `objects` are rendered objects (only ConfigMaps in the Deployment's namespace are used).
+pub fn router_configmaps<'a>(
+    deployment: &Value,
+    objects: &[&'a Value],
+) -> Vec<(String, &'a Value)> {
     let ns = deployment["metadata"]["namespace"]
         .as_str()
         .unwrap_or_default();
-    let pod = &deployment["spec"]["template"]["spec"];
-    let Some(router) = pod["containers"]
+    let volumes = &deployment["spec"]["template"]["spec"]["volumes"];
+    let Some(router) = router_container(deployment) else {
+        return Vec::new();
+    };
+    router["volumeMounts"]
         .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == ROUTER_CONTAINER))
-    else {
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let path = m["mountPath"].as_str()?;
+            let cm_name = volumes
+                .as_array()?
+                .iter()
+                .find(|v| v["name"] == m["name"])?["configMap"]["name"]
+                .as_str()?;
+            let cm = objects.iter().copied().find(|o| {
+                o["kind"] == "ConfigMap"
+                    && o["metadata"]["name"] == cm_name
+                    && o["metadata"]["namespace"] == ns
+            })?;
+            Some((path.to_string(), cm))
+        })
+        .collect()
+}
+
+/// Policy kind → the digest the renderer annotated on the ConfigMap mounted where the
+/// router reads that kind (its `*_DIR` environment variable).
+pub fn expected_digests(deployment: &Value, objects: &[&Value]) -> BTreeMap<String, String> {
+    let Some(router) = router_container(deployment) else {
         return BTreeMap::new();
     };
+    let mounted = router_configmaps(deployment, objects);
     let env = |name: &str| {
         router["env"]
             .as_array()
             .and_then(|es| es.iter().find(|e| e["name"] == name))
             .and_then(|e| e["value"].as_str())
     };
-    let mut out = BTreeMap::new();
-    for (kind, var) in POLICY_MOUNTS {
-        let Some(path) = env(var) else { continue };
-        let Some(vol) = router["volumeMounts"]
-            .as_array()
-            .and_then(|ms| ms.iter().find(|m| m["mountPath"] == path))
-            .and_then(|m| m["name"].as_str())
-        else {
-            continue;
-        };
-        let Some(cm_name) = pod["volumes"]
-            .as_array()
-            .and_then(|vs| vs.iter().find(|v| v["name"] == vol))
-            .and_then(|v| v["configMap"]["name"].as_str())
-        else {
-            continue;
-        };
-        let digest = configmaps
-            .iter()
-            .find(|o| {
-                o["kind"] == "ConfigMap"
-                    && o["metadata"]["name"] == cm_name
-                    && o["metadata"]["namespace"] == ns
-            })
-            .and_then(|cm| cm["metadata"]["annotations"][CONTENT_DIGEST].as_str());
-        if let Some(d) = digest {
-            out.insert(kind.to_string(), d.to_string());
-        }
-    }
-    out
+    POLICY_MOUNTS
+        .iter()
+        .filter_map(|(kind, var)| {
+            let path = env(var)?;
+            let (_, cm) = mounted.iter().find(|(p, _)| p == path)?;
+            let digest = cm["metadata"]["annotations"][CONTENT_DIGEST].as_str()?;
+            Some((kind.to_string(), digest.to_string()))
+        })
+        .collect()
 }
 
 /// Checks a router's policy-status answer against `expected` (kind → digest). `Ok` when every

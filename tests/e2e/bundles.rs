@@ -11,6 +11,7 @@ use kars_e2e::fixture::{PolicyRepoFixture, agent_files};
 use kars_e2e::oci::{
     COSIGN_PASSWORD, Registry, cosign_key_pair, cosign_sign, cosign_verify, oras_copy, oras_push,
 };
+use kars_e2e::pki::{SERVER_127, leaf, root_ca};
 use kars_e2e::{Cluster, block_on, install_kars_crds, unique_name, workspace_root};
 use kars_gitops_agent::bundles::{BundleVerifier, RegistryOptions, SignerPolicy, signature_tag};
 use kars_gitops_agent::status::PolicyRepo;
@@ -460,11 +461,11 @@ fn bad_bundles_are_refused() -> Result<()> {
 fn sandbox_with_allowlist_ref(f: &PolicyRepoFixture, short: &str, reference: &str) -> Result<()> {
     let (registry, rest) = reference.split_once('/').context("registry")?;
     let (repository, digest) = rest.split_once('@').unwrap_or((rest, ""));
-    let (path, body) = agent_files(&f.agent(short), &f.namespace(), &["placeholder.example"])
+    let (path, body) = agent_files(&f.agent(short), &f.namespace(), &["inline.example"])
         .into_iter()
         .next()
         .context("sandbox file")?;
-    let inline = "    allowedEndpoints:\n      - {host: placeholder.example, port: 443}\n";
+    let inline = "    allowedEndpoints:\n      - {host: inline.example, port: 443}\n";
     ensure!(body.contains(inline), "fixture changed: {body}");
     let body = body.replace(
         inline,
@@ -700,120 +701,24 @@ fn signed_allowlist_on_the_control_plane() -> Result<()> {
     })
 }
 
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .context("running openssl")?;
-    ensure!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
-/// A root CA `<name>.pem`/`<name>.key` in `dir`.
-fn test_root(dir: &Path, name: &str) -> Result<PathBuf> {
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            &format!("{name}.key"),
-        ],
-    )?;
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            &format!("{name}.key"),
-            "-sha256",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=kars test root",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-            "-out",
-            &format!("{name}.pem"),
-        ],
-    )?;
-    Ok(dir.join(format!("{name}.pem")))
-}
-
 fn certificate_identity_signers() -> Result<()> {
     let s = setup()?;
     let d = s.dir.path().join("pki");
     std::fs::create_dir_all(&d)?;
-    let root = test_root(&d, "root")?;
-    let other_root = test_root(&d, "other-root")?;
+    let root = root_ca(&d, "root")?;
+    let other_root = root_ca(&d, "other-root")?;
     // A Fulcio-like leaf: code signing, SAN e-mail, OIDC issuer extension (v1 form, which
     // cosign reads too).
     let issuer = "https://issuer.kars.test";
     let issuer_hex: String = issuer.bytes().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(
-        d.join("leaf.cnf"),
-        format!(
-            "[ext]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\nsubjectAltName=email:ci@kars.test\n1.3.6.1.4.1.57264.1.1=DER:{issuer_hex}\n"
+    leaf(
+        &d,
+        "root",
+        "leaf",
+        "/O=kars",
+        &format!(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\nsubjectAltName=email:ci@kars.test\n1.3.6.1.4.1.57264.1.1=DER:{issuer_hex}\n"
         ),
-    )?;
-    openssl(
-        &d,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "leaf.ec",
-        ],
-    )?;
-    openssl(
-        &d,
-        &[
-            "pkcs8", "-topk8", "-nocrypt", "-in", "leaf.ec", "-out", "leaf.key",
-        ],
-    )?;
-    openssl(
-        &d,
-        &[
-            "req", "-new", "-key", "leaf.key", "-subj", "/O=kars", "-out", "leaf.csr",
-        ],
-    )?;
-    openssl(
-        &d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "root.pem",
-            "-CAkey",
-            "root.key",
-            "-CAcreateserial",
-            "-days",
-            "7",
-            "-sha256",
-            "-extfile",
-            "leaf.cnf",
-            "-extensions",
-            "ext",
-            "-out",
-            "leaf.pem",
-        ],
     )?;
     let out = kars_e2e::oci::cosign()?
         .current_dir(&d)
@@ -963,77 +868,14 @@ fn registry_with_tls_and_auth() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     // A private CA and a serving certificate for 127.0.0.1.
-    let ca = test_root(d, "ca")?;
-    std::fs::write(
-        d.join("server.cnf"),
-        "[ext]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
-    )?;
-    openssl(
-        d,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "server.ec",
-        ],
-    )?;
-    openssl(
-        d,
-        &[
-            "pkcs8",
-            "-topk8",
-            "-nocrypt",
-            "-in",
-            "server.ec",
-            "-out",
-            "server.key",
-        ],
-    )?;
-    openssl(
-        d,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "server.key",
-            "-subj",
-            "/CN=registry",
-            "-out",
-            "server.csr",
-        ],
-    )?;
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "7",
-            "-sha256",
-            "-extfile",
-            "server.cnf",
-            "-extensions",
-            "ext",
-            "-out",
-            "server.pem",
-        ],
-    )?;
+    let ca = root_ca(d, "ca")?;
+    let (server_pem, server_key) = leaf(d, "ca", "server", "/CN=registry", SERVER_127)?;
     let hash = bcrypt::hash("s3cret", 4).map_err(|e| anyhow::anyhow!("bcrypt: {e}"))?;
     std::fs::write(d.join("htpasswd"), format!("kars:{hash}\n"))?;
     let reg = Registry::start_with(
         &d.join("registry"),
         &kars_e2e::oci::RegistrySecurity {
-            tls: Some((d.join("server.pem"), d.join("server.key"))),
+            tls: Some((server_pem, server_key)),
             htpasswd: Some(d.join("htpasswd")),
         },
     )?;

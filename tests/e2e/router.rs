@@ -446,119 +446,18 @@ impl Drop for Killed {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
-
 fn inference_over_https() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     // A private CA and an HTTPS upstream on 127.0.0.1.
-    openssl(
-        d,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "ca.key",
-        ],
-    )?;
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-sha256",
-            "-days",
-            "7",
-            "-subj",
-            "/CN=kars test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-            "-out",
-            "ca.pem",
-        ],
-    )?;
-    std::fs::write(
-        d.join("srv.cnf"),
-        "[ext]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
-    )?;
-    openssl(
-        d,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "srv.ec",
-        ],
-    )?;
-    openssl(
-        d,
-        &[
-            "pkcs8", "-topk8", "-nocrypt", "-in", "srv.ec", "-out", "srv.key",
-        ],
-    )?;
-    openssl(
-        d,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "srv.key",
-            "-subj",
-            "/CN=upstream",
-            "-out",
-            "srv.csr",
-        ],
-    )?;
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "7",
-            "-sha256",
-            "-extfile",
-            "srv.cnf",
-            "-extensions",
-            "ext",
-            "-out",
-            "srv.pem",
-        ],
-    )?;
+    kars_e2e::pki::root_ca(d, "ca")?;
+    let (srv_pem, srv_key) =
+        kars_e2e::pki::leaf(d, "ca", "srv", "/CN=upstream", kars_e2e::pki::SERVER_127)?;
     let log = d.join("upstream.log");
     let mut child = Command::new("python3")
         .args(["-c", HTTPS_UPSTREAM])
-        .arg(d.join("srv.pem"))
-        .arg(d.join("srv.key"))
+        .arg(&srv_pem)
+        .arg(&srv_key)
         .arg(&log)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -735,34 +634,10 @@ fn start_rendered_router(
     port: u16,
     token: &str,
 ) -> Result<(Mounts, Router)> {
-    let ns = deployment["metadata"]["namespace"]
-        .as_str()
-        .unwrap_or_default();
-    let pod = &deployment["spec"]["template"]["spec"];
-    let router = pod["containers"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["name"] == "inference-router"))
-        .context("router container")?;
+    use kars_gitops_agent::enforcement::{router_configmaps, router_container};
+    let router = router_container(deployment).context("router container")?;
     let mut mounted: Mounts = Vec::new();
-    for m in router["volumeMounts"].as_array().into_iter().flatten() {
-        let (Some(path), Some(vol)) = (m["mountPath"].as_str(), m["name"].as_str()) else {
-            continue;
-        };
-        let Some(cm_name) = pod["volumes"]
-            .as_array()
-            .and_then(|vs| vs.iter().find(|v| v["name"] == vol))
-            .and_then(|v| v["configMap"]["name"].as_str())
-        else {
-            continue;
-        };
-        let cm = objects
-            .iter()
-            .find(|o| {
-                o["kind"] == "ConfigMap"
-                    && o["metadata"]["name"] == cm_name
-                    && o["metadata"]["namespace"] == ns
-            })
-            .with_context(|| format!("ConfigMap {cm_name}"))?;
+    for (path, cm) in router_configmaps(deployment, objects) {
         let target = d.join(path.trim_start_matches('/'));
         std::fs::create_dir_all(&target)?;
         for (k, v) in cm["data"].as_object().into_iter().flatten() {
@@ -772,7 +647,7 @@ fn start_rendered_router(
             .as_str()
             .unwrap_or_default()
             .to_string();
-        mounted.push((path.to_string(), target, digest));
+        mounted.push((path, target, digest));
     }
     ensure!(
         mounted.len() >= 3,

@@ -261,6 +261,7 @@ impl Drop for TestNamespace {
 pub mod fixture;
 pub mod git;
 pub mod oci;
+pub mod pki;
 pub mod router_bench;
 
 static CRDS_INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();

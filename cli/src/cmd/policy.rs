@@ -207,14 +207,15 @@ async fn sign_cmd(a: SignArgs) -> Result<ExitCode, Failure> {
     };
     let (_, content) = canonical_content(a.kind, &a.file)?;
     let content_digest = sha256_digest(&content);
-    // The reference must be one the agent will accept; check it before anything is pushed.
-    let placeholder = OciArtifactRef {
+    // The reference (with the content digest until the manifest digest is known) must be one
+    // the agent will accept; check it before anything is pushed.
+    let unsigned_ref = OciArtifactRef {
         registry: a.registry.clone(),
         repository: a.repository.clone(),
         digest: content_digest.clone(),
         artifact_type: a.kind.media_type().to_string(),
     };
-    check_reference(a.kind, &placeholder).map_err(|e| Failure::usage(anyhow!("{e}")))?;
+    check_reference(a.kind, &unsigned_ref).map_err(|e| Failure::usage(anyhow!("{e}")))?;
     let tag = a.tag.clone().unwrap_or_else(|| {
         format!(
             "{}-{}",
@@ -256,7 +257,7 @@ async fn sign_cmd(a: SignArgs) -> Result<ExitCode, Failure> {
     }
     let reference = OciArtifactRef {
         digest: digest.clone(),
-        ..placeholder
+        ..unsigned_ref
     };
     if let Some(path) = &a.emit_manifest {
         let name = a.name.as_deref().map(|n| (n, a.namespace.as_str()));
