@@ -300,6 +300,28 @@ impl Ctx<'_> {
         found
     }
 
+    /// The verified JSON bundle for `field` of `o` with its digest; holds the sandbox back when
+    /// it is not verified or (`what` names the kind) not JSON.
+    fn json_bundle_or_hold(
+        &mut self,
+        o: &SourceObject,
+        field: &str,
+        r: &api::OciArtifactRef,
+        what: &str,
+    ) -> Option<(Value, String)> {
+        let b = self.bundle_or_hold(o, field, r)?;
+        match serde_json::from_slice::<Value>(&b.bytes) {
+            Ok(v) => Some((v, b.digest)),
+            Err(e) => {
+                self.hold = Some(format!(
+                    "the verified {what} bundle {} is not JSON: {e}",
+                    b.digest
+                ));
+                None
+            }
+        }
+    }
+
     fn problem(&mut self, o: &SourceObject, reason: String) {
         self.problems.push(RenderProblem {
             file: o.file.clone(),
@@ -830,22 +852,12 @@ fn render_sandbox(
             Ok(ip) => {
                 let mut bundle_digest = None;
                 let content = match &ip.spec.bundle_ref {
-                    Some(r) => match ctx.bundle_or_hold(ip_obj, "spec.bundleRef", r) {
-                        Some(b) => match serde_json::from_slice::<Value>(&b.bytes) {
-                            Ok(v) => {
-                                bundle_digest = Some(b.digest);
-                                Some(v)
-                            }
-                            Err(e) => {
-                                ctx.hold = Some(format!(
-                                    "the verified inference-policy bundle {} is not JSON: {e}",
-                                    b.digest
-                                ));
-                                None
-                            }
-                        },
-                        None => None,
-                    },
+                    Some(r) => ctx
+                        .json_bundle_or_hold(ip_obj, "spec.bundleRef", r, "inference-policy")
+                        .map(|(v, digest)| {
+                            bundle_digest = Some(digest);
+                            v
+                        }),
                     None => Some(json!({
                         "tokenBudget": ip.spec.token_budget,
                         "contentSafety": ip.spec.content_safety,
@@ -904,22 +916,12 @@ fn render_sandbox(
             Ok(mem) => {
                 let mut bundle_digest = None;
                 let content = match &mem.spec.bundle_ref {
-                    Some(r) => match ctx.bundle_or_hold(mem_obj, "spec.bundleRef", r) {
-                        Some(b) => match serde_json::from_slice::<Value>(&b.bytes) {
-                            Ok(v) => {
-                                bundle_digest = Some(b.digest);
-                                Some(v)
-                            }
-                            Err(e) => {
-                                ctx.hold = Some(format!(
-                                    "the verified memory-binding bundle {} is not JSON: {e}",
-                                    b.digest
-                                ));
-                                None
-                            }
-                        },
-                        None => None,
-                    },
+                    Some(r) => ctx
+                        .json_bundle_or_hold(mem_obj, "spec.bundleRef", r, "memory-binding")
+                        .map(|(v, digest)| {
+                            bundle_digest = Some(digest);
+                            v
+                        }),
                     None => Some(json!({
                         "storeName": mem.spec.store_name,
                         "scope": mem.spec.scope,
