@@ -229,7 +229,7 @@ pub async fn run(
                         SyncError::Untrusted(v) => v.first_problem().unwrap_or_default(),
                         other => other.to_string(),
                     };
-                    tracing::error!(reason = e.reason(), error = %problem, "sync failed; the cluster keeps its last good state");
+                    tracing::error!(reason = %e.reason(), error = %problem, "sync failed; the cluster keeps its last good state");
                 }
             }
             ready.store(true, Ordering::Relaxed);

@@ -14,19 +14,22 @@
 //! Conflicts with other field managers are reported per object and not forced unless
 //! [`ApplyOptions::force_conflicts`] is set.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream};
-use kars_renderer::render::{
-    CLUSTER_LABEL, GeneratedSecret, OBJECT_DIGEST_ANNOTATION, REPOSITORY_LABEL,
+use kars_contract::Reason;
+use kars_contract::labels::{
+    CLUSTER_LABEL, GENERATED_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, OBJECT_DIGEST_ANNOTATION,
+    REPOSITORY_LABEL, SOURCE_ANNOTATION,
 };
+use kars_renderer::rendered::GeneratedSecret;
 use kars_renderer::{Rendered, RenderedObject};
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::{self, Scope};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+
+use crate::cluster::{Cluster, gvk, is_not_found};
+use crate::compare::{first_difference, is_subset};
 
 /// The field manager name kars GitOps applies with.
 pub const FIELD_MANAGER: &str = "kars-gitops";
@@ -70,9 +73,25 @@ impl Default for ApplyOptions {
     }
 }
 
+/// Why one object was not applied.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Refused {
+    /// `ApplyFailed`, `Conflict` or `KindNotServed`.
+    pub reason: Reason,
+    /// What the API server said, and what to do.
+    pub message: String,
+}
+
+/// Where an object drifted.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Drift {
+    /// The first field that differs from the rendered value.
+    pub at: String,
+}
+
 /// What happened to one object.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "action", content = "reason", rename_all = "lowercase")]
+#[serde(tag = "action", rename_all = "lowercase")]
 pub enum Action {
     /// It did not exist and was created.
     Created,
@@ -82,12 +101,24 @@ pub enum Action {
     Unchanged,
     /// Dry run: would be created or changed.
     WouldChange,
-    /// Refused by the API server (or a conflict); the message says why.
-    Failed(String),
+    /// Refused by the API server (or a conflict).
+    Failed(Refused),
     /// Not attempted because another object failed first.
     Skipped,
     /// Changed in the cluster by someone else and left so, because self-heal is off.
-    Drifted(String),
+    Drifted(Drift),
+}
+
+impl Action {
+    /// The reason word of an action that is a failure (`None` for success).
+    pub fn failure_reason(&self) -> Option<Reason> {
+        match self {
+            Action::Failed(r) => Some(r.reason),
+            Action::Skipped => Some(Reason::Skipped),
+            Action::Drifted(_) => Some(Reason::Drifted),
+            _ => None,
+        }
+    }
 }
 
 /// The outcome for one object.
@@ -135,6 +166,11 @@ impl ApplyReport {
     pub fn count(&self, pred: impl Fn(&Action) -> bool) -> usize {
         self.objects.iter().filter(|o| pred(&o.action)).count()
     }
+
+    /// True when an object was created or changed.
+    pub fn changed_anything(&self) -> bool {
+        self.count(|a| matches!(a, Action::Created | Action::Configured)) > 0
+    }
 }
 
 /// Why an apply could not run at all (per-object failures are in the report instead).
@@ -146,32 +182,31 @@ pub enum ApplyError {
     /// A CRD or namespace did not become ready in time.
     #[error("{0}")]
     Timeout(String),
+    /// The system's random source failed (generated secrets).
+    #[error("reading random bytes for a generated secret: {0}")]
+    Random(#[source] std::io::Error),
 }
 
-/// A stable short label for metrics and status reasons.
 impl ApplyError {
-    /// The reason label.
-    pub fn reason(&self) -> &'static str {
+    /// The reason word.
+    pub fn reason(&self) -> Reason {
         match self {
-            ApplyError::Kube(_) => "ApiServerUnavailable",
-            ApplyError::Timeout(_) => "WaitTimeout",
+            ApplyError::Kube(_) | ApplyError::Random(_) => Reason::ApiServerUnavailable,
+            ApplyError::Timeout(_) => Reason::WaitTimeout,
         }
     }
 }
 
-/// Applies rendered sets to one cluster.
-pub struct Applier {
-    client: kube::Client,
-    options: ApplyOptions,
-    resources: Mutex<HashMap<GroupVersionKind, (ApiResource, bool)>>,
-}
-
-fn gvk_of(o: &RenderedObject) -> GroupVersionKind {
-    let (group, version) = match o.api_version().split_once('/') {
-        Some((g, v)) => (g, v),
-        None => ("", o.api_version()),
-    };
-    GroupVersionKind::gvk(group, version, o.kind())
+/// Why one server-side apply did not go through.
+enum ApplyFailure {
+    /// The kind or namespace does not exist yet.
+    NotYetResolvable,
+    /// The API server refused the object.
+    Refused(String),
+    /// Another field manager owns fields we set.
+    Conflict(kube::Error),
+    /// The API server could not be reached.
+    Unreachable(kube::Error),
 }
 
 fn status_message(e: &kube::Error) -> String {
@@ -187,239 +222,47 @@ fn status_message(e: &kube::Error) -> String {
     }
 }
 
-fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
+/// Applies rendered sets to one cluster.
+pub struct Applier<'c> {
+    cluster: &'c Cluster,
+    options: ApplyOptions,
 }
 
-/// True when every field of `desired` has the same value in `live` (extra live fields, such as
-/// server defaults, are fine). Lists of objects with a `name` are matched by name; other lists
-/// must be equal element by element.
-pub fn is_subset(desired: &Value, live: &Value) -> bool {
-    match (desired, live) {
-        (Value::Object(d), Value::Object(l)) => d.iter().all(|(k, dv)| match l.get(k) {
-            Some(lv) => is_subset(dv, lv),
-            None => {
-                dv.is_null()
-                    || dv.as_object().is_some_and(|m| m.is_empty())
-                    || dv.as_array().is_some_and(|a| a.is_empty())
-            }
-        }),
-        (Value::Array(d), Value::Array(l)) => {
-            let named = !d.is_empty()
-                && d.iter()
-                    .all(|x| x.get("name").is_some_and(Value::is_string));
-            if named {
-                d.iter().all(|dx| {
-                    l.iter()
-                        .any(|lx| lx.get("name") == dx.get("name") && is_subset(dx, lx))
-                })
-            } else {
-                d.len() == l.len() && d.iter().zip(l).all(|(a, b)| is_subset(a, b))
-            }
-        }
-        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
-        (a, b) => a == b,
-    }
-}
-
-/// The first field path where `live` does not hold `desired`'s value (`None` when it does).
-pub fn first_difference(desired: &Value, live: &Value) -> Option<String> {
-    fn walk(d: &Value, l: &Value, path: &mut String) -> Option<String> {
-        match (d, l) {
-            (Value::Object(dm), Value::Object(lm)) => {
-                for (k, dv) in dm {
-                    let len = path.len();
-                    path.push('.');
-                    path.push_str(k);
-                    let found = match lm.get(k) {
-                        Some(lv) => walk(dv, lv, path),
-                        None if is_subset(dv, &Value::Null)
-                            || dv.as_object().is_some_and(|m| m.is_empty())
-                            || dv.as_array().is_some_and(|a| a.is_empty()) =>
-                        {
-                            None
-                        }
-                        None => Some(path.clone()),
-                    };
-                    if found.is_some() {
-                        return found;
-                    }
-                    path.truncate(len);
-                }
-                None
-            }
-            (Value::Array(da), Value::Array(la)) => {
-                let named = !da.is_empty()
-                    && da
-                        .iter()
-                        .all(|x| x.get("name").is_some_and(Value::is_string));
-                for (i, dx) in da.iter().enumerate() {
-                    let len = path.len();
-                    if named {
-                        let name = dx["name"].as_str().unwrap_or_default();
-                        path.push_str(&format!("[name={name}]"));
-                        let found = match la.iter().find(|lx| lx.get("name") == dx.get("name")) {
-                            Some(lx) => walk(dx, lx, path),
-                            None => Some(path.clone()),
-                        };
-                        if found.is_some() {
-                            return found;
-                        }
-                    } else {
-                        path.push_str(&format!("[{i}]"));
-                        let found = match la.get(i) {
-                            Some(lx) => walk(dx, lx, path),
-                            None => Some(path.clone()),
-                        };
-                        if found.is_some() {
-                            return found;
-                        }
-                    }
-                    path.truncate(len);
-                }
-                if !named && da.len() != la.len() {
-                    return Some(format!("{path} (length {} vs {})", da.len(), la.len()));
-                }
-                None
-            }
-            _ if is_subset(d, l) => None,
-            _ => Some(format!("{path} (want {d}, have {l})")),
-        }
-    }
-    walk(desired, live, &mut String::new())
-}
-
-impl Applier {
-    /// An applier using `client`.
-    pub fn new(client: kube::Client, options: ApplyOptions) -> Self {
-        Applier {
-            client,
-            options,
-            resources: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The client.
-    pub fn client(&self) -> &kube::Client {
-        &self.client
-    }
-
-    /// Resolves a kind to its API resource and whether it is namespaced (cached).
-    pub async fn resource(
-        &self,
-        gvk: &GroupVersionKind,
-    ) -> Result<(ApiResource, bool), kube::Error> {
-        if let Some(hit) = self.resources.lock().ok().and_then(|m| m.get(gvk).cloned()) {
-            return Ok(hit);
-        }
-        let (ar, caps) = discovery::pinned_kind(&self.client, gvk).await?;
-        let entry = (ar, caps.scope == Scope::Namespaced);
-        if let Ok(mut m) = self.resources.lock() {
-            m.insert(gvk.clone(), entry.clone());
-        }
-        Ok(entry)
-    }
-
-    fn api_for(&self, ar: &ApiResource, namespaced: bool, ns: Option<&str>) -> Api<DynamicObject> {
-        match (namespaced, ns) {
-            (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, ar),
-            (true, None) => Api::default_namespaced_with(self.client.clone(), ar),
-            (false, _) => Api::all_with(self.client.clone(), ar),
-        }
-    }
-
-    /// Lists our live objects of every kind in the set, keyed by `kind/namespace/name`.
-    async fn live_objects(
-        &self,
-        rendered: &Rendered,
-    ) -> Result<BTreeMap<String, Value>, ApplyError> {
-        Ok(self.list_live(rendered, |_, _| true).await?)
-    }
-
-    /// Lists our live objects (by the repository and cluster labels, one LIST per kind) of the
-    /// kinds in `rendered` for which `wanted(apiVersion, kind)` holds, keyed by
-    /// `kind/namespace/name`.
-    pub async fn list_live(
-        &self,
-        rendered: &Rendered,
-        wanted: impl Fn(&str, &str) -> bool,
-    ) -> Result<BTreeMap<String, Value>, kube::Error> {
-        let selector = format!(
-            "{REPOSITORY_LABEL}={},{CLUSTER_LABEL}={}",
-            rendered.repository, rendered.cluster
-        );
-        let mut kinds: Vec<GroupVersionKind> = rendered
-            .objects
-            .iter()
-            .filter(|o| wanted(o.api_version(), o.kind()))
-            .map(gvk_of)
-            .collect();
-        kinds.sort_by(|a, b| (&a.group, &a.version, &a.kind).cmp(&(&b.group, &b.version, &b.kind)));
-        kinds.dedup();
-        let mut live = BTreeMap::new();
-        for gvk in kinds {
-            let (ar, _) = match self.resource(&gvk).await {
-                Ok(r) => r,
-                Err(e) if is_not_found(&e) => continue, // kind not installed yet: nothing live
-                Err(e) => return Err(e),
-            };
-            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
-            let list = api.list(&ListParams::default().labels(&selector)).await?;
-            for item in list.items {
-                let name = item.metadata.name.clone().unwrap_or_default();
-                let key = match &item.metadata.namespace {
-                    Some(ns) => format!("{}/{ns}/{name}", gvk.kind),
-                    None => format!("{}/{name}", gvk.kind),
-                };
-                let mut value = serde_json::to_value(&item).unwrap_or(Value::Null);
-                // List items carry no apiVersion/kind of their own.
-                value["apiVersion"] = json!(ar.api_version);
-                value["kind"] = json!(ar.kind);
-                live.insert(key, value);
-            }
-        }
-        Ok(live)
+impl<'c> Applier<'c> {
+    /// An applier for `cluster`.
+    pub fn new(cluster: &'c Cluster, options: ApplyOptions) -> Self {
+        Applier { cluster, options }
     }
 
     /// Applies `rendered`. Per-object failures are in the report; `Err` means the apply could not
     /// run (API server unreachable, wait timed out).
     pub async fn apply(&self, rendered: &Rendered) -> Result<ApplyReport, ApplyError> {
-        let live = self.live_objects(rendered).await?;
+        let live = self.cluster.list_live(rendered, |_, _| true).await?;
         let mut report = ApplyReport::default();
         let mut changed: Vec<(usize, bool)> = Vec::new(); // (index, exists)
         for (i, o) in rendered.objects.iter().enumerate() {
             let current = live.get(&o.key());
-            let unchanged = current.is_some_and(|l| {
+            let same_digest = current.is_some_and(|l| {
                 l["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION]
                     == o.manifest["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION]
-                    && is_subset(&o.manifest, l)
             });
+            let unchanged = same_digest && current.is_some_and(|l| is_subset(&o.manifest, l));
             // Drift: our digest is live (Git did not change) but a field we set was changed.
-            let drifted = !unchanged
-                && current.is_some_and(|l| {
-                    l["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION]
-                        == o.manifest["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION]
-                });
-            if drifted && !self.options.self_heal {
-                let what = current
+            if same_digest && !unchanged && !self.options.self_heal {
+                let at = current
                     .and_then(|l| first_difference(&o.manifest, l))
                     .unwrap_or_default();
-                report.objects.push(ObjectOutcome {
-                    object: o.key(),
-                    source: o.source.clone(),
-                    action: Action::Drifted(what),
-                });
+                report
+                    .objects
+                    .push(outcome(o, Action::Drifted(Drift { at })));
                 continue;
             }
-            report.objects.push(ObjectOutcome {
-                object: o.key(),
-                source: o.source.clone(),
-                action: if unchanged {
-                    Action::Unchanged
-                } else {
-                    Action::Skipped
-                },
-            });
+            let action = if unchanged {
+                Action::Unchanged
+            } else {
+                Action::Skipped
+            };
+            report.objects.push(outcome(o, action));
             if !unchanged {
                 if let Some(l) = current {
                     tracing::info!(object = %o.key(), difference = ?first_difference(&o.manifest, l), "out of sync");
@@ -427,12 +270,37 @@ impl Applier {
                 changed.push((i, current.is_some()));
             }
         }
+        let refused = self
+            .dry_run_all(rendered, &live, &changed, &mut report)
+            .await?;
+        if refused || self.options.dry_run {
+            if self.options.dry_run && !refused {
+                for (i, _) in &changed {
+                    report.objects[*i].action = Action::WouldChange;
+                }
+            }
+            return Ok(report);
+        }
+        let failed = self.apply_in_waves(rendered, &changed, &mut report).await?;
+        report.live_before = live;
+        if !failed {
+            report.generated_secrets_created = self
+                .ensure_generated_secrets(rendered, &mut report.writes)
+                .await?;
+        }
+        Ok(report)
+    }
 
-        // Dry run of everything that can be checked now.
-        // Owned indices: closures over references trip higher-ranked lifetime inference when
-        // the future is spawned.
-        // Objects in namespaces this sync creates cannot be dry-run (their namespace is missing).
-        let new_namespaces: std::collections::BTreeSet<&str> = rendered
+    /// Dry-runs every changed object that can be checked now (objects in namespaces this sync
+    /// creates cannot: their namespace is missing). Returns true when one was refused.
+    async fn dry_run_all(
+        &self,
+        rendered: &Rendered,
+        live: &BTreeMap<String, Value>,
+        changed: &[(usize, bool)],
+        report: &mut ApplyReport,
+    ) -> Result<bool, ApplyError> {
+        let new_namespaces: BTreeSet<&str> = rendered
             .objects
             .iter()
             .filter(|o| {
@@ -440,6 +308,8 @@ impl Applier {
             })
             .map(|o| o.name())
             .collect();
+        // Owned indices: closures over references trip higher-ranked lifetime inference when
+        // the future is spawned.
         let indices: Vec<usize> = changed
             .iter()
             .map(|(i, _)| *i)
@@ -461,41 +331,33 @@ impl Applier {
         for (i, r) in results {
             match r {
                 Ok(_) | Err(ApplyFailure::NotYetResolvable) => {}
-                Err(ApplyFailure::Refused(msg)) => {
-                    report.objects[i].action = Action::Failed(msg);
-                    refused = true;
-                }
                 Err(ApplyFailure::Unreachable(e)) => return Err(e.into()),
-                Err(ApplyFailure::Conflict(e)) => {
-                    report.objects[i].action = Action::Failed(status_message(&e));
+                Err(failure) => {
+                    report.objects[i].action = failed(&rendered.objects[i], failure);
                     refused = true;
                 }
             }
         }
-        if refused || self.options.dry_run {
-            if self.options.dry_run && !refused {
-                for (i, _) in &changed {
-                    report.objects[*i].action = Action::WouldChange;
-                }
-            }
-            return Ok(report);
-        }
+        Ok(refused)
+    }
 
-        // Real apply, wave by wave.
+    /// Applies the changed objects wave by wave. Returns true when one failed (later waves
+    /// are then skipped).
+    async fn apply_in_waves(
+        &self,
+        rendered: &Rendered,
+        changed: &[(usize, bool)],
+        report: &mut ApplyReport,
+    ) -> Result<bool, ApplyError> {
         let mut waves: BTreeMap<u8, Vec<(usize, bool)>> = BTreeMap::new();
-        for (i, exists) in &changed {
+        for (i, exists) in changed {
             waves
                 .entry(rendered.objects[*i].wave)
                 .or_default()
                 .push((*i, *exists));
         }
-        let mut failed = false;
         for (_, members) in waves {
-            if failed {
-                break;
-            }
-            let owned: Vec<(usize, bool)> = members.clone();
-            let jobs = owned.into_iter().map(|(i, exists)| async move {
+            let jobs = members.clone().into_iter().map(|(i, exists)| async move {
                 let o = &rendered.objects[i];
                 (i, exists, self.server_apply(o, false).await)
             });
@@ -503,7 +365,8 @@ impl Applier {
                 .buffer_unordered(self.options.concurrency.max(1))
                 .collect()
                 .await;
-            let mut active_namespaces = std::collections::BTreeSet::new();
+            let mut any_failed = false;
+            let mut active_namespaces = BTreeSet::new();
             for (i, exists, r) in results {
                 match r {
                     Ok(phase) => {
@@ -517,26 +380,18 @@ impl Applier {
                             Action::Created
                         };
                     }
-                    Err(ApplyFailure::Refused(msg)) => {
-                        report.writes += 1;
-                        report.objects[i].action = Action::Failed(msg);
-                        failed = true;
-                    }
-                    Err(ApplyFailure::NotYetResolvable) => {
-                        report.objects[i].action = Action::Failed(format!(
-                            "the API server does not serve {} {}; is its CRD installed?",
-                            rendered.objects[i].api_version(),
-                            rendered.objects[i].kind()
-                        ));
-                        failed = true;
-                    }
                     Err(ApplyFailure::Unreachable(e)) => return Err(e.into()),
-                    Err(ApplyFailure::Conflict(e)) => {
-                        report.writes += 1;
-                        report.objects[i].action = Action::Failed(status_message(&e));
-                        failed = true;
+                    Err(failure) => {
+                        if !matches!(failure, ApplyFailure::NotYetResolvable) {
+                            report.writes += 1;
+                        }
+                        report.objects[i].action = failed(&rendered.objects[i], failure);
+                        any_failed = true;
                     }
                 }
+            }
+            if any_failed {
+                return Ok(true);
             }
             // Readiness gates before the next wave.
             for (i, _) in &members {
@@ -550,13 +405,7 @@ impl Applier {
                 }
             }
         }
-        report.live_before = live;
-        if !failed {
-            report.generated_secrets_created = self
-                .ensure_generated_secrets(rendered, &mut report.writes)
-                .await?;
-        }
-        Ok(report)
+        Ok(false)
     }
 
     /// Managers named in a 409 conflict (`conflict with "kubectl" with subresource "scale"`).
@@ -582,6 +431,7 @@ impl Applier {
     }
 
     /// Applies one object; returns the `status.phase` of the object the API server returned.
+    /// A conflict with fields changed by hand is taken back when self-heal is on.
     async fn server_apply(
         &self,
         o: &RenderedObject,
@@ -602,16 +452,9 @@ impl Applier {
                     });
                 if self.options.self_heal && manual {
                     tracing::info!(object = %o.key(), managers = ?managers, "restoring fields changed by hand");
-                    return match self.server_apply_with(o, dry_run, true).await {
-                        Err(ApplyFailure::Conflict(e)) => {
-                            Err(ApplyFailure::Refused(status_message(&e)))
-                        }
-                        other => other,
-                    };
+                    return self.server_apply_with(o, dry_run, true).await;
                 }
-                let mut msg = status_message(&e);
-                msg.push_str("; another field manager owns these fields. Remove them there, or sync with --force-conflicts to take them over");
-                Err(ApplyFailure::Refused(msg))
+                Err(ApplyFailure::Conflict(e))
             }
             other => other,
         }
@@ -623,13 +466,12 @@ impl Applier {
         dry_run: bool,
         force: bool,
     ) -> Result<Option<String>, ApplyFailure> {
-        let gvk = gvk_of(o);
-        let (ar, namespaced) = match self.resource(&gvk).await {
+        let (ar, namespaced) = match self.cluster.resource(&gvk(o.api_version(), o.kind())).await {
             Ok(r) => r,
             Err(e) if is_not_found(&e) => return Err(ApplyFailure::NotYetResolvable),
             Err(e) => return Err(ApplyFailure::Unreachable(e)),
         };
-        let api = self.api_for(&ar, namespaced, o.namespace());
+        let api = self.cluster.api(&ar, namespaced, o.namespace());
         let mut pp = PatchParams::apply(&self.options.field_manager);
         if force {
             pp = pp.force();
@@ -648,23 +490,25 @@ impl Applier {
     }
 
     async fn wait_crd_established(&self, name: &str) -> Result<(), ApplyError> {
-        let gvk = GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition");
-        let (ar, _) = self.resource(&gvk).await?;
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
         let deadline = Instant::now() + self.options.wait_timeout;
         loop {
-            let crd = api.get(name).await?;
-            let established = crd.data["status"]["conditions"]
-                .as_array()
-                .is_some_and(|cs| {
-                    cs.iter()
-                        .any(|c| c["type"] == "Established" && c["status"] == "True")
-                });
+            let crd = self
+                .cluster
+                .get(
+                    "apiextensions.k8s.io/v1",
+                    "CustomResourceDefinition",
+                    None,
+                    name,
+                )
+                .await?
+                .unwrap_or(Value::Null);
+            let established = crd["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True")
+            });
             if established {
                 // New kinds: forget cached discovery misses.
-                if let Ok(mut m) = self.resources.lock() {
-                    m.retain(|k, _| k.kind != "CustomResourceDefinition");
-                }
+                self.cluster.forget_crds();
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -678,13 +522,14 @@ impl Applier {
     }
 
     async fn wait_namespace_active(&self, name: &str) -> Result<(), ApplyError> {
-        let gvk = GroupVersionKind::gvk("", "v1", "Namespace");
-        let (ar, _) = self.resource(&gvk).await?;
-        let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
         let deadline = Instant::now() + self.options.wait_timeout;
         loop {
-            let ns = api.get(name).await?;
-            match ns.data["status"]["phase"].as_str() {
+            let ns = self
+                .cluster
+                .get("v1", "Namespace", None, name)
+                .await?
+                .unwrap_or(Value::Null);
+            match ns["status"]["phase"].as_str() {
                 Some("Active") => return Ok(()),
                 Some("Terminating") => {
                     return Err(ApplyError::Timeout(format!(
@@ -710,15 +555,14 @@ impl Applier {
         writes: &mut usize,
     ) -> Result<Vec<String>, ApplyError> {
         let secrets: &[GeneratedSecret] = &rendered.generated_secrets;
-        let gvk = GroupVersionKind::gvk("", "v1", "Secret");
-        let (ar, _) = self.resource(&gvk).await?;
+        let (ar, _) = self.cluster.resource(&gvk("v1", "Secret")).await?;
         // One LIST of our secrets instead of a GET per secret.
-        let all: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+        let all: Api<DynamicObject> = Api::all_with(self.cluster.client().clone(), &ar);
         let selector = format!(
             "{REPOSITORY_LABEL}={},{CLUSTER_LABEL}={}",
             rendered.repository, rendered.cluster
         );
-        let existing: std::collections::BTreeSet<(String, String)> = all
+        let existing: BTreeSet<(String, String)> = all
             .list_metadata(&ListParams::default().labels(&selector))
             .await?
             .items
@@ -732,54 +576,72 @@ impl Applier {
             .collect();
         let mut created = Vec::new();
         for s in secrets {
+            if existing.contains(&(s.namespace.clone(), s.name.clone())) {
+                continue;
+            }
+            let token = random_hex(s.random_bytes).map_err(ApplyError::Random)?;
+            let obj: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {
+                    "name": s.name,
+                    "namespace": s.namespace,
+                    "labels": {
+                        MANAGED_BY_LABEL: MANAGED_BY,
+                        REPOSITORY_LABEL: rendered.repository,
+                        CLUSTER_LABEL: rendered.cluster,
+                    },
+                    "annotations": {GENERATED_ANNOTATION: "true", SOURCE_ANNOTATION: s.source},
+                },
+                "type": "Opaque",
+                "stringData": {s.key.clone(): token},
+            }))
+            .map_err(|e| ApplyError::Kube(kube::Error::SerdeError(e)))?;
             let api: Api<DynamicObject> =
-                Api::namespaced_with(self.client.clone(), &s.namespace, &ar);
-            match existing.contains(&(s.namespace.clone(), s.name.clone())) {
-                true => continue,
-                false => {
-                    let token = random_hex(s.random_bytes)
-                        .map_err(|e| ApplyError::Timeout(format!("reading random bytes: {e}")))?;
-                    let obj: DynamicObject = serde_json::from_value(json!({
-                        "apiVersion": "v1",
-                        "kind": "Secret",
-                        "metadata": {
-                            "name": s.name,
-                            "namespace": s.namespace,
-                            "labels": {
-                                "app.kubernetes.io/managed-by": kars_renderer::render::MANAGED_BY,
-                                REPOSITORY_LABEL: rendered.repository,
-                                CLUSTER_LABEL: rendered.cluster,
-                            },
-                            "annotations": {"gitops.kars.io/generated": "true", "gitops.kars.io/source": s.source},
-                        },
-                        "type": "Opaque",
-                        "stringData": {s.key.clone(): token},
-                    }))
-                    .map_err(|e| ApplyError::Timeout(format!("building Secret {}: {e}", s.name)))?;
-                    match api.create(&PostParams::default(), &obj).await {
-                        Ok(_) => {
-                            *writes += 1;
-                            created.push(format!("Secret/{}/{}", s.namespace, s.name));
-                        }
-                        Err(kube::Error::Api(st)) if st.code == 409 => {}
-                        Err(e) => return Err(e.into()),
-                    }
+                Api::namespaced_with(self.cluster.client().clone(), &s.namespace, &ar);
+            match api.create(&PostParams::default(), &obj).await {
+                Ok(_) => {
+                    *writes += 1;
+                    created.push(format!("Secret/{}/{}", s.namespace, s.name));
                 }
+                Err(kube::Error::Api(st)) if st.code == 409 => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(created)
     }
 }
 
-enum ApplyFailure {
-    /// The kind or namespace does not exist yet.
-    NotYetResolvable,
-    /// The API server refused the object.
-    Refused(String),
-    /// Another field manager owns fields we set.
-    Conflict(kube::Error),
-    /// The API server could not be reached.
-    Unreachable(kube::Error),
+fn outcome(o: &RenderedObject, action: Action) -> ObjectOutcome {
+    ObjectOutcome {
+        object: o.key(),
+        source: o.source.clone(),
+        action,
+    }
+}
+
+/// The action of a refused object, with its reason and what to do.
+fn failed(o: &RenderedObject, failure: ApplyFailure) -> Action {
+    let (reason, message) = match failure {
+        ApplyFailure::NotYetResolvable => (
+            Reason::KindNotServed,
+            format!(
+                "the API server does not serve {} {}; is its CRD installed?",
+                o.api_version(),
+                o.kind()
+            ),
+        ),
+        ApplyFailure::Refused(m) => (Reason::ApplyFailed, m),
+        ApplyFailure::Conflict(e) => (
+            Reason::Conflict,
+            format!(
+                "{}; another field manager owns these fields. Remove them there, or sync with --force-conflicts to take them over",
+                status_message(&e)
+            ),
+        ),
+        ApplyFailure::Unreachable(e) => (Reason::ApiServerUnavailable, status_message(&e)),
+    };
+    Action::Failed(Refused { reason, message })
 }
 
 fn random_hex(n: usize) -> std::io::Result<String> {
@@ -787,63 +649,4 @@ fn random_hex(n: usize) -> std::io::Result<String> {
     let mut buf = vec![0u8; n];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
     Ok(hex::encode(buf))
-}
-
-/// `live` reduced to the fields `desired` sets (named list items matched by name): what a diff
-/// between the rendered object and the cluster should show.
-pub fn project(desired: &Value, live: &Value) -> Value {
-    match (desired, live) {
-        (Value::Object(d), Value::Object(l)) => Value::Object(
-            d.iter()
-                .filter_map(|(k, dv)| l.get(k).map(|lv| (k.clone(), project(dv, lv))))
-                .collect(),
-        ),
-        (Value::Array(d), Value::Array(l)) => {
-            let named = !d.is_empty()
-                && d.iter()
-                    .all(|x| x.get("name").is_some_and(Value::is_string));
-            if named {
-                Value::Array(
-                    d.iter()
-                        .filter_map(|dx| {
-                            l.iter()
-                                .find(|lx| lx.get("name") == dx.get("name"))
-                                .map(|lx| project(dx, lx))
-                        })
-                        .collect(),
-                )
-            } else {
-                Value::Array(
-                    d.iter()
-                        .zip(l)
-                        .map(|(a, b)| project(a, b))
-                        .chain(l.iter().skip(d.len()).cloned())
-                        .collect(),
-                )
-            }
-        }
-        (_, l) => l.clone(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn subset_accepts_server_defaults_and_detects_edits() {
-        let desired = json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
-        let live = json!({"spec": {"replicas": 1, "progressDeadlineSeconds": 600,
-            "template": {"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}, {"name": "b", "image": "y"}]}}}});
-        assert!(is_subset(&desired, &live));
-        let edited = json!({"spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "a", "image": "x"}]}}}});
-        assert!(!is_subset(&desired, &edited));
-        let image_changed = json!({"spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "a", "image": "evil"}]}}}});
-        assert!(!is_subset(&desired, &image_changed));
-        assert!(!is_subset(
-            &json!({"args": ["a", "b"]}),
-            &json!({"args": ["a"]})
-        ));
-        assert!(is_subset(&json!({"a": {}}), &json!({})));
-    }
 }

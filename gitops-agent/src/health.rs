@@ -3,10 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use kars_contract::KARS_API_VERSION;
 use kars_renderer::Rendered;
 use serde_json::Value;
 
-use crate::apply::Applier;
+use crate::cluster::Cluster;
 
 /// The health of one object.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -111,15 +112,14 @@ pub fn assess(kind: &str, is_kars: bool, live: &Value) -> ObjectHealth {
 }
 
 fn checked_kind(api_version: &str, kind: &str) -> bool {
-    matches!(kind, "Deployment" | "CustomResourceDefinition")
-        || api_version == kars_renderer::crds::API_VERSION
+    matches!(kind, "Deployment" | "CustomResourceDefinition") || api_version == KARS_API_VERSION
 }
 
 /// Waits up to `timeout` for the rendered Deployments, CRDs and kars CRs to be ready; returns
 /// what is still not ready at the end (polling every second, one LIST per kind). `prefetched`
 /// live objects (from a sync that changed nothing) are used for the first look.
 pub async fn wait(
-    applier: &Applier,
+    cluster: &Cluster,
     rendered: &Rendered,
     timeout: Duration,
     prefetched: Option<&std::collections::BTreeMap<String, Value>>,
@@ -140,7 +140,7 @@ pub async fn wait(
         let live = match prefetched.filter(|_| first) {
             Some(p) => p,
             None => {
-                listed = applier.list_live(rendered, checked_kind).await?;
+                listed = cluster.list_live(rendered, checked_kind).await?;
                 &listed
             }
         };
@@ -150,11 +150,7 @@ pub async fn wait(
                 None => {
                     ObjectHealth::Progressing("not found (or its kind is not served yet)".into())
                 }
-                Some(l) => assess(
-                    o.kind(),
-                    o.api_version() == kars_renderer::crds::API_VERSION,
-                    l,
-                ),
+                Some(l) => assess(o.kind(), o.api_version() == KARS_API_VERSION, l),
             };
             match health {
                 ObjectHealth::Ready => {}

@@ -1,14 +1,17 @@
-//! Read-only views for `kars diff`, `kars status` and `kars why`: the verified, rendered head
-//! next to what the cluster holds and what the PolicyRepo status says — without writing.
+//! Read-only views for `kars diff` and `kars why`: the verified, rendered head (through the
+//! sync's own pipeline steps, [`crate::sync::pipeline`]) next to what the cluster holds and
+//! what the PolicyRepo status says — without writing.
 
+use kars_contract::labels::OBJECT_DIGEST_ANNOTATION;
 use kars_renderer::{Rendered, RenderedObject};
-use kube::api::{Api, DynamicObject};
-use kube::core::GroupVersionKind;
+use kube::api::Api;
 use serde_json::Value;
 
-use crate::apply::{first_difference, is_subset, project};
+use crate::cluster::{Cluster, is_not_found};
+use crate::compare::{first_difference, is_subset, project};
 use crate::status::{InventoryEntry, PolicyRepo};
-use crate::sync::{SyncConfig, SyncError, prepare, render, resolve_source, verify};
+use crate::sync::pipeline::{Front, bundles_and_render, front_task};
+use crate::sync::{SyncConfig, SyncError};
 use crate::verify::RangeVerdict;
 
 /// One rendered object next to its live copy.
@@ -46,73 +49,65 @@ pub async fn inspect(client: &kube::Client, cfg: &SyncConfig) -> Result<Inspecti
     let prs: Api<PolicyRepo> = Api::namespaced(client.clone(), &cfg.status_namespace);
     let policy_repo = match prs.get_opt(&cfg.name).await {
         Ok(p) => p,
-        Err(kube::Error::Api(s)) if s.code == 404 => None,
+        Err(e) if is_not_found(&e) => None,
         Err(e) => return Err(SyncError::Status(cfg.name.clone(), e)),
     };
-    let since = cfg.since_override.clone().or_else(|| {
-        policy_repo
+    let status = policy_repo
+        .as_ref()
+        .and_then(|p| p.status.clone())
+        .unwrap_or_default();
+    let since = cfg
+        .since_override
+        .clone()
+        .or_else(|| status.last_applied_revision.clone());
+    let Front {
+        fetched,
+        verification,
+        prepared,
+        stopped,
+    } = front_task(cfg, since).await?;
+    let stopped = stopped.map(|s| s.error);
+    let Some(fetched) = fetched else {
+        return Err(stopped.unwrap_or(SyncError::Crashed {
+            step: "source",
+            message: "no head and no error".into(),
+        }));
+    };
+    let head = fetched.head.to_string();
+    let verification = match verification {
+        Some(v) if v.ok() => Ok(v),
+        Some(v) => Err(v.first_problem().unwrap_or_default()),
+        None => Err(stopped
             .as_ref()
-            .and_then(|p| p.status.as_ref())
-            .and_then(|s| s.last_applied_revision.clone())
-    });
-    let owned = cfg.clone();
-    let prefix = cfg.trust.approval_tag_prefix.clone();
-    let (path, head, _) = tokio::task::spawn_blocking(move || resolve_source(&owned, &prefix))
-        .await
-        .map_err(|e| {
-            SyncError::Source(crate::source::GitSourceError::Object {
-                id: cfg.source.clone(),
-                message: e.to_string(),
-            })
-        })??;
-    let trust = cfg.trust.clone();
-    let cluster = cfg.cluster.clone();
-    let (verification, prepared) = tokio::task::spawn_blocking(move || {
-        let verification = match verify(&path, head, since.as_deref(), &trust) {
-            Ok(v) if v.ok() => Ok(v),
-            Ok(v) => Err(v.first_problem().unwrap_or_default()),
-            Err(e) => Err(e.to_string()),
-        };
-        let prepared = match &verification {
-            Ok(_) => prepare(&path, head, cluster.as_deref()).map_err(|e| e.to_string()),
-            Err(_) => Err("not rendered: verification failed".to_string()),
-        };
-        (verification, prepared)
-    })
-    .await
-    .map_err(|e| {
-        SyncError::Source(crate::source::GitSourceError::Object {
-            id: head.to_string(),
-            message: e.to_string(),
-        })
-    })?;
-    let rendered = match prepared {
-        Ok(p) => {
-            let previous = policy_repo
-                .as_ref()
-                .and_then(|p| p.status.as_ref())
-                .map(|s| s.bundles.clone())
-                .unwrap_or_default();
-            let (bundles, _) = cfg.bundles.resolve(&p.bundle_uses(), &previous).await;
-            render(&p, head, &bundles).map_err(|e| e.to_string())
+            .map(ToString::to_string)
+            .unwrap_or_default()),
+    };
+    let rendered = match (prepared, &verification) {
+        (Some(p), Ok(_)) => {
+            let (_, _, r) = bundles_and_render(p, &head, &cfg.bundles, &status.bundles).await;
+            r.map_err(|e| e.to_string())
         }
-        Err(e) => Err(e),
+        (None, Ok(_)) => Err(stopped.map(|e| e.to_string()).unwrap_or_default()),
+        (_, Err(_)) => Err("not rendered: verification failed".to_string()),
     };
     let mut objects = Vec::new();
     let mut to_prune = Vec::new();
     if let Ok(r) = &rendered {
-        let applier = crate::apply::Applier::new(client.clone(), cfg.apply.clone());
+        let cluster = Cluster::new(client.clone());
         for o in &r.objects {
-            let live = live_object(&applier, o).await?;
+            let live = cluster
+                .get_rendered(o)
+                .await
+                .map_err(|e| SyncError::Apply(crate::apply::ApplyError::Kube(e)))?;
             let (in_sync, difference) = match &live {
                 None => (false, Some("does not exist".to_string())),
                 Some(l) => {
-                    let digest_equal = l["metadata"]["annotations"]
-                        [kars_renderer::render::OBJECT_DIGEST_ANNOTATION]
-                        == o.manifest["metadata"]["annotations"]
-                            [kars_renderer::render::OBJECT_DIGEST_ANNOTATION];
-                    let subset = is_subset(&o.manifest, l);
-                    (digest_equal && subset, first_difference(&o.manifest, l))
+                    let digest_equal = l["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION]
+                        == o.manifest["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION];
+                    (
+                        digest_equal && is_subset(&o.manifest, l),
+                        first_difference(&o.manifest, l),
+                    )
                 }
             };
             objects.push(ObjectView {
@@ -125,58 +120,21 @@ pub async fn inspect(client: &kube::Client, cfg: &SyncConfig) -> Result<Inspecti
         let rendered_keys: std::collections::BTreeSet<String> =
             r.objects.iter().map(RenderedObject::key).collect();
         // While objects are held back (unverified bundles) a sync prunes nothing.
-        if let Some(st) = policy_repo.as_ref().and_then(|p| p.status.as_ref())
-            && r.held_back.is_empty()
-        {
-            to_prune = st
-                .inventory
-                .iter()
-                .filter_map(|s| InventoryEntry::parse(s))
+        if policy_repo.is_some() && r.held_back.is_empty() {
+            to_prune = crate::sync::pipeline::old_inventory(&status)
+                .into_iter()
                 .filter(|e| !rendered_keys.contains(&e.key()))
                 .collect();
         }
     }
     Ok(Inspection {
         policy_repo,
-        head: head.to_string(),
+        head,
         verification,
         rendered,
         objects,
         to_prune,
     })
-}
-
-async fn live_object(
-    applier: &crate::apply::Applier,
-    o: &RenderedObject,
-) -> Result<Option<Value>, SyncError> {
-    let (group, version) = match o.api_version().split_once('/') {
-        Some((g, v)) => (g, v),
-        None => ("", o.api_version()),
-    };
-    let (ar, namespaced) = match applier
-        .resource(&GroupVersionKind::gvk(group, version, o.kind()))
-        .await
-    {
-        Ok(r) => r,
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(None),
-        Err(e) => return Err(SyncError::Apply(crate::apply::ApplyError::Kube(e))),
-    };
-    let api: Api<DynamicObject> = match (o.namespace(), namespaced) {
-        (Some(ns), true) => Api::namespaced_with(applier.client().clone(), ns, &ar),
-        _ => Api::all_with(applier.client().clone(), &ar),
-    };
-    match api.get_opt(o.name()).await {
-        Ok(Some(live)) => {
-            let mut v = serde_json::to_value(&live).unwrap_or(Value::Null);
-            v["apiVersion"] = serde_json::json!(ar.api_version);
-            v["kind"] = serde_json::json!(ar.kind);
-            Ok(Some(v))
-        }
-        Ok(None) => Ok(None),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
-        Err(e) => Err(SyncError::Apply(crate::apply::ApplyError::Kube(e))),
-    }
 }
 
 /// `live` projected onto the fields of `rendered` (for diffs).

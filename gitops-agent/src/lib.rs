@@ -1,12 +1,19 @@
 //! kars-gitops-agent library: the pipeline the agent and the `kars` CLI share.
 //!
-//! Modules follow the data flow: [`source`] (Git history with gix) → verify (signatures,
-//! trust policy) → render (the `kars-renderer` crate) → [`apply`] (server-side apply), [`prune`],
-//! [`health`] → [`status`] (the PolicyRepo CRD), with [`metrics`] and push [`webhook`]s. [`sync`] strings one pass together.
+//! Modules follow the data flow: [`source`] (Git history with gix) → [`verify`] (signatures,
+//! trust policy) → [`bundles`] (signed OCI bundles) → render (the `kars-renderer` crate) →
+//! [`apply`] (server-side apply), [`prune`], [`health`], [`enforcement`] — all through
+//! [`cluster`] (the kube client, discovery, live objects; [`compare`] is the pure live-vs-
+//! rendered comparison) → [`status`] (the PolicyRepo CRD). [`sync`] strings one pass together
+//! as a pipeline of typed step outcomes and a pure status report; [`inspect`] runs the same
+//! steps read-only. Around it: the long-running [`agent`] with push [`webhook`]s, [`lease`]
+//! election and [`metrics`].
 
 pub mod agent;
 pub mod apply;
 pub mod bundles;
+pub mod cluster;
+pub mod compare;
 pub mod enforcement;
 pub mod health;
 pub mod inspect;

@@ -105,19 +105,7 @@ struct Args {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number with a unit, e.g. 30s or 5m"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{s:?}: unit must be s, m or h")),
-    };
-    Ok(Duration::from_secs(secs))
+    kars_contract::time::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn init_logging(json: bool) {
@@ -219,7 +207,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(o) if o.converged() => ExitCode::SUCCESS,
             Ok(_) => ExitCode::from(1),
             Err(e) => {
-                tracing::error!(reason = e.reason(), error = %e, "sync failed");
+                tracing::error!(reason = %e.reason(), error = %e, "sync failed");
                 ExitCode::from(1)
             }
         });

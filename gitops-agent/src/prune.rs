@@ -7,14 +7,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kars_contract::Reason;
+use kars_contract::labels::{MANAGED_BY, MANAGED_BY_LABEL, PRUNE_ANNOTATION, REPOSITORY_LABEL};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
-use kube::core::GroupVersionKind;
 use kube::discovery::{Discovery, Scope};
 
-use crate::apply::Applier;
-use crate::status::InventoryEntry;
-use kars_renderer::render::{MANAGED_BY, MANAGED_BY_LABEL, REPOSITORY_LABEL};
-use kars_renderer::repo::PRUNE_ANNOTATION;
+use crate::cluster::{Cluster, gvk, is_not_found};
+use crate::status::{InventoryEntry, PruneSpec};
 
 /// Pruning settings for one sync.
 #[derive(Clone, Debug)]
@@ -29,8 +28,6 @@ pub struct PruneOptions {
     pub allow_mass_prune: bool,
     /// The repository opted in (signed) to an empty render deleting everything.
     pub allow_empty: bool,
-    /// Report only.
-    pub dry_run: bool,
 }
 
 impl Default for PruneOptions {
@@ -41,8 +38,25 @@ impl Default for PruneOptions {
             min_objects_for_threshold: 5,
             allow_mass_prune: false,
             allow_empty: false,
-            dry_run: false,
         }
+    }
+}
+
+impl PruneOptions {
+    /// These options with the PolicyRepo's `spec.prune` applied: it can only make pruning more
+    /// careful (switch it off, lower the threshold), never loosen what the agent was started
+    /// with.
+    pub fn tightened_by(&self, spec: Option<&PruneSpec>) -> PruneOptions {
+        let mut opts = self.clone();
+        if let Some(p) = spec {
+            if let Some(enabled) = p.enabled {
+                opts.enabled = opts.enabled && enabled;
+            }
+            if let Some(max) = p.max_delete_percent {
+                opts.max_delete_percent = opts.max_delete_percent.min(max);
+            }
+        }
+        opts
     }
 }
 
@@ -74,11 +88,11 @@ pub enum PruneRefusal {
 }
 
 impl PruneRefusal {
-    /// Stable label.
-    pub fn label(&self) -> &'static str {
+    /// The reason word.
+    pub fn reason(&self) -> Reason {
         match self {
-            PruneRefusal::Threshold { .. } => "PruneThresholdExceeded",
-            PruneRefusal::EmptyRender { .. } => "EmptyRenderRefused",
+            PruneRefusal::Threshold { .. } => Reason::PruneThresholdExceeded,
+            PruneRefusal::EmptyRender { .. } => Reason::EmptyRenderRefused,
         }
     }
 }
@@ -160,6 +174,11 @@ pub enum PruneResult {
 }
 
 impl PruneResult {
+    /// The reason word when the entry could not be deleted (and stays in the inventory).
+    pub fn failure_reason(&self) -> Option<Reason> {
+        matches!(self, PruneResult::Failed(_) | PruneResult::Kept(_)).then_some(Reason::PruneFailed)
+    }
+
     /// True when the entry leaves the inventory.
     pub fn leaves_inventory(&self) -> bool {
         matches!(
@@ -172,7 +191,7 @@ impl PruneResult {
 /// Deletes the planned entries. `stop` is checked between objects (graceful shutdown never
 /// leaves a half-deleted object; the rest stays in the inventory for the next sync).
 pub async fn execute(
-    applier: &Applier,
+    cluster: &Cluster,
     repository: &str,
     planned: &[InventoryEntry],
     dry_run: bool,
@@ -184,7 +203,7 @@ pub async fn execute(
         if stop() {
             break;
         }
-        let result = prune_one(applier, repository, e, dry_run, &mut discovery).await?;
+        let result = prune_one(cluster, repository, e, dry_run, &mut discovery).await?;
         tracing::info!(object = %e.key(), ?result, "prune");
         out.push((e.clone(), result));
     }
@@ -198,25 +217,20 @@ fn owned_by(obj: &DynamicObject, repository: &str) -> bool {
 }
 
 async fn prune_one(
-    applier: &Applier,
+    cluster: &Cluster,
     repository: &str,
     e: &InventoryEntry,
     dry_run: bool,
     discovery: &mut Option<Discovery>,
 ) -> Result<PruneResult, kube::Error> {
-    let (group, version) = match e.api_version.split_once('/') {
-        Some((g, v)) => (g, v),
-        None => ("", e.api_version.as_str()),
-    };
-    let gvk = GroupVersionKind::gvk(group, version, &e.kind);
-    let (ar, namespaced) = match applier.resource(&gvk).await {
+    let (ar, namespaced) = match cluster.resource(&gvk(&e.api_version, &e.kind)).await {
         Ok(r) => r,
-        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(PruneResult::Gone),
+        Err(err) if is_not_found(&err) => return Ok(PruneResult::Gone),
         Err(err) => return Err(err),
     };
     let api: Api<DynamicObject> = match (&e.namespace, namespaced) {
-        (Some(ns), true) => Api::namespaced_with(applier.client().clone(), ns, &ar),
-        _ => Api::all_with(applier.client().clone(), &ar),
+        (Some(ns), true) => Api::namespaced_with(cluster.client().clone(), ns, &ar),
+        _ => Api::all_with(cluster.client().clone(), &ar),
     };
     let Some(live) = api.get_opt(&e.name).await? else {
         return Ok(PruneResult::Gone);
@@ -236,7 +250,7 @@ async fn prune_one(
         return Ok(PruneResult::Terminating);
     }
     if e.kind == "Namespace" && e.api_version == "v1" {
-        let foreign = foreign_objects(applier.client(), repository, &e.name, discovery).await?;
+        let foreign = foreign_objects(cluster.client(), repository, &e.name, discovery).await?;
         if !foreign.is_empty() {
             return Ok(PruneResult::Kept(format!(
                 "namespace still holds objects kars GitOps does not own: {}; delete or move them, then the next sync deletes the namespace",
@@ -445,6 +459,40 @@ mod tests {
             .map(|p| p.len()),
             Ok(0)
         );
+    }
+
+    /// Regression: `spec.prune.maxDeletePercent` replaced the agent's threshold, so a
+    /// PolicyRepo could loosen it although its documentation says it can only tighten it.
+    #[test]
+    fn the_policy_repo_spec_only_tightens_pruning() {
+        let agent = PruneOptions {
+            max_delete_percent: 30,
+            ..PruneOptions::default()
+        };
+        let looser = PruneSpec {
+            enabled: Some(true),
+            max_delete_percent: Some(90),
+        };
+        assert_eq!(agent.tightened_by(Some(&looser)).max_delete_percent, 30);
+        let tighter = PruneSpec {
+            enabled: None,
+            max_delete_percent: Some(10),
+        };
+        assert_eq!(agent.tightened_by(Some(&tighter)).max_delete_percent, 10);
+        let off = PruneSpec {
+            enabled: Some(false),
+            max_delete_percent: None,
+        };
+        assert!(!agent.tightened_by(Some(&off)).enabled);
+        let agent_off = PruneOptions {
+            enabled: false,
+            ..PruneOptions::default()
+        };
+        assert!(
+            !agent_off.tightened_by(Some(&looser)).enabled,
+            "the spec cannot switch on what the agent switched off"
+        );
+        assert_eq!(agent.tightened_by(None).max_delete_percent, 30);
     }
 
     #[test]

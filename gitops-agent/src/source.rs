@@ -58,6 +58,17 @@ pub enum GitSourceError {
     },
 }
 
+impl GitSourceError {
+    /// The reason word: an unsafe tree is the commit's problem (`UnsafeTree`), everything
+    /// else means the source could not be read (`SourceUnavailable`).
+    pub fn reason(&self) -> kars_contract::Reason {
+        match self {
+            GitSourceError::Tree { .. } => kars_contract::Reason::UnsafeTree,
+            _ => kars_contract::Reason::SourceUnavailable,
+        }
+    }
+}
+
 /// Opens a repository (working directory or bare).
 pub fn open(path: &Path) -> Result<gix::Repository, GitSourceError> {
     gix::open(path).map_err(|e| GitSourceError::NotARepository {
@@ -152,15 +163,41 @@ pub struct Credentials {
     pub ssh_known_hosts: Option<std::path::PathBuf>,
 }
 
-/// What a fetch found.
+/// What a fetch found (or a local repository opened).
 #[derive(Clone, Debug)]
 pub struct Fetched {
-    /// The local (bare) repository holding the fetched history.
+    /// The repository holding the history (the bare cache for URLs), opened.
+    pub repo: gix::Repository,
+    /// Where it is.
     pub repo_path: std::path::PathBuf,
     /// The head of the followed branch.
     pub head: gix::ObjectId,
     /// False when the remote head was already present locally and no pack was downloaded.
     pub downloaded: bool,
+}
+
+/// Opens the source of a sync once: fetches a URL into the cache under `cache_root`, or opens
+/// a local path (refusing a shallow one), and resolves the branch head.
+pub fn checkout(
+    source: &str,
+    branch: &str,
+    cache_root: &Path,
+    approval_prefix: &str,
+    creds: &Credentials,
+) -> Result<Fetched, GitSourceError> {
+    if is_remote_url(source) {
+        return fetch(cache_root, source, branch, approval_prefix, creds);
+    }
+    let path = std::path::PathBuf::from(source);
+    let repo = open(&path)?;
+    ensure_not_shallow(&repo, &path)?;
+    let head = resolve_commit(&repo, branch)?;
+    Ok(Fetched {
+        repo,
+        repo_path: path,
+        head,
+        downloaded: false,
+    })
 }
 
 /// True for URLs gix fetches from (`https://`, `http://`, `ssh://`, `git://`, `file://`, scp-like
@@ -268,7 +305,9 @@ pub fn fetch(
         == Some(remote_head);
     if have_it && local_ref_current {
         // Nothing new: the connection is dropped without downloading a pack.
+        drop(prepare);
         return Ok(Fetched {
+            repo,
             repo_path: dir,
             head: remote_head,
             downloaded: false,
@@ -284,6 +323,7 @@ pub fn fetch(
         .and_then(|r| r.target().try_id().map(ToOwned::to_owned))
         .ok_or_else(|| fail(format!("{tracking} missing after the fetch")))?;
     Ok(Fetched {
+        repo,
         repo_path: dir,
         head,
         downloaded: true,

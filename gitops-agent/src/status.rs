@@ -12,6 +12,26 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// The condition types of a PolicyRepo, in the order a sync sets them.
+pub mod condition {
+    /// The branch head could be read.
+    pub const SOURCE_READY: &str = "SourceReady";
+    /// Every new commit verified.
+    pub const VERIFIED: &str = "Verified";
+    /// The head rendered.
+    pub const RENDERED: &str = "Rendered";
+    /// Every signed-bundle reference verified.
+    pub const BUNDLES_VERIFIED: &str = "BundlesVerified";
+    /// Every object applied and pruning done.
+    pub const APPLIED: &str = "Applied";
+    /// The applied objects are ready.
+    pub const HEALTHY: &str = "Healthy";
+    /// Every running router reports the rendered policies.
+    pub const ENFORCED: &str = "Enforced";
+    /// The summary: the cluster matches the verified head and enforces it.
+    pub const READY: &str = "Ready";
+}
+
 /// The namespace the agent and the CLI keep PolicyRepo objects in by default.
 pub const DEFAULT_NAMESPACE: &str = "kars-gitops-system";
 /// Field manager for status writes.
@@ -79,6 +99,23 @@ pub struct ObjectFailure {
     pub reason: String,
     /// What happened.
     pub message: String,
+}
+
+impl ObjectFailure {
+    /// A failure of `object` (from repository file `source`, empty when none) for `reason`.
+    pub fn new(
+        object: impl Into<String>,
+        source: impl Into<String>,
+        reason: kars_contract::Reason,
+        message: impl Into<String>,
+    ) -> Self {
+        ObjectFailure {
+            object: object.into(),
+            source: source.into(),
+            reason: reason.as_str().to_string(),
+            message: message.into(),
+        }
+    }
 }
 
 /// What is applied and how it went.
@@ -235,10 +272,11 @@ pub fn set_condition(
     conditions: &mut Vec<Condition>,
     type_: &str,
     ok: Option<bool>,
-    reason: &str,
+    reason: kars_contract::Reason,
     message: &str,
     generation: Option<i64>,
 ) {
+    let reason = reason.as_str();
     let status = match ok {
         Some(true) => "True",
         Some(false) => "False",
@@ -332,6 +370,11 @@ pub fn crd_yaml() -> String {
     kars_renderer::output::object_yaml(&crd).unwrap_or_default()
 }
 
+/// The condition of `type_`, if set.
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
 /// Groups failures for messages: reason → count.
 pub fn failure_summary(failures: &[ObjectFailure]) -> String {
     let mut by: BTreeMap<&str, usize> = BTreeMap::new();
@@ -389,13 +432,21 @@ mod tests {
     #[test]
     fn conditions_keep_transition_time_when_unchanged() {
         let mut c = Vec::new();
-        set_condition(&mut c, "Applied", Some(true), "Applied", "ok", Some(1));
+        use kars_contract::Reason;
+        set_condition(
+            &mut c,
+            "Applied",
+            Some(true),
+            Reason::Applied,
+            "ok",
+            Some(1),
+        );
         let t = c[0].last_transition_time.clone();
         set_condition(
             &mut c,
             "Applied",
             Some(true),
-            "Applied",
+            Reason::Applied,
             "still ok",
             Some(2),
         );

@@ -1127,3 +1127,61 @@ pub struct SreApproval {
     #[serde(default)]
     pub note: Option<String>,
 }
+
+// ---- One typed value per kars object -------------------------------------------------------
+
+macro_rules! kars_objects {
+    ($($kind:ident => $accessor:ident),+ $(,)?) => {
+        /// A kars object in its typed form, deserialised once when the repository is loaded
+        /// (after schema validation and defaulting) and kept: validation and rendering read
+        /// this value, never the YAML again.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum KarsObject {
+            $(
+                #[doc = concat!("A `", stringify!($kind), "`.")]
+                $kind(Box<$kind>),
+            )+
+        }
+
+        impl KarsObject {
+            /// Deserialises the defaulted document of a `kind` object; `None` for a kind that is
+            /// not a kars kind.
+            pub fn parse(kind: &str, defaulted: &serde_json::Value) -> Option<Result<KarsObject, String>> {
+                match kind {
+                    $(stringify!($kind) => Some(
+                        $kind::deserialize(defaulted)
+                            .map(|o| KarsObject::$kind(Box::new(o)))
+                            .map_err(|e| e.to_string()),
+                    ),)+
+                    _ => None,
+                }
+            }
+
+            $(
+                #[doc = concat!("The `", stringify!($kind), "`, if this is one.")]
+                pub fn $accessor(&self) -> Option<&$kind> {
+                    match self {
+                        KarsObject::$kind(o) => Some(o),
+                        #[allow(unreachable_patterns)]
+                        _ => None,
+                    }
+                }
+            )+
+        }
+    };
+}
+
+kars_objects! {
+    KarsSandbox => sandbox,
+    KarsPairing => pairing,
+    InferencePolicy => inference_policy,
+    ToolPolicy => tool_policy,
+    EgressApproval => egress_approval,
+    McpServer => mcp_server,
+    KarsMemory => memory,
+    KarsEval => eval,
+    TrustGraph => trust_graph,
+    A2AAgent => a2a_agent,
+    KarsAuthConfig => auth_config,
+    KarsSREAction => sre_action,
+}

@@ -28,7 +28,6 @@ use serde_json::{Map, Value, json};
 
 use crate::api::{self, OciArtifactRef};
 use crate::canonical;
-use crate::render::normalize_host;
 use crate::repo::SourceObject;
 use crate::yaml::{Node, Pos, YamlLimits, parse_documents};
 
@@ -95,6 +94,18 @@ impl BundleKind {
             BundleKind::MemoryBinding => ("KarsMemory", &["spec", "bundleRef"]),
             BundleKind::McpServer => ("McpServer", &["spec", "bundleRef"]),
             BundleKind::EvalCorpus => ("KarsEval", &["spec", "corpus", "bundleRef"]),
+        }
+    }
+
+    /// The referencing field as a dotted path (`spec.networkPolicy.allowlistRef`).
+    pub fn field(self) -> &'static str {
+        match self {
+            BundleKind::EgressAllowlist => "spec.networkPolicy.allowlistRef",
+            BundleKind::AgtProfile => "spec.agtProfile.bundleRef",
+            BundleKind::InferencePolicy | BundleKind::MemoryBinding | BundleKind::McpServer => {
+                "spec.bundleRef"
+            }
+            BundleKind::EvalCorpus => "spec.corpus.bundleRef",
         }
     }
 
@@ -273,7 +284,7 @@ pub fn allowlist_endpoints(bytes: &[u8]) -> Result<Vec<(String, i64)>, BundleErr
             .get("host")
             .and_then(Value::as_str)
             .ok_or_else(|| err(kind, format!("spec.endpoints[{i}].host is required")))?;
-        let host = normalize_host(host)
+        let host = crate::egress::egress_host(host)
             .map_err(|why| err(kind, format!("spec.endpoints[{i}].host: {why}")))?;
         let port = match e.get("port") {
             None => 443,
@@ -531,8 +542,9 @@ pub fn reference_patch(kind: BundleKind, r: &OciArtifactRef, name: Option<(&str,
     let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
     let (object_kind, path) = kind.referenced_by();
     let mut out = format!(
-        "# Signed {} bundle; merge into the {object_kind}'s file in the policy repository.\napiVersion: kars.dev/v1alpha1\nkind: {object_kind}\n",
-        kind.name()
+        "# Signed {} bundle; merge into the {object_kind}'s file in the policy repository.\napiVersion: {}\nkind: {object_kind}\n",
+        kind.name(),
+        kars_contract::KARS_API_VERSION
     );
     if let Some((name, namespace)) = name {
         out.push_str(&format!(
@@ -583,75 +595,41 @@ impl BundleUse {
     }
 }
 
-/// The bundle references of one object (none for objects that take no bundle).
+/// The bundle references of one object (none for objects that take no bundle; a kars kind
+/// takes at most one, at [`BundleKind::referenced_by`]).
 pub fn uses_of(o: &SourceObject) -> Vec<BundleUse> {
-    if !o.is_kars() {
-        return Vec::new();
-    }
-    let found: Vec<(&'static str, &[&str], BundleKind, Option<OciArtifactRef>)> =
-        match o.kind.as_str() {
-            "KarsSandbox" => vec![(
-                "spec.networkPolicy.allowlistRef",
-                &["spec", "networkPolicy", "allowlistRef"],
-                BundleKind::EgressAllowlist,
-                o.typed::<api::KarsSandbox>()
-                    .ok()
-                    .and_then(|s| s.spec.network_policy.and_then(|n| n.allowlist_ref)),
-            )],
-            "ToolPolicy" => vec![(
-                "spec.agtProfile.bundleRef",
-                &["spec", "agtProfile", "bundleRef"],
-                BundleKind::AgtProfile,
-                o.typed::<api::ToolPolicy>()
-                    .ok()
-                    .and_then(|t| t.spec.agt_profile.and_then(|a| a.bundle_ref)),
-            )],
-            "InferencePolicy" => vec![(
-                "spec.bundleRef",
-                &["spec", "bundleRef"],
-                BundleKind::InferencePolicy,
-                o.typed::<api::InferencePolicy>()
-                    .ok()
-                    .and_then(|t| t.spec.bundle_ref),
-            )],
-            "KarsMemory" => vec![(
-                "spec.bundleRef",
-                &["spec", "bundleRef"],
-                BundleKind::MemoryBinding,
-                o.typed::<api::KarsMemory>()
-                    .ok()
-                    .and_then(|t| t.spec.bundle_ref),
-            )],
-            "McpServer" => vec![(
-                "spec.bundleRef",
-                &["spec", "bundleRef"],
-                BundleKind::McpServer,
-                o.typed::<api::McpServer>()
-                    .ok()
-                    .and_then(|t| t.spec.bundle_ref),
-            )],
-            "KarsEval" => vec![(
-                "spec.corpus.bundleRef",
-                &["spec", "corpus", "bundleRef"],
-                BundleKind::EvalCorpus,
-                o.typed::<api::KarsEval>()
-                    .ok()
-                    .and_then(|t| t.spec.corpus.bundle_ref),
-            )],
-            _ => Vec::new(),
-        };
-    found
-        .into_iter()
-        .filter_map(|(field, path, kind, r)| {
-            r.map(|reference| BundleUse {
-                object: o.key(),
-                file: o.file.clone(),
-                pos: o.pos_of(path),
-                field,
-                kind,
-                reference,
-            })
+    use api::KarsObject as K;
+    let (kind, reference) = match o.kars() {
+        Some(K::KarsSandbox(s)) => (
+            BundleKind::EgressAllowlist,
+            s.spec
+                .network_policy
+                .as_ref()
+                .and_then(|n| n.allowlist_ref.as_ref()),
+        ),
+        Some(K::ToolPolicy(t)) => (
+            BundleKind::AgtProfile,
+            t.spec
+                .agt_profile
+                .as_ref()
+                .and_then(|a| a.bundle_ref.as_ref()),
+        ),
+        Some(K::InferencePolicy(t)) => (BundleKind::InferencePolicy, t.spec.bundle_ref.as_ref()),
+        Some(K::KarsMemory(t)) => (BundleKind::MemoryBinding, t.spec.bundle_ref.as_ref()),
+        Some(K::McpServer(t)) => (BundleKind::McpServer, t.spec.bundle_ref.as_ref()),
+        Some(K::KarsEval(t)) => (BundleKind::EvalCorpus, t.spec.corpus.bundle_ref.as_ref()),
+        _ => return Vec::new(),
+    };
+    reference
+        .map(|reference| BundleUse {
+            object: o.key(),
+            file: o.file.clone(),
+            pos: o.pos_of(kind.referenced_by().1),
+            field: kind.field(),
+            kind,
+            reference: reference.clone(),
         })
+        .into_iter()
         .collect()
 }
 
@@ -735,6 +713,41 @@ mod tests {
             }
             assert_eq!(at, &serde_json::to_value(&r).expect("json"), "{kind:?}");
             assert!(check_reference(kind, &r).is_ok());
+        }
+    }
+
+    /// Regression: the patch once said `apiVersion: kars.dev/v1alpha1`, which no kars CRD
+    /// serves; merged into a sandbox file it made the object invalid.
+    #[test]
+    fn reference_patch_is_a_kars_azure_com_object_byte_for_byte() {
+        let r = OciArtifactRef {
+            registry: "127.0.0.1:5000".into(),
+            repository: "policies/a".into(),
+            digest: format!("sha256:{}", "c".repeat(64)),
+            artifact_type: BundleKind::EgressAllowlist.media_type().into(),
+        };
+        let patch = reference_patch(BundleKind::EgressAllowlist, &r, Some(("agent-a", "team-a")));
+        let expected = [
+            "# Signed egress-allowlist bundle; merge into the KarsSandbox's file in the policy repository.",
+            "apiVersion: kars.azure.com/v1alpha1",
+            "kind: KarsSandbox",
+            "metadata:",
+            "  name: \"agent-a\"",
+            "  namespace: \"team-a\"",
+            "spec:",
+            "  networkPolicy:",
+            "    allowlistRef:",
+            "      registry: \"127.0.0.1:5000\"",
+            "      repository: \"policies/a\"",
+            &format!("      digest: \"sha256:{}\"", "c".repeat(64)),
+            "      artifactType: \"application/vnd.kars.egress-allowlist.v1+yaml\"",
+            "",
+        ]
+        .join("\n");
+        assert_eq!(patch, expected);
+        for kind in ALL_KINDS {
+            let v: Value = serde_saphyr::from_str(&reference_patch(kind, &r, None)).expect("YAML");
+            assert_eq!(v["apiVersion"], crate::crds::API_VERSION, "{kind:?}");
         }
     }
 

@@ -1,12 +1,10 @@
-//! Canonical bytes and digests.
+//! Canonical JSON and its digests (policy digests are the contract's framing,
+//! [`kars_contract::policy::digest_files`]).
 //!
 //! Canonical JSON: object keys sorted by their UTF-8 bytes at every level, no insignificant
 //! whitespace, numbers and strings as serde_json writes them. It does not depend on
 //! serde_json's `preserve_order` feature (which another crate could switch on through feature
 //! unification): keys are sorted here explicitly.
-//!
-//! Policy digests follow upstream kars' framing, so the router can echo the same value:
-//! `sha256( u64be(len(name)) ‖ name ‖ u64be(len(body)) ‖ body )`, written `sha256:<hex>`.
 
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
@@ -82,28 +80,6 @@ pub fn json_sha256(value: &Value) -> String {
     format!("sha256:{}", hex::encode(w.0.finalize()))
 }
 
-/// `sha256:<hex>` of arbitrary bytes.
-pub fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// The upstream-compatible digest of one named policy file.
-pub fn policy_digest(name: &str, body: &[u8]) -> String {
-    policy_digest_files(&[(name, body)])
-}
-
-/// The digest of several files, framed one after another in the order given (callers sort).
-pub fn policy_digest_files(files: &[(&str, &[u8])]) -> String {
-    let mut h = Sha256::new();
-    for (name, body) in files {
-        h.update((name.len() as u64).to_be_bytes());
-        h.update(name.as_bytes());
-        h.update((body.len() as u64).to_be_bytes());
-        h.update(body);
-    }
-    format!("sha256:{}", hex::encode(h.finalize()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,20 +94,9 @@ mod tests {
     #[test]
     fn streamed_digest_equals_digest_of_text() {
         let v: Value = serde_json::from_str(r#"{"b":[1,{"d":2,"c":3}],"a":"x"}"#).expect("json");
-        assert_eq!(json_sha256(&v), sha256(json(&v).as_bytes()));
-    }
-
-    #[test]
-    fn digest_framing_matches_the_documented_rule() {
-        let mut manual = Vec::new();
-        manual.extend_from_slice(&14u64.to_be_bytes());
-        manual.extend_from_slice(b"allowlist.json");
-        manual.extend_from_slice(&2u64.to_be_bytes());
-        manual.extend_from_slice(b"{}");
-        assert_eq!(policy_digest("allowlist.json", b"{}"), sha256(&manual));
-        assert_ne!(
-            policy_digest("allowlist.json", b"{}"),
-            policy_digest("allowlist.jso", b"n{}")
+        assert_eq!(
+            json_sha256(&v),
+            kars_contract::sha256_digest(json(&v).as_bytes())
         );
     }
 }

@@ -10,12 +10,10 @@ use std::sync::OnceLock;
 use crate::schema::Schema;
 use crate::yaml::{YamlLimits, parse_documents};
 
-/// The kars API group.
-pub const GROUP: &str = "kars.azure.com";
+pub use kars_contract::{KARS_API_VERSION as API_VERSION, KARS_GROUP as GROUP};
+
 /// The kars API version.
 pub const VERSION: &str = "v1alpha1";
-/// `apiVersion` of every kars object.
-pub const API_VERSION: &str = "kars.azure.com/v1alpha1";
 
 /// The raw CRD files, in a fixed order.
 pub const CRD_FILES: &[(&str, &str)] = &[

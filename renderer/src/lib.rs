@@ -2,11 +2,14 @@
 //!
 //! The data flow inside the crate mirrors the pipeline:
 //! [`source`] (read the tree safely) → [`repo`] (parse YAML, check each object against its
-//! CRD schema and CEL rules) → [`validate`] (cross-object rules per cluster) → [`render`]
-//! (workloads, compiled policies, digests) → [`output`] (YAML / canonical JSON).
+//! CRD schema and CEL rules, deserialise it once into its typed form) → [`validate`]
+//! (cross-object rules per cluster) → [`render`] (workloads, compiled policies, digests) →
+//! [`rendered`] (what comes out) → [`output`] (YAML / canonical JSON). Names, paths, digests and
+//! host rules shared with the agent and the router are in the `kars-contract` crate.
 //!
-//! Entry points: [`validate_tree`] for `kars validate`, [`render_tree`] for `kars render` and
-//! the agent. Both are pure functions of their inputs.
+//! Entry points: [`validate_tree`] for `kars validate`, [`prepare`] then [`Prepared::render`]
+//! for the agent's pipeline and `kars render`, [`render_tree`] for both at once. All are pure
+//! functions of their inputs.
 
 pub mod api;
 pub mod bundle;
@@ -15,17 +18,19 @@ pub mod cel;
 pub mod config;
 pub mod crds;
 pub mod diagnostics;
+pub mod egress;
 pub mod output;
 pub mod render;
+pub mod rendered;
 pub mod repo;
 pub mod schema;
 pub mod source;
-pub mod time;
 pub mod validate;
 pub mod yaml;
 
 use diagnostics::{Diagnostics, Report};
-pub use render::{Bundles, Rendered, RenderedObject, ResolvedBundle};
+use kars_contract::Reason;
+pub use rendered::{Bundles, Rendered, RenderedObject, ResolvedBundle, RouterExpectation};
 pub use source::RepoTree;
 
 /// Why a repository could not be rendered.
@@ -42,7 +47,18 @@ pub enum RenderError {
     Cluster(String),
     /// Objects that could not be rendered (e.g. a signed bundle that is not verified).
     #[error("{} object(s) could not be rendered:\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
-    Problems(Vec<render::RenderProblem>),
+    Problems(Vec<rendered::RenderProblem>),
+}
+
+impl RenderError {
+    /// The stable reason word (status, metrics, CLI).
+    pub fn reason(&self) -> Reason {
+        match self {
+            RenderError::Invalid { .. } => Reason::ValidationFailed,
+            RenderError::Cluster(_) => Reason::UnknownCluster,
+            RenderError::Problems(_) => Reason::ObjectNotRenderable,
+        }
+    }
 }
 
 /// Validates the whole repository: every file, and the cross-object rules for every cluster.

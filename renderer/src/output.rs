@@ -2,7 +2,7 @@
 //! YAML 1.1 reader could take them for something else) and canonical JSON.
 
 use crate::canonical::Sorted;
-use crate::render::Rendered;
+use crate::rendered::Rendered;
 
 /// Why output could not be written.
 #[derive(Debug, thiserror::Error)]

@@ -13,12 +13,8 @@ use crate::schema::{self, FieldPath};
 use crate::source::{RepoTree, is_policy_file};
 use crate::yaml::{Node, Pos, YamlLimits, parse_documents};
 
-/// Prefix of our own labels and annotations.
-pub const OUR_PREFIX: &str = "gitops.kars.io/";
-/// Annotation that keeps an object from ever being pruned.
-pub const PRUNE_ANNOTATION: &str = "gitops.kars.io/prune";
-/// Annotation on an EgressApproval: when the grant starts (RFC 3339); expiry = this + ttl.
-pub const APPROVED_AT_ANNOTATION: &str = "gitops.kars.io/approved-at";
+use kars_contract::labels::{APPROVED_AT_ANNOTATION, OUR_PREFIX, PRUNE_ANNOTATION};
+
 /// Annotations under our prefix a repository may set.
 pub const USER_ANNOTATIONS: [&str; 2] = [PRUNE_ANNOTATION, APPROVED_AT_ANNOTATION];
 
@@ -61,8 +57,9 @@ pub struct SourceObject {
     pub node: std::sync::Arc<Node>,
     /// The document with CRD defaults applied (kars kinds; otherwise equal to `node`).
     pub defaulted: std::sync::Arc<Node>,
-    /// `defaulted` as JSON (what typed reads deserialise from).
-    pub defaulted_json: std::sync::Arc<serde_json::Value>,
+    /// The typed kars object, deserialised once from `defaulted` (`None` for other objects and
+    /// for kars objects whose schema checks failed).
+    pub typed: Option<std::sync::Arc<api::KarsObject>>,
 }
 
 impl SourceObject {
@@ -92,9 +89,14 @@ impl SourceObject {
             .unwrap_or(self.pos)
     }
 
-    /// Deserialises the defaulted document into a typed kars object.
-    pub fn typed<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
-        T::deserialize(&*self.defaulted_json).map_err(|e| e.to_string())
+    /// The typed kars object (see [`SourceObject::typed`]).
+    pub fn kars(&self) -> Option<&api::KarsObject> {
+        self.typed.as_deref()
+    }
+
+    /// The KarsSandbox, if this is one (and it passed its checks).
+    pub fn sandbox(&self) -> Option<&api::KarsSandbox> {
+        self.kars().and_then(api::KarsObject::sandbox)
     }
 
     /// `metadata.annotations[key]`.
@@ -333,7 +335,7 @@ fn check_document(file: &str, doc: Node, diags: &mut Diagnostics) -> Option<Sour
         None => doc.clone(),
     };
 
-    let obj = SourceObject {
+    let mut obj = SourceObject {
         file: file.to_string(),
         pos: doc.pos,
         api_version,
@@ -341,36 +343,29 @@ fn check_document(file: &str, doc: Node, diags: &mut Diagnostics) -> Option<Sour
         name,
         namespaced,
         namespace,
-        defaulted_json: std::sync::Arc::new(defaulted.to_json()),
         node: std::sync::Arc::new(doc),
         defaulted: std::sync::Arc::new(defaulted),
+        typed: None,
     };
-    if obj.is_kars() && !diags.has_errors() {
-        check_typed(&obj, diags);
+    if obj.is_kars() {
+        obj.typed = parse_typed(&obj, diags).map(std::sync::Arc::new);
     }
     Some(obj)
 }
 
-/// Deserialises kars objects into their typed form; a failure here means the schema and the
-/// Rust types disagree, which tests guard against, but it is reported, never a panic.
-fn check_typed(obj: &SourceObject, diags: &mut Diagnostics) {
-    let result = match obj.kind.as_str() {
-        "KarsSandbox" => obj.typed::<api::KarsSandbox>().map(drop),
-        "KarsPairing" => obj.typed::<api::KarsPairing>().map(drop),
-        "InferencePolicy" => obj.typed::<api::InferencePolicy>().map(drop),
-        "ToolPolicy" => obj.typed::<api::ToolPolicy>().map(drop),
-        "EgressApproval" => obj.typed::<api::EgressApproval>().map(drop),
-        "McpServer" => obj.typed::<api::McpServer>().map(drop),
-        "KarsMemory" => obj.typed::<api::KarsMemory>().map(drop),
-        "KarsEval" => obj.typed::<api::KarsEval>().map(drop),
-        "TrustGraph" => obj.typed::<api::TrustGraph>().map(drop),
-        "A2AAgent" => obj.typed::<api::A2AAgent>().map(drop),
-        "KarsAuthConfig" => obj.typed::<api::KarsAuthConfig>().map(drop),
-        "KarsSREAction" => obj.typed::<api::KarsSREAction>().map(drop),
-        _ => Ok(()),
-    };
-    if let Err(e) = result {
-        diags.error(obj.pos, format!("{}: {e}", obj.key()));
+/// Deserialises a kars object into its typed form, once ("parse, then trust"). An object with
+/// schema errors may still deserialise (cross-object rules then see it too); when it does not,
+/// that is reported only if nothing else was: a failure on a clean object means the schema and
+/// the Rust types disagree, which tests guard against, but it is reported, never a panic.
+fn parse_typed(obj: &SourceObject, diags: &mut Diagnostics) -> Option<api::KarsObject> {
+    match api::KarsObject::parse(&obj.kind, &obj.defaulted.to_json())? {
+        Ok(typed) => Some(typed),
+        Err(e) => {
+            if !diags.has_errors() {
+                diags.error(obj.pos, format!("{}: {e}", obj.key()));
+            }
+            None
+        }
     }
 }
 

@@ -490,7 +490,7 @@ pub fn cached_regex(pattern: &str) -> Result<Regex, regex::Error> {
 
 /// True for an RFC 3339 date-time such as `2026-01-02T15:04:05Z` or `…05.123+01:00`.
 pub fn is_rfc3339(s: &str) -> bool {
-    crate::time::parse_rfc3339(s).is_some()
+    kars_contract::time::parse_rfc3339(s).is_some()
 }
 
 fn validate_integer(

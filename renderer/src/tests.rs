@@ -169,7 +169,7 @@ fn compiled_configmaps_carry_the_digest_of_their_content() {
     let body = cm.manifest["data"]["allowlist.json"]
         .as_str()
         .expect("body");
-    let digest = crate::canonical::policy_digest("allowlist.json", body.as_bytes());
+    let digest = kars_contract::policy::digest_file("allowlist.json", body.as_bytes());
     assert_eq!(
         cm.manifest["metadata"]["annotations"]["kars.azure.com/egress-allowlist-digest"],
         digest.as_str()
@@ -274,7 +274,7 @@ fn golden_signed_bundles_verified() {
         r#"{"endpoints":[{"host":"api.openai.com","port":443},{"host":"git.example.com","port":22},{"host":"pypi.org","port":443}],"schemaVersion":1}"#
     );
     assert_eq!(
-        cm.manifest["metadata"]["annotations"][crate::render::BUNDLE_DIGEST_ANNOTATION],
+        cm.manifest["metadata"]["annotations"][kars_contract::labels::BUNDLE_DIGEST_ANNOTATION],
         EGRESS_DIGEST
     );
     let inf = find(&r, "ConfigMap", "inferencepolicy-signed-inference-profile").expect("inference");
@@ -418,7 +418,7 @@ fn the_last_verified_bundle_stays_projected_when_a_new_reference_fails() {
             .is_some_and(|s| s.contains("old.example.com"))
     );
     assert_eq!(
-        cm.manifest["metadata"]["annotations"][crate::render::BUNDLE_DIGEST_ANNOTATION],
+        cm.manifest["metadata"]["annotations"][kars_contract::labels::BUNDLE_DIGEST_ANNOTATION],
         old_digest
     );
     assert!(
@@ -545,8 +545,8 @@ fn objects_without_source(tree: &RepoTree) -> Vec<String> {
         .map(|o| {
             let mut m = o.manifest.clone();
             if let Some(a) = m["metadata"]["annotations"].as_object_mut() {
-                a.remove(crate::render::SOURCE_ANNOTATION);
-                a.remove(crate::render::OBJECT_DIGEST_ANNOTATION);
+                a.remove(kars_contract::labels::SOURCE_ANNOTATION);
+                a.remove(kars_contract::labels::OBJECT_DIGEST_ANNOTATION);
             }
             crate::canonical::json(&m)
         })

@@ -8,11 +8,14 @@
 
 use std::collections::BTreeMap;
 
-use crate::api;
+use kars_contract::labels::APPROVED_AT_ANNOTATION;
+use kars_contract::time::{parse_iso8601_duration, parse_rfc3339};
+
+use crate::api::{self, KarsObject};
 use crate::cel::SRE_ACTION_TYPES;
 use crate::diagnostics::{Diagnostics, Report};
-use crate::repo::{APPROVED_AT_ANNOTATION, ClusterView, Index, SourceObject};
-use crate::time::{parse_iso8601_duration, parse_rfc3339};
+use crate::egress::egress_host;
+use crate::repo::{ClusterView, Index, SourceObject};
 
 /// Longest EgressApproval TTL accepted (upstream's hard ceiling).
 pub const MAX_APPROVAL_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -82,7 +85,7 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
         };
         match o.kind.as_str() {
             "KarsSandbox" => {
-                let Ok(sb) = o.typed::<api::KarsSandbox>() else {
+                let Some(sb) = o.sandbox() else {
                     continue;
                 };
                 // Namespace collision: kars-<name> is independent of the CR's namespace.
@@ -129,7 +132,7 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
                             .error(o.pos_of(&["spec", "inferenceRef", "name"]), m);
                     }
                     Some(p) => {
-                        if let Ok(p) = p.typed::<api::InferencePolicy>() {
+                        if let Some(p) = p.kars().and_then(KarsObject::inference_policy) {
                             let has_model = p
                                 .spec
                                 .model_preference
@@ -173,7 +176,7 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
                             per_file.of(o).error(o.pos_of(path), m);
                         }
                         Some(p) => {
-                            if let Ok(p) = p.typed::<api::ToolPolicy>() {
+                            if let Some(p) = p.kars().and_then(KarsObject::tool_policy) {
                                 let inline_empty = p
                                     .spec
                                     .agt_profile
@@ -225,7 +228,7 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
                                 .map_or(o.pos, |n| n.pos);
                             per_file.of(o).error(pos, format!("spec.networkPolicy.allowedEndpoints[{i}].port: {} is not a TCP port (1-65535)", e.port));
                         }
-                        if let Err(why) = crate::render::normalize_host(&e.host) {
+                        if let Err(why) = egress_host(&e.host) {
                             let pos = o.pos_of(&["spec", "networkPolicy", "allowedEndpoints"]);
                             per_file.of(o).error(
                                 pos,
@@ -236,7 +239,7 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
                 }
             }
             "EgressApproval" => {
-                let Ok(ea) = o.typed::<api::EgressApproval>() else {
+                let Some(ea) = o.kars().and_then(KarsObject::egress_approval) else {
                     continue;
                 };
                 if index.get("KarsSandbox", ns, &ea.spec.sandbox).is_none() {
@@ -263,7 +266,7 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
                     Some(_) => {}
                 }
                 for (i, h) in ea.spec.hosts.iter().enumerate() {
-                    if let Err(why) = crate::render::normalize_host(&h.host) {
+                    if let Err(why) = egress_host(&h.host) {
                         per_file.of(o).error(
                             o.pos_of(&["spec", "hosts"]),
                             format!("spec.hosts[{i}].host: {why}"),
@@ -272,7 +275,7 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
                 }
             }
             "KarsMemory" => {
-                let Ok(m) = o.typed::<api::KarsMemory>() else {
+                let Some(m) = o.kars().and_then(KarsObject::memory) else {
                     continue;
                 };
                 if index
@@ -290,7 +293,7 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
                 }
             }
             "KarsEval" => {
-                let Ok(e) = o.typed::<api::KarsEval>() else {
+                let Some(e) = o.kars().and_then(KarsObject::eval) else {
                     continue;
                 };
                 if index
@@ -308,13 +311,17 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
                 }
             }
             "A2AAgent" => {
-                let Ok(a) = o.typed::<api::A2AAgent>() else {
+                let Some(a) = o.kars().and_then(KarsObject::a2a_agent) else {
                     continue;
                 };
-                if let Some(tp) = a.spec.policy_refs.and_then(|r| r.tool_policy)
-                    && index.get("ToolPolicy", ns, &tp).is_none()
+                if let Some(tp) = a
+                    .spec
+                    .policy_refs
+                    .as_ref()
+                    .and_then(|r| r.tool_policy.as_ref())
+                    && index.get("ToolPolicy", ns, tp).is_none()
                 {
-                    let msg = missing("ToolPolicy", &tp, "spec.policyRefs.toolPolicy");
+                    let msg = missing("ToolPolicy", tp, "spec.policyRefs.toolPolicy");
                     per_file
                         .of(o)
                         .error(o.pos_of(&["spec", "policyRefs", "toolPolicy"]), msg);
@@ -327,10 +334,10 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
                 );
             }
             "KarsSREAction" => {
-                let Ok(a) = o.typed::<api::KarsSREAction>() else {
+                let Some(a) = o.kars().and_then(KarsObject::sre_action) else {
                     continue;
                 };
-                check_sre_params(o, &a, per_file.of(o));
+                check_sre_params(o, a, per_file.of(o));
             }
             _ => {}
         }

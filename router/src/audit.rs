@@ -12,9 +12,19 @@
 //! Durability ([`Fsync`]): `Always` syncs the file after every record before the caller gets
 //! its answer (a decision is never acknowledged without its record on disk); `Interval` syncs at
 //! most every given duration (faster, can lose the last records on power loss, never reorders);
-//! `Never` leaves it to the kernel. A torn last line (a crash mid-write) is cut off when the log
-//! is opened again and reported in the log's `recovered` field; the chain continues from the
-//! last complete record.
+//! `Never` leaves it to the kernel.
+//!
+//! Failures never leave a broken chain behind: a write that fails (a full disk) is cut back to
+//! the last whole record before the error is returned, so a later record is never appended
+//! after torn bytes; if even that fails the log refuses every further record until restart. A
+//! torn tail (a crash mid-write: an incomplete last line, or a last line that does not verify)
+//! is moved to `<log>.torn` and cut when the log is opened again, reported in the log's
+//! `recovered` field; the chain continues from the last whole record. A break anywhere else is
+//! not a crash and stops the router.
+//!
+//! Records are bounded: a string field longer than [`MAX_FIELD_BYTES`] is cut and ends with
+//! the SHA-256 and length of the whole value, so an agent cannot grow the log by sending long
+//! hosts or actions (see also [`Throttle`] for refusal floods).
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -73,6 +83,16 @@ pub enum AuditError {
     /// The record is not a JSON object, or uses a reserved field.
     #[error("invalid record: {0}")]
     InvalidRecord(String),
+    /// An earlier failed write could not be cut back; nothing more is appended until restart.
+    #[error(
+        "{path}: the log could not be repaired after a failed write ({reason}); restart the router"
+    )]
+    Unusable {
+        /// The log file.
+        path: String,
+        /// The earlier failure.
+        reason: String,
+    },
 }
 
 /// The first record that breaks the chain.
@@ -208,9 +228,61 @@ pub fn verify(path: &Path) -> Result<Summary, AuditError> {
 
 struct Inner {
     file: File,
+    /// Length of the file up to the end of the last whole record.
+    len: u64,
     next_seq: u64,
     head: String,
     last_sync: Instant,
+    /// Set when a failed write could not be cut back.
+    unusable: Option<String>,
+    /// Tests: the next write stops after this many bytes with ENOSPC.
+    #[cfg(test)]
+    fail_after: Option<usize>,
+}
+
+impl Inner {
+    fn write_line(&mut self, line: &[u8], sync: bool) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(n) = self.fail_after.take() {
+            self.file.write_all(&line[..n.min(line.len())])?;
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        self.file.write_all(line)?;
+        if sync {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+/// Longest string field kept whole in a record; longer ones are cut to
+/// [`KEPT_PREFIX_BYTES`] and end with `…[sha256:<hex> <n> bytes]`.
+pub const MAX_FIELD_BYTES: usize = 256;
+/// How much of a cut field is kept.
+pub const KEPT_PREFIX_BYTES: usize = 96;
+
+/// `value` with every string longer than [`MAX_FIELD_BYTES`] cut (at a character boundary)
+/// and marked with the SHA-256 and length of the whole string.
+pub fn bounded(value: Value) -> Value {
+    match value {
+        Value::String(s) if s.len() > MAX_FIELD_BYTES => {
+            let mut cut = KEPT_PREFIX_BYTES;
+            while !s.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            Value::String(format!(
+                "{}…[sha256:{} {} bytes]",
+                &s[..cut],
+                sha256_hex(s.as_bytes()),
+                s.len()
+            ))
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(bounded).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().map(|(k, v)| (k, bounded(v))).collect())
+        }
+        other => other,
+    }
 }
 
 /// An open audit log (safe to share between tasks).
@@ -224,7 +296,8 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Opens (or creates) the log at `path`. An existing log must verify, except for a torn
-    /// last line, which is cut off.
+    /// tail (an incomplete last line, or a last line that does not verify), which is moved to
+    /// `<path>.torn` and cut.
     pub fn open(path: &Path, fsync: Fsync) -> Result<AuditLog, AuditError> {
         let io = |source| AuditError::Io {
             path: path.display().to_string(),
@@ -241,32 +314,58 @@ impl AuditLog {
             .map_err(io)?;
         let mut content = Vec::new();
         file.read_to_end(&mut content).map_err(io)?;
-        let complete = content
+        let mut complete = content
             .iter()
             .rposition(|&b| b == b'\n')
             .map_or(0, |i| i + 1);
+        let summary = match verify_reader(&content[..complete]) {
+            Ok(s) => s,
+            Err(e) => {
+                // Only the last line may be torn; a break before it is not a crash.
+                let last_start = content[..complete.saturating_sub(1)]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |i| i + 1);
+                let lines = content[..complete].iter().filter(|&&b| b == b'\n').count();
+                if e.line != lines {
+                    return Err(AuditError::Broken(e));
+                }
+                complete = last_start;
+                verify_reader(&content[..complete]).map_err(AuditError::Broken)?
+            }
+        };
         let recovered = (content.len() - complete) as u64;
         if recovered > 0 {
+            let aside = path.with_extension("jsonl.torn");
+            let saved = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&aside)
+                .and_then(|mut f| f.write_all(&content[complete..]));
             file.set_len(complete as u64).map_err(io)?;
             file.seek(SeekFrom::End(0)).map_err(io)?;
-            tracing::warn!(path = %path.display(), bytes = recovered, "cut a torn last audit record");
+            tracing::warn!(path = %path.display(), bytes = recovered, saved_to = %aside.display(), saved = saved.is_ok(), "cut a torn audit tail");
         }
-        let summary = verify_reader(&content[..complete]).map_err(AuditError::Broken)?;
         Ok(AuditLog {
             path: path.to_path_buf(),
             fsync,
             inner: Mutex::new(Inner {
                 file,
+                len: complete as u64,
                 next_seq: summary.records,
                 head: summary.head,
                 last_sync: Instant::now(),
+                unusable: None,
+                #[cfg(test)]
+                fail_after: None,
             }),
             recovered,
         })
     }
 
-    /// Appends `fields` (a JSON object; `seq`, `prev` and `hash` are set here) with the time
-    /// `ts`. Returns the record's hash.
+    /// Appends `fields` (a JSON object; `seq`, `prev` and `hash` are set here; long strings
+    /// are [`bounded`]) with the time `ts`. Returns the record's hash. On error nothing of the
+    /// record stays in the file.
     pub fn append(&self, ts: &str, fields: Map<String, Value>) -> Result<String, AuditError> {
         for reserved in ["seq", "ts", "prev", "hash"] {
             if fields.contains_key(reserved) {
@@ -279,10 +378,16 @@ impl AuditLog {
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(reason) = &inner.unusable {
+            return Err(AuditError::Unusable {
+                path: self.path.display().to_string(),
+                reason: reason.clone(),
+            });
+        }
         let mut record = Map::new();
         record.insert("seq".into(), Value::from(inner.next_seq));
         record.insert("ts".into(), Value::from(ts));
-        record.extend(fields);
+        record.extend(fields.into_iter().map(|(k, v)| (k, bounded(v))));
         record.insert("prev".into(), Value::from(inner.head.clone()));
         let body = serde_json::to_string(&Value::Object(record))
             .map_err(|e| AuditError::InvalidRecord(e.to_string()))?;
@@ -292,23 +397,43 @@ impl AuditLog {
         line.push_str(HASH_MARK);
         line.push_str(&hash);
         line.push_str("\"}\n");
-        let io = |source| AuditError::Io {
-            path: self.path.display().to_string(),
-            source,
-        };
-        inner.file.write_all(line.as_bytes()).map_err(io)?;
         let sync = match self.fsync {
             Fsync::Always => true,
             Fsync::Interval(d) => inner.last_sync.elapsed() >= d,
             Fsync::Never => false,
         };
+        let written = inner.write_line(line.as_bytes(), sync);
+        if let Err(source) = written {
+            // Cut back to the last whole record: a later record must never follow torn bytes.
+            let len = inner.len;
+            if let Err(cut) = inner
+                .file
+                .set_len(len)
+                .and_then(|()| inner.file.sync_data())
+            {
+                inner.unusable = Some(format!("{source}; cutting back failed: {cut}"));
+            }
+            return Err(AuditError::Io {
+                path: self.path.display().to_string(),
+                source,
+            });
+        }
         if sync {
-            inner.file.sync_data().map_err(io)?;
             inner.last_sync = Instant::now();
         }
+        inner.len += line.len() as u64;
         inner.next_seq += 1;
         inner.head = hash.clone();
         Ok(hash)
+    }
+
+    /// Tests: the next write stops after `bytes` bytes with ENOSPC (a full volume).
+    #[cfg(test)]
+    pub(crate) fn fail_next_write_after(&self, bytes: usize) {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .fail_after = Some(bytes);
     }
 
     /// Number of records and the head hash.
@@ -320,6 +445,71 @@ impl AuditLog {
         Summary {
             records: inner.next_seq,
             head: inner.head.clone(),
+        }
+    }
+}
+
+/// A per-key rate limit for records that only say "refused again" (an agent hammering a
+/// blocked host must not be able to fill the audit volume): each key may write `burst`
+/// records at once and `per_second` after that; what is held back is counted and reported
+/// in the next record of that key (`suppressed_before`), and in metrics.
+#[derive(Debug)]
+pub struct Throttle {
+    per_second: f64,
+    burst: f64,
+    keys: Mutex<std::collections::HashMap<String, ThrottleKey>>,
+}
+
+#[derive(Debug)]
+struct ThrottleKey {
+    tokens: f64,
+    last: Instant,
+    suppressed: u64,
+}
+
+/// Most keys a [`Throttle`] tracks (keys are reason words: a handful).
+const THROTTLE_KEYS: usize = 64;
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::new(20.0, 100.0)
+    }
+}
+
+impl Throttle {
+    /// `burst` records at once, `per_second` sustained, per key.
+    pub fn new(per_second: f64, burst: f64) -> Self {
+        Throttle {
+            per_second,
+            burst,
+            keys: Mutex::default(),
+        }
+    }
+
+    /// `Some(n)` when a record for `key` may be written now (`n` were held back since the
+    /// last one), `None` when it is held back.
+    pub fn admit(&self, key: &str, now: Instant) -> Option<u64> {
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !keys.contains_key(key) && keys.len() >= THROTTLE_KEYS {
+            return None;
+        }
+        let k = keys.entry(key.to_string()).or_insert(ThrottleKey {
+            tokens: self.burst,
+            last: now,
+            suppressed: 0,
+        });
+        let elapsed = now.saturating_duration_since(k.last).as_secs_f64();
+        k.tokens = (k.tokens + elapsed * self.per_second).min(self.burst);
+        k.last = now;
+        if k.tokens >= 1.0 {
+            k.tokens -= 1.0;
+            Some(std::mem::take(&mut k.suppressed))
+        } else {
+            k.suppressed += 1;
+            None
         }
     }
 }
@@ -459,5 +649,94 @@ mod tests {
             Ok(Fsync::Interval(Duration::from_millis(250)))
         );
         assert!("sometimes".parse::<Fsync>().is_err());
+    }
+
+    /// Regression: a refused CONNECT with a 16,300-byte host wrote a 32,924-byte record.
+    #[test]
+    fn long_fields_are_cut_and_hashed() {
+        let (_d, path, _) = log_with(0);
+        let log = AuditLog::open(&path, Fsync::Never).expect("open");
+        let host = "a".repeat(16_300);
+        let Value::Object(f) = json!({"event": "egress.decision", "host": host, "refusal": {"reason": "InvalidHost", "detail": format!("{host:?}: not valid")}})
+        else {
+            unreachable!()
+        };
+        log.append("t", f).expect("append");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.len() < 1_000, "a {} byte record", text.len());
+        let whole = format!("sha256:{}", sha256_hex(host.as_bytes()));
+        assert!(
+            text.contains(&whole),
+            "the cut field names the whole value's hash"
+        );
+        assert!(text.contains("16300 bytes"));
+        assert_eq!(verify(&path).expect("verifies").records, 1);
+    }
+
+    /// Regression: with the audit volume full, a failed write left a torn record, later records
+    /// were appended after the torn bytes, and the router then refused to start.
+    #[test]
+    fn a_failed_write_leaves_no_torn_bytes_and_the_chain_continues() {
+        let (_d, path, _) = log_with(2);
+        let log = AuditLog::open(&path, Fsync::Always).expect("open");
+        let before = std::fs::read(&path).expect("read");
+        log.fail_next_write_after(17);
+        assert!(matches!(
+            log.append("t", fields(2)),
+            Err(AuditError::Io { .. })
+        ));
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            before,
+            "cut back to the last record"
+        );
+        log.append("t", fields(2)).expect("the next write works");
+        assert_eq!(verify(&path).expect("verifies").records, 3);
+        drop(log);
+        assert_eq!(
+            AuditLog::open(&path, Fsync::Always)
+                .expect("restarts")
+                .recovered,
+            0
+        );
+    }
+
+    #[test]
+    fn a_torn_last_line_is_moved_aside_but_a_break_before_it_stops() {
+        let (_d, path, lines) = log_with(3);
+        // A complete but damaged last line (a crash inside the write) is a torn tail.
+        let mut damaged = lines.clone();
+        damaged[2] = damaged[2][..damaged[2].len() / 2].to_string();
+        std::fs::write(&path, damaged.join("\n") + "\n").expect("write");
+        let log = AuditLog::open(&path, Fsync::Always).expect("recovers");
+        assert!(log.recovered > 0);
+        assert_eq!(log.summary().records, 2);
+        let aside = std::fs::read_to_string(path.with_extension("jsonl.torn")).expect("aside");
+        assert_eq!(aside, format!("{}\n", damaged[2]), "nothing is lost");
+        log.append("t", fields(2)).expect("append");
+        assert_eq!(verify(&path).expect("verifies").records, 3);
+        drop(log);
+        // Damage before the last line is not a crash.
+        let (_d2, path2, mut lines2) = log_with(3);
+        lines2[1] = lines2[1].replace("tool:x:1", "tool:y:1");
+        std::fs::write(&path2, lines2.join("\n") + "\n").expect("write");
+        assert!(matches!(
+            AuditLog::open(&path2, Fsync::Always),
+            Err(AuditError::Broken(_))
+        ));
+    }
+
+    #[test]
+    fn refusal_floods_are_throttled_per_reason_and_counted() {
+        let t = Throttle::new(10.0, 3.0);
+        let t0 = Instant::now();
+        let admitted: Vec<Option<u64>> = (0..5).map(|_| t.admit("NotAllowed", t0)).collect();
+        assert_eq!(admitted, vec![Some(0), Some(0), Some(0), None, None]);
+        assert_eq!(t.admit("InvalidHost", t0), Some(0), "keys are separate");
+        assert_eq!(
+            t.admit("NotAllowed", t0 + Duration::from_millis(100)),
+            Some(2),
+            "the next record says how many were held back"
+        );
     }
 }

@@ -12,6 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use kars_contract::time::utc_day_and_month;
 use serde::{Deserialize, Serialize};
 
 /// The limits (from `InferencePolicy.spec.tokenBudget`); `None` is unlimited.
@@ -82,23 +83,17 @@ pub enum BudgetError {
     },
 }
 
-/// The persisted budget ledger of one sandbox.
+/// The persisted budget ledger of one sandbox (the limits come with each request, from the
+/// inference policy in force).
 pub struct Budget {
     path: PathBuf,
-    limits: std::sync::RwLock<Limits>,
     ledger: Mutex<Ledger>,
-}
-
-/// `(YYYY-MM-DD, YYYY-MM)` of a Unix time, UTC.
-pub fn utc_day_and_month(unix: i64) -> (String, String) {
-    let (y, m, d) = crate::policy::civil_from_days(unix.div_euclid(86_400));
-    (format!("{y:04}-{m:02}-{d:02}"), format!("{y:04}-{m:02}"))
 }
 
 impl Budget {
     /// Opens (or starts) the ledger at `path`. An unreadable ledger is an error, not a reset:
     /// starting from zero would hand out the budget twice.
-    pub fn open(path: &Path, limits: Limits) -> Result<Budget, BudgetError> {
+    pub fn open(path: &Path) -> Result<Budget, BudgetError> {
         let io = |message: String| BudgetError::Io {
             path: path.display().to_string(),
             message,
@@ -111,17 +106,8 @@ impl Budget {
         };
         Ok(Budget {
             path: path.to_path_buf(),
-            limits: std::sync::RwLock::new(limits),
             ledger: Mutex::new(ledger),
         })
-    }
-
-    /// Replaces the limits (a reloaded policy); usage so far is kept.
-    pub fn set_limits(&self, limits: Limits) {
-        *self
-            .limits
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
     }
 
     fn rolled(ledger: &mut Ledger, now: i64) {
@@ -136,15 +122,17 @@ impl Budget {
         }
     }
 
-    /// Checks a request asking for up to `max_tokens` at `now` (Unix seconds): refused when it
-    /// is over the per-request cap, or when what is used plus `max_tokens` would pass the daily
-    /// or monthly budget (so a budget is never overshot by more than a request's reported
-    /// usage beyond its own cap). Called before any upstream call; a refusal costs nothing.
-    pub fn admit(&self, max_tokens: Option<u64>, now: i64) -> Result<(), BudgetRefusal> {
-        let limits = *self
-            .limits
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+    /// Checks a request asking for up to `max_tokens` at `now` (Unix seconds) against
+    /// `limits`: refused when it is over the per-request cap, or when what is used plus
+    /// `max_tokens` would pass the daily or monthly budget (so a budget is never overshot by
+    /// more than a request's reported usage beyond its own cap). Called before any upstream
+    /// call; a refusal costs nothing.
+    pub fn admit(
+        &self,
+        limits: &Limits,
+        max_tokens: Option<u64>,
+        now: i64,
+    ) -> Result<(), BudgetRefusal> {
         if let Some(cap) = limits.per_request_tokens
             && max_tokens.is_none_or(|m| m > cap)
         {
@@ -270,15 +258,15 @@ mod tests {
     #[test]
     fn caps_are_checked_before_the_call() {
         let dir = tempfile::tempdir().expect("tmp");
-        let b = Budget::open(&dir.path().join("budget.json"), limits()).expect("open");
-        assert!(b.admit(Some(1_000), NOV_24).is_ok());
+        let b = Budget::open(&dir.path().join("budget.json")).expect("open");
+        assert!(b.admit(&limits(), Some(1_000), NOV_24).is_ok());
         assert!(matches!(
-            b.admit(Some(1_001), NOV_24),
+            b.admit(&limits(), Some(1_001), NOV_24),
             Err(BudgetRefusal::PerRequestCap { .. })
         ));
         assert!(
             matches!(
-                b.admit(None, NOV_24),
+                b.admit(&limits(), None, NOV_24),
                 Err(BudgetRefusal::PerRequestCap { .. })
             ),
             "with a cap, a request must say how much it may use"
@@ -289,7 +277,7 @@ mod tests {
     fn budgets_survive_restarts_roll_over_at_utc_midnight_and_never_double_count() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("budget.json");
-        let b = Budget::open(&path, limits()).expect("open");
+        let b = Budget::open(&path).expect("open");
         assert!(b.record("req-1", 900, NOV_24 + 10).expect("rec"));
         assert!(
             !b.record("req-1", 900, NOV_24 + 11).expect("rec"),
@@ -297,7 +285,7 @@ mod tests {
         );
         b.record("req-2", 1_100, NOV_24 + 12).expect("rec");
         assert!(matches!(
-            b.admit(Some(10), NOV_24 + 13),
+            b.admit(&limits(), Some(10), NOV_24 + 13),
             Err(BudgetRefusal::DailyExhausted {
                 used: 2_000,
                 limit: 2_000
@@ -305,25 +293,25 @@ mod tests {
         ));
         drop(b);
         // A restart keeps the ledger.
-        let b = Budget::open(&path, limits()).expect("reopen");
+        let b = Budget::open(&path).expect("reopen");
         assert_eq!(b.used(NOV_24 + 14), (2_000, 2_000));
-        assert!(b.admit(Some(10), NOV_24 + 14).is_err());
+        assert!(b.admit(&limits(), Some(10), NOV_24 + 14).is_err());
         assert!(
             !b.record("req-1", 900, NOV_24 + 15).expect("rec"),
             "ids survive too"
         );
         // The next UTC day starts a new daily budget; the month goes on.
         let next_day = NOV_24 + 86_400;
-        assert!(b.admit(Some(10), next_day).is_ok());
+        assert!(b.admit(&limits(), Some(10), next_day).is_ok());
         b.record("req-3", 2_000, next_day).expect("rec");
         b.record("req-4", 1_000, next_day + 1).expect("rec");
         assert!(matches!(
-            b.admit(Some(10), next_day + 2),
+            b.admit(&limits(), Some(10), next_day + 2),
             Err(BudgetRefusal::DailyExhausted { .. })
         ));
         b.record("req-5", 0, next_day + 86_400).expect("rec");
         assert!(matches!(
-            b.admit(Some(10), next_day + 86_400),
+            b.admit(&limits(), Some(10), next_day + 86_400),
             Err(BudgetRefusal::MonthlyExhausted {
                 used: 5_000,
                 limit: 5_000
@@ -331,7 +319,7 @@ mod tests {
         ));
         // December: a new month.
         let dec_1 = NOV_24 + 7 * 86_400;
-        assert!(b.admit(Some(10), dec_1).is_ok());
+        assert!(b.admit(&limits(), Some(10), dec_1).is_ok());
         assert_eq!(b.used(dec_1), (0, 0));
     }
 
@@ -340,6 +328,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("budget.json");
         std::fs::write(&path, "{garbage").expect("write");
-        assert!(Budget::open(&path, limits()).is_err());
+        assert!(Budget::open(&path).is_err());
     }
 }

@@ -1,16 +1,16 @@
 //! Egress decisions: may the agent reach `host:port`, and may the router connect to the
 //! address that name resolved to?
 //!
-//! Names are compared in one normal form: ASCII lowercase, no trailing dot, internationalised
-//! names in punycode (IDNA/UTS 46), so `API.Example.COM.`, `api.example.com` and a Unicode
-//! spelling that maps to the same name are one host. IP literals (every spelling `inet_aton`
-//! accepts: `127.1`, `0x7f.1`, `2130706433`, `[::1]`), userinfo, ports inside the name and
-//! anything that is not a DNS name are refused before any lookup. An allowlisted host also
-//! allows its subdomains (as the renderer documents); the port must match exactly.
+//! Names are compared in the contract's one normal form ([`kars_contract::host`], the rules
+//! the renderer compiled the allowlist with): ASCII lowercase, no trailing dot, internationalised
+//! names in punycode; IP literals in every spelling `inet_aton` accepts, userinfo, ports inside
+//! the name and anything that is not a DNS name are refused before any lookup. An allowlisted
+//! host also allows its subdomains (as the renderer documents); the port must match exactly.
 //!
 //! Order: the blocklist always wins; then the static allowlist, then unexpired approvals
 //! (checked against the router's clock at every decision, so an expiry takes effect without a
-//! restart); then the mode: `Strict` denies, `Learn` allows and records the host.
+//! restart); then the mode: `Strict` denies, `Learn` allows and records the host (at most
+//! [`MAX_LEARNED`] distinct hosts; past that, new hosts are refused).
 //!
 //! Addresses: after the one lookup, loopback, private (RFC 1918, CGNAT, ULA), link-local
 //! (including the cloud metadata address 169.254.169.254), unspecified, multicast, broadcast,
@@ -19,9 +19,14 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use kars_contract::host::{covers, normalize_host, suffixes};
+use kars_contract::policy::ALLOWLIST_FILE;
+use kars_contract::time::parse_rfc3339;
 use serde::{Deserialize, Serialize};
+
+use crate::policy_file::PolicyFileError;
 
 /// Strict (deny what is not allowed) or Learn (allow and record).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -54,6 +59,8 @@ pub enum Refusal {
     Blocklisted(String),
     /// Not allowlisted or approved (Strict mode).
     NotAllowed(String),
+    /// Learn mode has recorded [`MAX_LEARNED`] hosts; new ones are refused.
+    LearnLimitReached(String),
     /// The name resolved only to addresses the router does not connect to.
     ForbiddenAddress(String),
     /// The name did not resolve.
@@ -61,27 +68,34 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Stable label.
-    pub fn label(&self) -> &'static str {
+    /// Stable reason word (metrics label, `X-Kars-Egress-Refusal`, audit records).
+    pub fn reason(&self) -> &'static str {
         match self {
             Refusal::InvalidHost(_) => "InvalidHost",
             Refusal::Blocklisted(_) => "Blocklisted",
             Refusal::NotAllowed(_) => "NotAllowed",
+            Refusal::LearnLimitReached(_) => "LearnLimitReached",
             Refusal::ForbiddenAddress(_) => "ForbiddenAddress",
             Refusal::ResolveFailed(_) => "ResolveFailed",
+        }
+    }
+
+    /// What is wrong, without the reason word.
+    pub fn detail(&self) -> &str {
+        match self {
+            Refusal::InvalidHost(d)
+            | Refusal::Blocklisted(d)
+            | Refusal::NotAllowed(d)
+            | Refusal::LearnLimitReached(d)
+            | Refusal::ForbiddenAddress(d)
+            | Refusal::ResolveFailed(d) => d,
         }
     }
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Refusal::InvalidHost(d)
-            | Refusal::Blocklisted(d)
-            | Refusal::NotAllowed(d)
-            | Refusal::ForbiddenAddress(d)
-            | Refusal::ResolveFailed(d) => write!(f, "{}: {d}", self.label()),
-        }
+        write!(f, "{}: {}", self.reason(), self.detail())
     }
 }
 
@@ -96,72 +110,30 @@ pub enum Allowed {
     Learned,
 }
 
-/// True when `s` parses as an IPv4 address in any form `inet_aton` accepts (dotted with 1–4
-/// parts, each decimal, octal `0…` or hex `0x…`), which many resolvers and HTTP clients honour.
-fn is_inet_aton_literal(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('.').collect();
-    if parts.is_empty() || parts.len() > 4 {
-        return false;
-    }
-    parts.iter().all(|p| {
-        if p.is_empty() {
-            return false;
+impl Allowed {
+    /// Stable reason word of an allowed decision (metrics label, audit records).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Allowed::Allowlist(_) => "allowlist",
+            Allowed::Approval(_) => "approval",
+            Allowed::Learned => "learn",
         }
-        if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
-            h.chars().all(|c| c.is_ascii_hexdigit())
-        } else {
-            p.chars().all(|c| c.is_ascii_digit())
+    }
+}
+
+impl std::fmt::Display for Allowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Allowed::Allowlist(e) => write!(f, "allowlist {e}"),
+            Allowed::Approval(a) => write!(f, "approval {a}"),
+            Allowed::Learned => f.write_str("learn mode"),
         }
-    })
+    }
 }
 
-/// The normal form of a host name, or why it is not one.
-pub fn normalize_host(raw: &str) -> Result<String, Refusal> {
-    let bad = |why: &str| Refusal::InvalidHost(format!("{raw:?}: {why}"));
-    if raw.is_empty() || raw.len() > 253 + 1 {
-        return Err(bad("empty or too long"));
-    }
-    if raw.contains('@') {
-        return Err(bad("userinfo is not allowed"));
-    }
-    if raw.starts_with('[') || raw.contains(':') {
-        return Err(bad("IP literals and ports inside the host are not allowed"));
-    }
-    let trimmed = raw.strip_suffix('.').unwrap_or(raw);
-    if trimmed.parse::<IpAddr>().is_ok() || is_inet_aton_literal(trimmed) {
-        return Err(bad("IP literals are not allowed; use a host name"));
-    }
-    let ascii = idna::domain_to_ascii_strict(trimmed).map_err(|_| bad("not a valid host name"))?;
-    let ascii = ascii.to_ascii_lowercase();
-    if ascii.is_empty()
-        || ascii.len() > 253
-        || !ascii.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        })
-    {
-        return Err(bad("not a valid host name"));
-    }
-    if is_inet_aton_literal(&ascii) {
-        return Err(bad("IP literals are not allowed; use a host name"));
-    }
-    Ok(ascii)
-}
-
-/// `a.b.c`, `b.c`, `c`: the names whose entries cover `host`.
-fn suffixes(host: &str) -> impl Iterator<Item = &str> {
-    std::iter::successors(Some(host), |h| h.split_once('.').map(|(_, rest)| rest))
-}
-
-/// True when `host` is `entry` or a subdomain of it (both normalised).
-fn covers(entry: &str, host: &str) -> bool {
-    host == entry
-        || host
-            .strip_suffix(entry)
-            .is_some_and(|rest| rest.ends_with('.'))
+/// The normal form of a host as an agent asked for it, or the refusal.
+pub fn checked_host(raw: &str) -> Result<String, Refusal> {
+    normalize_host(raw).map_err(|e| Refusal::InvalidHost(e.to_string()))
 }
 
 /// A time-limited approval overlay (an `approval-*.json` file).
@@ -190,13 +162,6 @@ struct AllowlistFile {
     endpoints: Vec<EndpointFile>,
 }
 
-/// Reads JSON as `T`, saying whether the JSON or its shape is wrong.
-fn read_json<T: serde::de::DeserializeOwned>(name: &str, body: &[u8]) -> Result<T, String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("{name}: invalid JSON: {e}"))?;
-    serde_json::from_value(v).map_err(|e| format!("{name}: unexpected content: {e}"))
-}
-
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ApprovalFile {
@@ -206,50 +171,99 @@ struct ApprovalFile {
     expires_at: String,
 }
 
-/// Checks an `allowlist.json` body as the proxy will read it.
-pub fn check_allowlist_file(body: &[u8]) -> Result<(), String> {
-    EgressPolicy::from_files(Mode::Strict, Some(body), &[], Vec::new(), Vec::new()).map(drop)
+fn endpoints(
+    file: &str,
+    endpoints: Vec<EndpointFile>,
+) -> Result<Vec<(String, u16)>, PolicyFileError> {
+    endpoints
+        .into_iter()
+        .map(|e| {
+            normalize_host(&e.host)
+                .map(|h| (h, e.port))
+                .map_err(|e| PolicyFileError::content(file, e))
+        })
+        .collect()
 }
 
-/// Checks an `approval-*.json` body as the proxy will read it.
-pub fn check_approval_file(name: &str, body: &[u8]) -> Result<(), String> {
-    EgressPolicy::from_files(
-        Mode::Strict,
-        None,
-        &[(name.to_string(), body.to_vec())],
-        Vec::new(),
-        Vec::new(),
-    )
-    .map(drop)
+/// Compiles an `allowlist.json` body: `host:port` entries in normal form. An entry that is
+/// not a valid host name refuses the whole file.
+pub fn parse_allowlist(body: &[u8]) -> Result<Vec<(String, u16)>, PolicyFileError> {
+    let f: AllowlistFile = PolicyFileError::json(ALLOWLIST_FILE, body)?;
+    endpoints(ALLOWLIST_FILE, f.endpoints)
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SSZ` to Unix seconds.
-pub fn parse_rfc3339_utc(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
-        return None;
+/// Compiles an `approval-*.json` body named `name`.
+pub fn parse_approval(name: &str, body: &[u8]) -> Result<Approval, PolicyFileError> {
+    let f: ApprovalFile = PolicyFileError::json(name, body)?;
+    let at = |s: &str| {
+        parse_rfc3339(s)
+            .ok_or_else(|| PolicyFileError::content(name, format!("time {s:?} is not RFC 3339")))
+    };
+    Ok(Approval {
+        name: f.approval_name,
+        hosts: endpoints(name, f.hosts)?,
+        effective_at: at(&f.effective_at)?,
+        expires_at: at(&f.expires_at)?,
+    })
+}
+
+/// Most distinct `host:port` pairs Learn mode records.
+pub const MAX_LEARNED: usize = 4096;
+
+/// The hosts Learn mode allowed, shared by every policy a reload builds (so a reload keeps
+/// them) and bounded by a cap.
+#[derive(Debug)]
+pub struct Learned {
+    hosts: Mutex<BTreeSet<(String, u16)>>,
+    cap: usize,
+}
+
+impl Default for Learned {
+    fn default() -> Self {
+        Learned::with_cap(MAX_LEARNED)
     }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d, hh, mm, ss) = (
-        n(0..4)?,
-        n(5..7)?,
-        n(8..10)?,
-        n(11..13)?,
-        n(14..16)?,
-        n(17..19)?,
-    );
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
+}
+
+impl Learned {
+    /// A set holding at most `cap` hosts.
+    pub fn with_cap(cap: usize) -> Self {
+        Learned {
+            hosts: Mutex::default(),
+            cap,
+        }
     }
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+
+    /// Records `host:port`; false when it is new and the set is full.
+    pub fn record(&self, host: &str, port: u16) -> bool {
+        let mut set = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (host.to_string(), port);
+        if set.contains(&key) {
+            return true;
+        }
+        if set.len() >= self.cap {
+            return false;
+        }
+        set.insert(key);
+        true
+    }
+
+    /// Every recorded host, sorted.
+    pub fn list(&self) -> Vec<(String, u16)> {
+        self.hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The cap.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
 }
 
 /// The egress policy of one sandbox.
@@ -263,7 +277,7 @@ pub struct EgressPolicy {
     approvals: Vec<Approval>,
     blocklist: HashSet<String>,
     private_allowed: Vec<ipnet::IpNet>,
-    learned: Mutex<BTreeSet<(String, u16)>>,
+    learned: Arc<Learned>,
 }
 
 impl EgressPolicy {
@@ -284,61 +298,44 @@ impl EgressPolicy {
             approvals,
             blocklist: blocklist.into_iter().collect(),
             private_allowed,
-            learned: Mutex::default(),
+            learned: Arc::default(),
         }
     }
 
     /// Builds the policy from the mounted files: `allowlist.json` and `approval-*.json` bodies.
-    /// Entries that are not valid host names are refused (the whole file, with the reason).
     pub fn from_files(
         mode: Mode,
         allowlist: Option<&[u8]>,
         approvals: &[(String, Vec<u8>)],
         blocklist: Vec<String>,
         private_allowed: Vec<ipnet::IpNet>,
-    ) -> Result<EgressPolicy, String> {
-        let mut allow = Vec::new();
-        if let Some(body) = allowlist {
-            let f: AllowlistFile = read_json("allowlist.json", body)?;
-            for e in f.endpoints {
-                let h = normalize_host(&e.host).map_err(|r| format!("allowlist.json: {r}"))?;
-                allow.push((h, e.port));
-            }
-        }
-        let mut parsed = Vec::new();
-        for (name, body) in approvals {
-            let f: ApprovalFile = read_json(name, body)?;
-            let mut hosts = Vec::new();
-            for e in f.hosts {
-                hosts.push((
-                    normalize_host(&e.host).map_err(|r| format!("{name}: {r}"))?,
-                    e.port,
-                ));
-            }
-            let at = |s: &str| parse_rfc3339_utc(s).ok_or(format!("{name}: time {s:?}"));
-            parsed.push(Approval {
-                name: f.approval_name,
-                hosts,
-                effective_at: at(&f.effective_at)?,
-                expires_at: at(&f.expires_at)?,
-            });
-        }
-        let blocklist = blocklist
+    ) -> Result<EgressPolicy, PolicyFileError> {
+        let allow = allowlist
+            .map(parse_allowlist)
+            .transpose()?
+            .unwrap_or_default();
+        let approvals = approvals
             .iter()
-            .map(|h| normalize_host(h).map_err(|r| format!("blocklist: {r}")))
+            .map(|(name, body)| parse_approval(name, body))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(EgressPolicy::new(
             mode,
             allow,
-            parsed,
+            approvals,
             blocklist,
             private_allowed,
         ))
     }
 
+    /// The same policy recording Learn-mode hosts into `learned` (shared across reloads).
+    pub fn with_learned(mut self, learned: Arc<Learned>) -> EgressPolicy {
+        self.learned = learned;
+        self
+    }
+
     /// Decides a destination at `now` (Unix seconds). `host` is as the client wrote it.
     pub fn decide(&self, host: &str, port: u16, now: i64) -> Result<(String, Allowed), Refusal> {
-        let h = normalize_host(host)?;
+        let h = checked_host(host)?;
         if let Some(b) = suffixes(&h).find(|s| self.blocklist.contains(*s)) {
             return Err(Refusal::Blocklisted(format!("{h} (blocklist entry {b})")));
         }
@@ -358,33 +355,17 @@ impl EgressPolicy {
             Mode::Strict => Err(Refusal::NotAllowed(format!(
                 "{h}:{port} is not in the allowlist or an unexpired approval"
             ))),
-            Mode::Learn => {
-                self.learned
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert((h.clone(), port));
-                Ok((h, Allowed::Learned))
-            }
+            Mode::Learn if self.learned.record(&h, port) => Ok((h, Allowed::Learned)),
+            Mode::Learn => Err(Refusal::LearnLimitReached(format!(
+                "{h}:{port}: learn mode has recorded {} hosts, its limit; approve what it learned and switch to strict",
+                self.learned.cap()
+            ))),
         }
-    }
-
-    /// Carries the hosts an earlier policy learned over (after a reload).
-    pub fn with_learned(self, learned: Vec<(String, u16)>) -> EgressPolicy {
-        self.learned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend(learned);
-        self
     }
 
     /// The hosts Learn mode allowed so far.
     pub fn learned(&self) -> Vec<(String, u16)> {
-        self.learned
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .cloned()
-            .collect()
+        self.learned.list()
     }
 
     /// Checks one resolved address.
@@ -504,12 +485,12 @@ mod tests {
             assert!(p.decide(h, 443, 0).is_ok(), "{h}");
         }
         assert_eq!(
-            normalize_host("bücher.example").as_deref(),
+            checked_host("bücher.example").as_deref(),
             Ok("xn--bcher-kva.example")
         );
         assert_eq!(
-            normalize_host("BÜCHER.example."),
-            normalize_host("xn--bcher-kva.example")
+            checked_host("BÜCHER.example."),
+            checked_host("xn--bcher-kva.example")
         );
     }
 
@@ -686,14 +667,32 @@ mod tests {
             Vec::new(),
         )
         .expect("loads");
-        let t = parse_rfc3339_utc("2026-11-24T00:30:00Z").expect("time");
+        let t = parse_rfc3339("2026-11-24T00:30:00Z").expect("time");
         assert!(p.decide("pypi.org", 443, t).is_ok());
         assert!(p.decide("pypi.org", 443, t + 3600).is_err());
-        assert_eq!(parse_rfc3339_utc("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_utc("2000-03-01T00:00:00Z"), Some(951_868_800));
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2000-03-01T00:00:00Z"), Some(951_868_800));
         let bad = br#"{"endpoints":[{"host":"10.0.0.1","port":443}]}"#;
         assert!(
             EgressPolicy::from_files(Mode::Strict, Some(bad), &[], Vec::new(), Vec::new()).is_err()
         );
+    }
+
+    #[test]
+    fn learn_mode_is_bounded() {
+        let learn = EgressPolicy::new(Mode::Learn, Vec::new(), Vec::new(), Vec::new(), Vec::new())
+            .with_learned(Arc::new(Learned::with_cap(3)));
+        for i in 0..3 {
+            assert!(learn.decide(&format!("h{i}.example"), 443, 0).is_ok());
+        }
+        assert!(
+            learn.decide("h0.example", 443, 0).is_ok(),
+            "known hosts still pass"
+        );
+        assert!(matches!(
+            learn.decide("h3.example", 443, 0),
+            Err(Refusal::LearnLimitReached(_))
+        ));
+        assert_eq!(learn.learned().len(), 3);
     }
 }

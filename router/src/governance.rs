@@ -16,12 +16,12 @@
 //! characters (including `:` and nothing), matched case-sensitively against the whole action.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::policy::{PolicyKind, PolicyStore};
-
 use serde::{Deserialize, Serialize};
+
+use crate::policy_file::PolicyFileError;
 
 /// One rule as written in a profile.
 #[derive(Clone, Debug, Deserialize)]
@@ -148,35 +148,22 @@ pub struct Profile {
     rate_rules: Vec<RateRule>,
 }
 
-/// Parses `60s`, `5m`, `1h`, `500ms`.
+/// Parses a rate-limit window (`60s`, `5m`, `1h`, `500ms`); it must be positive.
 pub fn parse_window(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit): (&str, fn(u64) -> Duration) = if let Some(n) = s.strip_suffix("ms") {
-        (n, Duration::from_millis)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, Duration::from_secs)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, |m| Duration::from_secs(m * 60))
-    } else if let Some(n) = s.strip_suffix('h') {
-        (n, |h| Duration::from_secs(h * 3600))
-    } else {
-        return Err(format!("window {s:?}: expected e.g. 60s, 5m, 1h, 500ms"));
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("window {s:?}: not a whole number"))?;
-    if n == 0 {
-        return Err(format!("window {s:?} must be positive"));
+    match kars_contract::time::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err(format!("window {s:?} must be positive")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("window {e}")),
     }
-    Ok(unit(n))
 }
 
 impl Profile {
     /// Compiles the profile in `text` (YAML) named `name`. Unknown rule types are errors
     /// (a rule the router does not understand must not be silently skipped).
-    pub fn parse(name: &str, text: &str) -> Result<Profile, String> {
+    pub fn parse(name: &str, text: &str) -> Result<Profile, PolicyFileError> {
+        let bad = |m: String| PolicyFileError::content(name, m);
         let raw: RawProfile =
-            serde_saphyr::from_str(text).map_err(|e| format!("{name}: not an AGT profile: {e}"))?;
+            serde_saphyr::from_str(text).map_err(|e| bad(format!("not an AGT profile: {e}")))?;
         let mut by_priority: BTreeMap<std::cmp::Reverse<i64>, Vec<Rule>> = BTreeMap::new();
         let mut rate_rules = Vec::new();
         for p in raw.policies.unwrap_or_default() {
@@ -187,11 +174,11 @@ impl Profile {
                 },
                 "approval" => RuleKind::Approval { actions: p.actions },
                 "rate_limit" => {
-                    let max_calls = p.max_calls.ok_or_else(|| {
-                        format!("{name}: rate_limit {:?} needs max_calls", p.name)
-                    })?;
+                    let max_calls = p
+                        .max_calls
+                        .ok_or_else(|| bad(format!("rate_limit {:?} needs max_calls", p.name)))?;
                     let window = parse_window(p.window.as_deref().unwrap_or(""))
-                        .map_err(|e| format!("{name}: rate_limit {:?}: {e}", p.name))?;
+                        .map_err(|e| bad(format!("rate_limit {:?}: {e}", p.name)))?;
                     rate_rules.push(RateRule {
                         name: p.name,
                         actions: p.actions,
@@ -201,10 +188,10 @@ impl Profile {
                     continue;
                 }
                 other => {
-                    return Err(format!(
-                        "{name}: policy {:?} has unknown type {other:?} (capability, approval, rate_limit)",
+                    return Err(bad(format!(
+                        "policy {:?} has unknown type {other:?} (capability, approval, rate_limit)",
                         p.name
-                    ));
+                    )));
                 }
             };
             by_priority
@@ -385,54 +372,6 @@ impl Engine {
             verdict: Verdict::Allow,
             rule: allow_rule,
         }
-    }
-}
-
-/// The engine compiled from the currently loaded AGT profiles, recompiled when their digest
-/// changes (the policy store already refused profiles that do not compile, so the digest it
-/// reports is the one enforced here).
-#[derive(Default)]
-pub struct Governance {
-    current: RwLock<(Option<String>, Arc<Engine>)>,
-}
-
-impl Governance {
-    /// The engine for the profiles in `store` now.
-    pub fn engine(&self, store: &PolicyStore) -> Arc<Engine> {
-        let entry = store
-            .snapshot()
-            .into_iter()
-            .find(|e| e.kind == PolicyKind::AgtProfile);
-        let digest = entry.as_ref().and_then(|e| e.digest.clone());
-        {
-            let cur = self
-                .current
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if cur.0 == digest {
-                return cur.1.clone();
-            }
-        }
-        let profiles: Vec<Profile> = entry
-            .map(|e| {
-                e.files
-                    .iter()
-                    .filter_map(|(name, body)| {
-                        let text = std::str::from_utf8(body).ok()?;
-                        Profile::parse(name, text)
-                            .map_err(|err| tracing::error!(%err, "AGT profile did not compile"))
-                            .ok()
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut cur = self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let engine = Arc::new(cur.1.successor(profiles));
-        *cur = (digest, engine.clone());
-        engine
     }
 }
 

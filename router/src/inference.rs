@@ -11,8 +11,8 @@
 //! upstream reports (in the body, or in a server-sent event) is recorded when the response
 //! ends, and when an upstream reports none the request's cap is recorded instead.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -22,6 +22,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use crate::budget::{Budget, BudgetRefusal};
+use crate::policy_file::PolicyFileError;
 
 /// One upstream: where a provider's deployment is served.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,48 +40,69 @@ pub struct Upstream {
 /// Provider name → (base URL, key), from the router's settings (never from the policy).
 pub type Providers = std::collections::BTreeMap<String, (String, Option<String>)>;
 
-/// The upstreams of an `inference-policy.json` body, primary first, resolved through
-/// `providers`. A provider without a base URL is an error (the policy cannot be enforced).
-pub fn upstreams_of(policy: &[u8], providers: &Providers) -> Result<Vec<Upstream>, String> {
-    let v: Value =
-        serde_json::from_slice(policy).map_err(|e| format!("inference-policy.json: {e}"))?;
-    let pref = &v["modelPreference"];
-    let mut targets: Vec<&Value> = Vec::new();
-    if pref["primary"].is_object() {
-        targets.push(&pref["primary"]);
-    }
-    if let Some(f) = pref["fallback"].as_array() {
-        targets.extend(f.iter());
-    }
-    targets
-        .into_iter()
-        .map(|t| {
-            let provider = t["provider"].as_str().unwrap_or_default().to_string();
-            let deployment = t["deployment"].as_str().unwrap_or_default().to_string();
-            let (base_url, api_key) = providers.get(&provider).cloned().ok_or_else(|| {
-                format!(
-                    "provider {provider:?} has no base URL (router flag --provider {provider}=URL)"
-                )
-            })?;
-            Ok(Upstream {
-                provider,
-                deployment,
-                base_url,
-                api_key,
-            })
-        })
-        .collect()
+/// A compiled `inference-policy.json`: the upstreams in order (primary first) and the token
+/// limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InferenceRoutes {
+    /// Upstreams in order; empty when the router has no providers (inference is not served).
+    pub upstreams: Vec<Upstream>,
+    /// `tokenBudget` (absent: unlimited).
+    pub limits: crate::budget::Limits,
 }
 
-/// The token limits of an `inference-policy.json` body (`tokenBudget`; absent: unlimited).
-pub fn limits_of(policy: &[u8]) -> Result<crate::budget::Limits, String> {
-    let v: Value =
-        serde_json::from_slice(policy).map_err(|e| format!("inference-policy.json: {e}"))?;
-    if v["tokenBudget"].is_null() {
-        return Ok(crate::budget::Limits::default());
+impl InferenceRoutes {
+    /// Compiles the `inference-policy.json` body `file`, resolving each provider through
+    /// `providers`. With providers configured, a provider without a base URL is an error (the
+    /// policy could not be enforced); without any, only the limits are read.
+    pub fn compile(
+        file: &str,
+        body: &[u8],
+        providers: &Providers,
+    ) -> Result<InferenceRoutes, PolicyFileError> {
+        let v: Value = PolicyFileError::json(file, body)?;
+        let limits = if v["tokenBudget"].is_null() {
+            crate::budget::Limits::default()
+        } else {
+            serde_json::from_value(v["tokenBudget"].clone())
+                .map_err(|e| PolicyFileError::content(file, format!("tokenBudget: {e}")))?
+        };
+        if providers.is_empty() {
+            return Ok(InferenceRoutes {
+                upstreams: Vec::new(),
+                limits,
+            });
+        }
+        let pref = &v["modelPreference"];
+        let mut targets: Vec<&Value> = Vec::new();
+        if pref["primary"].is_object() {
+            targets.push(&pref["primary"]);
+        }
+        if let Some(f) = pref["fallback"].as_array() {
+            targets.extend(f.iter());
+        }
+        let upstreams = targets
+            .into_iter()
+            .map(|t| {
+                let provider = t["provider"].as_str().unwrap_or_default().to_string();
+                let deployment = t["deployment"].as_str().unwrap_or_default().to_string();
+                let (base_url, api_key) = providers.get(&provider).cloned().ok_or_else(|| {
+                    PolicyFileError::content(
+                        file,
+                        format!(
+                            "provider {provider:?} has no base URL (router flag --provider {provider}=URL)"
+                        ),
+                    )
+                })?;
+                Ok(Upstream {
+                    provider,
+                    deployment,
+                    base_url,
+                    api_key,
+                })
+            })
+            .collect::<Result<_, PolicyFileError>>()?;
+        Ok(InferenceRoutes { upstreams, limits })
     }
-    serde_json::from_value(v["tokenBudget"].clone())
-        .map_err(|e| format!("inference-policy.json tokenBudget: {e}"))
 }
 
 /// Parses `NAME=VALUE` (the `--provider` and `--provider-key-file` forms).
@@ -91,11 +113,9 @@ pub fn name_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?}: expected NAME=VALUE"))
 }
 
-/// The inference proxy's state.
+/// The inference proxy's state (the routes come with each request, from the policy snapshot).
 pub struct Inference {
     client: reqwest::Client,
-    /// Upstreams in order (swapped on policy reload).
-    pub upstreams: RwLock<Arc<Vec<Upstream>>>,
     /// The token budget.
     pub budget: Arc<Budget>,
     /// The router's clock, Unix seconds.
@@ -145,22 +165,8 @@ fn usage_in_events(text: &str) -> Option<u64> {
 }
 
 impl Inference {
-    /// Applies a (re)loaded `inference-policy.json`: upstreams and limits. On error nothing
-    /// changes.
-    pub fn apply_policy(&self, policy: &[u8], providers: &Providers) -> Result<(), String> {
-        let upstreams = upstreams_of(policy, providers)?;
-        let limits = limits_of(policy)?;
-        *self
-            .upstreams
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(upstreams);
-        self.budget.set_limits(limits);
-        Ok(())
-    }
-
-    /// A proxy over `upstreams` with `budget`; `ca_pem` adds trusted roots for upstream TLS.
+    /// A proxy with `budget`; `ca_pem` adds trusted roots for upstream TLS.
     pub fn new(
-        upstreams: Vec<Upstream>,
         budget: Arc<Budget>,
         ca_pem: Option<&[u8]>,
         clock: fn() -> i64,
@@ -176,7 +182,6 @@ impl Inference {
         }
         Ok(Inference {
             client: b.build().map_err(|e| e.to_string())?,
-            upstreams: RwLock::new(Arc::new(upstreams)),
             budget,
             clock,
             next_id: AtomicU64::new(0),
@@ -205,9 +210,11 @@ impl Inference {
         }
     }
 
-    /// Handles one request for `api_path` (`chat/completions` or `responses`).
+    /// Handles one request for `api_path` (`chat/completions` or `responses`) with the routes
+    /// in force.
     pub async fn handle(
         self: Arc<Self>,
+        routes: Arc<InferenceRoutes>,
         api_path: &str,
         headers: HeaderMap,
         body: Bytes,
@@ -239,7 +246,7 @@ impl Inference {
         let cap = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
             .iter()
             .find_map(|k| request.get(*k).and_then(Value::as_u64));
-        if let Err(refusal) = self.budget.admit(cap, (self.clock)()) {
+        if let Err(refusal) = self.budget.admit(&routes.limits, cap, (self.clock)()) {
             let message = match &refusal {
                 BudgetRefusal::PerRequestCap { requested, cap } => format!(
                     "the request may use up to {} tokens; the cap is {cap} (set max_tokens)",
@@ -260,11 +267,7 @@ impl Inference {
             );
         }
         let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
-        let upstreams = self
-            .upstreams
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let upstreams = &routes.upstreams;
         if upstreams.is_empty() {
             return error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -434,13 +437,22 @@ mod tests {
         (url, calls, last)
     }
 
-    fn proxy(
-        upstreams: Vec<(&str, &str)>,
-        limits: Limits,
-        dir: &std::path::Path,
-    ) -> Arc<Inference> {
-        let budget = Arc::new(Budget::open(&dir.join("budget.json"), limits).expect("budget"));
-        let ups = upstreams
+    /// The proxy and the routes a policy snapshot would hand it.
+    struct TestProxy {
+        inference: Arc<Inference>,
+        routes: std::sync::Mutex<Arc<InferenceRoutes>>,
+    }
+
+    impl std::ops::Deref for TestProxy {
+        type Target = Inference;
+        fn deref(&self) -> &Inference {
+            &self.inference
+        }
+    }
+
+    fn proxy(upstreams: Vec<(&str, &str)>, limits: Limits, dir: &std::path::Path) -> TestProxy {
+        let budget = Arc::new(Budget::open(&dir.join("budget.json")).expect("budget"));
+        let upstreams = upstreams
             .into_iter()
             .enumerate()
             .map(|(i, (url, deployment))| Upstream {
@@ -450,17 +462,22 @@ mod tests {
                 api_key: Some(format!("key-{i}")),
             })
             .collect();
-        Arc::new(Inference::new(ups, budget, None, clock).expect("client"))
+        TestProxy {
+            inference: Arc::new(Inference::new(budget, None, clock).expect("client")),
+            routes: std::sync::Mutex::new(Arc::new(InferenceRoutes { upstreams, limits })),
+        }
     }
 
-    async fn call(p: &Arc<Inference>, body: &str, id: Option<&str>) -> (StatusCode, Value, String) {
+    async fn call(p: &TestProxy, body: &str, id: Option<&str>) -> (StatusCode, Value, String) {
         let mut h = HeaderMap::new();
         if let Some(id) = id {
             h.insert("x-request-id", HeaderValue::from_str(id).expect("id"));
         }
+        let routes = p.routes.lock().expect("lock").clone();
         let res = p
+            .inference
             .clone()
-            .handle("chat/completions", h, Bytes::from(body.to_string()))
+            .handle(routes, "chat/completions", h, Bytes::from(body.to_string()))
             .await;
         let status = res.status();
         let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
@@ -608,12 +625,15 @@ mod tests {
             "text/event-stream",
         )
         .await;
-        *p.upstreams.write().expect("lock") = Arc::new(vec![Upstream {
-            provider: "p".into(),
-            deployment: "d".into(),
-            base_url: plain,
-            api_key: None,
-        }]);
+        *p.routes.lock().expect("lock") = Arc::new(InferenceRoutes {
+            upstreams: vec![Upstream {
+                provider: "p".into(),
+                deployment: "d".into(),
+                base_url: plain,
+                api_key: None,
+            }],
+            limits: Limits::default(),
+        });
         call(&p, r#"{"stream":true,"max_tokens":20}"#, Some("s-2")).await;
         for _ in 0..50 {
             if p.budget.used(NOON).0 == 27 {
@@ -629,22 +649,22 @@ mod tests {
         let policy = br#"{"modelPreference":{"primary":{"provider":"a","deployment":"gpt"},"fallback":[{"provider":"b","deployment":"small"}]},"tokenBudget":{"perRequestTokens":10,"dailyTokens":100}}"#;
         let mut providers = Providers::new();
         providers.insert("a".into(), ("https://a.example/v1".into(), None));
-        assert!(
-            upstreams_of(policy, &providers).is_err(),
-            "provider b has no URL"
-        );
+        let compile = |p: &Providers| InferenceRoutes::compile("inference-policy.json", policy, p);
+        assert!(compile(&providers).is_err(), "provider b has no URL");
         providers.insert(
             "b".into(),
             ("https://b.example/v1".into(), Some("k".into())),
         );
-        let ups = upstreams_of(policy, &providers).expect("ok");
+        let routes = compile(&providers).expect("ok");
         assert_eq!(
-            ups.iter()
+            routes
+                .upstreams
+                .iter()
                 .map(|u| u.deployment.as_str())
                 .collect::<Vec<_>>(),
             ["gpt", "small"]
         );
-        let l = limits_of(policy).expect("limits");
+        let l = routes.limits;
         assert_eq!(
             (l.per_request_tokens, l.daily_tokens, l.monthly_tokens),
             (Some(10), Some(100), None)

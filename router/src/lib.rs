@@ -1,11 +1,14 @@
-//! kars-router: the sidecar beside every agent container.
+//! kars-router: the sidecar beside every agent container, the only way out of the pod.
 //!
-//! What exists today: loading the policy files the renderer mounts (egress allowlist, egress
-//! approvals, AGT profile, inference policy, memory binding), reloading them when they change
-//! (a bad file keeps the last good copy and is reported), and `GET /internal/policy-status`,
-//! which echoes each loaded policy's digest so the agent can tell when a policy is enforced.
-//! The audit log with its hash chain (`audit`) is in place; enforcement (egress proxy,
-//! inference proxy, tool decisions) is issue 7.
+//! The data flow, one module each: [`reload`] reads the policy mounts the renderer configured
+//! (the names come from `kars-contract`), compiles each kind once and swaps in a snapshot;
+//! [`proxy`] is the egress forward proxy (listener → request head / ClientHello → decision by
+//! [`egress`] → checked connect → relay); [`server`] serves governance decisions ([`governance`]),
+//! the inference proxy ([`inference`], [`budget`]), `/internal/policy-status` and health;
+//! [`audit`] is the hash-chained log every decision goes to first; [`listeners`] keeps every
+//! port accepting (and `/healthz` honest) through accept errors.
+//!
+//! `main.rs` only reads the settings ([`config`]) and wires these together.
 
 pub mod audit;
 pub mod auth;
@@ -14,7 +17,9 @@ pub mod config;
 pub mod egress;
 pub mod governance;
 pub mod inference;
+pub mod listeners;
 pub mod metrics;
-pub mod policy;
+pub mod policy_file;
 pub mod proxy;
+pub mod reload;
 pub mod server;

@@ -30,6 +30,17 @@ pub struct RouterMetrics {
     pub governance: Family<VerdictLabel, Counter>,
     /// Audit records that could not be written.
     pub audit_write_failures: Counter,
+    /// Refusal records held back by the audit throttle, by reason.
+    pub audit_suppressed: Family<ReasonLabel, Counter>,
+    /// Policy reload passes (every mount read; a change compiles).
+    pub policy_reloads: Counter,
+}
+
+/// Label of a counter by reason word.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason word.
+    pub reason: String,
 }
 
 impl Default for RouterMetrics {
@@ -38,6 +49,18 @@ impl Default for RouterMetrics {
         let egress = Family::<EgressLabels, Counter>::default();
         let governance = Family::<VerdictLabel, Counter>::default();
         let audit_write_failures = Counter::default();
+        let audit_suppressed = Family::<ReasonLabel, Counter>::default();
+        let policy_reloads = Counter::default();
+        registry.register(
+            "audit_suppressed",
+            "Refusal records not written because the audit throttle held them back, by reason",
+            audit_suppressed.clone(),
+        );
+        registry.register(
+            "policy_reloads",
+            "Policy reload passes (mounts read; changed policies compiled)",
+            policy_reloads.clone(),
+        );
         registry.register(
             "egress_decisions",
             "Egress proxy decisions, by outcome and reason",
@@ -58,6 +81,8 @@ impl Default for RouterMetrics {
             egress,
             governance,
             audit_write_failures,
+            audit_suppressed,
+            policy_reloads,
         }
     }
 }
@@ -68,6 +93,15 @@ impl RouterMetrics {
         self.egress
             .get_or_create(&EgressLabels {
                 outcome: outcome.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a refusal record the audit throttle held back.
+    pub fn audit_suppressed(&self, reason: &str) {
+        self.audit_suppressed
+            .get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
             })
             .inc();

@@ -1,5 +1,6 @@
-//! The HTTP surface: health, the policy-status echo, governance decisions (audited), and the
-//! audit head.
+//! The HTTP surface: health (every listener), the policy-status echo, governance decisions
+//! (audited), the inference routes, Learn mode's hosts and the audit head. Every handler reads
+//! the policy snapshot in force once ([`crate::reload::Policies::snapshot`]).
 
 use std::sync::Arc;
 
@@ -12,36 +13,49 @@ use serde_json::json;
 
 use crate::audit::AuditLog;
 use crate::auth::bearer_matches;
-use crate::governance::Governance;
-use crate::policy::PolicyStore;
+use crate::listeners::Listeners;
+use crate::reload::Policies;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
-    /// Loaded policies.
-    pub policies: Arc<PolicyStore>,
+    /// The policies in force.
+    pub policies: Arc<Policies>,
     /// Admin bearer token (empty = protected endpoints refuse everyone).
     pub admin_token: Arc<String>,
     /// Sandbox name.
     pub sandbox: Arc<String>,
-    /// Governance engine (compiled from the loaded AGT profiles).
-    pub governance: Arc<Governance>,
     /// The audit log (`None`: decisions are not recorded — tests only).
     pub audit: Option<Arc<AuditLog>>,
-    /// The egress proxy's state (for `/egress/learned`), when the proxy runs.
-    pub egress: Option<Arc<crate::proxy::ProxyState>>,
+    /// True when the egress proxy runs (`/egress/learned` answers).
+    pub egress_proxy: bool,
     /// Counters (shared with the proxy).
     pub metrics: Arc<crate::metrics::RouterMetrics>,
-    /// The inference proxy, when an inference policy and providers are configured.
+    /// The inference proxy, when providers are configured.
     pub inference: Option<Arc<crate::inference::Inference>>,
+    /// The health of every listener (`/healthz`).
+    pub listeners: Arc<Listeners>,
 }
 
 /// The metrics listener's routes (`/metrics`, `/healthz`), for the separate metrics port.
 pub fn metrics_app(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// 200 while every listener accepts connections, else 503 naming the failing ones.
+async fn healthz(State(s): State<AppState>) -> Response {
+    if s.listeners.all_serving() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"listeners": s.listeners.states()})),
+        )
+            .into_response()
+    }
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -55,7 +69,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
 /// Builds the router (handlers are testable without sockets).
 pub fn app(state: AppState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/internal/policy-status", get(policy_status))
@@ -83,7 +97,8 @@ pub fn app(state: AppState) -> Router {
 
 async fn readyz(State(s): State<AppState>) -> Response {
     let snapshot = s.policies.snapshot();
-    if snapshot.is_empty() || snapshot.iter().any(|e| e.digest.is_some()) {
+    let entries = &snapshot.entries;
+    if entries.is_empty() || entries.iter().any(|e| e.digest.is_some()) {
         (StatusCode::OK, "ready").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "no policy loaded").into_response()
@@ -122,10 +137,10 @@ async fn egress_learned(State(s): State<AppState>, headers: HeaderMap) -> Respon
     if let Some(denied) = require_admin(&s, &headers) {
         return denied;
     }
-    let Some(egress) = &s.egress else {
+    if !s.egress_proxy {
         return (StatusCode::NOT_FOUND, "the egress proxy is not running").into_response();
-    };
-    let policy = egress.policy();
+    }
+    let policy = s.policies.snapshot().egress.clone();
     let learned: Vec<_> = policy
         .learned()
         .into_iter()
@@ -141,7 +156,10 @@ async fn inference(
     body: axum::body::Bytes,
 ) -> Response {
     match &s.inference {
-        Some(i) => i.clone().handle(api, headers, body).await,
+        Some(i) => {
+            let routes = s.policies.snapshot().inference.clone();
+            i.clone().handle(routes, api, headers, body).await
+        }
         None => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"error": {"type": "no_upstream", "message": "no inference policy or provider is configured for this sandbox"}})),
@@ -166,7 +184,7 @@ async fn governance_check(State(s): State<AppState>, body: axum::body::Bytes) ->
         )
             .into_response();
     };
-    let engine = s.governance.engine(&s.policies);
+    let engine = s.policies.snapshot().governance.clone();
     let decision = engine.decide(&action, std::time::Instant::now());
     s.metrics
         .governance
@@ -185,7 +203,7 @@ async fn governance_check(State(s): State<AppState>, body: axum::body::Bytes) ->
         fields.insert("verdict".into(), json!(decision.verdict));
         fields.insert("rule".into(), json!(decision.rule));
         // No record, no decision: a failed write refuses the action.
-        if let Err(e) = log.append(&crate::policy::now_rfc3339(), fields) {
+        if let Err(e) = log.append(&kars_contract::time::now_rfc3339(), fields) {
             s.metrics.audit_write_failures.inc();
             tracing::error!(error = %e, "audit write failed; refusing the action");
             return (
@@ -208,7 +226,8 @@ async fn policy_status(State(s): State<AppState>, headers: HeaderMap) -> Respons
     if let Some(denied) = require_admin(&s, &headers) {
         return denied;
     }
-    let entries: Vec<_> = s.policies.snapshot().iter().map(|e| json!(**e)).collect();
+    let snapshot = s.policies.snapshot();
+    let entries: Vec<_> = snapshot.entries.iter().map(|e| json!(e)).collect();
     Json(json!({
         "schema_version": 1,
         "sandbox": *s.sandbox,
@@ -221,27 +240,31 @@ async fn policy_status(State(s): State<AppState>, headers: HeaderMap) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Mount, PolicyKind};
+    use crate::reload::{Mount, Settings};
     use axum::body::Body;
     use axum::http::Request;
+    use kars_contract::PolicyKind;
     use tower::ServiceExt;
 
     fn state(dir: &std::path::Path) -> AppState {
         std::fs::write(dir.join("allowlist.json"), "{}").expect("write");
-        let store = PolicyStore::new(vec![Mount {
-            kind: PolicyKind::EgressAllowlist,
-            dir: dir.into(),
-        }]);
+        let store = Policies::new(
+            vec![Mount {
+                kind: PolicyKind::EgressAllowlist,
+                dir: dir.into(),
+            }],
+            Settings::default(),
+        );
         store.reload();
         AppState {
             policies: Arc::new(store),
             admin_token: Arc::new("tok".into()),
             sandbox: Arc::new("a".into()),
-            governance: Arc::default(),
             audit: None,
-            egress: None,
+            egress_proxy: false,
             metrics: Arc::default(),
             inference: None,
+            listeners: Arc::default(),
         }
     }
 
@@ -288,7 +311,7 @@ mod tests {
         assert_eq!(v["entries"][0]["kind"], "EgressAllowlist");
         assert_eq!(
             v["entries"][0]["digest"],
-            crate::policy::digest(&[("allowlist.json".into(), b"{}".to_vec())])
+            kars_contract::policy::digest_file("allowlist.json", b"{}")
         );
     }
 
@@ -317,10 +340,13 @@ mod tests {
         std::fs::create_dir_all(&profiles).expect("mkdir");
         let profile = profiles.join("tools.yaml");
         std::fs::write(&profile, "version: '1'\nagent: a\npolicies:\n- {name: tools, allowed_actions: ['tool:*'], priority: 1}\n- {name: no-rm, denied_actions: ['tool:shell:rm*'], priority: 5}\n").expect("write");
-        let store = PolicyStore::new(vec![Mount {
-            kind: PolicyKind::AgtProfile,
-            dir: profiles.clone(),
-        }]);
+        let store = Policies::new(
+            vec![Mount {
+                kind: PolicyKind::AgtProfile,
+                dir: profiles.clone(),
+            }],
+            Settings::default(),
+        );
         store.reload();
         let audit_path = dir.path().join("audit.jsonl");
         let log = AuditLog::open(&audit_path, crate::audit::Fsync::Always).expect("audit");
@@ -328,11 +354,11 @@ mod tests {
             policies: Arc::new(store),
             admin_token: Arc::new("tok".into()),
             sandbox: Arc::new("a".into()),
-            governance: Arc::default(),
             audit: Some(Arc::new(log)),
-            egress: None,
+            egress_proxy: false,
             metrics: Arc::default(),
             inference: None,
+            listeners: Arc::default(),
         };
         let app = app(state.clone());
         let (code, v) = check(&app, r#"{"action":"tool:web_fetch:x"}"#).await;

@@ -224,7 +224,7 @@ fn oras_and_cosign_verify_in_kars() -> Result<()> {
     );
     let r = kars_gitops_agent::bundles::BundleRef::parse(&reference).context("parse")?;
     let bytes = kars_e2e::block_on_value(verifier.verify(EGRESS, &r))?
-        .map_err(|e| anyhow::anyhow!("agent verifier: {}: {e}", e.label()))?;
+        .map_err(|e| anyhow::anyhow!("agent verifier: {}: {e}", e.reason()))?;
     ensure!(bytes == std::fs::read(&file)?);
     Ok(())
 }
@@ -498,7 +498,7 @@ async fn allowlist_configmap(
         .metadata
         .annotations
         .unwrap_or_default()
-        .get(kars_renderer::render::BUNDLE_DIGEST_ANNOTATION)
+        .get(kars_contract::labels::BUNDLE_DIGEST_ANNOTATION)
         .cloned()
         .unwrap_or_default();
     Ok((data, digest))

@@ -622,6 +622,47 @@ fn policyrepo_condition(
     Ok(out.trim().to_string())
 }
 
+/// The rendered router container of a Deployment, if it has one.
+fn router_container(deployment: &Value) -> Option<&Value> {
+    deployment["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| c["name"] == kars_contract::router::CONTAINER)
+        })
+}
+
+/// (mount path, ConfigMap) for every rendered ConfigMap a Deployment mounts into its router,
+/// read from the Deployment the way kubelet reads it (volumeMounts → volumes → ConfigMap).
+fn router_configmaps<'a>(deployment: &Value, objects: &[&'a Value]) -> Vec<(String, &'a Value)> {
+    let ns = deployment["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default();
+    let volumes = &deployment["spec"]["template"]["spec"]["volumes"];
+    let Some(router) = router_container(deployment) else {
+        return Vec::new();
+    };
+    router["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let path = m["mountPath"].as_str()?;
+            let cm_name = volumes
+                .as_array()?
+                .iter()
+                .find(|v| v["name"] == m["name"])?["configMap"]["name"]
+                .as_str()?;
+            let cm = objects.iter().copied().find(|o| {
+                o["kind"] == "ConfigMap"
+                    && o["metadata"]["name"] == cm_name
+                    && o["metadata"]["namespace"] == ns
+            })?;
+            Some((path.to_string(), cm))
+        })
+        .collect()
+}
+
 /// Mounts the ConfigMaps a rendered Deployment gives its router under `d` (as kubelet would:
 /// one file per key), writes the admin token, and starts `kars-router` on `address:port` with
 /// the container's rendered environment (paths moved under `d`). Returns the mounts
@@ -634,7 +675,6 @@ fn start_rendered_router(
     port: u16,
     token: &str,
 ) -> Result<(Mounts, Router)> {
-    use kars_gitops_agent::enforcement::{router_configmaps, router_container};
     let router = router_container(deployment).context("router container")?;
     let mut mounted: Mounts = Vec::new();
     for (path, cm) in router_configmaps(deployment, objects) {
@@ -735,13 +775,17 @@ fn rendered_policies_digests_agree() -> Result<()> {
         );
     }
     // The agent's check agrees: enforced now; not enforced once a mounted policy differs from
-    // the rendered one (here: edited on disk, as a stale or tampered mount would be).
-    let configmaps: Vec<&Value> = objects
+    // the rendered one (here: edited on disk, as a stale or tampered mount would be). What the
+    // agent expects is the renderer's record, not read back from the Deployment.
+    let namespace = deployment["metadata"]["namespace"]
+        .as_str()
+        .unwrap_or_default();
+    let expectation = rendered
+        .routers
         .iter()
-        .copied()
-        .filter(|o| o["kind"] == "ConfigMap")
-        .collect();
-    let expected = kars_gitops_agent::enforcement::expected_digests(deployment, &configmaps);
+        .find(|r| r.namespace == namespace)
+        .context("the renderer's router expectation")?;
+    let expected = kars_gitops_agent::enforcement::expected_digests(expectation);
     ensure!(
         expected.len() >= 3
             && expected

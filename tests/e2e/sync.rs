@@ -415,7 +415,7 @@ fn drift() -> Result<()> {
             .find(|x| x.object == format!("Deployment/{ns}/{name}"))
             .map(|x| x.action.clone());
         ensure!(
-            matches!(&drifted, Some(Action::Drifted(at)) if at.contains("replicas")),
+            matches!(&drifted, Some(Action::Drifted(d)) if d.at.contains("replicas")),
             "self-heal off: {drifted:?}"
         );
         ensure!(
@@ -470,7 +470,7 @@ fn drift() -> Result<()> {
             .next()
             .context("a conflict with a controller should be reported")?;
         ensure!(
-            matches!(&failure.action, Action::Failed(m) if m.contains("conflict") && m.contains("--force-conflicts")),
+            matches!(&failure.action, Action::Failed(f) if f.reason == kars_contract::Reason::Conflict && f.message.contains("conflict") && f.message.contains("--force-conflicts")),
             "{:?}",
             failure.action
         );

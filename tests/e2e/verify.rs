@@ -62,7 +62,7 @@ fn one(repo: &Path, policy: &TrustPolicy, commit: &str) -> Result<Result<(), Str
         .context("commit not in verdict")?;
     Ok(match &c.refusal {
         None => Ok(()),
-        Some(r) => Err(r.label().to_string()),
+        Some(r) => Err(r.reason().as_str().to_string()),
     })
 }
 
@@ -359,7 +359,7 @@ fn signed_tags() -> Result<()> {
     );
     let bad = verify_tag(&r, &policy, tag("v1-unsigned")?, verify::unix_now())?;
     ensure!(
-        bad.as_ref().err().map(|e| e.label()) == Some("Unsigned"),
+        bad.as_ref().err().map(|e| e.reason().as_str()) == Some("Unsigned"),
         "unsigned tag: {bad:?}"
     );
     ensure!(
@@ -482,7 +482,7 @@ fn rollback() -> Result<()> {
     // Force-push back to the older signed commit.
     let v = ours(&repo.path, &policy, Some(&c2), &c1)?;
     ensure!(
-        v.history.as_ref().map(|h| h.label()) == Some("Rollback"),
+        v.history.as_ref().map(|h| h.reason().as_str()) == Some("Rollback"),
         "force-push to an older signed commit was not refused: {v:?}"
     );
     ensure!(
@@ -510,7 +510,7 @@ fn rollback() -> Result<()> {
     )?;
     let v = ours(&repo.path, &policy, Some(&c2), &r)?;
     ensure!(
-        v.history.as_ref().map(|h| h.label()) == Some("RollbackOverrideUnderSigned"),
+        v.history.as_ref().map(|h| h.reason().as_str()) == Some("RollbackOverrideUnderSigned"),
         "a rollback override with one signer: {v:?}"
     );
     repo.tag(
@@ -535,7 +535,7 @@ fn rollback() -> Result<()> {
         ours(&repo.path, &policy, Some(&c2), &wrong)?
             .history
             .as_ref()
-            .map(|h| h.label())
+            .map(|h| h.reason().as_str())
             == Some("Rollback"),
         "an override for another commit was honoured"
     );
@@ -676,7 +676,7 @@ fn forge_merges() -> Result<()> {
         .find(|c| c.id == bad)
         .context("merge verdict")?;
     ensure!(
-        head.refusal.as_ref().map(|r| r.label()) == Some("ForgeMergeUnverified"),
+        head.refusal.as_ref().map(|r| r.reason().as_str()) == Some("ForgeMergeUnverified"),
         "forge merge of an unsigned commit: {:?}",
         head.refusal
     );

@@ -13,8 +13,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -22,6 +22,7 @@ use kars_router::audit::{AuditLog, Fsync};
 use kars_router::egress::{EgressPolicy, Mode};
 use kars_router::governance::{Engine, Profile};
 use kars_router::proxy::{ProxyLimits, ProxyState, Resolver, serve};
+use kars_router::reload::{Policies, Snapshot};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -100,17 +101,16 @@ async fn kars_proxy(up: SocketAddr, audit: Option<Arc<AuditLog>>) -> Result<Sock
         Vec::new(),
         vec!["127.0.0.0/8".parse().context("cidr")?],
     );
-    let state = Arc::new(ProxyState {
-        policy: RwLock::new(Arc::new(policy)),
-        resolver: Resolver::Static(HashMap::from([(
+    let state = Arc::new(ProxyState::new(
+        Arc::new(Policies::fixed(Snapshot::with_egress(policy))),
+        Resolver::Static(HashMap::from([(
             "upstream.bench".to_string(),
             vec![up.ip()],
         )])),
         audit,
-        limits: ProxyLimits::default(),
-        clock: kars_router::proxy::system_clock,
-        metrics: Arc::default(),
-    });
+        ProxyLimits::default(),
+        Arc::default(),
+    ));
     let l = TcpListener::bind("127.0.0.1:0").await?;
     let addr = l.local_addr()?;
     tokio::spawn(serve(l, state));

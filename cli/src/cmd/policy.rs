@@ -342,14 +342,14 @@ async fn verify_cmd(a: VerifyArgs) -> Result<ExitCode, Failure> {
             if a.json {
                 let out = serde_json::json!({
                     "reference": r.to_string(), "kind": a.kind.name(), "verified": false,
-                    "reason": failure.label(), "message": failure.to_string(),
+                    "reason": failure.reason(), "message": failure.to_string(),
                 });
                 crate::outln!("{}", serde_json::to_string_pretty(&out)?);
                 Ok(ExitCode::from(1))
             } else {
                 Err(Failure::check(anyhow!(
                     "{r} did not verify: {}: {failure}",
-                    failure.label()
+                    failure.reason()
                 )))
             }
         }

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use kars_gitops_agent::bundles::BundleArgs;
-use kars_renderer::{Bundles, RenderError, output};
+use kars_gitops_agent::sync::SyncError;
+use kars_gitops_agent::sync::pipeline::bundles_and_render;
+use kars_renderer::{RenderError, output};
 
 use crate::Failure;
 
@@ -41,20 +43,28 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let tree = super::read_tree(&args.path)?;
     let prepared =
         kars_renderer::prepare(&tree, args.cluster.as_deref()).map_err(render_failure)?;
-    let uses = prepared.bundle_uses();
-    let bundles = if uses.is_empty() || !args.bundles.any_signer() {
-        Bundles::none()
-    } else {
-        let verifier = args
-            .bundles
-            .verifier(None)
-            .map_err(|e| Failure::usage(anyhow::anyhow!(e)))?;
-        eprintln!("verifying {} signed bundle reference(s) …", uses.len());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?;
-        let (bundles, statuses) = runtime.block_on(verifier.resolve(&uses, &[]));
+    // The agent's own bundle and render step: without signers no reference can verify, and
+    // the objects needing one are held back.
+    let verifier = args
+        .bundles
+        .verifier(None)
+        .map_err(|e| Failure::usage(anyhow::anyhow!(e)))?;
+    let with_signers = args.bundles.any_signer();
+    let references = prepared.bundle_uses().len();
+    if with_signers && references > 0 {
+        eprintln!("verifying {references} signed bundle reference(s) …");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (_, statuses, rendered) = runtime.block_on(bundles_and_render(
+        prepared,
+        "the working tree",
+        &verifier,
+        &[],
+    ));
+    if with_signers {
         for st in statuses.iter().filter(|s| s.reason.is_some()) {
             eprintln!(
                 "bundle {} of {} ({}): {}",
@@ -64,9 +74,11 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
                 st.message.as_deref().unwrap_or_default()
             );
         }
-        bundles
-    };
-    let rendered = prepared.render(&bundles).map_err(render_failure)?;
+    }
+    let rendered = rendered.map_err(|e| match e {
+        SyncError::Render { source, .. } => render_failure(source),
+        other => Failure::check(anyhow::anyhow!("{other}")),
+    })?;
     match &args.out {
         None => {
             let yaml = output::to_yaml(&rendered).map_err(Failure::check)?;

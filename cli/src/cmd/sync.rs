@@ -188,11 +188,11 @@ async fn run_async(args: Args) -> Result<ExitCode, Failure> {
         Err(SyncError::Untrusted(verdict)) => {
             for c in verdict.commits.iter().filter(|c| !c.ok()) {
                 if let Some(r) = &c.refusal {
-                    eprintln!("commit {} {}: {r}", &c.id[..12.min(c.id.len())], r.label());
+                    eprintln!("commit {} {}: {r}", &c.id[..12.min(c.id.len())], r.reason());
                 }
             }
             if let Some(h) = &verdict.history {
-                eprintln!("{}: {h}", h.label());
+                eprintln!("{}: {h}", h.reason());
             }
             return Err(Failure::check(anyhow::anyhow!(
                 "verification failed; nothing was applied and the cluster is unchanged (status: kubectl -n {} get policyrepo {})",
@@ -231,8 +231,8 @@ async fn run_async(args: Args) -> Result<ExitCode, Failure> {
                 Action::Unchanged => "unchanged".to_string(),
                 Action::WouldChange => "would change (dry run)".to_string(),
                 Action::Skipped => "skipped (an earlier object failed)".to_string(),
-                Action::Drifted(at) => format!("drifted at {at} (self-heal off: left as is)"),
-                Action::Failed(why) => format!("FAILED: {why}\n    (from {})", o.source),
+                Action::Drifted(d) => format!("drifted at {} (self-heal off: left as is)", d.at),
+                Action::Failed(r) => format!("FAILED: {}\n    (from {})", r.message, o.source),
             };
             crate::outln!("{} {what}", o.object);
         }

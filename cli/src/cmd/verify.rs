@@ -44,8 +44,9 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     .map_err(|e| Failure::usage(anyhow::anyhow!("{e}")))?;
     let repo = source::open(&args.path).map_err(Failure::usage)?;
     let head = source::resolve_commit(&repo, &args.rev).map_err(Failure::usage)?;
+    // The same rule as the agent's: an id the repository no longer has is a rollback.
     let since = match &args.since {
-        Some(s) => Some(source::resolve_commit(&repo, s).map_err(Failure::usage)?),
+        Some(s) => Some(verify::resolve_since(&repo, s).map_err(Failure::usage)?),
         None => None,
     };
     let now = verify::unix_now();
@@ -57,13 +58,15 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         _ => None,
     };
     let mut verifier = Verifier::new(&repo, &policy, now);
-    let verdict = verifier.verify_range(since, head).map_err(Failure::check)?;
+    let verdict = verifier
+        .verify_since(since.as_ref(), head)
+        .map_err(Failure::check)?;
     let tag_ok = tag_check.as_ref().is_none_or(Result::is_ok);
     let ok = verdict.ok() && tag_ok;
     if args.json {
         let tag = tag_check.as_ref().map(|t| match t {
             Ok(a) => serde_json::json!({"rev": args.rev, "ok": true, "signer": a}),
-            Err(r) => serde_json::json!({"rev": args.rev, "ok": false, "reason": r.label(), "message": r.to_string()}),
+            Err(r) => serde_json::json!({"rev": args.rev, "ok": false, "reason": r.reason(), "message": r.to_string()}),
         });
         let out = serde_json::json!({"ok": ok, "tag": tag, "range": verdict});
         crate::outln!("{}", serde_json::to_string_pretty(&out)?);
@@ -77,7 +80,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
                     a.format,
                     a.fingerprint
                 ),
-                Err(r) => crate::outln!("tag {} FAIL {}: {r}", args.rev, r.label()),
+                Err(r) => crate::outln!("tag {} FAIL {}: {r}", args.rev, r.reason()),
             }
         }
         for c in &verdict.commits {
@@ -91,11 +94,11 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
                         .collect();
                     crate::outln!("{short} ok   {}  {}", who.join(" + "), c.summary);
                 }
-                Some(r) => crate::outln!("{short} FAIL {}: {r}  [{}]", r.label(), c.summary),
+                Some(r) => crate::outln!("{short} FAIL {}: {r}  [{}]", r.reason(), c.summary),
             }
         }
         if let Some(h) = &verdict.history {
-            crate::outln!("history FAIL {}: {h}", h.label());
+            crate::outln!("history FAIL {}: {h}", h.reason());
         }
         let bad = verdict.commits.iter().filter(|c| !c.ok()).count();
         eprintln!(

@@ -318,7 +318,7 @@ pub fn parse_ssh_time(s: &str) -> Option<i64> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
         return None;
     }
-    Some(kars_renderer::time::days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss)
+    Some(kars_contract::time::days_from_civil(y, m, d) * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
 /// Reads every certificate of an armored OpenPGP keyring (`gpg --export --armor`), one signer
@@ -397,7 +397,7 @@ mod tests {
         );
         assert_eq!(
             keys[0].valid_after,
-            Some(kars_renderer::time::days_from_civil(2026, 1, 1) * 86_400)
+            Some(kars_contract::time::days_from_civil(2026, 1, 1) * 86_400)
         );
         assert!(keys[0].matches_identity("eve@ops.example.com"));
         assert!(!keys[0].matches_identity("eve@example.com"));

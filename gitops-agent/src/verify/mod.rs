@@ -17,7 +17,7 @@ pub mod trust;
 #[cfg(test)]
 mod fuzz;
 
-pub use range::{CommitVerdict, RangeVerdict, Verifier};
+pub use range::{CommitVerdict, RangeVerdict, Since, Verifier, resolve_since};
 pub use trust::TrustPolicy;
 
 use std::path::Path;
@@ -64,9 +64,4 @@ pub fn load_policy(
 }
 
 /// Seconds since the Unix epoch (the clock for key expiry).
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub use kars_contract::time::unix_now;

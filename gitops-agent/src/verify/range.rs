@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use gix::ObjectId;
 use gix::bstr::ByteSlice;
 
+use kars_contract::Reason;
+
 use super::keys::{SignerClass, SignerKey};
 use super::objects::{CommitFacts, ObjectError, commit_facts, tag_facts};
 use super::signature::{Accepted, Refusal, Signed, check};
@@ -67,16 +69,16 @@ pub enum CommitRefusal {
 }
 
 impl CommitRefusal {
-    /// Stable label for status, metrics and `--json`.
-    pub fn label(&self) -> &'static str {
+    /// The reason word (status, metrics, `--json`).
+    pub fn reason(&self) -> Reason {
         match self {
-            CommitRefusal::Signature(r) => r.label(),
-            CommitRefusal::NotEnoughSigners { .. } => "NotEnoughSigners",
-            CommitRefusal::SignerListChangeUntrusted { .. } => "SignerListChangeUntrusted",
-            CommitRefusal::InvalidSignerList(_) => "InvalidSignerList",
-            CommitRefusal::ForgeNotMerge(_) => "ForgeKeyNotMerge",
-            CommitRefusal::ForgeMergeUnverified(_) => "ForgeMergeUnverified",
-            CommitRefusal::ForgeMergeExtraChanges(_) => "ForgeMergeExtraChanges",
+            CommitRefusal::Signature(r) => r.reason(),
+            CommitRefusal::NotEnoughSigners { .. } => Reason::NotEnoughSigners,
+            CommitRefusal::SignerListChangeUntrusted { .. } => Reason::SignerListChangeUntrusted,
+            CommitRefusal::InvalidSignerList(_) => Reason::InvalidSignerList,
+            CommitRefusal::ForgeNotMerge(_) => Reason::ForgeKeyNotMerge,
+            CommitRefusal::ForgeMergeUnverified(_) => Reason::ForgeMergeUnverified,
+            CommitRefusal::ForgeMergeExtraChanges(_) => Reason::ForgeMergeExtraChanges,
         }
     }
 }
@@ -103,7 +105,7 @@ fn ser_refusal<S: serde::Serializer>(r: &Option<CommitRefusal>, s: S) -> Result<
         None => s.serialize_none(),
         Some(r) => {
             let mut m = s.serialize_map(Some(2))?;
-            m.serialize_entry("reason", r.label())?;
+            m.serialize_entry("reason", &r.reason())?;
             m.serialize_entry("message", &r.to_string())?;
             m.end()
         }
@@ -148,11 +150,13 @@ pub enum HistoryRefusal {
 }
 
 impl HistoryRefusal {
-    /// Stable label.
-    pub fn label(&self) -> &'static str {
+    /// The reason word.
+    pub fn reason(&self) -> Reason {
         match self {
-            HistoryRefusal::Rollback { .. } => "Rollback",
-            HistoryRefusal::RollbackOverrideUnderSigned { .. } => "RollbackOverrideUnderSigned",
+            HistoryRefusal::Rollback { .. } => Reason::Rollback,
+            HistoryRefusal::RollbackOverrideUnderSigned { .. } => {
+                Reason::RollbackOverrideUnderSigned
+            }
         }
     }
 }
@@ -181,13 +185,58 @@ impl RangeVerdict {
     /// The first problem, as one line (for status conditions).
     pub fn first_problem(&self) -> Option<String> {
         if let Some(h) = &self.history {
-            return Some(format!("{}: {h}", h.label()));
+            return Some(format!("{}: {h}", h.reason()));
         }
         self.commits.iter().find_map(|c| {
-            c.refusal
-                .as_ref()
-                .map(|r| format!("{}: commit {}: {r}", r.label(), &c.id[..12.min(c.id.len())]))
+            c.refusal.as_ref().map(|r| {
+                format!(
+                    "{}: commit {}: {r}",
+                    r.reason(),
+                    &c.id[..12.min(c.id.len())]
+                )
+            })
         })
+    }
+
+    /// The reason word of the refusal (the history's, else the first refused commit's).
+    pub fn reason(&self) -> Option<Reason> {
+        self.history
+            .as_ref()
+            .map(HistoryRefusal::reason)
+            .or_else(|| {
+                self.commits
+                    .iter()
+                    .find_map(|c| c.refusal.as_ref().map(CommitRefusal::reason))
+            })
+    }
+}
+
+/// Where a range starts: the last applied commit (as recorded in the cluster, or given with
+/// `--since`), found in the repository or gone from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// The commit exists.
+    Commit(ObjectId),
+    /// A full commit id the repository no longer has: the history it was on was rewritten
+    /// (a force-push), which is a rollback.
+    Vanished(String),
+}
+
+/// Resolves `rev` as the start of a range. A full 40-hex id that is not in the repository is
+/// [`Since::Vanished`]; anything else that does not resolve is an error (a typo).
+pub fn resolve_since(repo: &gix::Repository, rev: &str) -> Result<Since, VerifyError> {
+    let found = repo
+        .rev_parse_single(rev)
+        .ok()
+        .and_then(|id| id.object().ok())
+        .and_then(|o| o.peel_to_commit().ok())
+        .map(|c| c.id);
+    match found {
+        Some(id) => Ok(Since::Commit(id)),
+        None if rev.len() == 40 && rev.bytes().all(|c| c.is_ascii_hexdigit()) => {
+            Ok(Since::Vanished(rev.to_ascii_lowercase()))
+        }
+        None => Err(VerifyError::UnknownRevision(rev.to_string())),
     }
 }
 
@@ -200,6 +249,9 @@ pub enum VerifyError {
     /// Walking history failed.
     #[error("walking history: {0}")]
     Walk(String),
+    /// The start of the range is not a revision of the repository.
+    #[error("revision {0:?} not found (give a commit id, branch or tag)")]
+    UnknownRevision(String),
 }
 
 /// Verifies history with one trust policy.
@@ -218,6 +270,31 @@ impl<'r> Verifier<'r> {
             policy,
             now,
             list_cache: HashMap::new(),
+        }
+    }
+
+    /// Verifies the range from `since` (exclusive; `None`: the whole history of `head`). A
+    /// vanished `since` is refused as a rollback: the head cannot be shown to descend from
+    /// what was applied. The agent and `kars verify` both decide through here.
+    pub fn verify_since(
+        &mut self,
+        since: Option<&Since>,
+        head: ObjectId,
+    ) -> Result<RangeVerdict, VerifyError> {
+        match since {
+            None => self.verify_range(None, head),
+            Some(Since::Commit(id)) => self.verify_range(Some(*id), head),
+            Some(Since::Vanished(id)) => Ok(RangeVerdict {
+                head: head.to_string(),
+                since: Some(id.clone()),
+                commits: Vec::new(),
+                history: Some(HistoryRefusal::Rollback {
+                    head: head.to_string(),
+                    since: id.clone(),
+                    need: self.policy.rollback_min_signers,
+                }),
+                rollback_override: false,
+            }),
         }
     }
 

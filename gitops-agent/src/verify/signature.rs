@@ -70,20 +70,21 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// A stable short reason for status conditions, metrics and `--json`.
-    pub fn label(&self) -> &'static str {
+    /// The reason word (status conditions, metrics, `--json`).
+    pub fn reason(&self) -> kars_contract::Reason {
+        use kars_contract::Reason;
         match self {
-            Refusal::Unsigned => "Unsigned",
-            Refusal::Malformed(_) => "MalformedSignature",
-            Refusal::UnknownSigner(_) => "UnknownSigner",
-            Refusal::BadSignature { .. } => "BadSignature",
-            Refusal::WrongNamespace(_) => "WrongNamespace",
-            Refusal::NamespaceNotAllowed(_) => "NamespaceNotAllowed",
-            Refusal::OutsideValidity { .. } => "OutsideValidity",
-            Refusal::KeyExpired(_) => "KeyExpired",
-            Refusal::KeyRevoked(_) => "KeyRevoked",
-            Refusal::Weak(_) => "WeakSignature",
-            Refusal::IdentityMismatch { .. } => "IdentityMismatch",
+            Refusal::Unsigned => Reason::Unsigned,
+            Refusal::Malformed(_) => Reason::MalformedSignature,
+            Refusal::UnknownSigner(_) => Reason::UnknownSigner,
+            Refusal::BadSignature { .. } => Reason::BadSignature,
+            Refusal::WrongNamespace(_) => Reason::WrongNamespace,
+            Refusal::NamespaceNotAllowed(_) => Reason::NamespaceNotAllowed,
+            Refusal::OutsideValidity { .. } => Reason::OutsideValidity,
+            Refusal::KeyExpired(_) => Reason::KeyExpired,
+            Refusal::KeyRevoked(_) => Reason::KeyRevoked,
+            Refusal::Weak(_) => Reason::WeakSignature,
+            Refusal::IdentityMismatch { .. } => Reason::IdentityMismatch,
         }
     }
 }
@@ -178,7 +179,7 @@ pub fn check(
 }
 
 fn fmt_time(t: i64) -> String {
-    kars_renderer::time::format_rfc3339(t)
+    kars_contract::time::format_rfc3339(t)
 }
 
 fn check_ssh<'k>(signed: &Signed<'_>, keys: &'k [SignerKey]) -> Result<&'k SignerKey, Refusal> {

@@ -1,4 +1,6 @@
-//! The few time formats the kars API uses: RFC 3339 instants and ISO 8601 durations.
+//! Time, one way everywhere: RFC 3339 instants (UTC civil dates without a calendar library),
+//! ISO 8601 durations (the kars API's TTLs) and short durations (`30s`, `5m`, `1h`, `500ms`:
+//! command-line flags and AGT rate-limit windows).
 
 /// Parses an RFC 3339 date-time (`2026-01-02T15:04:05Z`, fractional seconds and numeric
 /// offsets allowed) into seconds since the Unix epoch.
@@ -188,6 +190,50 @@ pub fn parse_iso8601_duration(s: &str) -> Result<u64, DurationError> {
     Ok(total)
 }
 
+/// Why a short duration (`30s`, `5m`, `1h`, `500ms`) was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?}: expected a whole number with a unit, e.g. 500ms, 30s, 5m or 1h")]
+pub struct ShortDurationError(pub String);
+
+/// Parses a short duration: a whole number followed by `ms`, `s`, `m` or `h` (a bare number is
+/// seconds). Zero is allowed; callers that need a positive duration check.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, ShortDurationError> {
+    use std::time::Duration;
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let err = || ShortDurationError(s.to_string());
+    let n: u64 = num.parse().map_err(|_| err())?;
+    let secs = |mul: u64| n.checked_mul(mul).map(Duration::from_secs).ok_or_else(err);
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        _ => Err(err()),
+    }
+}
+
+/// `(YYYY-MM-DD, YYYY-MM)` of a Unix time, UTC.
+pub fn utc_day_and_month(unix: i64) -> (String, String) {
+    let (y, m, d) = civil_from_days(unix.div_euclid(86_400));
+    (format!("{y:04}-{m:02}-{d:02}"), format!("{y:04}-{m:02}"))
+}
+
+/// Seconds since the Unix epoch, now: the one clock read of this crate (the renderer never
+/// calls it; the agent and the router do, at their edges).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The current UTC time, RFC 3339 with seconds.
+pub fn now_rfc3339() -> String {
+    format_rfc3339(unix_now())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +284,31 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn short_durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "s", "5d", "1.5s", "-1s", "5 m", "99999999999999999999h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn civil_dates_round_trip() {
+        for days in [-719_468, -1, 0, 1, 10_957, 19_000, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+        assert_eq!(
+            utc_day_and_month(1_764_633_600),
+            ("2025-12-02".to_string(), "2025-12".to_string())
+        );
     }
 }

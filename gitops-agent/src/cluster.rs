@@ -1,0 +1,189 @@
+//! Cluster access shared by apply, prune, health, enforcement and the read-only views: the kube
+//! client, kind discovery (cached per sync), and the live objects kars GitOps owns.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+
+use kars_contract::labels::{CLUSTER_LABEL, REPOSITORY_LABEL};
+use kars_renderer::{Rendered, RenderedObject};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{self, Scope};
+use serde_json::{Value, json};
+
+/// Builds a kube client from a kubeconfig file, or from the environment (in-cluster config,
+/// `KUBECONFIG`, `~/.kube/config`) when `None`.
+pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, kube::Error> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc =
+                kube::config::Kubeconfig::read_from(path).map_err(kube::Error::InferKubeconfig)?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(kube::Error::InferKubeconfig)?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(kube::Error::InferConfig)?,
+    };
+    kube::Client::try_from(config)
+}
+
+/// True when the API server answered 404.
+pub fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// The group/version/kind of `apiVersion` + `kind`.
+pub fn gvk(api_version: &str, kind: &str) -> GroupVersionKind {
+    let (group, version) = match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    };
+    GroupVersionKind::gvk(group, version, kind)
+}
+
+/// `kind/namespace/name` (or `kind/name`), the key rendered and live objects share.
+pub fn key(kind: &str, namespace: Option<&str>, name: &str) -> String {
+    match namespace {
+        Some(ns) => format!("{kind}/{ns}/{name}"),
+        None => format!("{kind}/{name}"),
+    }
+}
+
+/// One cluster, with kind discovery cached.
+pub struct Cluster {
+    client: kube::Client,
+    resources: Mutex<HashMap<GroupVersionKind, (ApiResource, bool)>>,
+}
+
+impl Cluster {
+    /// A cluster reached through `client`.
+    pub fn new(client: kube::Client) -> Self {
+        Cluster {
+            client,
+            resources: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// Resolves a kind to its API resource and whether it is namespaced (cached; a kind that
+    /// is not served is a 404 error).
+    pub async fn resource(
+        &self,
+        gvk: &GroupVersionKind,
+    ) -> Result<(ApiResource, bool), kube::Error> {
+        if let Some(hit) = self.resources.lock().ok().and_then(|m| m.get(gvk).cloned()) {
+            return Ok(hit);
+        }
+        let (ar, caps) = discovery::pinned_kind(&self.client, gvk).await?;
+        let entry = (ar, caps.scope == Scope::Namespaced);
+        if let Ok(mut m) = self.resources.lock() {
+            m.insert(gvk.clone(), entry.clone());
+        }
+        Ok(entry)
+    }
+
+    /// Forgets cached discovery of CRDs (after new kinds became Established).
+    pub fn forget_crds(&self) {
+        if let Ok(mut m) = self.resources.lock() {
+            m.retain(|k, _| k.kind != "CustomResourceDefinition");
+        }
+    }
+
+    /// The API of `ar` for an object in `namespace` (cluster-scoped kinds ignore it).
+    pub fn api(
+        &self,
+        ar: &ApiResource,
+        namespaced: bool,
+        namespace: Option<&str>,
+    ) -> Api<DynamicObject> {
+        match (namespaced, namespace) {
+            (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, ar),
+            (true, None) => Api::default_namespaced_with(self.client.clone(), ar),
+            (false, _) => Api::all_with(self.client.clone(), ar),
+        }
+    }
+
+    /// The live copy of one object as JSON (with its apiVersion and kind), `None` when it (or
+    /// its kind) does not exist.
+    pub async fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, kube::Error> {
+        let (ar, namespaced) = match self.resource(&gvk(api_version, kind)).await {
+            Ok(r) => r,
+            Err(e) if is_not_found(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        match self.api(&ar, namespaced, namespace).get_opt(name).await {
+            Ok(Some(live)) => Ok(Some(as_json(&live, &ar))),
+            Ok(None) => Ok(None),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The live copy of a rendered object.
+    pub async fn get_rendered(&self, o: &RenderedObject) -> Result<Option<Value>, kube::Error> {
+        self.get(o.api_version(), o.kind(), o.namespace(), o.name())
+            .await
+    }
+
+    /// Our live objects (by the repository and cluster labels, one LIST per kind) of the kinds
+    /// in `rendered` for which `wanted(apiVersion, kind)` holds, keyed by
+    /// `kind/namespace/name`. A kind the API server does not serve yet has nothing live.
+    pub async fn list_live(
+        &self,
+        rendered: &Rendered,
+        wanted: impl Fn(&str, &str) -> bool,
+    ) -> Result<BTreeMap<String, Value>, kube::Error> {
+        let selector = format!(
+            "{REPOSITORY_LABEL}={},{CLUSTER_LABEL}={}",
+            rendered.repository, rendered.cluster
+        );
+        let mut kinds: Vec<GroupVersionKind> = rendered
+            .objects
+            .iter()
+            .filter(|o| wanted(o.api_version(), o.kind()))
+            .map(|o| gvk(o.api_version(), o.kind()))
+            .collect();
+        kinds.sort_by(|a, b| (&a.group, &a.version, &a.kind).cmp(&(&b.group, &b.version, &b.kind)));
+        kinds.dedup();
+        let mut live = BTreeMap::new();
+        for gvk in kinds {
+            let (ar, _) = match self.resource(&gvk).await {
+                Ok(r) => r,
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => return Err(e),
+            };
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
+            let list = api.list(&ListParams::default().labels(&selector)).await?;
+            for item in list.items {
+                let k = key(
+                    &gvk.kind,
+                    item.metadata.namespace.as_deref(),
+                    item.metadata.name.as_deref().unwrap_or_default(),
+                );
+                live.insert(k, as_json(&item, &ar));
+            }
+        }
+        Ok(live)
+    }
+}
+
+/// A live object as JSON; list items carry no apiVersion/kind of their own, so they are set.
+fn as_json(obj: &DynamicObject, ar: &ApiResource) -> Value {
+    let mut value = serde_json::to_value(obj).unwrap_or(Value::Null);
+    value["apiVersion"] = json!(ar.api_version);
+    value["kind"] = json!(ar.kind);
+    value
+}

@@ -1,0 +1,305 @@
+//! One sync: source → verify → bundles → render → apply → prune → health → enforcement →
+//! status. Both the agent and `kars sync` run [`sync_once`], against the same `PolicyRepo`
+//! status object, so either one continues where the other stopped (last applied commit,
+//! inventory); `kars render`, `kars diff` and `kars why` run the same [`pipeline`] steps up to
+//! where they stop.
+//!
+//! The shape: [`pipeline`] runs the steps and records each one's typed outcome in a
+//! [`pipeline::Run`] (stopping at the first step that fails); [`report`] turns a run into the
+//! PolicyRepo status (conditions, failures, inventory, counts) as a pure function; [`events`]
+//! publishes Kubernetes Events for the transitions; [`sync_once`] strings them together with
+//! the status read and write and the metrics.
+//!
+//! Failure semantics: a source, verification or render failure applies nothing and deletes
+//! nothing; an apply failure (the API server refused an object, even in the dry run) writes
+//! nothing when caught by the dry run, and never prunes; pruning runs only after every object
+//! applied. The status says which step failed, why, and for which object.
+
+pub mod events;
+pub mod pipeline;
+pub mod report;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use kars_contract::Reason;
+use kars_renderer::RenderError;
+
+use crate::apply::{Action, ApplyError, ApplyOptions, ApplyReport};
+use crate::bundles::BundleVerifier;
+use crate::health::HealthReport;
+use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
+use crate::prune::{PruneOptions, PruneResult};
+use crate::source::{self, Credentials, GitSourceError};
+use crate::status::{self, PolicyRepoSpec, PolicyRepoStatus};
+use crate::verify::{RangeVerdict, TrustPolicy, range::VerifyError};
+
+pub use crate::cluster::kube_client;
+
+/// What to sync and how.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// A local Git repository path, or a URL (`https://`, `ssh://`, `git://`, `file://`).
+    pub source: String,
+    /// Branch to follow (default: `HEAD` of a local path, `main` for a URL).
+    pub branch: Option<String>,
+    /// Cluster of `kars.yaml` to render.
+    pub cluster: Option<String>,
+    /// Who may sign.
+    pub trust: TrustPolicy,
+    /// Fetch credentials.
+    pub credentials: Credentials,
+    /// Where fetched repositories are cached.
+    pub cache_dir: PathBuf,
+    /// Namespace of the PolicyRepo status object.
+    pub status_namespace: String,
+    /// Name of the PolicyRepo status object.
+    pub name: String,
+    /// Apply options (`dry_run` makes the whole sync a dry run: prune only reports).
+    pub apply: ApplyOptions,
+    /// Prune options (the PolicyRepo spec can tighten them).
+    pub prune: PruneOptions,
+    /// How long to wait for applied objects to become healthy (zero: one look, no waiting).
+    pub health_timeout: Duration,
+    /// Verify from this commit instead of the last applied one (CLI `--since`).
+    pub since_override: Option<String>,
+    /// Verifies the signed bundles the commit references.
+    pub bundles: BundleVerifier,
+}
+
+impl SyncConfig {
+    /// The branch actually followed.
+    pub fn effective_branch(&self) -> String {
+        match &self.branch {
+            Some(b) => b.clone(),
+            None if source::is_remote_url(&self.source) => "main".to_string(),
+            None => "HEAD".to_string(),
+        }
+    }
+}
+
+/// A PolicyRepo name from a source: the last path segment, DNS-label safe.
+pub fn default_name(source: &str) -> String {
+    let last = source
+        .trim_end_matches('/')
+        .rsplit(['/', ':'])
+        .next()
+        .unwrap_or("policy-repo");
+    let last = last.trim_end_matches(".git");
+    let mut s: String = last
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    s = s.trim_matches('-').chars().take(63).collect();
+    if s.is_empty() {
+        "policy-repo".into()
+    } else {
+        s
+    }
+}
+
+/// The result of a sync that reached the apply step.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SyncOutcome {
+    /// The commit applied.
+    pub commit: String,
+    /// Repository name from kars.yaml.
+    pub repository: String,
+    /// Cluster name.
+    pub cluster: String,
+    /// Digest of the rendered set.
+    pub digest: String,
+    /// The verification of every new commit.
+    pub verification: RangeVerdict,
+    /// Per-object results.
+    pub apply: ApplyReport,
+    /// Prune results (empty when nothing left Git; `wouldDelete` in a dry run).
+    pub prune: Vec<(String, PruneResult)>,
+    /// Why pruning was held back, if it was.
+    pub prune_refused: Option<String>,
+    /// Health after the apply.
+    pub health: HealthReport,
+    /// Seconds spent in each phase (fetch, verify+render, apply, prune, health).
+    pub timings: Vec<(String, f64)>,
+    /// Signed-bundle references that did not verify: (object, reason).
+    pub bundle_failures: Vec<(String, String)>,
+    /// Objects held back because a bundle they need is not verified (`Kind/namespace/name`).
+    pub held_back: Vec<String>,
+    /// Router Deployments whose running pods do not report the rendered policy digests
+    /// (`namespace/name`); Ready waits for them ("Ready means enforced").
+    pub not_enforced: Vec<String>,
+    /// The reason word of the Ready condition (`Synced` when converged).
+    pub ready: Reason,
+}
+
+impl SyncOutcome {
+    /// True when the cluster matches the verified head (everything applied, pruning done,
+    /// every bundle verified, every running router enforcing).
+    pub fn converged(&self) -> bool {
+        self.ready == Reason::Synced
+    }
+}
+
+/// Why a sync stopped before applying (or could not finish).
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// Reading or fetching the repository failed.
+    #[error(transparent)]
+    Source(#[from] GitSourceError),
+    /// Verification could not run.
+    #[error("verifying: {0}")]
+    VerifyFailed(#[from] VerifyError),
+    /// A commit (or the history) is not trusted: nothing is applied.
+    #[error("verification failed, nothing applied: {}", .0.first_problem().unwrap_or_default())]
+    Untrusted(Box<RangeVerdict>),
+    /// The commit does not render (invalid, unknown cluster, unverified bundle).
+    #[error("commit {commit}: {source}")]
+    Render {
+        /// The commit.
+        commit: String,
+        /// Why.
+        #[source]
+        source: RenderError,
+    },
+    /// Applying could not run (API server unreachable, timeouts).
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// Reading or writing the status object failed.
+    #[error("PolicyRepo {0}: {1}")]
+    Status(String, kube::Error),
+    /// The PolicyRepo is suspended.
+    #[error("suspended (spec.suspend: true); nothing was synced")]
+    Suspended,
+    /// A step of the sync crashed (a bug): nothing more was done.
+    #[error("the {step} step stopped unexpectedly: {message}")]
+    Crashed {
+        /// The step.
+        step: &'static str,
+        /// The panic or cancellation.
+        message: String,
+    },
+}
+
+impl SyncError {
+    /// The reason word (status conditions, metrics, CLI).
+    pub fn reason(&self) -> Reason {
+        match self {
+            SyncError::Source(e) => e.reason(),
+            SyncError::VerifyFailed(_) => Reason::VerificationError,
+            SyncError::Untrusted(v) => v.reason().unwrap_or(Reason::VerificationFailed),
+            SyncError::Render { source, .. } => source.reason(),
+            SyncError::Apply(e) => e.reason(),
+            SyncError::Status(..) => Reason::StatusUnavailable,
+            SyncError::Suspended => Reason::Suspended,
+            SyncError::Crashed { .. } => Reason::TaskFailed,
+        }
+    }
+}
+
+/// Runs one sync and records it in the PolicyRepo status. `stop` is polled between objects
+/// (graceful shutdown). Returns the outcome, or the error that stopped the sync (already in
+/// the status).
+pub async fn sync_once(
+    client: kube::Client,
+    cfg: &SyncConfig,
+    metrics: Option<&Metrics>,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<SyncOutcome, SyncError> {
+    let started = Instant::now();
+    let spec = PolicyRepoSpec {
+        url: cfg.source.clone(),
+        branch: cfg.branch.clone(),
+        cluster: cfg.cluster.clone(),
+        ..PolicyRepoSpec::default()
+    };
+    let pr = status::get_or_create(&client, &cfg.status_namespace, &cfg.name, spec)
+        .await
+        .map_err(|e| SyncError::Status(cfg.name.clone(), e))?;
+    let before: PolicyRepoStatus = pr.status.clone().unwrap_or_default();
+    let run = if pr.spec.suspend {
+        pipeline::Run::suspended()
+    } else {
+        let cluster = crate::cluster::Cluster::new(client.clone());
+        pipeline::run(&cluster, cfg, &pr.spec, &before, stop).await
+    };
+    let after = report::status(&before, &run, cfg.apply.dry_run, pr.metadata.generation);
+    // A no-op sync leaves the status as it was and sends no write.
+    if after != before {
+        status::write_status(&client, &cfg.status_namespace, &cfg.name, &after)
+            .await
+            .map_err(|e| SyncError::Status(cfg.name.clone(), e))?;
+    }
+    let result = run.into_result();
+    events::publish(&client, &pr, &before, &after, &result).await;
+    if let Some(m) = metrics {
+        record_metrics(m, &result, started.elapsed());
+    }
+    result
+}
+
+fn record_metrics(m: &Metrics, result: &Result<SyncOutcome, SyncError>, took: Duration) {
+    let reason = match result {
+        Ok(o) => o.ready,
+        Err(e) => e.reason(),
+    };
+    m.sync_duration
+        .get_or_create(&ResultLabel {
+            result: reason.as_str().to_string(),
+        })
+        .observe(took.as_secs_f64());
+    match result {
+        Err(e @ SyncError::Untrusted(_)) => {
+            m.verification_failures
+                .get_or_create(&ReasonLabel {
+                    reason: e.reason().as_str().to_string(),
+                })
+                .inc();
+        }
+        Err(_) => {}
+        Ok(o) => {
+            for (_, reason) in &o.bundle_failures {
+                m.bundle_failures
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.clone(),
+                    })
+                    .inc();
+            }
+            m.objects_applied.inc_by(
+                o.apply
+                    .count(|a| matches!(a, Action::Created | Action::Configured))
+                    as u64,
+            );
+            m.objects_pruned.inc_by(
+                o.prune
+                    .iter()
+                    .filter(|(_, r)| *r == PruneResult::Deleted)
+                    .count() as u64,
+            );
+            m.write_requests.inc_by(o.apply.writes as u64);
+            if o.converged() {
+                m.last_applied_timestamp
+                    .set(kars_contract::time::unix_now() as f64);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_from_sources() {
+        assert_eq!(super::default_name("/tmp/x/policy-repo"), "policy-repo");
+        assert_eq!(
+            super::default_name("https://git.example/org/Kars_Policies.git"),
+            "kars-policies"
+        );
+        assert_eq!(super::default_name("git@host:org/repo.git"), "repo");
+        assert_eq!(super::default_name("///"), "policy-repo");
+    }
+}

@@ -1,0 +1,526 @@
+//! The sync pipeline as data: each step returns a typed outcome, recorded in a [`Run`]; the
+//! first step that fails stops the run ([`Stopped`]). Nothing here writes the status: that is
+//! [`super::report`], from the finished run.
+//!
+//! Steps: [`front`] (source, verify, prepare — blocking Git and parsing work in one task, the
+//! repository opened once), bundles, render, apply, prune, health, enforcement. `kars render`,
+//! `kars diff` and `kars why` call [`front`] and [`bundles_and_render`] themselves and stop
+//! before anything writes.
+
+use std::time::{Duration, Instant};
+
+use kars_contract::Reason;
+use kars_renderer::bundle::BundleUse;
+use kars_renderer::source::SourceLimits;
+use kars_renderer::{Prepared, Rendered};
+
+use super::{SyncConfig, SyncError, SyncOutcome};
+use crate::apply::{Applier, ApplyError, ApplyReport};
+use crate::bundles::BundleVerifier;
+use crate::cluster::Cluster;
+use crate::enforcement::{self, Enforcement};
+use crate::health::{self, HealthReport};
+use crate::prune::{self, PruneRefusal, PruneResult};
+use crate::source::{self, Fetched};
+use crate::status::{BundleStatus, InventoryEntry, PolicyRepoSpec, PolicyRepoStatus};
+use crate::verify::{RangeVerdict, Verifier, resolve_since, unix_now};
+
+/// The steps of a sync, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    /// Fetch or open the repository, resolve the head.
+    Source,
+    /// Verify every new commit.
+    Verify,
+    /// Validate and render the head (with the verified bundles).
+    Render,
+    /// Server-side apply.
+    Apply,
+    /// Delete what left Git.
+    Prune,
+    /// Wait for health.
+    Health,
+    /// Ask the routers what they enforce.
+    Enforce,
+}
+
+impl Step {
+    /// The step's name in messages and timings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Source => "source",
+            Step::Verify => "verify",
+            Step::Render => "render",
+            Step::Apply => "apply",
+            Step::Prune => "prune",
+            Step::Health => "health",
+            Step::Enforce => "enforce",
+        }
+    }
+}
+
+/// Where and why a run stopped.
+#[derive(Debug)]
+pub struct Stopped {
+    /// The step that failed.
+    pub step: Step,
+    /// Why.
+    pub error: SyncError,
+}
+
+/// What the prune step did.
+#[derive(Debug, Default)]
+pub enum PruneStep {
+    /// It did not run (an earlier step stopped the run).
+    #[default]
+    NotRun,
+    /// Not attempted: an object failed to apply (nothing is deleted then).
+    ApplyFailed,
+    /// Paused: objects are held back until their signed bundles verify.
+    HeldBack,
+    /// Refused by a safety rule (threshold, empty render).
+    Refused(PruneRefusal),
+    /// Ran (in a dry run: `WouldDelete` for what would go).
+    Ran(Vec<(InventoryEntry, PruneResult)>),
+}
+
+/// One sync, step by step (a step that did not run is `None`).
+#[derive(Debug, Default)]
+pub struct Run {
+    /// `spec.suspend`: nothing ran.
+    pub suspended: bool,
+    /// The source step.
+    pub fetched: Option<FetchedHead>,
+    /// The verification of the new commits.
+    pub verification: Option<RangeVerdict>,
+    /// Every signed-bundle reference of the head.
+    pub bundle_uses: Vec<BundleUse>,
+    /// What each reference resolved to.
+    pub bundles: Vec<BundleStatus>,
+    /// The render.
+    pub rendered: Option<Rendered>,
+    /// The apply.
+    pub apply: Option<ApplyReport>,
+    /// The prune.
+    pub prune: PruneStep,
+    /// The health look.
+    pub health: Option<HealthReport>,
+    /// Per router Deployment (`namespace/name`), what it enforces (`None` in a dry run).
+    pub enforcement: Option<Vec<(String, Enforcement)>>,
+    /// The step that stopped the run, if one did.
+    pub stopped: Option<Stopped>,
+    /// Seconds per phase.
+    pub timings: Vec<(String, f64)>,
+}
+
+/// The head the source step found.
+#[derive(Clone, Debug)]
+pub struct FetchedHead {
+    /// The commit.
+    pub head: String,
+    /// True when a pack was downloaded.
+    pub downloaded: bool,
+}
+
+impl Run {
+    /// The run of a suspended PolicyRepo.
+    pub fn suspended() -> Run {
+        Run {
+            suspended: true,
+            ..Run::default()
+        }
+    }
+
+    fn stop(mut self, step: Step, error: SyncError) -> Run {
+        self.stopped = Some(Stopped { step, error });
+        self
+    }
+
+    /// Signed-bundle references that did not verify: (object, reason word).
+    pub fn bundle_failures(&self) -> Vec<(String, String)> {
+        self.bundles
+            .iter()
+            .filter_map(|b| b.reason.clone().map(|r| (b.object.clone(), r)))
+            .collect()
+    }
+
+    /// Router Deployments that do not enforce the rendered policies.
+    pub fn not_enforced(&self) -> Vec<String> {
+        self.enforcement
+            .iter()
+            .flatten()
+            .filter(|(_, e)| matches!(e, Enforcement::NotEnforced(_)))
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
+    /// The prune results.
+    pub fn pruned(&self) -> &[(InventoryEntry, PruneResult)] {
+        match &self.prune {
+            PruneStep::Ran(r) => r,
+            _ => &[],
+        }
+    }
+
+    /// True when the cluster matches the verified head (everything applied, pruning done,
+    /// every bundle verified, every router enforcing).
+    pub fn converged(&self) -> bool {
+        self.ready_reason() == Reason::Synced
+    }
+
+    /// The reason word of the Ready condition.
+    pub fn ready_reason(&self) -> Reason {
+        if self.suspended {
+            return Reason::Suspended;
+        }
+        if let Some(s) = &self.stopped {
+            return s.error.reason();
+        }
+        let apply_ok = self.apply.as_ref().is_some_and(ApplyReport::is_success);
+        let held_back = self
+            .rendered
+            .as_ref()
+            .is_some_and(|r| !r.held_back.is_empty());
+        let prune_done = self
+            .pruned()
+            .iter()
+            .all(|(_, r)| r.leaves_inventory() || matches!(r, PruneResult::WouldDelete));
+        if !apply_ok {
+            Reason::ApplyFailed
+        } else if let Some((_, reason)) = self.bundle_failures().first() {
+            reason.parse().unwrap_or(Reason::HeldBack)
+        } else if held_back {
+            Reason::HeldBack
+        } else if !self.not_enforced().is_empty() {
+            Reason::NotEnforced
+        } else if matches!(self.prune, PruneStep::Refused(_)) {
+            Reason::PruneRefused
+        } else if !prune_done {
+            Reason::ApplyFailed
+        } else {
+            Reason::Synced
+        }
+    }
+
+    /// The result for callers: the outcome when the run got through apply, else the error.
+    pub fn into_result(self) -> Result<SyncOutcome, SyncError> {
+        if self.suspended {
+            return Err(SyncError::Suspended);
+        }
+        let ready = self.ready_reason();
+        let bundle_failures = self.bundle_failures();
+        let not_enforced = self.not_enforced();
+        if let Some(s) = self.stopped {
+            return Err(s.error);
+        }
+        let (Some(fetched), Some(verification), Some(rendered), Some(apply)) =
+            (self.fetched, self.verification, self.rendered, self.apply)
+        else {
+            return Err(SyncError::Crashed {
+                step: "report",
+                message: "a run without a stop is missing a step".into(),
+            });
+        };
+        let (prune, prune_refused) = match self.prune {
+            PruneStep::Ran(r) => (r.into_iter().map(|(e, r)| (e.key(), r)).collect(), None),
+            PruneStep::Refused(r) => (Vec::new(), Some(r.to_string())),
+            _ => (Vec::new(), None),
+        };
+        Ok(SyncOutcome {
+            commit: fetched.head,
+            repository: rendered.repository.clone(),
+            cluster: rendered.cluster.clone(),
+            digest: rendered.digest.clone(),
+            verification,
+            apply,
+            prune,
+            prune_refused,
+            health: self.health.unwrap_or_default(),
+            timings: self.timings,
+            bundle_failures,
+            held_back: rendered
+                .held_back
+                .iter()
+                .map(|h| h.object.clone())
+                .collect(),
+            not_enforced,
+            ready,
+        })
+    }
+}
+
+/// What the blocking front of the pipeline produced.
+#[derive(Debug)]
+pub struct Front {
+    /// The source step.
+    pub fetched: Option<Fetched>,
+    /// The verification (also when it refused the range).
+    pub verification: Option<RangeVerdict>,
+    /// The validated head, ready to render once its bundles are resolved.
+    pub prepared: Option<Prepared>,
+    /// The step that stopped it.
+    pub stopped: Option<Stopped>,
+}
+
+/// Source → verify → prepare, blocking: opens (or fetches) the repository once, verifies from
+/// `since` (the last applied commit) to the head, and validates the head for `cfg.cluster`.
+/// Nothing of the head is read unless every commit verified.
+pub fn front(cfg: &SyncConfig, since: Option<&str>) -> Front {
+    let mut out = Front {
+        fetched: None,
+        verification: None,
+        prepared: None,
+        stopped: None,
+    };
+    let stop = |step, error| Some(Stopped { step, error });
+    let fetched = match source::checkout(
+        &cfg.source,
+        &cfg.effective_branch(),
+        &cfg.cache_dir,
+        &cfg.trust.approval_tag_prefix,
+        &cfg.credentials,
+    ) {
+        Ok(f) => f,
+        Err(e) => {
+            out.stopped = stop(Step::Source, e.into());
+            return out;
+        }
+    };
+    let (repo, head) = (fetched.repo.clone(), fetched.head);
+    out.fetched = Some(fetched);
+    let verdict = since
+        .map(|s| resolve_since(&repo, s))
+        .transpose()
+        .and_then(|since| {
+            Verifier::new(&repo, &cfg.trust, unix_now()).verify_since(since.as_ref(), head)
+        });
+    match verdict {
+        Err(e) => {
+            out.stopped = stop(Step::Verify, e.into());
+            return out;
+        }
+        Ok(v) if !v.ok() => {
+            out.verification = Some(v.clone());
+            out.stopped = stop(Step::Verify, SyncError::Untrusted(Box::new(v)));
+            return out;
+        }
+        Ok(v) => out.verification = Some(v),
+    }
+    let prepared = source::read_tree(&repo, head, SourceLimits::default())
+        .map_err(SyncError::from)
+        .and_then(|tree| {
+            kars_renderer::prepare(&tree, cfg.cluster.as_deref()).map_err(|source| {
+                SyncError::Render {
+                    commit: head.to_string(),
+                    source,
+                }
+            })
+        });
+    match prepared {
+        Ok(p) => out.prepared = Some(p),
+        Err(e) => out.stopped = stop(Step::Render, e),
+    }
+    out
+}
+
+/// Runs [`front`] on a blocking thread.
+pub async fn front_task(cfg: &SyncConfig, since: Option<String>) -> Result<Front, SyncError> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || front(&cfg, since.as_deref()))
+        .await
+        .map_err(|e| SyncError::Crashed {
+            step: Step::Source.name(),
+            message: e.to_string(),
+        })
+}
+
+/// Resolves every signed-bundle reference of `prepared` (a failed one falls back to the bundle
+/// verified for it before, from `previous`) and renders with what verified.
+pub async fn bundles_and_render(
+    prepared: Prepared,
+    head: &str,
+    verifier: &BundleVerifier,
+    previous: &[BundleStatus],
+) -> (
+    Vec<BundleUse>,
+    Vec<BundleStatus>,
+    Result<Rendered, SyncError>,
+) {
+    let uses = prepared.bundle_uses();
+    let (bundles, statuses) = verifier.resolve(&uses, previous).await;
+    let commit = head.to_string();
+    let rendered = tokio::task::spawn_blocking(move || prepared.render(&bundles))
+        .await
+        .map_err(|e| SyncError::Crashed {
+            step: Step::Render.name(),
+            message: e.to_string(),
+        })
+        .and_then(|r| r.map_err(|source| SyncError::Render { commit, source }));
+    (uses, statuses, rendered)
+}
+
+/// Runs every step against `cluster`. `before` is the status the run starts from (the last
+/// applied commit, the inventory, the bundles verified before); `stop` is polled between
+/// deletions (graceful shutdown).
+pub async fn run(
+    cluster: &Cluster,
+    cfg: &SyncConfig,
+    spec: &PolicyRepoSpec,
+    before: &PolicyRepoStatus,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Run {
+    let mut run = Run::default();
+    let mut mark = Instant::now();
+    let mut lap = |name: &str, run: &mut Run| {
+        run.timings
+            .push((name.to_string(), mark.elapsed().as_secs_f64()));
+        mark = Instant::now();
+    };
+    let since = cfg
+        .since_override
+        .clone()
+        .or_else(|| before.last_applied_revision.clone());
+    let front = match front_task(cfg, since).await {
+        Ok(f) => f,
+        Err(e) => return run.stop(Step::Source, e),
+    };
+    run.fetched = front.fetched.as_ref().map(|f| FetchedHead {
+        head: f.head.to_string(),
+        downloaded: f.downloaded,
+    });
+    lap("fetch", &mut run);
+    run.verification = front.verification;
+    if let Some(s) = front.stopped {
+        return run.stop(s.step, s.error);
+    }
+    let (Some(prepared), Some(head)) = (front.prepared, run.fetched.clone()) else {
+        return run.stop(
+            Step::Render,
+            SyncError::Crashed {
+                step: Step::Render.name(),
+                message: "nothing prepared".into(),
+            },
+        );
+    };
+    let (uses, statuses, rendered) =
+        bundles_and_render(prepared, &head.head, &cfg.bundles, &before.bundles).await;
+    let rendered = match rendered {
+        Ok(r) => r,
+        Err(e) => return run.stop(Step::Render, e),
+    };
+    run.bundle_uses = uses;
+    run.bundles = statuses;
+    lap("verify+render", &mut run);
+
+    let apply = match Applier::new(cluster, cfg.apply.clone())
+        .apply(&rendered)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            run.rendered = Some(rendered);
+            return run.stop(Step::Apply, e.into());
+        }
+    };
+    lap("apply", &mut run);
+
+    run.prune = if !apply.is_success() {
+        PruneStep::ApplyFailed
+    } else if !rendered.held_back.is_empty() {
+        tracing::info!(
+            held_back = rendered.held_back.len(),
+            "prune paused: objects are held back until their signed bundles verify"
+        );
+        PruneStep::HeldBack
+    } else {
+        match prune_step(cluster, cfg, spec, before, &rendered, &head.head, stop).await {
+            Ok(p) => p,
+            Err(e) => {
+                run.rendered = Some(rendered);
+                run.apply = Some(apply);
+                return run.stop(Step::Prune, SyncError::Apply(ApplyError::Kube(e)));
+            }
+        }
+    };
+    lap("prune", &mut run);
+
+    // Health: wait only when something changed; otherwise one look.
+    let changed = apply.changed_anything();
+    let timeout = if changed {
+        cfg.health_timeout
+    } else {
+        Duration::ZERO
+    };
+    let prefetched = (!changed && !apply.live_before.is_empty()).then_some(&apply.live_before);
+    let health = health::wait(cluster, &rendered, timeout, prefetched).await;
+    run.apply = Some(apply);
+    match health {
+        Ok(h) => run.health = Some(h),
+        Err(e) => {
+            run.rendered = Some(rendered);
+            return run.stop(Step::Health, SyncError::Apply(ApplyError::Kube(e)));
+        }
+    }
+    // Ready means enforced: every running router reports the digests just rendered.
+    if !cfg.apply.dry_run {
+        run.enforcement = Some(
+            enforcement::check_all(
+                cluster.client(),
+                &crate::reqwest_client(),
+                &rendered.routers,
+            )
+            .await,
+        );
+    }
+    run.rendered = Some(rendered);
+    lap("health", &mut run);
+    tracing::debug!(timings = ?run.timings, "sync phases (seconds)");
+    run
+}
+
+/// Plans and runs the deletion of what left Git (in a dry run: reports what would go).
+async fn prune_step(
+    cluster: &Cluster,
+    cfg: &SyncConfig,
+    spec: &PolicyRepoSpec,
+    before: &PolicyRepoStatus,
+    rendered: &Rendered,
+    head: &str,
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<PruneStep, kube::Error> {
+    let mut opts = cfg.prune.tightened_by(spec.prune.as_ref());
+    if spec.allow_mass_prune_for.as_deref() == Some(head) {
+        opts.allow_mass_prune = true;
+    }
+    opts.allow_empty = opts.allow_empty || rendered.allow_empty_prune;
+    let old = old_inventory(before);
+    let now: Vec<InventoryEntry> = rendered
+        .objects
+        .iter()
+        .map(crate::status::entry_of)
+        .collect();
+    match prune::plan(&old, &now, &opts) {
+        Err(refusal) => Ok(PruneStep::Refused(refusal)),
+        Ok(planned) if planned.is_empty() => Ok(PruneStep::Ran(Vec::new())),
+        Ok(planned) => {
+            let results = prune::execute(
+                cluster,
+                &rendered.repository,
+                &planned,
+                cfg.apply.dry_run,
+                stop,
+            )
+            .await?;
+            Ok(PruneStep::Ran(results))
+        }
+    }
+}
+
+/// The inventory a status records.
+pub fn old_inventory(st: &PolicyRepoStatus) -> Vec<InventoryEntry> {
+    st.inventory
+        .iter()
+        .filter_map(|s| InventoryEntry::parse(s))
+        .collect()
+}

@@ -1,0 +1,499 @@
+//! The PolicyRepo status of a finished run: conditions, failures, inventory, counts, revisions,
+//! in one place. Pure: the status before and the run in, the status after out (the caller
+//! writes it only when it differs, so a no-op sync writes nothing).
+//!
+//! Conditions, in order: SourceReady, Verified, Rendered, BundlesVerified, Applied, Healthy,
+//! Enforced, and the summary Ready. A run that stopped sets the condition of the step that
+//! failed and Ready=False with the error's reason; the conditions of later steps keep what the
+//! last sync that reached them said.
+
+use std::collections::BTreeSet;
+
+use kars_contract::Reason;
+
+use super::pipeline::{PruneStep, Run, Step};
+use crate::apply::Action;
+use crate::enforcement::Enforcement;
+use crate::health::ObjectHealth;
+use crate::prune::PruneResult;
+use crate::status::{
+    self, InventoryEntry, ObjectFailure, PolicyRepoStatus, SyncCounts, condition as c,
+    set_condition,
+};
+
+/// The status after `run`, starting from `before`. `dry_run` runs never move the applied
+/// revision or the inventory.
+pub fn status(
+    before: &PolicyRepoStatus,
+    run: &Run,
+    dry_run: bool,
+    generation: Option<i64>,
+) -> PolicyRepoStatus {
+    let mut st = before.clone();
+    steps(&mut st, run, dry_run, generation);
+    let (ready, message) = ready(&st, run);
+    set_condition(
+        &mut st.conditions,
+        c::READY,
+        ready,
+        run.ready_reason(),
+        &message,
+        generation,
+    );
+    st.observed_generation = generation;
+    st
+}
+
+/// The Ready condition: True when converged, Unknown when suspended, else False with the first
+/// failure (or the error that stopped the run).
+fn ready(st: &PolicyRepoStatus, run: &Run) -> (Option<bool>, String) {
+    if run.suspended {
+        return (None, "spec.suspend is true".into());
+    }
+    if let Some(s) = &run.stopped {
+        return (Some(false), s.error.to_string());
+    }
+    if run.converged() {
+        let head = run
+            .fetched
+            .as_ref()
+            .map(|f| f.head.as_str())
+            .unwrap_or_default();
+        return (Some(true), format!("commit {head} applied"));
+    }
+    let message = st
+        .failures
+        .first()
+        .map(|f| format!("{}: {}", f.object, f.message))
+        .or_else(|| match &run.prune {
+            PruneStep::Refused(r) => Some(r.to_string()),
+            _ => None,
+        })
+        .unwrap_or_default();
+    (Some(false), message)
+}
+
+/// Every step's conditions and records, in pipeline order, up to where the run stopped.
+fn steps(st: &mut PolicyRepoStatus, run: &Run, dry_run: bool, generation: Option<i64>) {
+    if run.suspended {
+        return;
+    }
+    st.failures.clear();
+    let stopped = run.stopped.as_ref();
+    let stopped_at = |step: Step| stopped.filter(|s| s.step == step);
+    let cond = |st: &mut PolicyRepoStatus, t: &str, ok: Option<bool>, r: Reason, m: &str| {
+        set_condition(&mut st.conditions, t, ok, r, m, generation)
+    };
+
+    // Source.
+    if let Some(s) = stopped_at(Step::Source) {
+        cond(
+            st,
+            c::SOURCE_READY,
+            Some(false),
+            s.error.reason(),
+            &s.error.to_string(),
+        );
+        return;
+    }
+    let Some(fetched) = &run.fetched else { return };
+    let head = fetched.head.as_str();
+    st.last_fetched_revision = Some(head.to_string());
+    cond(
+        st,
+        c::SOURCE_READY,
+        Some(true),
+        Reason::Fetched,
+        &format!("fetched head {head}"),
+    );
+
+    // Verify.
+    if let Some(s) = stopped_at(Step::Verify) {
+        cond(
+            st,
+            c::VERIFIED,
+            Some(false),
+            s.error.reason(),
+            &s.error.to_string(),
+        );
+        return;
+    }
+    let verified = format!("every commit up to {head} verified");
+    // Render.
+    if let Some(s) = stopped_at(Step::Render) {
+        cond(st, c::VERIFIED, Some(true), Reason::Verified, &verified);
+        cond(
+            st,
+            c::RENDERED,
+            Some(false),
+            s.error.reason(),
+            &s.error.to_string(),
+        );
+        return;
+    }
+    let Some(rendered) = &run.rendered else {
+        return;
+    };
+    bundles(st, run, generation);
+    st.last_verified_revision = Some(head.to_string());
+    cond(st, c::VERIFIED, Some(true), Reason::Verified, &verified);
+    cond(
+        st,
+        c::RENDERED,
+        Some(true),
+        Reason::Rendered,
+        &format!(
+            "{} objects, digest {}",
+            rendered.objects.len(),
+            rendered.digest
+        ),
+    );
+
+    // Apply.
+    if let Some(s) = stopped_at(Step::Apply) {
+        cond(
+            st,
+            c::APPLIED,
+            Some(false),
+            s.error.reason(),
+            &s.error.to_string(),
+        );
+        return;
+    }
+    let Some(apply) = &run.apply else { return };
+    for o in &apply.objects {
+        let message = match &o.action {
+            Action::Failed(r) => r.message.clone(),
+            Action::Skipped => "not applied because an earlier object failed".to_string(),
+            Action::Drifted(d) => format!(
+                "changed in the cluster at {}; not restored because self-heal is off",
+                d.at
+            ),
+            _ => continue,
+        };
+        if let Some(reason) = o.action.failure_reason() {
+            st.failures
+                .push(ObjectFailure::new(&o.object, &o.source, reason, message));
+        }
+    }
+
+    // Prune.
+    let old_inventory = super::pipeline::old_inventory(st);
+    match &run.prune {
+        PruneStep::Refused(refusal) => st.failures.push(ObjectFailure::new(
+            format!("{} objects", old_inventory.len()),
+            "",
+            refusal.reason(),
+            refusal.to_string(),
+        )),
+        PruneStep::Ran(results) => {
+            for (e, r) in results {
+                if let (Some(reason), PruneResult::Failed(m) | PruneResult::Kept(m)) =
+                    (r.failure_reason(), r)
+                {
+                    st.failures
+                        .push(ObjectFailure::new(e.key(), "", reason, m.clone()));
+                }
+            }
+        }
+        _ => {}
+    }
+    if stopped_at(Step::Prune).is_some() {
+        return;
+    }
+    let applied_ok = apply.is_success();
+    let rendered_inventory: Vec<InventoryEntry> =
+        rendered.objects.iter().map(status::entry_of).collect();
+    inventory(st, run, &old_inventory, &rendered_inventory, dry_run);
+    let pruned = run
+        .pruned()
+        .iter()
+        .filter(|(_, r)| *r == PruneResult::Deleted)
+        .count();
+    let prune_refused = matches!(run.prune, PruneStep::Refused(_));
+    // A sync that changed nothing and found nothing wrong leaves the Applied condition and the
+    // counts of the last real change as they were, so a no-op sync writes nothing.
+    let quiet = applied_ok
+        && apply.writes == 0
+        && run.pruned().is_empty()
+        && !prune_refused
+        && st.failures.is_empty()
+        && status::condition(&st.conditions, c::APPLIED).is_some_and(|c| c.status == "True");
+    if !quiet {
+        let (reason, message) = if !applied_ok {
+            (Reason::ApplyFailed, status::failure_summary(&st.failures))
+        } else {
+            let summary = format!(
+                "{} created, {} configured, {} unchanged, {pruned} pruned; {} write request(s)",
+                apply.count(|a| *a == Action::Created),
+                apply.count(|a| *a == Action::Configured),
+                apply.count(|a| *a == Action::Unchanged),
+                apply.writes
+            );
+            let reason = if prune_refused {
+                Reason::PruneRefused
+            } else {
+                Reason::Applied
+            };
+            (reason, summary)
+        };
+        cond(
+            st,
+            c::APPLIED,
+            Some(applied_ok && !prune_refused),
+            reason,
+            &message,
+        );
+    }
+
+    // Health.
+    if stopped_at(Step::Health).is_some() {
+        return;
+    }
+    if let Some(health) = &run.health {
+        let first = || {
+            health
+                .not_ready
+                .iter()
+                .take(3)
+                .map(|(k, h)| format!("{k}: {h:?}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let (ok, reason, message) = match health.healthy() {
+            Some(true) if health.unreported > 0 => (
+                Some(true),
+                Reason::Healthy,
+                format!(
+                    "{} objects ready; {} kars object(s) have no status (is the kars controller running?)",
+                    health.checked - health.unreported,
+                    health.unreported
+                ),
+            ),
+            Some(true) => (
+                Some(true),
+                Reason::Healthy,
+                format!("{} objects ready", health.checked),
+            ),
+            Some(false) => (Some(false), Reason::Unhealthy, first()),
+            None => (None, Reason::Progressing, first()),
+        };
+        cond(st, c::HEALTHY, ok, reason, &message);
+        for (k, h) in &health.not_ready {
+            if let ObjectHealth::Unhealthy(m) = h {
+                st.failures
+                    .push(ObjectFailure::new(k, "", Reason::Unhealthy, m.clone()));
+            }
+        }
+    }
+
+    // Enforcement.
+    if let Some(results) = &run.enforcement {
+        enforcement(st, results, generation);
+    }
+
+    if applied_ok && !dry_run {
+        let before_revision = st.last_applied_revision.clone();
+        st.last_applied_revision = Some(head.to_string());
+        // A range with no new commits keeps the signers of the commits applied before.
+        let signers: BTreeSet<String> = run
+            .verification
+            .iter()
+            .flat_map(|v| &v.commits)
+            .flat_map(|c| c.signers.iter().map(|s| s.signer.clone()))
+            .collect();
+        if !signers.is_empty() {
+            st.last_applied_signers = signers.into_iter().collect();
+        }
+        if st.last_applied_revision != before_revision || st.last_applied_at.is_none() {
+            st.last_applied_at = Some(kars_contract::time::now_rfc3339());
+        }
+        st.rendered_digest = Some(rendered.digest.clone());
+    }
+    if !quiet {
+        st.counts = Some(SyncCounts {
+            rendered: rendered.objects.len() as u32,
+            applied: apply.count(|a| matches!(a, Action::Created | Action::Configured)) as u32,
+            unchanged: apply.count(|a| *a == Action::Unchanged) as u32,
+            pruned: pruned as u32,
+            failed: st.failures.len() as u32,
+            writes: apply.writes as u32,
+        });
+    }
+}
+
+/// Bundle failures, held-back objects, the BundlesVerified condition and `status.bundles`.
+fn bundles(st: &mut PolicyRepoStatus, run: &Run, generation: Option<i64>) {
+    let Some(rendered) = &run.rendered else {
+        return;
+    };
+    let file_of = |object: &str| {
+        run.bundle_uses
+            .iter()
+            .find(|u| u.object == object)
+            .map(|u| u.file.clone())
+            .unwrap_or_default()
+    };
+    let failures = run.bundle_failures();
+    for b in &run.bundles {
+        let Some(reason) = b.reason.as_deref().and_then(|r| r.parse::<Reason>().ok()) else {
+            continue;
+        };
+        let kept = match &b.verified {
+            Some(v) => format!("the last verified bundle {v} stays in use"),
+            None => "nothing was verified for it before, so the object is held back".to_string(),
+        };
+        st.failures.push(ObjectFailure::new(
+            &b.object,
+            file_of(&b.object),
+            reason,
+            format!(
+                "{} {}: {}; {kept}",
+                b.field,
+                b.reference,
+                b.message.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    for h in &rendered.held_back {
+        if !failures.iter().any(|(o, _)| *o == h.object) {
+            st.failures.push(ObjectFailure::new(
+                &h.object,
+                &h.file,
+                Reason::HeldBack,
+                h.reason.clone(),
+            ));
+        }
+    }
+    let (ok, reason, message) = match failures.first() {
+        Some((object, reason)) => (
+            Some(false),
+            reason.parse().unwrap_or(Reason::HeldBack),
+            format!(
+                "{} of {} signed bundle reference(s) did not verify (first: {object}); {} object(s) held back{}",
+                failures.len(),
+                run.bundles.len(),
+                rendered.held_back.len(),
+                if rendered.held_back.is_empty() {
+                    ""
+                } else {
+                    ", prune paused"
+                }
+            ),
+        ),
+        None => (
+            Some(true),
+            Reason::Verified,
+            format!(
+                "{} signed bundle reference(s) verified",
+                run.bundles.len() - failures.len()
+            ),
+        ),
+    };
+    set_condition(
+        &mut st.conditions,
+        c::BUNDLES_VERIFIED,
+        ok,
+        reason,
+        &message,
+        generation,
+    );
+    st.bundles = run.bundles.clone();
+}
+
+/// The inventory: what is applied now, plus what could not be deleted yet. A first sync that
+/// failed part-way still remembers what exists, so a later prune can find it.
+fn inventory(
+    st: &mut PolicyRepoStatus,
+    run: &Run,
+    old: &[InventoryEntry],
+    rendered: &[InventoryEntry],
+    dry_run: bool,
+) {
+    let Some(apply) = &run.apply else { return };
+    if apply.is_success() && !dry_run {
+        let mut inv: BTreeSet<String> = rendered.iter().map(ToString::to_string).collect();
+        let deleted: BTreeSet<String> = run
+            .pruned()
+            .iter()
+            .filter(|(_, r)| r.leaves_inventory())
+            .map(|(e, _)| e.to_string())
+            .collect();
+        let rendered_keys: BTreeSet<String> = rendered.iter().map(InventoryEntry::key).collect();
+        for e in old {
+            if !deleted.contains(&e.to_string()) && !rendered_keys.contains(&e.key()) {
+                inv.insert(e.to_string());
+            }
+        }
+        st.inventory = inv.into_iter().collect();
+    } else if st.inventory.is_empty() {
+        st.inventory = apply
+            .objects
+            .iter()
+            .zip(rendered)
+            .filter(|(o, _)| {
+                matches!(
+                    o.action,
+                    Action::Created | Action::Configured | Action::Unchanged
+                )
+            })
+            .map(|(_, e)| e.to_string())
+            .collect();
+    }
+}
+
+/// The Enforced condition and a failure per router that does not enforce what was rendered.
+fn enforcement(
+    st: &mut PolicyRepoStatus,
+    results: &[(String, Enforcement)],
+    generation: Option<i64>,
+) {
+    let (mut enforced, mut waiting, mut not) = (0, 0, Vec::new());
+    for (deployment, result) in results {
+        match result {
+            Enforcement::Enforced { .. } => enforced += 1,
+            Enforcement::NoRunningPods => waiting += 1,
+            Enforcement::NotEnforced(problems) => {
+                not.push(deployment.as_str());
+                st.failures.push(ObjectFailure::new(
+                    format!("Deployment/{deployment}"),
+                    "",
+                    Reason::NotEnforced,
+                    problems.join("; "),
+                ));
+            }
+        }
+    }
+    let (ok, reason, message) = if let Some(first) = not.first() {
+        (
+            Some(false),
+            Reason::NotEnforced,
+            format!(
+                "{} router(s) do not report the rendered policies (first: {first})",
+                not.len()
+            ),
+        )
+    } else if enforced > 0 {
+        (
+            Some(true),
+            Reason::Enforced,
+            format!(
+                "{enforced} router(s) report the rendered policies; {waiting} have no running pod"
+            ),
+        )
+    } else {
+        (
+            None,
+            Reason::NoRunningRouters,
+            format!("{waiting} sandbox(es) have no running router pod to ask yet"),
+        )
+    };
+    set_condition(
+        &mut st.conditions,
+        c::ENFORCED,
+        ok,
+        reason,
+        &message,
+        generation,
+    );
+}

@@ -1,0 +1,35 @@
+//! kars-contract: what the renderer writes, the agent checks and the router reads, declared
+//! once.
+//!
+//! The renderer puts policies into ConfigMaps, mounts them into the router container at fixed
+//! paths and tells the router where through environment variables; the router loads them and
+//! echoes a digest per policy kind; the agent compares that digest with the renderer's. Those
+//! names, paths, ports, labels and the digest framing are this crate ([`policy`], [`router`],
+//! [`labels`]), together with the rules all three must apply the same way: the normal form of an
+//! egress host ([`host`]), RFC 3339 instants and durations ([`time`]), and the stable reason
+//! words the agent writes into status, Events, metrics and CLI output ([`reason`]).
+//!
+//! No I/O, no clock reads except [`time::unix_now`], no heavy dependencies.
+
+pub mod host;
+pub mod labels;
+pub mod policy;
+pub mod reason;
+pub mod router;
+pub mod time;
+
+pub use policy::PolicyKind;
+pub use reason::Reason;
+
+/// The API group of the kars CRDs.
+pub const KARS_GROUP: &str = "kars.azure.com";
+/// The apiVersion of every kars CR.
+pub const KARS_API_VERSION: &str = "kars.azure.com/v1alpha1";
+/// Our own API group (PolicyRepo, RepositoryConfig).
+pub const GITOPS_GROUP: &str = "gitops.kars.io";
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}

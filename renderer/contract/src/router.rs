@@ -1,0 +1,69 @@
+//! The router container the renderer writes and the router binary reads: ports, environment
+//! variable names, secrets and state paths.
+
+/// The router container's name in a sandbox pod.
+pub const CONTAINER: &str = "inference-router";
+/// The router's main port (inference, governance, policy status).
+pub const PORT: u16 = 8443;
+/// The egress forward proxy's port (the egress guard redirects the agent's 80/443 here).
+pub const FORWARD_PROXY_PORT: u16 = 8444;
+/// The port serving `/metrics` and `/healthz` only.
+pub const METRICS_PORT: u16 = 9090;
+/// The agent container's user id (the egress guard's iptables rules match it).
+pub const AGENT_UID: u32 = 1000;
+/// The router container's user id.
+pub const ROUTER_UID: u32 = 1001;
+
+/// The Secret holding the router's admin bearer token (generated in the cluster).
+pub const ADMIN_TOKEN_SECRET: &str = "router-admin-token";
+/// The Secret holding the runtime gateway token (generated in the cluster).
+pub const GATEWAY_TOKEN_SECRET: &str = "gateway-token";
+/// The data key of both generated Secrets.
+pub const TOKEN_KEY: &str = "token";
+/// Where the admin token Secret is mounted in the router container.
+pub const ADMIN_TOKEN_DIR: &str = "/etc/kars/secrets";
+/// The admin token file inside [`ADMIN_TOKEN_DIR`].
+pub const ADMIN_TOKEN_FILE_NAME: &str = "admin-token";
+/// The router's state volume (token-budget ledger).
+pub const STATE_DIR: &str = "/var/lib/kars";
+/// The token-budget ledger.
+pub const BUDGET_FILE: &str = "/var/lib/kars/token-budgets.json";
+/// The router's log volume.
+pub const LOG_DIR: &str = "/var/log/kars";
+/// The audit log directory (`audit.jsonl` in it).
+pub const AUDIT_DIR: &str = "/var/log/kars/audit";
+/// The audit log file name inside the audit directory.
+pub const AUDIT_FILE_NAME: &str = "audit.jsonl";
+
+/// Environment variable names the renderer sets on the router container.
+pub mod env {
+    /// Port of the main listener.
+    pub const ROUTER_PORT: &str = "ROUTER_PORT";
+    /// Port of the egress forward proxy.
+    pub const FORWARD_PROXY_PORT: &str = "FORWARD_PROXY_PORT";
+    /// Port of the metrics listener.
+    pub const METRICS_PORT: &str = "METRICS_PORT";
+    /// File holding the admin bearer token.
+    pub const ADMIN_TOKEN_FILE: &str = "ADMIN_TOKEN_FILE";
+    /// Sandbox name (logs and policy status).
+    pub const SANDBOX_NAME: &str = "SANDBOX_NAME";
+    /// The sandbox's isolation level (informational).
+    pub const SANDBOX_ISOLATION: &str = "SANDBOX_ISOLATION";
+    /// `strict` or `learn`.
+    pub const EGRESS_MODE: &str = "EGRESS_MODE";
+    /// The token-budget ledger file.
+    pub const TOKEN_BUDGET_PERSIST_PATH: &str = "TOKEN_BUDGET_PERSIST_PATH";
+    /// The audit log directory.
+    pub const AUDIT_DIR: &str = "KARS_AUDIT_DIR";
+    /// `true` when the sandbox's governance is enabled.
+    pub const GOVERNANCE_ENABLED: &str = "GOVERNANCE_ENABLED";
+    /// The daily token budget (informational; the inference policy file is authoritative).
+    pub const TOKEN_BUDGET_DAILY: &str = "TOKEN_BUDGET_DAILY";
+    /// The per-request token cap (informational; the inference policy file is authoritative).
+    pub const TOKEN_BUDGET_PER_REQUEST: &str = "TOKEN_BUDGET_PER_REQUEST";
+}
+
+/// The router's admin token file as the renderer mounts it.
+pub fn admin_token_file() -> String {
+    format!("{ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_FILE_NAME}")
+}
