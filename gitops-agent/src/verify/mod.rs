@@ -6,13 +6,16 @@
 //! - [`objects`]: what a commit or tag signature covers;
 //! - [`trust`]: the trust policy (roots from outside the repository, path rules, k-of-n, the
 //!   repository's own signer list, forge keys);
-//! - [`range`]: every commit of `since..head`, and the no-rollback rule.
+//! - [`range`]: every commit of `since..head`, and the no-rollback rule (also when the last
+//!   applied commit vanished);
+//! - [`verdict`]: what it concludes, with a reason word per refusal.
 
 pub mod keys;
 pub mod objects;
 pub mod range;
 pub mod signature;
 pub mod trust;
+pub mod verdict;
 
 #[cfg(test)]
 mod fuzz;

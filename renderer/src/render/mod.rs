@@ -201,7 +201,7 @@ pub fn render_cluster(
         hold: None,
     };
     let index = Index::new(view.objects.iter());
-    let approvals = sandbox::approvals_by_sandbox(&view.objects);
+    let approvals = policies::approvals_by_sandbox(&view.objects);
     repository_namespaces(&mut ctx, view);
 
     for o in &view.objects {

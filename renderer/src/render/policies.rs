@@ -18,8 +18,7 @@ use kars_contract::time::{format_rfc3339, parse_iso8601_duration, parse_rfc3339}
 use serde_json::{Map, Value, json};
 
 use super::Ctx;
-use super::sandbox::ApprovalsBySandbox;
-use crate::api::{KarsObject, KarsSandbox};
+use crate::api::{self, KarsObject, KarsSandbox};
 use crate::canonical;
 use crate::egress::{allowlist_endpoints, compile_allowlist};
 use crate::rendered::MountedPolicy;
@@ -159,6 +158,27 @@ impl Ctx<'_> {
             },
         );
     }
+}
+
+/// EgressApprovals grouped by (namespace, sandbox).
+pub(super) type ApprovalsBySandbox<'a> =
+    BTreeMap<(String, String), Vec<(&'a SourceObject, &'a api::EgressApproval)>>;
+
+/// The EgressApprovals of a view, by the sandbox they are for.
+pub(super) fn approvals_by_sandbox(objects: &[SourceObject]) -> ApprovalsBySandbox<'_> {
+    let mut approvals: ApprovalsBySandbox<'_> = BTreeMap::new();
+    for a in objects.iter().filter(|a| a.is_kars()) {
+        if let Some(ea) = a.kars().and_then(KarsObject::egress_approval) {
+            approvals
+                .entry((
+                    a.namespace.clone().unwrap_or_default(),
+                    ea.spec.sandbox.clone(),
+                ))
+                .or_default()
+                .push((a, ea));
+        }
+    }
+    approvals
 }
 
 fn one_file(name: &str, body: String) -> BTreeMap<String, String> {

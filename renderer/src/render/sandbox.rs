@@ -7,32 +7,11 @@ use kars_contract::labels::SANDBOX_LABEL;
 use kars_contract::router::{ADMIN_TOKEN_SECRET, GATEWAY_TOKEN_SECRET, TOKEN_KEY};
 use serde_json::{Map, json};
 
-use super::policies::{self, PodPolicies};
+use super::policies::{self, ApprovalsBySandbox, PodPolicies};
 use super::{Ctx, deployment, network, sandbox_namespace};
-use crate::api::{self, KarsObject, KarsSandbox};
+use crate::api::KarsSandbox;
 use crate::rendered::{GeneratedSecret, RouterExpectation};
 use crate::repo::{Index, SourceObject};
-
-/// EgressApprovals grouped by (namespace, sandbox).
-pub(super) type ApprovalsBySandbox<'a> =
-    BTreeMap<(String, String), Vec<(&'a SourceObject, &'a api::EgressApproval)>>;
-
-/// The EgressApprovals of a view, by the sandbox they are for.
-pub(super) fn approvals_by_sandbox(objects: &[SourceObject]) -> ApprovalsBySandbox<'_> {
-    let mut approvals: ApprovalsBySandbox<'_> = BTreeMap::new();
-    for a in objects.iter().filter(|a| a.is_kars()) {
-        if let Some(ea) = a.kars().and_then(KarsObject::egress_approval) {
-            approvals
-                .entry((
-                    a.namespace.clone().unwrap_or_default(),
-                    ea.spec.sandbox.clone(),
-                ))
-                .or_default()
-                .push((a, ea));
-        }
-    }
-    approvals
-}
 
 /// Renders everything a sandbox implies.
 pub(super) fn render(
