@@ -35,7 +35,7 @@ struct Args {
     #[arg(long, env = "KARS_CLUSTER")]
     cluster: Option<String>,
     /// Time between syncs (e.g. 30s, 5m); ±10% jitter is added.
-    #[arg(long, env = "KARS_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "KARS_INTERVAL", default_value = "60s", value_parser = duration_arg)]
     interval: Duration,
     /// Kubeconfig (default: in-cluster config, then $KUBECONFIG, then ~/.kube/config).
     #[arg(long)]
@@ -89,7 +89,7 @@ struct Args {
     #[arg(long)]
     no_self_heal: bool,
     /// Wait this long for applied objects to become healthy.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = duration_arg)]
     health_timeout: Duration,
     /// Watch a local repository for new commits (ignored for URLs).
     #[arg(long)]
@@ -104,7 +104,7 @@ struct Args {
     bundles: BundleArgs,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn duration_arg(s: &str) -> Result<Duration, String> {
     kars_contract::time::parse_duration(s).map_err(|e| e.to_string())
 }
 

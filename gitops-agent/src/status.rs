@@ -6,30 +6,47 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition as K8sCondition, Time};
 use kube::CustomResource;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The condition types of a PolicyRepo, in the order a sync sets them.
-pub mod condition {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
     /// The branch head could be read.
-    pub const SOURCE_READY: &str = "SourceReady";
+    SourceReady,
     /// Every new commit verified.
-    pub const VERIFIED: &str = "Verified";
+    Verified,
     /// The head rendered.
-    pub const RENDERED: &str = "Rendered";
+    Rendered,
     /// Every signed-bundle reference verified.
-    pub const BUNDLES_VERIFIED: &str = "BundlesVerified";
+    BundlesVerified,
     /// Every object applied and pruning done.
-    pub const APPLIED: &str = "Applied";
+    Applied,
     /// The applied objects are ready.
-    pub const HEALTHY: &str = "Healthy";
+    Healthy,
     /// Every running router reports the rendered policies.
-    pub const ENFORCED: &str = "Enforced";
+    Enforced,
     /// The summary: the cluster matches the verified head and enforces it.
-    pub const READY: &str = "Ready";
+    Ready,
+}
+
+impl Condition {
+    /// The condition type as written in the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::SourceReady => "SourceReady",
+            Condition::Verified => "Verified",
+            Condition::Rendered => "Rendered",
+            Condition::BundlesVerified => "BundlesVerified",
+            Condition::Applied => "Applied",
+            Condition::Healthy => "Healthy",
+            Condition::Enforced => "Enforced",
+            Condition::Ready => "Ready",
+        }
+    }
 }
 
 /// The namespace the agent and the CLI keep PolicyRepo objects in by default.
@@ -124,7 +141,7 @@ impl ObjectFailure {
 pub struct PolicyRepoStatus {
     /// SourceReady, Verified, Rendered, Applied, Healthy, Ready.
     #[serde(default)]
-    pub conditions: Vec<Condition>,
+    pub conditions: Vec<K8sCondition>,
     /// Generation of the spec last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -269,14 +286,14 @@ pub fn now() -> Time {
 
 /// Sets condition `type_` (keeps `lastTransitionTime` when the status does not change).
 pub fn set_condition(
-    conditions: &mut Vec<Condition>,
-    type_: &str,
+    conditions: &mut Vec<K8sCondition>,
+    type_: Condition,
     ok: Option<bool>,
     reason: kars_contract::Reason,
     message: &str,
     generation: Option<i64>,
 ) {
-    let reason = reason.as_str();
+    let (type_, reason) = (type_.as_str(), reason.as_str());
     let status = match ok {
         Some(true) => "True",
         Some(false) => "False",
@@ -292,7 +309,7 @@ pub fn set_condition(
         c.message = message;
         c.observed_generation = generation;
     } else {
-        conditions.push(Condition {
+        conditions.push(K8sCondition {
             type_: type_.to_string(),
             status: status.to_string(),
             reason: reason.to_string(),
@@ -350,7 +367,7 @@ pub async fn write_status(
 ) -> Result<(), kube::Error> {
     let api: Api<PolicyRepo> = Api::namespaced(client.clone(), namespace);
     let patch = serde_json::json!({
-        "apiVersion": "gitops.kars.io/v1alpha1",
+        "apiVersion": kars_contract::GITOPS_API_VERSION,
         "kind": "PolicyRepo",
         "status": status,
     });
@@ -371,8 +388,8 @@ pub fn crd_yaml() -> String {
 }
 
 /// The condition of `type_`, if set.
-pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
-    conditions.iter().find(|c| c.type_ == type_)
+pub fn condition(conditions: &[K8sCondition], type_: Condition) -> Option<&K8sCondition> {
+    conditions.iter().find(|c| c.type_ == type_.as_str())
 }
 
 /// Groups failures for messages: reason → count.
@@ -435,7 +452,7 @@ mod tests {
         use kars_contract::Reason;
         set_condition(
             &mut c,
-            "Applied",
+            Condition::Applied,
             Some(true),
             Reason::Applied,
             "ok",
@@ -444,7 +461,7 @@ mod tests {
         let t = c[0].last_transition_time.clone();
         set_condition(
             &mut c,
-            "Applied",
+            Condition::Applied,
             Some(true),
             Reason::Applied,
             "still ok",

@@ -433,14 +433,7 @@ pub fn canonicalize(kind: BundleKind, bytes: &[u8]) -> Result<Vec<u8>, BundleErr
         BundleKind::McpServer => {
             let v = parse_any(kind, bytes)?;
             let m = object(kind, &v, "the server")?;
-            let fields = [
-                "url",
-                "oauth",
-                "productionMode",
-                "scopes",
-                "allowedTools",
-                "displayName",
-            ];
+            let fields = api::MCP_SERVER_BUNDLE_FIELDS;
             only_fields(
                 kind,
                 m,

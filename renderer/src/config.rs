@@ -14,10 +14,10 @@ use crate::diagnostics::Diagnostics;
 use crate::schema::{self, FieldPath, Schema};
 use crate::yaml::Node;
 
-/// Our own API group (never `kars.azure.com`).
-pub const GROUP: &str = "gitops.kars.io";
 /// `apiVersion` of the root config.
-pub const API_VERSION: &str = "gitops.kars.io/v1alpha1";
+pub use kars_contract::GITOPS_API_VERSION as API_VERSION;
+/// Our own API group (never `kars.azure.com`).
+pub use kars_contract::GITOPS_GROUP as GROUP;
 /// Kind of the root config.
 pub const KIND: &str = "RepositoryConfig";
 /// File name of the root config at the repository root.

@@ -64,20 +64,24 @@ fn golden_repo_template() {
     );
 }
 
+/// The upstream examples that render (`testdata/upstream-examples.txt`, shared with the
+/// end-to-end suite).
+fn upstream_examples() -> Vec<String> {
+    let list = std::fs::read_to_string(manifest_dir().join("testdata/upstream-examples.txt"))
+        .expect("testdata/upstream-examples.txt");
+    list.lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
 fn golden_upstream_examples() {
-    for name in [
-        "basic-agent",
-        "byo-quickstart",
-        "confidential-agent",
-        "demo-clawshield",
-        "full-stack-demo",
-        "maf-quickstart",
-        "openai-agents-quickstart",
-        "telegram-agent",
-    ] {
+    let names = upstream_examples();
+    assert_eq!(names.len(), 8, "{names:?}");
+    for name in names {
         render_golden(
-            &manifest_dir().join("testdata/repos").join(name),
+            &manifest_dir().join("testdata/repos").join(&name),
             None,
             &format!("{name}.yaml"),
         );

@@ -274,40 +274,23 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
                     }
                 }
             }
-            "KarsMemory" => {
-                let Some(m) = o.kars().and_then(KarsObject::memory) else {
-                    continue;
+            "KarsMemory" | "KarsEval" => {
+                let sandbox_ref = match o.kars() {
+                    Some(KarsObject::KarsMemory(m)) => {
+                        Some((&m.spec.sandbox_ref.name, "sandboxRef"))
+                    }
+                    Some(KarsObject::KarsEval(e)) => {
+                        Some((&e.spec.target_sandbox_ref.name, "targetSandboxRef"))
+                    }
+                    _ => None,
                 };
-                if index
-                    .get("KarsSandbox", ns, &m.spec.sandbox_ref.name)
-                    .is_none()
+                if let Some((name, field)) = sandbox_ref
+                    && index.get("KarsSandbox", ns, name).is_none()
                 {
-                    let msg = missing(
-                        "KarsSandbox",
-                        &m.spec.sandbox_ref.name,
-                        "spec.sandboxRef.name",
-                    );
+                    let msg = missing("KarsSandbox", name, &format!("spec.{field}.name"));
                     per_file
                         .of(o)
-                        .error(o.pos_of(&["spec", "sandboxRef", "name"]), msg);
-                }
-            }
-            "KarsEval" => {
-                let Some(e) = o.kars().and_then(KarsObject::eval) else {
-                    continue;
-                };
-                if index
-                    .get("KarsSandbox", ns, &e.spec.target_sandbox_ref.name)
-                    .is_none()
-                {
-                    let msg = missing(
-                        "KarsSandbox",
-                        &e.spec.target_sandbox_ref.name,
-                        "spec.targetSandboxRef.name",
-                    );
-                    per_file
-                        .of(o)
-                        .error(o.pos_of(&["spec", "targetSandboxRef", "name"]), msg);
+                        .error(o.pos_of(&["spec", field, "name"]), msg);
                 }
             }
             "A2AAgent" => {

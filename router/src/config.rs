@@ -1,23 +1,9 @@
-//! The router's own settings, read from its environment (the names the renderer writes are
-//! the contract's, [`kars_contract::router::env`]; these are the router's alone).
+//! The router's settings: the environment names (all in the contract,
+//! [`kars_contract::router::env`]) and the parsing of the files they name.
 
-pub use kars_contract::router::env as contract;
-
-/// Environment variable names only the router reads.
-pub mod env {
-    /// The audit log file (overrides the directory).
-    pub const AUDIT_LOG: &str = "KARS_AUDIT_LOG";
-    /// When the audit log is synced to disk.
-    pub const AUDIT_FSYNC: &str = "KARS_AUDIT_FSYNC";
-    /// File of blocklisted host names.
-    pub const EGRESS_BLOCKLIST_FILE: &str = "KARS_EGRESS_BLOCKLIST_FILE";
-    /// Internal CIDRs the proxy may connect to.
-    pub const EGRESS_ALLOW_CIDRS: &str = "KARS_EGRESS_ALLOW_CIDRS";
-    /// Inference providers, `NAME=URL,…`.
-    pub const INFERENCE_PROVIDERS: &str = "KARS_INFERENCE_PROVIDERS";
-    /// Extra CA certificates for inference upstreams.
-    pub const INFERENCE_CA_FILE: &str = "KARS_INFERENCE_CA_FILE";
-}
+/// Every environment variable name the router reads (the contract's module: the names the
+/// renderer writes and the router's own).
+pub use kars_contract::router::env;
 
 /// Reads a blocklist file: one host per line, `#` starts a comment; every host must be a valid
 /// name (it is kept in normal form).

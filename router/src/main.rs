@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use kars_contract::router::{self as contract, env as renderer_env};
-use kars_router::config::env;
+use kars_contract::router::{self as contract, env};
 use kars_router::inference::Providers;
 use kars_router::listeners::{Listeners, serve_http};
 use kars_router::proxy::{ProxyLimits, ProxyState, Resolver};
@@ -29,13 +28,13 @@ struct Args {
     #[arg(long, default_value = "0.0.0.0")]
     address: std::net::IpAddr,
     /// Port of the HTTP listener (inference, governance, policy status).
-    #[arg(long, env = renderer_env::ROUTER_PORT, default_value_t = contract::PORT)]
+    #[arg(long, env = env::ROUTER_PORT, default_value_t = contract::PORT)]
     port: u16,
     /// File with the admin bearer token (protects /internal/* and /egress/learned).
-    #[arg(long, env = renderer_env::ADMIN_TOKEN_FILE)]
+    #[arg(long, env = env::ADMIN_TOKEN_FILE)]
     admin_token_file: Option<PathBuf>,
     /// Sandbox name, for logs and status.
-    #[arg(long, env = renderer_env::SANDBOX_NAME, default_value = "")]
+    #[arg(long, env = env::SANDBOX_NAME, default_value = "")]
     sandbox: String,
     /// Seconds between reloads of the policy mounts when no file-system event came.
     #[arg(long, default_value_t = 5)]
@@ -51,7 +50,7 @@ struct Args {
     log_json: bool,
     /// Directory of the audit log (`audit.jsonl` in it: append-only JSON lines with a hash
     /// chain; `kars audit verify` checks it). The renderer sets KARS_AUDIT_DIR.
-    #[arg(long, env = renderer_env::AUDIT_DIR, default_value = contract::AUDIT_DIR)]
+    #[arg(long, env = env::AUDIT_DIR, default_value = contract::AUDIT_DIR)]
     audit_dir: PathBuf,
     /// The audit log file itself (overrides --audit-dir).
     #[arg(long, env = env::AUDIT_LOG)]
@@ -62,14 +61,14 @@ struct Args {
     audit_fsync: kars_router::audit::Fsync,
     /// Port of a second listener serving only /metrics and /healthz (the renderer sets
     /// METRICS_PORT=9090); 0 disables it. /metrics is also on the main port.
-    #[arg(long, env = renderer_env::METRICS_PORT, default_value_t = 0)]
+    #[arg(long, env = env::METRICS_PORT, default_value_t = 0)]
     metrics_port: u16,
     /// Port of the egress forward proxy (CONNECT and absolute-form HTTP); 0 disables it.
-    #[arg(long, env = renderer_env::FORWARD_PROXY_PORT, default_value_t = contract::FORWARD_PROXY_PORT)]
+    #[arg(long, env = env::FORWARD_PROXY_PORT, default_value_t = contract::FORWARD_PROXY_PORT)]
     proxy_port: u16,
     /// Egress mode: strict (only the allowlist and unexpired approvals) or learn (anything not
     /// blocklisted, recorded at /egress/learned, at most 4,096 hosts).
-    #[arg(long, env = renderer_env::EGRESS_MODE, default_value = "strict")]
+    #[arg(long, env = env::EGRESS_MODE, default_value = "strict")]
     egress_mode: kars_router::egress::Mode,
     /// File of blocklisted host names, one per line (`#` comments); it always wins.
     #[arg(long, env = env::EGRESS_BLOCKLIST_FILE)]
@@ -90,7 +89,7 @@ struct Args {
     inference_ca_file: Option<PathBuf>,
     /// The token-budget ledger (daily and monthly usage; survives restarts). The renderer
     /// sets TOKEN_BUDGET_PERSIST_PATH.
-    #[arg(long, env = renderer_env::TOKEN_BUDGET_PERSIST_PATH, default_value = contract::BUDGET_FILE)]
+    #[arg(long, env = env::TOKEN_BUDGET_PERSIST_PATH, default_value = contract::BUDGET_FILE)]
     budget_file: PathBuf,
 }
 

@@ -272,36 +272,11 @@ mod tests {
     async fn policy_status_needs_the_token_and_echoes_digests() {
         let dir = tempfile::tempdir().expect("tmp");
         let app = app(state(dir.path()));
-        let res = app
-            .clone()
-            .oneshot(
-                Request::get("/internal/policy-status")
-                    .body(Body::empty())
-                    .expect("req"),
-            )
-            .await
-            .expect("res");
+        let res = get(&app, "/internal/policy-status", None).await;
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-        let res = app
-            .clone()
-            .oneshot(
-                Request::get("/internal/policy-status")
-                    .header("authorization", "Bearer wrong")
-                    .body(Body::empty())
-                    .expect("req"),
-            )
-            .await
-            .expect("res");
+        let res = get(&app, "/internal/policy-status", Some("wrong")).await;
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-        let res = app
-            .oneshot(
-                Request::get("/internal/policy-status")
-                    .header("authorization", "Bearer tok")
-                    .body(Body::empty())
-                    .expect("req"),
-            )
-            .await
-            .expect("res");
+        let res = get(&app, "/internal/policy-status", Some("tok")).await;
         assert_eq!(res.status(), StatusCode::OK);
         let body = axum::body::to_bytes(res.into_body(), 1 << 20)
             .await
@@ -313,6 +288,18 @@ mod tests {
             v["entries"][0]["digest"],
             kars_contract::policy::digest_file("allowlist.json", b"{}")
         );
+    }
+
+    /// `GET path`, with the bearer `token` when given.
+    async fn get(app: &Router, path: &str, token: Option<&str>) -> Response {
+        let mut req = Request::get(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        app.clone()
+            .oneshot(req.body(Body::empty()).expect("req"))
+            .await
+            .expect("res")
     }
 
     async fn check(app: &Router, body: &str) -> (StatusCode, serde_json::Value) {
@@ -401,15 +388,7 @@ mod tests {
             |l| l.contains("tool:shell:rm -rf /") && l.contains("\"verdict\":\"deny\"")
         ));
         // The head is served to the admin only.
-        let res = app
-            .clone()
-            .oneshot(
-                Request::get("/internal/audit-head")
-                    .body(Body::empty())
-                    .expect("req"),
-            )
-            .await
-            .expect("res");
+        let res = get(&app, "/internal/audit-head", None).await;
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     }
 }

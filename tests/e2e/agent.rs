@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use kars_e2e::fixture::PolicyRepoFixture;
 use kars_e2e::{Cluster, block_on, install_kars_crds, unique_name, workspace_root};
 use kars_gitops_agent::status::PolicyRepo;
@@ -59,29 +59,13 @@ fn start_agent(
     ensure!(bin.exists(), "{} is not built", bin.display());
     let port = free_port()?;
     let log = std::fs::File::create(f.path().join(format!("agent-{port}.log")))?;
-    let child = Command::new(bin)
-        .arg("--repo")
-        .arg(source)
-        .args([
-            "--branch",
-            "main",
-            "--name",
-            &f.prefix,
-            "--namespace",
-            &format!("{}-status", f.prefix),
-        ])
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .arg("--allowed-signers")
-        .arg(&f.allowed_signers)
-        .arg("--cache-dir")
-        .arg(f.path().join(format!("cache-{port}")))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--health-timeout",
-            "0s",
-        ])
+    let child = f
+        .agent_command(
+            source,
+            &cluster.kubeconfig(),
+            &f.path().join(format!("cache-{port}")),
+        )
+        .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(log)
@@ -125,6 +109,34 @@ fn wait_status(
     Ok(Duration::ZERO)
 }
 
+/// Sets `spec.suspend` of the fixture's PolicyRepo.
+fn set_suspend(cluster: &Cluster, f: &PolicyRepoFixture, suspend: bool) -> Result<()> {
+    block_on(async {
+        let client = cluster.client().await?;
+        let api: Api<PolicyRepo> = Api::namespaced(client, &format!("{}-status", f.prefix));
+        api.patch(
+            &f.prefix,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"suspend": suspend}})),
+        )
+        .await?;
+        Ok(())
+    })
+}
+
+/// Waits up to `seconds` until the PolicyRepo says `commit` is applied.
+fn wait_applied(
+    f: &PolicyRepoFixture,
+    cluster: &Cluster,
+    seconds: u64,
+    what: &str,
+    commit: &str,
+) -> Result<Duration> {
+    wait_status(f, cluster, Duration::from_secs(seconds), what, |pr| {
+        applied(pr).as_deref() == Some(commit)
+    })
+}
+
 fn applied(pr: &PolicyRepo) -> Option<String> {
     pr.status
         .as_ref()
@@ -133,40 +145,21 @@ fn applied(pr: &PolicyRepo) -> Option<String> {
 
 /// POSTs a GitHub push hook; returns the HTTP status code.
 fn post_hook(port: u16, body: &str, secret: &[u8], delivery: &str) -> Result<u16> {
-    use std::io::{Read, Write};
     let sig = format!(
         "sha256={}",
         hex::encode(hmac_sha256(secret, body.as_bytes()))
     );
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    write!(
-        s,
-        "POST /hooks/github HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-GitHub-Event: push\r\nX-GitHub-Delivery: {delivery}\r\nX-Hub-Signature-256: {sig}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    resp.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no HTTP status")
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("X-GitHub-Event", "push"),
+        ("X-GitHub-Delivery", delivery),
+        ("X-Hub-Signature-256", sig.as_str()),
+    ];
+    Ok(kars_e2e::http_request(port, "POST", "/hooks/github", &headers, body)?.0)
 }
 
 fn get(port: u16, path: &str) -> Result<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, resp))
+    kars_e2e::http_request(port, "GET", path, &[], "")
 }
 
 fn webhook_and_watch() -> Result<()> {
@@ -187,13 +180,7 @@ fn webhook_and_watch() -> Result<()> {
         ],
     )?;
     let first = f.work.git(&["rev-parse", "HEAD"])?.trim().to_string();
-    wait_status(
-        &f,
-        cluster,
-        Duration::from_secs(60),
-        "the first sync",
-        |pr| applied(pr).as_deref() == Some(first.as_str()),
-    )?;
+    wait_applied(&f, cluster, 60, "the first sync", &first)?;
     // The duration is observed when the sync returns, just after its status write: poll.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -239,13 +226,7 @@ fn webhook_and_watch() -> Result<()> {
         )? == 409,
         "a replayed hook was accepted"
     );
-    wait_status(
-        &f,
-        cluster,
-        Duration::from_secs(30),
-        "the push announced by the hook",
-        |pr| applied(pr).as_deref() == Some(second.as_str()),
-    )?;
+    wait_applied(&f, cluster, 30, "the push announced by the hook", &second)?;
     drop(agent);
 
     // A watched local repository: a commit is applied without any hook.
@@ -255,22 +236,16 @@ fn webhook_and_watch() -> Result<()> {
         &f.work.path.to_string_lossy(),
         &["--interval", "600s", "--watch"],
     )?;
-    wait_status(
+    wait_applied(
         &f,
         cluster,
-        Duration::from_secs(30),
+        30,
         "the agent's first sync of the local path",
-        |pr| applied(pr).as_deref() == Some(second.as_str()),
+        &second,
     )?;
     f.add_agent("c", &["crates.io"])?;
     let third = f.commit_and_push("add c")?;
-    wait_status(
-        &f,
-        cluster,
-        Duration::from_secs(30),
-        "the commit seen by the watcher",
-        |pr| applied(pr).as_deref() == Some(third.as_str()),
-    )?;
+    wait_applied(&f, cluster, 30, "the commit seen by the watcher", &third)?;
     drop(watch);
     Ok(())
 }
@@ -292,13 +267,7 @@ fn leader_election() -> Result<()> {
             "replica-1",
         ],
     )?;
-    wait_status(
-        &f,
-        cluster,
-        Duration::from_secs(60),
-        "the first sync",
-        |pr| applied(pr).as_deref() == Some(first.as_str()),
-    )?;
+    wait_applied(&f, cluster, 60, "the first sync", &first)?;
     let two = start_agent(
         cluster,
         &f,
@@ -348,13 +317,7 @@ fn leader_election() -> Result<()> {
     );
     f.add_agent("b", &["pypi.org"])?;
     let second = f.commit_and_push("add b")?;
-    wait_status(
-        &f,
-        cluster,
-        Duration::from_secs(60),
-        "the new leader's sync",
-        |pr| applied(pr).as_deref() == Some(second.as_str()),
-    )?;
+    wait_applied(&f, cluster, 60, "the new leader's sync", &second)?;
     ensure!(
         holder()? == "replica-2",
         "the lease holder after failover: {}",
@@ -370,24 +333,8 @@ fn suspend() -> Result<()> {
     let f = PolicyRepoFixture::new(&unique_name("suspend"), &["a"])?;
     let first = f.work.git(&["rev-parse", "HEAD"])?.trim().to_string();
     let _agent = start_agent(cluster, &f, &f.file_url(), &["--interval", "1s"])?;
-    wait_status(
-        &f,
-        cluster,
-        Duration::from_secs(60),
-        "the first sync",
-        |pr| applied(pr).as_deref() == Some(first.as_str()),
-    )?;
-    block_on(async {
-        let client = cluster.client().await?;
-        let api: Api<PolicyRepo> = Api::namespaced(client, &format!("{}-status", f.prefix));
-        api.patch(
-            &f.prefix,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"suspend": true}})),
-        )
-        .await?;
-        Ok(())
-    })?;
+    wait_applied(&f, cluster, 60, "the first sync", &first)?;
+    set_suspend(cluster, &f, true)?;
     wait_status(
         &f,
         cluster,
@@ -404,27 +351,9 @@ fn suspend() -> Result<()> {
     f.add_agent("b", &["pypi.org"])?;
     let second = f.commit_and_push("add b while suspended")?;
     std::thread::sleep(Duration::from_secs(4));
-    let (ok, out, _) = cluster.kubectl(&[
-        "-n",
-        &format!("{}-status", f.prefix),
-        "get",
-        "policyrepo",
-        &f.prefix,
-        "-o",
-        "jsonpath={.status.lastAppliedRevision}",
-    ])?;
-    ensure!(ok && out == first, "a suspended PolicyRepo applied {out}");
-    block_on(async {
-        let client = cluster.client().await?;
-        let api: Api<PolicyRepo> = Api::namespaced(client, &format!("{}-status", f.prefix));
-        api.patch(
-            &f.prefix,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"spec": {"suspend": false}})),
-        )
-        .await?;
-        Ok(())
-    })?;
+    let out = f.policyrepo_jsonpath(cluster, "{.status.lastAppliedRevision}")?;
+    ensure!(out == first, "a suspended PolicyRepo applied {out}");
+    set_suspend(cluster, &f, false)?;
     wait_status(&f, cluster, Duration::from_secs(30), "resumed sync", |pr| {
         applied(pr).as_deref() == Some(second.as_str())
     })?;

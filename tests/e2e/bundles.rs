@@ -106,23 +106,30 @@ fn allowlist_file(dir: &Path, name: &str, hosts: &[&str], canonical: bool) -> Re
     Ok(path)
 }
 
+/// `kars policy <verb> --kind <kind> <args…> --allow-http-loopback-registry`.
+fn kars_policy(verb: &str, kind: &str, args: &[&str]) -> Result<Out> {
+    let mut all = vec!["policy", verb, "--kind", kind];
+    all.extend_from_slice(args);
+    all.push("--allow-http-loopback-registry");
+    kars(&all)
+}
+
 /// `kars policy sign` of an allowlist; returns `registry/repository@digest`.
 fn kars_sign(reg: &Registry, repository: &str, file: &Path, key: &Path) -> Result<String> {
-    let out = kars(&[
-        "policy",
+    let out = kars_policy(
         "sign",
-        "--kind",
         "egress-allowlist",
-        "--file",
-        &file.to_string_lossy(),
-        "--registry",
-        &reg.host,
-        "--repository",
-        repository,
-        "--key",
-        &key.to_string_lossy(),
-        "--allow-http-loopback-registry",
-    ])?;
+        &[
+            "--file",
+            &file.to_string_lossy(),
+            "--registry",
+            &reg.host,
+            "--repository",
+            repository,
+            "--key",
+            &key.to_string_lossy(),
+        ],
+    )?;
     ensure!(
         out.code == 0,
         "kars policy sign failed ({}): {}",
@@ -134,17 +141,16 @@ fn kars_sign(reg: &Registry, repository: &str, file: &Path, key: &Path) -> Resul
 
 /// `kars policy verify --json`: (exit code, parsed result).
 fn kars_verify(kind: &str, reference: &str, keys: &Path) -> Result<(i32, Value)> {
-    let out = kars(&[
-        "policy",
+    let out = kars_policy(
         "verify",
-        "--kind",
         kind,
-        reference,
-        "--bundle-keys",
-        &keys.to_string_lossy(),
-        "--allow-http-loopback-registry",
-        "--json",
-    ])?;
+        &[
+            reference,
+            "--bundle-keys",
+            &keys.to_string_lossy(),
+            "--json",
+        ],
+    )?;
     let v: Value = serde_json::from_str(&out.stdout)
         .with_context(|| format!("kars policy verify output: {}{}", out.stdout, out.stderr))?;
     Ok((out.code, v))
@@ -194,18 +200,17 @@ fn oras_and_cosign_verify_in_kars() -> Result<()> {
     );
     // The content kars hands out is exactly what was pushed.
     let out_file = s.dir.path().join("pulled.yaml");
-    let out = kars(&[
-        "policy",
+    let out = kars_policy(
         "verify",
-        "--kind",
         "egress-allowlist",
-        &reference,
-        "--bundle-keys",
-        &s.public.to_string_lossy(),
-        "--allow-http-loopback-registry",
-        "--out",
-        &out_file.to_string_lossy(),
-    ])?;
+        &[
+            &reference,
+            "--bundle-keys",
+            &s.public.to_string_lossy(),
+            "--out",
+            &out_file.to_string_lossy(),
+        ],
+    )?;
     ensure!(out.code == 0, "kars policy verify --out: {}", out.stderr);
     ensure!(
         out.stdout.contains("signed by"),
@@ -240,28 +245,27 @@ fn kars_sign_verifies_with_cosign() -> Result<()> {
     )?;
     let patch = s.dir.path().join("patch.yaml");
     let sign = |emit: &Path| {
-        kars(&[
-            "policy",
+        kars_policy(
             "sign",
-            "--kind",
             "egress-allowlist",
-            "--file",
-            &file.to_string_lossy(),
-            "--registry",
-            &s.reg.host,
-            "--repository",
-            "policies/egress",
-            "--key",
-            &s.key.to_string_lossy(),
-            "--allow-http-loopback-registry",
-            "--emit-manifest",
-            &emit.to_string_lossy(),
-            "--name",
-            "agent-a",
-            "--namespace",
-            "team-a",
-            "--json",
-        ])
+            &[
+                "--file",
+                &file.to_string_lossy(),
+                "--registry",
+                &s.reg.host,
+                "--repository",
+                "policies/egress",
+                "--key",
+                &s.key.to_string_lossy(),
+                "--emit-manifest",
+                &emit.to_string_lossy(),
+                "--name",
+                "agent-a",
+                "--namespace",
+                "team-a",
+                "--json",
+            ],
+        )
     };
     let first = sign(&patch)?;
     ensure!(
@@ -313,21 +317,20 @@ fn kars_sign_verifies_with_cosign() -> Result<()> {
         &bad,
         "apiVersion: kars.dev/v1alpha1\nkind: EgressAllowlist\nmetadata: {generation: 1}\nspec: {endpoints: [{host: 10.0.0.1}]}\n",
     )?;
-    let out = kars(&[
-        "policy",
+    let out = kars_policy(
         "sign",
-        "--kind",
         "egress-allowlist",
-        "--file",
-        &bad.to_string_lossy(),
-        "--registry",
-        &s.reg.host,
-        "--repository",
-        "policies/bad",
-        "--key",
-        &s.key.to_string_lossy(),
-        "--allow-http-loopback-registry",
-    ])?;
+        &[
+            "--file",
+            &bad.to_string_lossy(),
+            "--registry",
+            &s.reg.host,
+            "--repository",
+            "policies/bad",
+            "--key",
+            &s.key.to_string_lossy(),
+        ],
+    )?;
     ensure!(
         out.code == 1 && out.stderr.contains("bad.yaml"),
         "invalid content: exit {} {}",
@@ -431,16 +434,15 @@ fn bad_bundles_are_refused() -> Result<()> {
         "kind mismatch: {v}"
     );
     // A tag is never accepted.
-    let out = kars(&[
-        "policy",
+    let out = kars_policy(
         "verify",
-        "--kind",
         "egress-allowlist",
-        &format!("{}/policies/good:egress-allowlist", s.reg.host),
-        "--bundle-keys",
-        &s.public.to_string_lossy(),
-        "--allow-http-loopback-registry",
-    ])?;
+        &[
+            &format!("{}/policies/good:egress-allowlist", s.reg.host),
+            "--bundle-keys",
+            &s.public.to_string_lossy(),
+        ],
+    )?;
     ensure!(
         out.code == 2 && out.stderr.contains("never by tag"),
         "tag: exit {} {}",
@@ -579,15 +581,7 @@ fn signed_allowlist_on_the_control_plane() -> Result<()> {
         );
         ensure!(digest == good_digest, "bundle digest annotation {digest:?}");
         let good_data = data;
-        let sandboxes: Api<kube::api::DynamicObject> = Api::namespaced_with(
-            client.clone(),
-            &f.namespace(),
-            &kube::api::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
-                "kars.azure.com",
-                "v1alpha1",
-                "KarsSandbox",
-            )),
-        );
+        let sandboxes = f.sandboxes(&client);
 
         // Each bad bundle: named reason, the good one stays projected, agent b still syncs.
         for (i, (case, reference, reason)) in bad.iter().enumerate() {
@@ -762,19 +756,18 @@ fn certificate_identity_signers() -> Result<()> {
         String::from_utf8_lossy(&out.stderr)
     );
     let verify = |identity: &str, roots: &Path| -> Result<(i32, Value)> {
-        let out = kars(&[
-            "policy",
+        let out = kars_policy(
             "verify",
-            "--kind",
             "egress-allowlist",
-            &reference,
-            "--bundle-identity",
-            identity,
-            "--bundle-cert-roots",
-            &roots.to_string_lossy(),
-            "--allow-http-loopback-registry",
-            "--json",
-        ])?;
+            &[
+                &reference,
+                "--bundle-identity",
+                identity,
+                "--bundle-cert-roots",
+                &roots.to_string_lossy(),
+                "--json",
+            ],
+        )?;
         let v: Value = serde_json::from_str(&out.stdout)
             .with_context(|| format!("{}{}", out.stdout, out.stderr))?;
         Ok((out.code, v))
@@ -844,16 +837,11 @@ fn certificate_identity_signers() -> Result<()> {
         "key policy: {v}"
     );
     // An identity without a root is a usage error, not "trust everything".
-    let out = kars(&[
-        "policy",
+    let out = kars_policy(
         "verify",
-        "--kind",
         "egress-allowlist",
-        &reference,
-        "--bundle-identity",
-        &good,
-        "--allow-http-loopback-registry",
-    ])?;
+        &[&reference, "--bundle-identity", &good],
+    )?;
     ensure!(
         out.code == 2 && out.stderr.contains("go together"),
         "identity without roots: {} {}",

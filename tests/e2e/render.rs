@@ -38,22 +38,21 @@ fn rendered_sets_are_accepted() -> Result<()> {
     let root = workspace_root();
     let mut cases: Vec<(String, std::path::PathBuf, Option<&str>)> =
         vec![("repo-template".into(), root.join("repo-template"), None)];
-    for name in [
-        "basic-agent",
-        "byo-quickstart",
-        "confidential-agent",
-        "demo-clawshield",
-        "full-stack-demo",
-        "maf-quickstart",
-        "openai-agents-quickstart",
-        "telegram-agent",
-    ] {
+    let examples = std::fs::read_to_string(root.join("renderer/testdata/upstream-examples.txt"))?;
+    for name in examples
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         cases.push((
             name.into(),
             root.join("renderer/testdata/repos").join(name),
             None,
         ));
     }
+    ensure!(
+        cases.len() == 9,
+        "the template and 8 upstream examples: {cases:?}"
+    );
     cases.push((
         "multi-cluster/staging".into(),
         root.join("renderer/testdata/repos/multi-cluster"),

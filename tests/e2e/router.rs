@@ -102,28 +102,12 @@ fn http(
     body: &str,
     token: Option<&str>,
 ) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .context("no status")?;
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("Authorization", b.as_str()));
+    }
+    kars_e2e::http_request(port, method, path, &headers, body)
 }
 
 fn kars_audit(args: &[&str]) -> Result<(i32, String)> {
@@ -503,21 +487,13 @@ fn inference_over_https() -> Result<()> {
         let body = format!(
             r#"{{"model":"whatever","max_tokens":{max},"messages":[{{"role":"user","content":"hi"}}]}}"#
         );
-        let mut s = TcpStream::connect(("127.0.0.1", port))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(
-            s,
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: r\r\nConnection: close\r\nContent-Type: application/json\r\nx-request-id: {id}\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        let code = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .context("status")?;
-        Ok((code, out))
+        kars_e2e::http_request(
+            port,
+            "POST",
+            "/v1/chat/completions",
+            &[("Content-Type", "application/json"), ("x-request-id", id)],
+            &body,
+        )
     };
     {
         let router = start_router(d, &args)?;
@@ -610,16 +586,10 @@ fn policyrepo_condition(
     kind: &str,
     field: &str,
 ) -> Result<String> {
-    let (_, out, _) = cluster.kubectl(&[
-        "-n",
-        &format!("{}-status", f.prefix),
-        "get",
-        "policyrepo",
-        &f.prefix,
-        "-o",
-        &format!("jsonpath={{.status.conditions[?(@.type==\"{kind}\")].{field}}}"),
-    ])?;
-    Ok(out.trim().to_string())
+    f.policyrepo_jsonpath(
+        cluster,
+        &format!("{{.status.conditions[?(@.type==\"{kind}\")].{field}}}"),
+    )
 }
 
 /// The rendered router container of a Deployment, if it has one.

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kars_e2e::fixture::{GitDaemon, PolicyRepoFixture};
-use kars_e2e::{Cluster, block_on, install_kars_crds, unique_name};
+use kars_e2e::{Cluster, PrivateCluster, block_on, install_kars_crds, unique_name};
 use kars_gitops_agent::apply::Action;
 use kars_gitops_agent::prune::PruneResult;
 use kars_gitops_agent::status::PolicyRepo;
@@ -91,15 +91,7 @@ fn signed_push_is_applied() -> Result<()> {
             "first sync did not converge: {:?}",
             o.apply.failures().collect::<Vec<_>>()
         );
-        let sandboxes: Api<kube::api::DynamicObject> = Api::namespaced_with(
-            client.clone(),
-            &f.namespace(),
-            &kube::api::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
-                "kars.azure.com",
-                "v1alpha1",
-                "KarsSandbox",
-            )),
-        );
+        let sandboxes = f.sandboxes(&client);
         sandboxes
             .get(&f.agent("a"))
             .await
@@ -531,87 +523,6 @@ fn unreachable_remote() -> Result<()> {
     })
 }
 
-/// A private control plane for a fault test (the shared one must keep running).
-struct PrivateCluster {
-    dir: tempfile::TempDir,
-}
-
-impl PrivateCluster {
-    fn up() -> Result<PrivateCluster> {
-        let dir = tempfile::tempdir()?;
-        let script = kars_e2e::workspace_root().join("ci/cluster.sh");
-        let ok = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("up")
-            .arg(dir.path())
-            .status()?
-            .success();
-        ensure!(ok, "private control plane did not start");
-        Ok(PrivateCluster { dir })
-    }
-    fn kubeconfig(&self) -> std::path::PathBuf {
-        self.dir.path().join("kubeconfig")
-    }
-    fn stop(&self) -> Result<()> {
-        let script = kars_e2e::workspace_root().join("ci/cluster.sh");
-        std::process::Command::new("bash")
-            .arg(&script)
-            .arg("down")
-            .arg(self.dir.path())
-            .status()?;
-        Ok(())
-    }
-    fn start_again(&self) -> Result<()> {
-        let script = kars_e2e::workspace_root().join("ci/cluster.sh");
-        ensure!(
-            std::process::Command::new("bash")
-                .arg(&script)
-                .arg("up")
-                .arg(self.dir.path())
-                .status()?
-                .success()
-        );
-        Ok(())
-    }
-    fn install_crds(&self) -> Result<()> {
-        let kubectl = kars_e2e::tool_path("control-plane", "kubectl")?;
-        for d in ["renderer/upstream/crds", "charts/kars-gitops/crds"] {
-            let out = std::process::Command::new(&kubectl)
-                .env("KUBECONFIG", self.kubeconfig())
-                .args(["apply", "--server-side", "-f"])
-                .arg(kars_e2e::workspace_root().join(d))
-                .output()?;
-            ensure!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let out = std::process::Command::new(&kubectl)
-            .env("KUBECONFIG", self.kubeconfig())
-            .args([
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd",
-                "--all",
-            ])
-            .output()?;
-        ensure!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(())
-    }
-}
-
-impl Drop for PrivateCluster {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
-}
-
 async fn client_for(kubeconfig: &std::path::Path) -> Result<kube::Client> {
     Ok(kars_gitops_agent::sync::kube_client(Some(kubeconfig)).await?)
 }
@@ -622,7 +533,6 @@ fn many_agents(prefix: &str, n: usize) -> Vec<String> {
 
 fn api_server_stopped() -> Result<()> {
     let pc = PrivateCluster::up()?;
-    pc.install_crds()?;
     let agents = many_agents("x", 40);
     let refs: Vec<&str> = agents.iter().map(String::as_str).collect();
     let f = PolicyRepoFixture::new(&unique_name("apistop"), &refs)?;
@@ -636,7 +546,7 @@ fn api_server_stopped() -> Result<()> {
             async move { sync_once(client, &cfg, None, &never_stop).await }
         });
         tokio::time::sleep(stop_after).await;
-        let dir = pc.dir.path().to_path_buf();
+        let dir = pc.dir().to_path_buf();
         tokio::task::spawn_blocking(move || {
             let pid =
                 std::fs::read_to_string(dir.join("run/kube-apiserver.pid")).unwrap_or_default();
@@ -682,7 +592,6 @@ fn api_server_stopped() -> Result<()> {
 
 fn agent_killed() -> Result<()> {
     let pc = PrivateCluster::up()?;
-    pc.install_crds()?;
     let agents = many_agents("k", 40);
     let refs: Vec<&str> = agents.iter().map(String::as_str).collect();
     let f = PolicyRepoFixture::new(&unique_name("sigkill"), &refs)?;
@@ -693,27 +602,14 @@ fn agent_killed() -> Result<()> {
         agent.display()
     );
     let run_agent = || {
-        let mut c = std::process::Command::new(&agent);
-        c.args([
-            "--once",
-            "--branch",
-            "main",
-            "--name",
-            &f.prefix,
-            "--namespace",
-            &format!("{}-status", f.prefix),
-        ])
-        .arg("--repo")
-        .arg(f.file_url())
-        .arg("--kubeconfig")
-        .arg(pc.kubeconfig())
-        .arg("--allowed-signers")
-        .arg(&f.allowed_signers)
-        .arg("--cache-dir")
-        .arg(f.path().join("agent-cache"))
-        .args(["--health-timeout", "0s"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        let mut c = f.agent_command(
+            &f.file_url(),
+            &pc.kubeconfig(),
+            &f.path().join("agent-cache"),
+        );
+        c.arg("--once")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         c
     };
     let mut child = run_agent().spawn()?;

@@ -60,6 +60,59 @@ pub fn agent_files(agent: &str, namespace: &str, hosts: &[&str]) -> Vec<(String,
 }
 
 impl PolicyRepoFixture {
+    /// `kubectl get policyrepo -o jsonpath=<path>` of this repository's PolicyRepo.
+    pub fn policyrepo_jsonpath(&self, cluster: &crate::Cluster, path: &str) -> Result<String> {
+        let (_, out, _) = cluster.kubectl(&[
+            "-n",
+            &format!("{}-status", self.prefix),
+            "get",
+            "policyrepo",
+            &self.prefix,
+            "-o",
+            &format!("jsonpath={path}"),
+        ])?;
+        Ok(out.trim().to_string())
+    }
+
+    /// The KarsSandbox objects of this repository's namespace.
+    pub fn sandboxes(&self, client: &kube::Client) -> kube::Api<kube::api::DynamicObject> {
+        kube::Api::namespaced_with(
+            client.clone(),
+            &self.namespace(),
+            &kube::api::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+                kars_contract::KARS_GROUP,
+                "v1alpha1",
+                "KarsSandbox",
+            )),
+        )
+    }
+
+    /// A `kars-gitops-agent` command for this repository: `source` (a URL or path), its
+    /// PolicyRepo (`<prefix>` in `<prefix>-status`), the cluster of `kubeconfig`, the signer,
+    /// `cache` as the fetch cache, no health wait.
+    pub fn agent_command(
+        &self,
+        source: &str,
+        kubeconfig: &Path,
+        cache: &Path,
+    ) -> std::process::Command {
+        let mut c = std::process::Command::new(
+            crate::workspace_root().join("target/debug/kars-gitops-agent"),
+        );
+        c.arg("--repo")
+            .arg(source)
+            .args(["--branch", "main", "--name", &self.prefix, "--namespace"])
+            .arg(format!("{}-status", self.prefix))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--allowed-signers")
+            .arg(&self.allowed_signers)
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(["--health-timeout", "0s"]);
+        c
+    }
+
     /// A repository named `<prefix>` whose objects live in namespace `<prefix>-ns`, with
     /// `agents` (names are prefixed), committed and pushed with a signature.
     pub fn new(prefix: &str, agents: &[&str]) -> Result<PolicyRepoFixture> {

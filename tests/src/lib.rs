@@ -189,25 +189,145 @@ pub fn tool_path(set: &str, name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// One HTTP/1.1 request on a new loopback connection to `port` (with `Connection: close` and
+/// the body's length added); returns the status code and the response body.
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    write!(s, "{head}Content-Length: {}\r\n\r\n{body}", body.len())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("no HTTP status in {out:?}"))?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// A control plane of its own (fault tests, benchmarks), stopped when dropped; the shared one
+/// of [`Cluster::shared`] must keep running for the other tests.
+pub struct PrivateCluster {
+    dir: tempfile::TempDir,
+}
+
+impl PrivateCluster {
+    fn cluster_sh(&self, verb: &str) -> Result<bool> {
+        Ok(Command::new("bash")
+            .arg(workspace_root().join("ci/cluster.sh"))
+            .arg(verb)
+            .arg(self.dir.path())
+            .status()?
+            .success())
+    }
+
+    /// Starts one, with the kars CRDs and the PolicyRepo CRD installed and Established.
+    pub fn up() -> Result<PrivateCluster> {
+        let c = PrivateCluster {
+            dir: tempfile::tempdir()?,
+        };
+        if !c.cluster_sh("up")? {
+            bail!("the private control plane did not start");
+        }
+        for d in ["renderer/upstream/crds", "charts/kars-gitops/crds"] {
+            let out = c
+                .kubectl()
+                .args(["apply", "--server-side", "-f"])
+                .arg(workspace_root().join(d))
+                .output()?;
+            if !out.status.success() {
+                bail!("installing CRDs: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+        // `kubectl wait` fails at once on a CRD without status yet: retry up to 60 s.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let out = c
+                .kubectl()
+                .args([
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=30s",
+                    "crd",
+                    "--all",
+                ])
+                .output()?;
+            if out.status.success() {
+                return Ok(c);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "CRDs not established: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// Its kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// Its state directory (`run/<component>.pid`, logs, certificates).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A kubectl command for it.
+    pub fn kubectl(&self) -> Command {
+        let mut c = Command::new(
+            tool_path("control-plane", "kubectl").unwrap_or_else(|_| "kubectl".into()),
+        );
+        c.env("KUBECONFIG", self.kubeconfig());
+        c
+    }
+
+    /// Stops it (etcd keeps its data).
+    pub fn stop(&self) -> Result<()> {
+        self.cluster_sh("down")?;
+        Ok(())
+    }
+
+    /// Starts it again after [`PrivateCluster::stop`], on the same data.
+    pub fn start_again(&self) -> Result<()> {
+        if !self.cluster_sh("up")? {
+            bail!("the private control plane did not start again");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A unique, DNS-label-safe name for a test's objects: `<prefix>-<pid>-<n>`.
 pub fn unique_name(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let prefix: String = prefix
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .take(40)
-        .collect();
     format!(
         "{}-{}-{n}",
-        prefix.trim_matches('-'),
+        kars_contract::dns_label_of(prefix, 40),
         std::process::id() % 100_000
     )
 }

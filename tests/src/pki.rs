@@ -23,10 +23,8 @@ pub fn openssl(dir: &Path, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A root CA `<name>.pem` with its key `<name>.key` in `dir`; returns the certificate path.
-pub fn root_ca(dir: &Path, name: &str) -> Result<PathBuf> {
-    let key = format!("{name}.key");
-    let pem = format!("{name}.pem");
+/// A new P-256 private key (SEC1 PEM) at `dir/file`.
+fn p256_key(dir: &Path, file: &str) -> Result<()> {
     openssl(
         dir,
         &[
@@ -36,9 +34,16 @@ pub fn root_ca(dir: &Path, name: &str) -> Result<PathBuf> {
             "-genkey",
             "-noout",
             "-out",
-            &key,
+            file,
         ],
-    )?;
+    )
+}
+
+/// A root CA `<name>.pem` with its key `<name>.key` in `dir`; returns the certificate path.
+pub fn root_ca(dir: &Path, name: &str) -> Result<PathBuf> {
+    let key = format!("{name}.key");
+    let pem = format!("{name}.pem");
+    p256_key(dir, &key)?;
     openssl(
         dir,
         &[
@@ -81,18 +86,7 @@ pub fn leaf(
         format!("{name}.pem"),
     );
     std::fs::write(dir.join(&cnf), format!("[ext]\n{extensions}"))?;
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            &ec,
-        ],
-    )?;
+    p256_key(dir, &ec)?;
     openssl(
         dir,
         &["pkcs8", "-topk8", "-nocrypt", "-in", &ec, "-out", &key],

@@ -463,31 +463,15 @@ pub fn run(seconds: u64, rate: u64, conns: usize) -> Result<()> {
         );
         let direct = at_rate(up, Via::Direct, p, rate, seconds).await;
         row("direct", &direct, &direct);
-        row(
-            "minimal tokio pass-through (CONNECT)",
-            &at_rate(floor, Via::Connect, p, rate, seconds).await,
-            &direct,
-        );
-        row(
-            "kars CONNECT",
-            &at_rate(kars, Via::Connect, p, rate, seconds).await,
-            &direct,
-        );
-        row(
-            "kars plain HTTP (absolute form)",
-            &at_rate(kars, Via::AbsoluteForm, p, rate, seconds).await,
-            &direct,
-        );
-        row(
-            "kars CONNECT, audit fsync 100ms",
-            &at_rate(audited_100ms, Via::Connect, p, rate, seconds).await,
-            &direct,
-        );
-        row(
-            "kars CONNECT, audit fsync always",
-            &at_rate(audited_always, Via::Connect, p, rate, seconds).await,
-            &direct,
-        );
+        for (name, target, via) in [
+            ("minimal tokio pass-through (CONNECT)", floor, Via::Connect),
+            ("kars CONNECT", kars, Via::Connect),
+            ("kars plain HTTP (absolute form)", kars, Via::AbsoluteForm),
+            ("kars CONNECT, audit fsync 100ms", audited_100ms, Via::Connect),
+            ("kars CONNECT, audit fsync always", audited_always, Via::Connect),
+        ] {
+            row(name, &at_rate(target, via, p, rate, seconds).await, &direct);
+        }
         // The router as its own process: CPU and memory at the rate, and with 10k entries.
         {
             let small = router_process(p, 0)?;

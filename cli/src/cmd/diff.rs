@@ -3,9 +3,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use kars_gitops_agent::inspect::{comparable_live, inspect};
-use kars_gitops_agent::sync::kube_client;
+use kars_gitops_agent::inspect::comparable_live;
 use kars_renderer::output::object_yaml;
 
 use super::sync::SourceArgs;
@@ -36,19 +34,8 @@ fn paint(line: &str, color: bool) -> String {
 
 /// Runs `kars diff`. Exit 0 when nothing would change, 1 when something would.
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let cfg = args.source.config()?;
-        let client = kube_client(args.source.kubeconfig.as_deref())
-            .await
-            .context("connecting to the cluster")
-            .map_err(Failure::usage)?;
-        let view = inspect(&client, &cfg)
-            .await
-            .map_err(|e| Failure::check(anyhow::anyhow!("{e}")))?;
+    super::block_on(async move {
+        let view = args.source.inspect().await?;
         let color = match args.color.as_str() {
             "always" => true,
             "never" => false,

@@ -138,19 +138,9 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         PolicyCommand::Canonicalize(a) => canonicalize_cmd(a),
-        PolicyCommand::Sign(a) => block_on(sign_cmd(a)),
-        PolicyCommand::Verify(a) => block_on(verify_cmd(a)),
+        PolicyCommand::Sign(a) => super::block_on(sign_cmd(a)),
+        PolicyCommand::Verify(a) => super::block_on(verify_cmd(a)),
     }
-}
-
-fn block_on<F: std::future::Future<Output = Result<ExitCode, Failure>>>(
-    f: F,
-) -> Result<ExitCode, Failure> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(f)
 }
 
 fn read_input(path: &Path) -> Result<Vec<u8>, Failure> {

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use kars_gitops_agent::status::{DEFAULT_NAMESPACE, PolicyRepo};
-use kars_gitops_agent::sync::kube_client;
 use kube::api::{Api, ListParams};
 
 use crate::Failure;
@@ -28,16 +27,23 @@ pub struct Args {
 
 /// Runs `kars status`. Exit 0 when every PolicyRepo is Ready, 1 otherwise.
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let client = kube_client(args.kubeconfig.as_deref()).await.context("connecting to the cluster").map_err(Failure::usage)?;
+    super::block_on(async move {
+        let client = super::connect(args.kubeconfig.as_deref()).await?;
         let api: Api<PolicyRepo> = Api::namespaced(client, &args.namespace);
         let items: Vec<PolicyRepo> = match &args.name {
-            Some(n) => vec![api.get(n).await.with_context(|| format!("PolicyRepo {}/{n}", args.namespace)).map_err(Failure::usage)?],
-            None => api.list(&ListParams::default()).await.context("listing PolicyRepos (is the PolicyRepo CRD installed?)").map_err(Failure::usage)?.items,
+            Some(n) => vec![
+                api.get(n)
+                    .await
+                    .with_context(|| format!("PolicyRepo {}/{n}", args.namespace))
+                    .map_err(Failure::usage)?,
+            ],
+            None => {
+                api.list(&ListParams::default())
+                    .await
+                    .context("listing PolicyRepos (is the PolicyRepo CRD installed?)")
+                    .map_err(Failure::usage)?
+                    .items
+            }
         };
         if args.json {
             crate::outln!("{}", serde_json::to_string_pretty(&items)?);
@@ -51,29 +57,75 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             if args.json {
                 continue;
             }
-            crate::outln!("PolicyRepo {}/{name}  source {}{}", args.namespace, pr.spec.url, if pr.spec.suspend { "  (SUSPENDED)" } else { "" });
+            crate::outln!(
+                "PolicyRepo {}/{name}  source {}{}",
+                args.namespace,
+                pr.spec.url,
+                if pr.spec.suspend { "  (SUSPENDED)" } else { "" }
+            );
             crate::outln!(
                 "  applied:  {} at {} signed by {}",
-                st.last_applied_revision.as_deref().unwrap_or("(nothing yet)"),
+                st.last_applied_revision
+                    .as_deref()
+                    .unwrap_or("(nothing yet)"),
                 st.last_applied_at.as_deref().unwrap_or("-"),
-                if st.last_applied_signers.is_empty() { "-".to_string() } else { st.last_applied_signers.join(", ") }
+                if st.last_applied_signers.is_empty() {
+                    "-".to_string()
+                } else {
+                    st.last_applied_signers.join(", ")
+                }
             );
             if st.last_fetched_revision != st.last_applied_revision {
-                crate::outln!("  fetched:  {} (not applied yet)", st.last_fetched_revision.as_deref().unwrap_or("-"));
+                crate::outln!(
+                    "  fetched:  {} (not applied yet)",
+                    st.last_fetched_revision.as_deref().unwrap_or("-")
+                );
             }
             if let Some(c) = &st.counts {
-                crate::outln!("  objects:  {} rendered, {} in inventory; last sync {} applied, {} unchanged, {} pruned, {} failed, {} writes", c.rendered, st.inventory.len(), c.applied, c.unchanged, c.pruned, c.failed, c.writes);
+                crate::outln!(
+                    "  objects:  {} rendered, {} in inventory; last sync {} applied, {} unchanged, {} pruned, {} failed, {} writes",
+                    c.rendered,
+                    st.inventory.len(),
+                    c.applied,
+                    c.unchanged,
+                    c.pruned,
+                    c.failed,
+                    c.writes
+                );
             }
             for c in &st.conditions {
-                crate::outln!("  {:<12} {:<7} {:<26} {}", c.type_, c.status, c.reason, c.message);
+                crate::outln!(
+                    "  {:<12} {:<7} {:<26} {}",
+                    c.type_,
+                    c.status,
+                    c.reason,
+                    c.message
+                );
             }
             for f in &st.failures {
-                crate::outln!("  FAILED {} [{}] {}{}", f.object, f.reason, f.message, if f.source.is_empty() { String::new() } else { format!(" (from {})", f.source) });
+                crate::outln!(
+                    "  FAILED {} [{}] {}{}",
+                    f.object,
+                    f.reason,
+                    f.message,
+                    if f.source.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (from {})", f.source)
+                    }
+                );
             }
         }
         if items.is_empty() {
-            eprintln!("no PolicyRepo in namespace {} (kars sync or the agent creates one)", args.namespace);
+            eprintln!(
+                "no PolicyRepo in namespace {} (kars sync or the agent creates one)",
+                args.namespace
+            );
         }
-        Ok(if all_ready { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        Ok(if all_ready {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        })
     })
 }

@@ -11,7 +11,7 @@ use kars_gitops_agent::bundles::BundleArgs;
 use kars_gitops_agent::prune::{PruneOptions, PruneResult};
 use kars_gitops_agent::source::Credentials;
 use kars_gitops_agent::status::DEFAULT_NAMESPACE;
-use kars_gitops_agent::sync::{SyncConfig, SyncError, default_name, kube_client, sync_once};
+use kars_gitops_agent::sync::{SyncConfig, SyncError, default_name, sync_once};
 
 use crate::Failure;
 
@@ -61,6 +61,16 @@ pub struct SourceArgs {
 }
 
 impl SourceArgs {
+    /// The head of the source, verified and rendered, next to the cluster (`kars diff`,
+    /// `kars why`): the sync's own steps, read-only.
+    pub async fn inspect(&self) -> Result<kars_gitops_agent::inspect::Inspection, Failure> {
+        let cfg = self.config()?;
+        let client = super::connect(self.kubeconfig.as_deref()).await?;
+        kars_gitops_agent::inspect::inspect(&client, &cfg)
+            .await
+            .map_err(|e| Failure::check(anyhow::anyhow!("{e}")))
+    }
+
     /// The sync configuration these arguments describe.
     pub fn config(&self) -> Result<SyncConfig, Failure> {
         let trust = kars_gitops_agent::verify::load_policy(
@@ -144,30 +154,15 @@ pub struct Args {
     json: bool,
 }
 
-/// `30s`, `5m`, `1h` or plain seconds.
+/// `30s`, `5m`, `1h`, `500ms` or plain seconds.
 pub fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?}: expected e.g. 30s, 5m or 1h"))?;
-    match unit {
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("{s:?}: unit must be s, m or h")),
-    }
+    kars_contract::time::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Runs `kars sync`.
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let _ = args.once;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(run_async(args))
+    super::block_on(run_async(args))
 }
 
 async fn run_async(args: Args) -> Result<ExitCode, Failure> {
@@ -178,10 +173,7 @@ async fn run_async(args: Args) -> Result<ExitCode, Failure> {
     cfg.prune.enabled = !args.no_prune;
     cfg.prune.allow_mass_prune = args.allow_mass_prune;
     cfg.health_timeout = args.wait.unwrap_or(Duration::ZERO);
-    let client = kube_client(args.source.kubeconfig.as_deref())
-        .await
-        .context("connecting to the cluster (check --kubeconfig)")
-        .map_err(Failure::usage)?;
+    let client = super::connect(args.source.kubeconfig.as_deref()).await?;
     let outcome = match sync_once(client, &cfg, None, &|| false).await {
         Ok(o) => o,
         Err(e @ SyncError::Source(_)) => return Err(Failure::usage(anyhow::anyhow!("{e}"))),

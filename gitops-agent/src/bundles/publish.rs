@@ -36,14 +36,15 @@ pub async fn push(
     let config = b"{}".to_vec();
     let config_digest = sha256_digest(&config);
     let layer_digest = sha256_digest(content);
-    client
-        .push_blob(&reference, config.clone(), &config_digest)
-        .await
-        .map_err(|e| format!("pushing the config: {e}"))?;
-    client
-        .push_blob(&reference, content.to_vec(), &layer_digest)
-        .await
-        .map_err(|e| format!("pushing the content: {e}"))?;
+    push_blobs(
+        &client,
+        &reference,
+        [
+            ("config", config.clone(), &config_digest),
+            ("content", content.to_vec(), &layer_digest),
+        ],
+    )
+    .await?;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -59,6 +60,21 @@ pub async fn push(
         .await
         .map_err(|e| format!("pushing the manifest: {e}"))?;
     Ok(digest)
+}
+
+/// Pushes blobs (what, bytes, digest) to the repository of `reference`.
+async fn push_blobs<const N: usize>(
+    client: &oci_client::Client,
+    reference: &Reference,
+    blobs: [(&str, Vec<u8>, &String); N],
+) -> Result<(), String> {
+    for (what, bytes, digest) in blobs {
+        client
+            .push_blob(reference, bytes, digest)
+            .await
+            .map_err(|e| format!("pushing the {what}: {e}"))?;
+    }
+    Ok(())
 }
 
 fn reqwest_header(v: &str) -> Result<http::HeaderValue, String> {
@@ -143,14 +159,15 @@ pub async fn sign(
     }))
     .map_err(|e| e.to_string())?;
     let config_digest = sha256_digest(&config);
-    client
-        .push_blob(&reference, payload.clone(), &payload_digest)
-        .await
-        .map_err(|e| format!("pushing the signature payload: {e}"))?;
-    client
-        .push_blob(&reference, config.clone(), &config_digest)
-        .await
-        .map_err(|e| format!("pushing the signature config: {e}"))?;
+    push_blobs(
+        &client,
+        &reference,
+        [
+            ("signature payload", payload.clone(), &payload_digest),
+            ("signature config", config.clone(), &config_digest),
+        ],
+    )
+    .await?;
     let manifest = json!({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,

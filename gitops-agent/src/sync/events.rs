@@ -7,7 +7,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use super::{SyncError, SyncOutcome};
 use crate::apply::Action;
 use crate::prune::PruneResult;
-use crate::status::{self, PolicyRepo, PolicyRepoStatus, condition as c};
+use crate::status::{self, Condition as c, PolicyRepo, PolicyRepoStatus};
 
 /// The Events a status change calls for (pure).
 pub fn events_for(
@@ -16,7 +16,7 @@ pub fn events_for(
     result: &Result<SyncOutcome, SyncError>,
 ) -> Vec<Event> {
     let ready = |s: &PolicyRepoStatus| {
-        status::condition(&s.conditions, c::READY).map(|c| (c.status.clone(), c.reason.clone()))
+        status::condition(&s.conditions, c::Ready).map(|c| (c.status.clone(), c.reason.clone()))
     };
     let mut events = Vec::new();
     if after.last_applied_revision != before.last_applied_revision
@@ -41,7 +41,7 @@ pub fn events_for(
     }
     if ready(after) != ready(before)
         && let Some(c) =
-            status::condition(&after.conditions, c::READY).filter(|c| c.status == "False")
+            status::condition(&after.conditions, c::Ready).filter(|c| c.status == "False")
     {
         events.push(Event {
             type_: EventType::Warning,

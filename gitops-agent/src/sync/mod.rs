@@ -85,18 +85,7 @@ pub fn default_name(source: &str) -> String {
         .rsplit(['/', ':'])
         .next()
         .unwrap_or("policy-repo");
-    let last = last.trim_end_matches(".git");
-    let mut s: String = last
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    s = s.trim_matches('-').chars().take(63).collect();
+    let s = kars_contract::dns_label_of(last.trim_end_matches(".git"), 63);
     if s.is_empty() {
         "policy-repo".into()
     } else {

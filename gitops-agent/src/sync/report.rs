@@ -17,7 +17,7 @@ use crate::enforcement::Enforcement;
 use crate::health::ObjectHealth;
 use crate::prune::PruneResult;
 use crate::status::{
-    self, InventoryEntry, ObjectFailure, PolicyRepoStatus, SyncCounts, condition as c,
+    self, Condition as c, InventoryEntry, ObjectFailure, PolicyRepoStatus, SyncCounts,
     set_condition,
 };
 
@@ -34,7 +34,7 @@ pub fn status(
     let (ready, message) = ready(&st, run);
     set_condition(
         &mut st.conditions,
-        c::READY,
+        c::Ready,
         ready,
         run.ready_reason(),
         &message,
@@ -81,19 +81,20 @@ fn steps(st: &mut PolicyRepoStatus, run: &Run, dry_run: bool, generation: Option
     st.failures.clear();
     let stopped = run.stopped.as_ref();
     let stopped_at = |step: Step| stopped.filter(|s| s.step == step);
-    let cond = |st: &mut PolicyRepoStatus, t: &str, ok: Option<bool>, r: Reason, m: &str| {
+    let cond = |st: &mut PolicyRepoStatus, t: c, ok: Option<bool>, r: Reason, m: &str| {
         set_condition(&mut st.conditions, t, ok, r, m, generation)
+    };
+    // The condition of the step that stopped the run, when it is `step`.
+    let stopped_here = |st: &mut PolicyRepoStatus, step: Step, t: c| match stopped_at(step) {
+        Some(s) => {
+            cond(st, t, Some(false), s.error.reason(), &s.error.to_string());
+            true
+        }
+        None => false,
     };
 
     // Source.
-    if let Some(s) = stopped_at(Step::Source) {
-        cond(
-            st,
-            c::SOURCE_READY,
-            Some(false),
-            s.error.reason(),
-            &s.error.to_string(),
-        );
+    if stopped_here(st, Step::Source, c::SourceReady) {
         return;
     }
     let Some(fetched) = &run.fetched else { return };
@@ -101,34 +102,21 @@ fn steps(st: &mut PolicyRepoStatus, run: &Run, dry_run: bool, generation: Option
     st.last_fetched_revision = Some(head.to_string());
     cond(
         st,
-        c::SOURCE_READY,
+        c::SourceReady,
         Some(true),
         Reason::Fetched,
         &format!("fetched head {head}"),
     );
 
     // Verify.
-    if let Some(s) = stopped_at(Step::Verify) {
-        cond(
-            st,
-            c::VERIFIED,
-            Some(false),
-            s.error.reason(),
-            &s.error.to_string(),
-        );
+    if stopped_here(st, Step::Verify, c::Verified) {
         return;
     }
     let verified = format!("every commit up to {head} verified");
     // Render.
-    if let Some(s) = stopped_at(Step::Render) {
-        cond(st, c::VERIFIED, Some(true), Reason::Verified, &verified);
-        cond(
-            st,
-            c::RENDERED,
-            Some(false),
-            s.error.reason(),
-            &s.error.to_string(),
-        );
+    if stopped_at(Step::Render).is_some() {
+        cond(st, c::Verified, Some(true), Reason::Verified, &verified);
+        stopped_here(st, Step::Render, c::Rendered);
         return;
     }
     let Some(rendered) = &run.rendered else {
@@ -136,10 +124,10 @@ fn steps(st: &mut PolicyRepoStatus, run: &Run, dry_run: bool, generation: Option
     };
     bundles(st, run, generation);
     st.last_verified_revision = Some(head.to_string());
-    cond(st, c::VERIFIED, Some(true), Reason::Verified, &verified);
+    cond(st, c::Verified, Some(true), Reason::Verified, &verified);
     cond(
         st,
-        c::RENDERED,
+        c::Rendered,
         Some(true),
         Reason::Rendered,
         &format!(
@@ -150,14 +138,7 @@ fn steps(st: &mut PolicyRepoStatus, run: &Run, dry_run: bool, generation: Option
     );
 
     // Apply.
-    if let Some(s) = stopped_at(Step::Apply) {
-        cond(
-            st,
-            c::APPLIED,
-            Some(false),
-            s.error.reason(),
-            &s.error.to_string(),
-        );
+    if stopped_here(st, Step::Apply, c::Applied) {
         return;
     }
     let Some(apply) = &run.apply else { return };
@@ -218,7 +199,7 @@ fn steps(st: &mut PolicyRepoStatus, run: &Run, dry_run: bool, generation: Option
         && run.pruned().is_empty()
         && !prune_refused
         && st.failures.is_empty()
-        && status::condition(&st.conditions, c::APPLIED).is_some_and(|c| c.status == "True");
+        && status::condition(&st.conditions, c::Applied).is_some_and(|c| c.status == "True");
     if !quiet {
         let (reason, message) = if !applied_ok {
             (Reason::ApplyFailed, status::failure_summary(&st.failures))
@@ -239,7 +220,7 @@ fn steps(st: &mut PolicyRepoStatus, run: &Run, dry_run: bool, generation: Option
         };
         cond(
             st,
-            c::APPLIED,
+            c::Applied,
             Some(applied_ok && !prune_refused),
             reason,
             &message,
@@ -278,7 +259,7 @@ fn steps(st: &mut PolicyRepoStatus, run: &Run, dry_run: bool, generation: Option
             Some(false) => (Some(false), Reason::Unhealthy, first()),
             None => (None, Reason::Progressing, first()),
         };
-        cond(st, c::HEALTHY, ok, reason, &message);
+        cond(st, c::Healthy, ok, reason, &message);
         for (k, h) in &health.not_ready {
             if let ObjectHealth::Unhealthy(m) = h {
                 st.failures
@@ -392,7 +373,7 @@ fn bundles(st: &mut PolicyRepoStatus, run: &Run, generation: Option<i64>) {
     };
     set_condition(
         &mut st.conditions,
-        c::BUNDLES_VERIFIED,
+        c::BundlesVerified,
         ok,
         reason,
         &message,
@@ -490,7 +471,7 @@ fn enforcement(
     };
     set_condition(
         &mut st.conditions,
-        c::ENFORCED,
+        c::Enforced,
         ok,
         reason,
         &message,

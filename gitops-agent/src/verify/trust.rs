@@ -31,7 +31,7 @@ use super::keys::{KeyMaterial, KeySourceError, SignerClass, SignerKey};
 use super::signature::parse_openpgp_cert;
 
 /// `apiVersion` of trust files.
-pub const API_VERSION: &str = "gitops.kars.io/v1alpha1";
+pub use kars_contract::GITOPS_API_VERSION as API_VERSION;
 /// Default path of the repository's signer list.
 pub const DEFAULT_REPO_SIGNERS: &str = ".kars/signers.yaml";
 

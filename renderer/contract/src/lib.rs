@@ -25,8 +25,32 @@ pub use reason::Reason;
 pub const KARS_GROUP: &str = "kars.azure.com";
 /// The apiVersion of every kars CR.
 pub const KARS_API_VERSION: &str = "kars.azure.com/v1alpha1";
-/// Our own API group (PolicyRepo, RepositoryConfig).
+/// Our own API group (PolicyRepo, RepositoryConfig, TrustPolicy, SignerList).
 pub const GITOPS_GROUP: &str = "gitops.kars.io";
+/// The apiVersion of our own kinds.
+pub const GITOPS_API_VERSION: &str = "gitops.kars.io/v1alpha1";
+
+/// `text` as a DNS label: ASCII letters and digits lowercased, every other character `-`,
+/// no `-` at either end, at most `max` characters (empty when nothing is left).
+pub fn dns_label_of(text: &str, max: usize) -> String {
+    let mapped: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    mapped
+        .trim_matches('-')
+        .chars()
+        .take(max)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string()
+}
 
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {

@@ -35,7 +35,8 @@ pub const AUDIT_DIR: &str = "/var/log/kars/audit";
 /// The audit log file name inside the audit directory.
 pub const AUDIT_FILE_NAME: &str = "audit.jsonl";
 
-/// Environment variable names the renderer sets on the router container.
+/// Environment variable names of the router container: the ones the renderer sets, then the
+/// router's own settings (which the renderer leaves to the operator).
 pub mod env {
     /// Port of the main listener.
     pub const ROUTER_PORT: &str = "ROUTER_PORT";
@@ -61,6 +62,18 @@ pub mod env {
     pub const TOKEN_BUDGET_DAILY: &str = "TOKEN_BUDGET_DAILY";
     /// The per-request token cap (informational; the inference policy file is authoritative).
     pub const TOKEN_BUDGET_PER_REQUEST: &str = "TOKEN_BUDGET_PER_REQUEST";
+    /// Router only: the audit log file (overrides the directory).
+    pub const AUDIT_LOG: &str = "KARS_AUDIT_LOG";
+    /// Router only: when the audit log is synced to disk.
+    pub const AUDIT_FSYNC: &str = "KARS_AUDIT_FSYNC";
+    /// Router only: a file of blocklisted host names.
+    pub const EGRESS_BLOCKLIST_FILE: &str = "KARS_EGRESS_BLOCKLIST_FILE";
+    /// Router only: internal CIDRs the proxy may connect to.
+    pub const EGRESS_ALLOW_CIDRS: &str = "KARS_EGRESS_ALLOW_CIDRS";
+    /// Router only: inference providers, `NAME=URL,…`.
+    pub const INFERENCE_PROVIDERS: &str = "KARS_INFERENCE_PROVIDERS";
+    /// Router only: extra CA certificates for inference upstreams.
+    pub const INFERENCE_CA_FILE: &str = "KARS_INFERENCE_CA_FILE";
 }
 
 /// The router's admin token file as the renderer mounts it.

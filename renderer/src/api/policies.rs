@@ -257,6 +257,17 @@ kars_object!(
     McpServerSpec
 );
 
+/// The `McpServer` fields a signed bundle carries instead of the CR (`allowedSandboxes` and
+/// `bearerFromEnv` stay in the CR).
+pub const MCP_SERVER_BUNDLE_FIELDS: [&str; 6] = [
+    "url",
+    "oauth",
+    "productionMode",
+    "scopes",
+    "allowedTools",
+    "displayName",
+];
+
 /// `McpServer.spec`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -100,28 +100,43 @@ pub struct Runtime {
     pub openclaw: Option<OpenClawRuntime>,
     /// OpenAI Agents settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub openai_agents: Option<PythonRuntime>,
+    pub openai_agents: Option<CodeRuntime>,
     /// Microsoft Agent Framework settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub microsoft_agent_framework: Option<LanguageRuntime>,
+    pub microsoft_agent_framework: Option<CodeRuntime>,
     /// Semantic Kernel settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub semantic_kernel: Option<LanguageRuntime>,
+    pub semantic_kernel: Option<CodeRuntime>,
     /// LangGraph settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lang_graph: Option<LanguageRuntime>,
+    pub lang_graph: Option<CodeRuntime>,
     /// Anthropic settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub anthropic: Option<PythonRuntime>,
+    pub anthropic: Option<CodeRuntime>,
     /// Pydantic AI settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pydantic_ai: Option<PythonRuntime>,
+    pub pydantic_ai: Option<CodeRuntime>,
     /// Hermes settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hermes: Option<HermesRuntime>,
+    pub hermes: Option<CodeRuntime>,
     /// BYO settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub byo: Option<ByoRuntime>,
+}
+
+impl Runtime {
+    /// The code-runtime blocks, in the CRD's order (exactly one is set for its kind).
+    pub fn code_blocks(&self) -> [Option<&CodeRuntime>; 7] {
+        [
+            self.openai_agents.as_ref(),
+            self.anthropic.as_ref(),
+            self.pydantic_ai.as_ref(),
+            self.hermes.as_ref(),
+            self.microsoft_agent_framework.as_ref(),
+            self.semantic_kernel.as_ref(),
+            self.lang_graph.as_ref(),
+        ]
+    }
 }
 
 /// `runtime.openclaw`.
@@ -176,46 +191,19 @@ pub struct GitCode {
     pub path: Option<String>,
 }
 
-/// Python-based runtimes (`openaiAgents`, `anthropic`, `pydanticAi`).
+/// The code-based runtimes (`openaiAgents`, `anthropic`, `pydanticAi` with `pythonVersion`;
+/// `microsoftAgentFramework`, `semanticKernel`, `langGraph` with `language`; `hermes` with
+/// `version`). Which of the three version fields a block may carry is the CRD schema's rule,
+/// checked before this type is read.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PythonRuntime {
-    /// Python version.
+pub struct CodeRuntime {
+    /// Python version (Python runtimes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python_version: Option<String>,
-    /// Agent code source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_code: Option<AgentCode>,
-    /// Entry point command.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub entrypoint: Vec<String>,
-    /// Extra environment variables.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub extra_env: Option<FreeForm>,
-}
-
-/// Runtimes with a `language` choice (`microsoftAgentFramework`, `semanticKernel`, `langGraph`).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LanguageRuntime {
-    /// Programming language.
+    /// Programming language (runtimes with a language choice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
-    /// Agent code source.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_code: Option<AgentCode>,
-    /// Entry point command.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub entrypoint: Vec<String>,
-    /// Extra environment variables.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub extra_env: Option<FreeForm>,
-}
-
-/// `runtime.hermes`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct HermesRuntime {
     /// Hermes version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,

@@ -221,16 +221,9 @@ pub const RULES: &[Rule] = &[
         check: |s| {
             ok_if(
                 !has(s, "bundleRef")
-                    || ![
-                        "url",
-                        "oauth",
-                        "productionMode",
-                        "scopes",
-                        "allowedTools",
-                        "displayName",
-                    ]
-                    .iter()
-                    .any(|k| has(s, k)),
+                    || !crate::api::MCP_SERVER_BUNDLE_FIELDS
+                        .iter()
+                        .any(|k| has(s, k)),
                 pos_of(s, "bundleRef"),
             )
         },

@@ -57,21 +57,12 @@ fn user_env(sb: &KarsSandbox) -> Vec<Value> {
         .openclaw
         .as_ref()
         .and_then(|r| r.extra_env.clone())
-        .or_else(|| rt.openai_agents.as_ref().and_then(|r| r.extra_env.clone()))
-        .or_else(|| rt.anthropic.as_ref().and_then(|r| r.extra_env.clone()))
-        .or_else(|| rt.pydantic_ai.as_ref().and_then(|r| r.extra_env.clone()))
-        .or_else(|| rt.hermes.as_ref().and_then(|r| r.extra_env.clone()))
         .or_else(|| {
-            rt.microsoft_agent_framework
-                .as_ref()
-                .and_then(|r| r.extra_env.clone())
-        })
-        .or_else(|| {
-            rt.semantic_kernel
-                .as_ref()
-                .and_then(|r| r.extra_env.clone())
-        })
-        .or_else(|| rt.lang_graph.as_ref().and_then(|r| r.extra_env.clone()));
+            rt.code_blocks()
+                .into_iter()
+                .flatten()
+                .find_map(|r| r.extra_env.clone())
+        });
     let mut out = Vec::new();
     if let Some(Value::Object(m)) = extra {
         let mut keys: Vec<&String> = m.keys().collect();

@@ -25,6 +25,20 @@ use crate::rendered::MountedPolicy;
 use crate::repo::{Index, SourceObject};
 use crate::validate::DEFAULT_TOOL_POLICY;
 
+/// The sandbox being rendered: its object, typed value, namespace, and the objects its
+/// references resolve among.
+#[derive(Clone, Copy)]
+pub(super) struct Sandbox<'a> {
+    /// The KarsSandbox as read.
+    pub o: &'a SourceObject,
+    /// Its typed value.
+    pub sb: &'a KarsSandbox,
+    /// Its namespace (`kars-<name>`).
+    pub ns: &'a str,
+    /// The cluster's objects.
+    pub index: &'a Index<'a>,
+}
+
 /// What a sandbox's policies add to its pod.
 #[derive(Default)]
 pub(super) struct PodPolicies {
@@ -112,6 +126,23 @@ impl Ctx<'_> {
             },
             "data": data,
         })
+    }
+
+    /// The content of a policy CR: its verified JSON bundle (`spec.bundleRef`) with the bundle's
+    /// digest, or the CR's own fields (`inline`); `None` when the sandbox is held back.
+    fn content_or_bundle(
+        &mut self,
+        o: &SourceObject,
+        bundle_ref: Option<&crate::api::OciArtifactRef>,
+        what: &str,
+        inline: impl FnOnce() -> Value,
+    ) -> Option<(Value, Option<String>)> {
+        match bundle_ref {
+            Some(r) => self
+                .json_bundle_or_hold(o, "spec.bundleRef", r, what)
+                .map(|(v, digest)| (v, Some(digest))),
+            None => Some((inline(), None)),
+        }
     }
 
     /// Pushes the ConfigMap of `c`, mounts it into the router (and the agent when `agent_too`)
@@ -284,14 +315,8 @@ pub(super) fn egress(
 
 /// The AGT profile of the sandbox's ToolPolicy (`kars-default` without a governance block),
 /// mounted into the router and, read-only, into the agent.
-pub(super) fn agt_profile(
-    ctx: &mut Ctx<'_>,
-    o: &SourceObject,
-    sb: &KarsSandbox,
-    ns: &str,
-    index: &Index<'_>,
-    pod: &mut PodPolicies,
-) {
+pub(super) fn agt_profile(ctx: &mut Ctx<'_>, s: &Sandbox<'_>, pod: &mut PodPolicies) {
+    let Sandbox { o, sb, ns, index } = *s;
     let tool_policy = match &sb.spec.governance {
         None => Some(DEFAULT_TOOL_POLICY),
         Some(g) => g.tool_policy_ref.as_ref().and_then(|r| r.name.as_deref()),
@@ -348,12 +373,10 @@ pub(super) struct InferenceSettings {
 /// The sandbox's InferencePolicy (the verified bundle when referenced).
 pub(super) fn inference(
     ctx: &mut Ctx<'_>,
-    o: &SourceObject,
-    sb: &KarsSandbox,
-    ns: &str,
-    index: &Index<'_>,
+    s: &Sandbox<'_>,
     pod: &mut PodPolicies,
 ) -> InferenceSettings {
+    let Sandbox { o, sb, ns, index } = *s;
     let mut out = InferenceSettings::default();
     let ip_name = &sb.spec.inference_ref.name;
     let Some(ip_obj) = index.get("InferencePolicy", o.namespace.as_deref(), ip_name) else {
@@ -362,22 +385,21 @@ pub(super) fn inference(
     let Some(ip) = ctx.typed(ip_obj, KarsObject::inference_policy) else {
         return out;
     };
-    let (content, bundle_digest) = match &ip.spec.bundle_ref {
-        Some(r) => match ctx.json_bundle_or_hold(ip_obj, "spec.bundleRef", r, "inference-policy") {
-            Some((v, digest)) => (v, Some(digest)),
-            None => return out,
-        },
-        None => (
+    let Some((mut content, bundle_digest)) = ctx.content_or_bundle(
+        ip_obj,
+        ip.spec.bundle_ref.as_ref(),
+        "inference-policy",
+        || {
             json!({
                 "tokenBudget": ip.spec.token_budget,
                 "contentSafety": ip.spec.content_safety,
                 "modelPreference": ip.spec.model_preference,
                 "displayName": ip.spec.display_name,
-            }),
-            None,
-        ),
+            })
+        },
+    ) else {
+        return out;
     };
-    let mut content = content;
     content["appliesTo"] = json!(ip.spec.applies_to);
     out.model = content["modelPreference"]["primary"]["deployment"]
         .as_str()
@@ -393,14 +415,8 @@ pub(super) fn inference(
 }
 
 /// The sandbox's KarsMemory binding (the verified bundle when referenced).
-pub(super) fn memory(
-    ctx: &mut Ctx<'_>,
-    o: &SourceObject,
-    sb: &KarsSandbox,
-    ns: &str,
-    index: &Index<'_>,
-    pod: &mut PodPolicies,
-) {
+pub(super) fn memory(ctx: &mut Ctx<'_>, s: &Sandbox<'_>, pod: &mut PodPolicies) {
+    let Sandbox { o, sb, ns, index } = *s;
     let Some(m) = &sb.spec.memory_ref else { return };
     let Some(mem_obj) = index.get("KarsMemory", o.namespace.as_deref(), &m.name) else {
         return;
@@ -408,21 +424,21 @@ pub(super) fn memory(
     let Some(mem) = ctx.typed(mem_obj, KarsObject::memory) else {
         return;
     };
-    let (mut content, bundle_digest) = match &mem.spec.bundle_ref {
-        Some(r) => match ctx.json_bundle_or_hold(mem_obj, "spec.bundleRef", r, "memory-binding") {
-            Some((v, digest)) => (v, Some(digest)),
-            None => return,
-        },
-        None => (
+    let Some((mut content, bundle_digest)) = ctx.content_or_bundle(
+        mem_obj,
+        mem.spec.bundle_ref.as_ref(),
+        "memory-binding",
+        || {
             json!({
                 "storeName": mem.spec.store_name,
                 "scope": mem.spec.scope,
                 "retentionDays": mem.spec.retention_days,
                 "deleteOnSandboxDelete": mem.spec.delete_on_sandbox_delete,
                 "displayName": mem.spec.display_name,
-            }),
-            None,
-        ),
+            })
+        },
+    ) else {
+        return;
     };
     content["sandboxRef"] = json!({"name": mem.spec.sandbox_ref.name});
     let files = one_file(contract::MEMORY_BINDING_FILE, canonical::json(&content));
@@ -432,14 +448,8 @@ pub(super) fn memory(
 
 /// The MCP servers the sandbox's governance names: one ConfigMap each, mounted under
 /// `/etc/kars/mcp/<name>` for the runtime (the router does not load them).
-pub(super) fn mcp_servers(
-    ctx: &mut Ctx<'_>,
-    o: &SourceObject,
-    sb: &KarsSandbox,
-    ns: &str,
-    index: &Index<'_>,
-    pod: &mut PodPolicies,
-) {
+pub(super) fn mcp_servers(ctx: &mut Ctx<'_>, s: &Sandbox<'_>, pod: &mut PodPolicies) {
+    let Sandbox { o, sb, ns, index } = *s;
     let Some(g) = &sb.spec.governance else { return };
     let names: BTreeSet<&str> = g
         .mcp_server_refs

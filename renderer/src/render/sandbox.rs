@@ -7,7 +7,7 @@ use kars_contract::labels::SANDBOX_LABEL;
 use kars_contract::router::{ADMIN_TOKEN_SECRET, GATEWAY_TOKEN_SECRET, TOKEN_KEY};
 use serde_json::{Map, json};
 
-use super::policies::{self, ApprovalsBySandbox, PodPolicies};
+use super::policies::{self, ApprovalsBySandbox, PodPolicies, Sandbox};
 use super::{Ctx, deployment, network, sandbox_namespace};
 use crate::api::KarsSandbox;
 use crate::rendered::{GeneratedSecret, RouterExpectation};
@@ -32,13 +32,19 @@ pub(super) fn render(
         return;
     };
     let governance_on = sb.spec.governance.as_ref().is_none_or(|g| g.enabled);
+    let s = Sandbox {
+        o,
+        sb,
+        ns: &ns,
+        index,
+    };
     if governance_on {
-        policies::agt_profile(ctx, o, sb, &ns, index, &mut pod);
+        policies::agt_profile(ctx, &s, &mut pod);
     }
-    let inference = policies::inference(ctx, o, sb, &ns, index, &mut pod);
-    policies::memory(ctx, o, sb, &ns, index, &mut pod);
+    let inference = policies::inference(ctx, &s, &mut pod);
+    policies::memory(ctx, &s, &mut pod);
     if governance_on {
-        policies::mcp_servers(ctx, o, sb, &ns, index, &mut pod);
+        policies::mcp_servers(ctx, &s, &mut pod);
     }
 
     network::network_policy(ctx, src, name, &ns, &extra_ports, governance_on);

@@ -55,6 +55,21 @@ async fn proxy_with(
     names: &[(&str, &str)],
     default_tls_port: u16,
 ) -> (u16, Arc<ProxyState>) {
+    let limits = ProxyLimits {
+        head_timeout: Duration::from_millis(500),
+        default_tls_port,
+        ..ProxyLimits::default()
+    };
+    start(policy, names, None, limits).await
+}
+
+/// Serves a proxy for `policy` on a free loopback port; `names` resolve statically.
+async fn start(
+    policy: EgressPolicy,
+    names: &[(&str, &str)],
+    audit: Option<Arc<AuditLog>>,
+    limits: ProxyLimits,
+) -> (u16, Arc<ProxyState>) {
     let resolver = Resolver::Static(
         names
             .iter()
@@ -66,12 +81,8 @@ async fn proxy_with(
         ..ProxyState::new(
             Arc::new(Policies::fixed(Snapshot::with_egress(policy))),
             resolver,
-            None,
-            ProxyLimits {
-                head_timeout: Duration::from_millis(500),
-                default_tls_port,
-                ..ProxyLimits::default()
-            },
+            audit,
+            limits,
             Arc::default(),
         )
     });
@@ -386,25 +397,7 @@ async fn audited_proxy(
 ) -> (u16, Arc<ProxyState>, Arc<AuditLog>, std::path::PathBuf) {
     let path = dir.join("audit.jsonl");
     let log = Arc::new(AuditLog::open(&path, crate::audit::Fsync::Never).expect("audit"));
-    let resolver = Resolver::Static(
-        names
-            .iter()
-            .map(|(n, ip)| (n.to_string(), vec![ip.parse().expect("ip")]))
-            .collect(),
-    );
-    let state = Arc::new(ProxyState {
-        clock,
-        ..ProxyState::new(
-            Arc::new(Policies::fixed(Snapshot::with_egress(policy))),
-            resolver,
-            Some(log.clone()),
-            limits,
-            Arc::default(),
-        )
-    });
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    tokio::spawn(serve(l, state.clone()));
+    let (port, state) = start(policy, names, Some(log.clone()), limits).await;
     (port, state, log, path)
 }
 

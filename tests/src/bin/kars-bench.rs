@@ -271,83 +271,6 @@ fn bench_verify(args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// A private control plane for the sync benchmark (stopped when dropped).
-struct BenchCluster {
-    dir: tempfile::TempDir,
-}
-
-impl BenchCluster {
-    fn up() -> Result<BenchCluster> {
-        let dir = tempfile::tempdir()?;
-        let script = kars_e2e::workspace_root().join("ci/cluster.sh");
-        if !Command::new("bash")
-            .arg(&script)
-            .arg("up")
-            .arg(dir.path())
-            .status()?
-            .success()
-        {
-            bail!("the control plane did not start");
-        }
-        let c = BenchCluster { dir };
-        for d in ["renderer/upstream/crds", "charts/kars-gitops/crds"] {
-            let out = c
-                .kubectl()
-                .args(["apply", "--server-side", "-f"])
-                .arg(kars_e2e::workspace_root().join(d))
-                .output()?;
-            if !out.status.success() {
-                bail!("installing CRDs: {}", String::from_utf8_lossy(&out.stderr));
-            }
-        }
-        // `kubectl wait` fails at once on a CRD without status yet: retry up to 60 s.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let out = c
-                .kubectl()
-                .args([
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=30s",
-                    "crd",
-                    "--all",
-                ])
-                .output()?;
-            if out.status.success() {
-                return Ok(c);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "CRDs not established: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    fn kubeconfig(&self) -> std::path::PathBuf {
-        self.dir.path().join("kubeconfig")
-    }
-    fn kubectl(&self) -> Command {
-        let mut c = Command::new(
-            kars_e2e::tool_path("control-plane", "kubectl").unwrap_or_else(|_| "kubectl".into()),
-        );
-        c.env("KUBECONFIG", self.kubeconfig());
-        c
-    }
-}
-
-impl Drop for BenchCluster {
-    fn drop(&mut self) {
-        let script = kars_e2e::workspace_root().join("ci/cluster.sh");
-        let _ = Command::new("bash")
-            .arg(&script)
-            .arg("down")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -372,7 +295,7 @@ fn bench_sync(args: &[String]) -> Result<()> {
             agent_bin.display()
         );
     }
-    let cluster = BenchCluster::up()?;
+    let cluster = kars_e2e::PrivateCluster::up()?;
     let dir = tempfile::tempdir()?;
     let keys = Keys::new(dir.path())?;
     let key = keys.ssh("signer", "ed25519", "bench@kars.test")?;
@@ -454,16 +377,19 @@ fn bench_sync(args: &[String]) -> Result<()> {
     let client = rt.block_on(kars_gitops_agent::sync::kube_client(Some(
         &cluster.kubeconfig(),
     )))?;
-    let t = Instant::now();
-    let first = rt
-        .block_on(kars_gitops_agent::sync::sync_once(
-            client.clone(),
-            &cfg,
-            None,
-            &never,
-        ))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let first_time = t.elapsed();
+    let timed_sync = || -> Result<(kars_gitops_agent::sync::SyncOutcome, Duration)> {
+        let t = Instant::now();
+        let o = rt
+            .block_on(kars_gitops_agent::sync::sync_once(
+                client.clone(),
+                &cfg,
+                None,
+                &never,
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok((o, t.elapsed()))
+    };
+    let (first, first_time) = timed_sync()?;
     if !first.converged() || first.commit != head {
         bail!(
             "first sync did not converge: {:?}",
@@ -472,16 +398,7 @@ fn bench_sync(args: &[String]) -> Result<()> {
     }
 
     // (2) A no-op sync.
-    let t = Instant::now();
-    let noop = rt
-        .block_on(kars_gitops_agent::sync::sync_once(
-            client.clone(),
-            &cfg,
-            None,
-            &never,
-        ))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let noop_time = t.elapsed();
+    let (noop, noop_time) = timed_sync()?;
 
     if quick {
         println!(
