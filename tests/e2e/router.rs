@@ -36,6 +36,14 @@ pub fn tests() -> Vec<Trial> {
             "router::ready_waits_until_the_router_reports_the_rendered_digests",
             ready_waits_for_enforcement,
         ),
+        trial(
+            "router::a_full_audit_volume_refuses_egress_and_leaves_no_torn_record",
+            full_audit_volume,
+        ),
+        trial(
+            "router::listeners_survive_running_out_of_file_descriptors",
+            out_of_file_descriptors,
+        ),
     ]
 }
 
@@ -58,20 +66,57 @@ impl Drop for Router {
     }
 }
 
+/// How the router process is started.
+enum Launch<'a> {
+    /// As it is.
+    Plain,
+    /// Under `prlimit --nofile=N`.
+    FileLimit(u32),
+    /// In a private mount namespace with a tmpfs of `size` mounted at `dir` (its audit log
+    /// goes there; the machine's mounts are untouched and the tmpfs goes with the process).
+    AuditTmpfs { dir: &'a Path, size: &'a str },
+}
+
 fn start_router(dir: &Path, extra: &[&str]) -> Result<Router> {
+    start_router_as(dir, extra, Launch::Plain)
+}
+
+fn start_router_as(dir: &Path, extra: &[&str], launch: Launch<'_>) -> Result<Router> {
     let bin = workspace_root().join("target/debug/kars-router");
     ensure!(bin.exists(), "{} is not built", bin.display());
     let port = free_port()?;
     let proxy_port = free_port()?;
     std::fs::write(dir.join("token"), "admin-token\n")?;
-    let child = Command::new(bin)
+    let audit_log = match &launch {
+        Launch::AuditTmpfs { dir: audit, .. } => audit.join("audit.jsonl"),
+        _ => dir.join("audit.jsonl"),
+    };
+    let mut command = match &launch {
+        Launch::Plain => Command::new(&bin),
+        Launch::FileLimit(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg("--").arg(&bin);
+            c
+        }
+        Launch::AuditTmpfs { dir: audit, size } => {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(r#"mount -t tmpfs -o "size=$1" tmpfs "$2" && shift 2 && exec "$@""#)
+                .arg("sh")
+                .arg(size)
+                .arg(audit)
+                .arg(&bin);
+            c
+        }
+    };
+    let child = command
         .args(["--address", "127.0.0.1", "--port", &port.to_string()])
         .args(["--proxy-port", &proxy_port.to_string()])
         .args(extra)
         .env("EGRESS_ALLOWLIST_DIR", dir.join("egress"))
         .env("INFERENCE_POLICY_DIR", dir.join("inference"))
         .arg("--audit-log")
-        .arg(dir.join("audit.jsonl"))
+        .arg(&audit_log)
         .arg("--admin-token-file")
         .arg(dir.join("token"))
         .env("AGT_POLICY_DIR", dir.join("agt"))
@@ -902,5 +947,183 @@ fn ready_waits_for_enforcement() -> Result<()> {
     let ready = policyrepo_condition(cluster, &f, "Ready", "reason")?;
     ensure!(ready == "NotEnforced", "Ready reason: {ready:?}");
     drop(router);
+    Ok(())
+}
+
+/// An allowlist of `localhost:<port>` and the upstream default AGT profile in `d`.
+fn allow_localhost(d: &Path, port: u16) -> Result<()> {
+    std::fs::create_dir_all(d.join("egress"))?;
+    std::fs::write(
+        d.join("egress/allowlist.json"),
+        format!(r#"{{"endpoints":[{{"host":"localhost","port":{port}}}],"schemaVersion":1}}"#),
+    )?;
+    std::fs::create_dir_all(d.join("agt"))?;
+    std::fs::copy(
+        workspace_root().join("router/testdata/kars-default-agt-profile.yaml"),
+        d.join("agt/default.yaml"),
+    )?;
+    Ok(())
+}
+
+/// Regression: with the audit volume full, `CONNECT allowed.test` still succeeded with no
+/// record, the failed write left a torn record, later records were appended after it, and the
+/// router then refused to start. Here the audit log is on a real 64 KiB tmpfs (in the router's
+/// own mount namespace) that the test fills up.
+fn full_audit_volume() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let (up, count) = upstream()?;
+    allow_localhost(d, up)?;
+    let audit_dir = d.join("audit");
+    std::fs::create_dir_all(&audit_dir)?;
+    let router = start_router_as(
+        d,
+        &[
+            "--allow-private-cidr",
+            "127.0.0.0/8",
+            "--audit-fsync",
+            "always",
+        ],
+        Launch::AuditTmpfs {
+            dir: &audit_dir,
+            size: "64k",
+        },
+    )?;
+    // The router's view of the audit directory (its mount namespace).
+    let inside = Path::new("/proc")
+        .join(router.child.id().to_string())
+        .join("root")
+        .join(audit_dir.strip_prefix("/")?);
+    let connect = || {
+        raw(
+            router.proxy_port,
+            &format!(
+                "CONNECT localhost:{up} HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            ),
+        )
+    };
+    ensure!(
+        connect()?.starts_with("HTTP/1.1 200"),
+        "before the volume is full"
+    );
+    // Fill the volume.
+    let filler = inside.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler)?;
+        let block = vec![b'x'; 4096];
+        while f.write_all(&block).is_ok() {}
+    }
+    // The log's last page may still hold a few records; after that, nothing fits.
+    let mut refused = None;
+    for _ in 0..60 {
+        let reached = count.load(std::sync::atomic::Ordering::SeqCst);
+        let out = connect()?;
+        if out.starts_with("HTTP/1.1 200") {
+            continue; // recorded in the page's slack
+        }
+        ensure!(
+            out.starts_with("HTTP/1.1 503") && out.contains("AuditUnavailable"),
+            "egress with a full audit volume must fail closed: {out}"
+        );
+        ensure!(
+            count.load(std::sync::atomic::Ordering::SeqCst) == reached,
+            "the upstream was reached although the decision was not recorded"
+        );
+        refused = Some(out);
+        break;
+    }
+    ensure!(refused.is_some(), "the audit volume never filled up");
+    let (code, _) = http(
+        router.port,
+        "POST",
+        "/governance/check",
+        r#"{"action":"shell:ls"}"#,
+        None,
+    )?;
+    ensure!(code == 503, "governance with a full audit volume: {code}");
+    // Space again: egress works, and the chain has no torn record in it.
+    std::fs::remove_file(&filler)?;
+    ensure!(
+        connect()?.starts_with("HTTP/1.1 200"),
+        "after space came back"
+    );
+    let copy = d.join("audit-copy.jsonl");
+    std::fs::copy(inside.join("audit.jsonl"), &copy)?;
+    let (code, out) = kars_audit(&["verify", &copy.to_string_lossy()])?;
+    ensure!(code == 0, "the audit chain after a full volume: {out}");
+    drop(router);
+    // A router starts on that log and continues the chain.
+    std::fs::copy(&copy, d.join("audit.jsonl"))?;
+    let again = start_router(d, &["--allow-private-cidr", "127.0.0.0/8"])?;
+    ensure!(
+        raw(
+            again.proxy_port,
+            &format!("CONNECT localhost:{up} HTTP/1.1\r\n\r\n")
+        )?
+        .starts_with("HTTP/1.1 200")
+    );
+    drop(again);
+    let (code, out) = kars_audit(&["verify", &d.join("audit.jsonl").to_string_lossy()])?;
+    ensure!(code == 0, "the continued chain: {out}");
+    Ok(())
+}
+
+/// Regression: the proxy's accept loop ended for good on the first accept() error (EMFILE),
+/// silently, while /healthz kept answering 200 — reproduced under `prlimit --nofile` with idle
+/// connections to the API port.
+fn out_of_file_descriptors() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let (up, _) = upstream()?;
+    allow_localhost(d, up)?;
+    let router = start_router_as(
+        d,
+        &[
+            "--allow-private-cidr",
+            "127.0.0.0/8",
+            "--head-timeout",
+            "120s",
+        ],
+        Launch::FileLimit(64),
+    )?;
+    // Idle connections to the API port until the router has no descriptor left.
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        idle.push(TcpStream::connect(("127.0.0.1", router.port))?);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // A proxy connection now makes the proxy's accept() fail with EMFILE.
+    let mut starved = TcpStream::connect(("127.0.0.1", router.proxy_port))?;
+    starved.set_read_timeout(Some(Duration::from_millis(800)))?;
+    let _ = starved.write_all(format!("CONNECT localhost:{up} HTTP/1.1\r\n\r\n").as_bytes());
+    let mut buf = [0u8; 64];
+    let answered = matches!(starved.read(&mut buf), Ok(n) if n > 0);
+    ensure!(
+        !answered,
+        "the router still had descriptors: raise the idle connection count"
+    );
+    drop(starved);
+    drop(idle);
+    // Descriptors back: both listeners accept again and health is green.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = raw(
+            router.proxy_port,
+            &format!(
+                "CONNECT localhost:{up} HTTP/1.1\r\n\r\nGET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+            ),
+        )
+        .unwrap_or_default();
+        if out.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the proxy stopped accepting after running out of descriptors: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (code, body) = http(router.port, "GET", "/healthz", "", None)?;
+    ensure!(code == 200, "healthz after recovery: {code} {body}");
     Ok(())
 }

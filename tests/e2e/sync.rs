@@ -288,6 +288,32 @@ fn prune_rules() -> Result<()> {
             condition(&pr, "Applied")
         );
 
+        // Regression: a dry run never said what would be pruned (PruneOptions::dry_run was
+        // never read). With the threshold waived, it lists b's objects and deletes nothing.
+        let inventory_before = policy_repo(&client, &f).await?.status.map(|s| s.inventory);
+        let mut dry = cfg.clone();
+        dry.apply.dry_run = true;
+        dry.prune.allow_mass_prune = true;
+        let o = sync(&client, &dry)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let b_deployment = format!("Deployment/{b_ns}/{}", f.agent("b"));
+        ensure!(
+            o.prune
+                .iter()
+                .any(|(k, r)| *k == b_deployment && *r == PruneResult::WouldDelete),
+            "the dry run does not say b's Deployment would be pruned: {:?}",
+            o.prune
+        );
+        ensure!(
+            deployments.get_opt(&f.agent("b")).await?.is_some(),
+            "a dry run deleted something"
+        );
+        ensure!(
+            policy_repo(&client, &f).await?.status.map(|s| s.inventory) == inventory_before,
+            "a dry run changed the inventory"
+        );
+
         // Approve the mass deletion for this commit only.
         let mut cfg2 = cfg.clone();
         cfg2.prune.allow_mass_prune = true;

@@ -539,6 +539,46 @@ fn rollback() -> Result<()> {
             == Some("Rollback"),
         "an override for another commit was honoured"
     );
+    // The last applied commit vanished (its history was rewritten and collected): the agent
+    // and `kars verify` decide the same way, through the same rule — a rollback.
+    let gone = "0123456789abcdef0123456789abcdef01234567";
+    let r = gix::open(&repo.path)?;
+    let since = verify::resolve_since(&r, gone)?;
+    ensure!(
+        since == verify::Since::Vanished(gone.to_string()),
+        "{since:?}"
+    );
+    let v = Verifier::new(&r, &policy, verify::unix_now()).verify_since(Some(&since), oid(&c2)?)?;
+    ensure!(
+        v.history.as_ref().map(|h| h.reason().as_str()) == Some("Rollback"),
+        "a vanished last applied commit: {v:?}"
+    );
+    let kars = |since: &str| -> Result<(i32, String)> {
+        let out = std::process::Command::new(kars_e2e::workspace_root().join("target/debug/kars"))
+            .arg("verify")
+            .arg(&repo.path)
+            .args(["--rev", &c2, "--since", since, "--trust"])
+            .arg(f._dir.path().join("trust.yaml"))
+            .output()?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    };
+    let (code, out) = kars(gone)?;
+    ensure!(
+        code == 1 && out.contains("history FAIL Rollback"),
+        "kars verify --since <vanished>: exit {code}: {out}"
+    );
+    let (code, out) = kars("no-such-branch")?;
+    ensure!(
+        code == 2 && out.contains("not found"),
+        "a typo in --since is a usage error: exit {code}: {out}"
+    );
     Ok(())
 }
 

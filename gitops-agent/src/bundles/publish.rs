@@ -52,14 +52,7 @@ pub async fn push(
         "config": {"mediaType": OCI_EMPTY, "digest": config_digest, "size": config.len()},
         "layers": [{"mediaType": kind.media_type(), "digest": layer_digest, "size": content.len()}],
     });
-    let bytes = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
-    let digest = sha256_digest(&bytes);
-    let header = reqwest_header(OCI_MANIFEST)?;
-    client
-        .push_manifest_raw(&reference, bytes, header)
-        .await
-        .map_err(|e| format!("pushing the manifest: {e}"))?;
-    Ok(digest)
+    push_manifest(&client, &reference, &manifest, "manifest").await
 }
 
 /// Pushes blobs (what, bytes, digest) to the repository of `reference`.
@@ -77,8 +70,21 @@ async fn push_blobs<const N: usize>(
     Ok(())
 }
 
-fn reqwest_header(v: &str) -> Result<http::HeaderValue, String> {
-    http::HeaderValue::from_str(v).map_err(|e| e.to_string())
+/// Pushes an OCI image manifest; returns its digest.
+async fn push_manifest(
+    client: &oci_client::Client,
+    reference: &Reference,
+    manifest: &Value,
+    what: &str,
+) -> Result<String, String> {
+    let bytes = serde_json::to_vec(manifest).map_err(|e| e.to_string())?;
+    let digest = sha256_digest(&bytes);
+    let header = http::HeaderValue::from_static(OCI_MANIFEST);
+    client
+        .push_manifest_raw(reference, bytes, header)
+        .await
+        .map_err(|e| format!("pushing the {what}: {e}"))?;
+    Ok(digest)
 }
 
 /// Reads a cosign private key (`ENCRYPTED SIGSTORE/COSIGN PRIVATE KEY`, password as cosign takes
@@ -174,11 +180,7 @@ pub async fn sign(
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
         "layers": layers,
     });
-    let bytes = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
-    client
-        .push_manifest_raw(&reference, bytes, reqwest_header(OCI_MANIFEST)?)
-        .await
-        .map_err(|e| format!("pushing the signature manifest: {e}"))?;
+    push_manifest(&client, &reference, &manifest, "signature manifest").await?;
     Ok(SignOutcome::Signed)
 }
 

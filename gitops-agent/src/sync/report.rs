@@ -478,3 +478,124 @@ fn enforcement(
         generation,
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sync::SyncError;
+    use crate::sync::pipeline::{FetchedHead, Stopped};
+    use kars_renderer::RenderError;
+
+    fn reason_of(st: &PolicyRepoStatus, t: c) -> (String, String) {
+        status::condition(&st.conditions, t)
+            .map(|x| (x.status.clone(), x.reason.clone()))
+            .unwrap_or_default()
+    }
+
+    fn stopped_at(step: Step, error: SyncError) -> Run {
+        Run {
+            fetched: Some(FetchedHead {
+                head: "c0ffee".into(),
+                downloaded: false,
+            }),
+            stopped: Some(Stopped { step, error }),
+            ..Run::default()
+        }
+    }
+
+    /// Render errors carry their own reasons (they were all `RenderFailed`): the same word in
+    /// the Rendered condition, the Ready condition and the metric label (`Run::ready_reason`).
+    #[test]
+    fn a_render_stop_names_its_reason_and_keeps_the_applied_state() {
+        let before = PolicyRepoStatus {
+            last_applied_revision: Some("old".into()),
+            inventory: vec!["v1|ConfigMap|ns|a".into()],
+            ..PolicyRepoStatus::default()
+        };
+        for (error, word) in [
+            (
+                RenderError::Cluster("no cluster \"x\"".into()),
+                "UnknownCluster",
+            ),
+            (RenderError::Problems(Vec::new()), "ObjectNotRenderable"),
+        ] {
+            let run = stopped_at(
+                Step::Render,
+                SyncError::Render {
+                    commit: "c0ffee".into(),
+                    source: error,
+                },
+            );
+            assert_eq!(run.ready_reason().as_str(), word);
+            let st = status(&before, &run, false, Some(3));
+            assert_eq!(
+                reason_of(&st, c::SourceReady),
+                ("True".into(), "Fetched".into())
+            );
+            assert_eq!(
+                reason_of(&st, c::Verified),
+                ("True".into(), "Verified".into())
+            );
+            assert_eq!(reason_of(&st, c::Rendered), ("False".into(), word.into()));
+            assert_eq!(reason_of(&st, c::Ready), ("False".into(), word.into()));
+            assert_eq!(
+                st.last_applied_revision.as_deref(),
+                Some("old"),
+                "nothing applied"
+            );
+            assert_eq!(st.inventory, before.inventory, "nothing forgotten");
+            assert_eq!(st.last_fetched_revision.as_deref(), Some("c0ffee"));
+            assert_eq!(st.observed_generation, Some(3));
+        }
+    }
+
+    #[test]
+    fn a_crashed_step_is_not_a_source_error() {
+        let run = stopped_at(
+            Step::Render,
+            SyncError::Crashed {
+                step: "render",
+                message: "panicked".into(),
+            },
+        );
+        let st = status(&PolicyRepoStatus::default(), &run, false, None);
+        assert_eq!(
+            reason_of(&st, c::Ready),
+            ("False".into(), "TaskFailed".into())
+        );
+        assert_eq!(
+            reason_of(&st, c::SourceReady),
+            ("True".into(), "Fetched".into())
+        );
+    }
+
+    #[test]
+    fn a_suspended_run_changes_only_ready() {
+        let before = PolicyRepoStatus {
+            last_applied_revision: Some("a".into()),
+            ..PolicyRepoStatus::default()
+        };
+        let st = status(&before, &Run::suspended(), false, Some(1));
+        assert_eq!(
+            reason_of(&st, c::Ready),
+            ("Unknown".into(), "Suspended".into())
+        );
+        assert_eq!(st.conditions.len(), 1);
+        assert_eq!(st.last_applied_revision.as_deref(), Some("a"));
+    }
+
+    /// Every word the report can write is in the catalogue (the type guarantees it; this
+    /// pins that the status strings parse back).
+    #[test]
+    fn written_reasons_parse_back() {
+        let run = stopped_at(
+            Step::Apply,
+            SyncError::Apply(crate::apply::ApplyError::Timeout("CRD x".into())),
+        );
+        let st = status(&PolicyRepoStatus::default(), &run, false, None);
+        for cond in &st.conditions {
+            assert!(cond.reason.parse::<Reason>().is_ok(), "{}", cond.reason);
+        }
+        assert_eq!(reason_of(&st, c::Ready).1, "WaitTimeout");
+    }
+}

@@ -170,12 +170,7 @@ impl<'r> Verifier<'r> {
         if verdict.rollback_override
             && let Some(head_verdict) = verdict.commits.iter().find(|c| c.id == verdict.head)
         {
-            let persons: BTreeSet<&str> = head_verdict
-                .signers
-                .iter()
-                .filter(|s| s.class == SignerClass::Person)
-                .map(|s| s.signer.as_str())
-                .collect();
+            let persons = person_signers(head_verdict);
             if persons.len() < self.policy.rollback_min_signers {
                 verdict.history = Some(HistoryRefusal::RollbackOverrideUnderSigned {
                     head: verdict.head.clone(),
@@ -362,12 +357,7 @@ impl<'r> Verifier<'r> {
             verdict.refusal = self.check_forge_merge(&facts, &own, in_range, results, &touched)?;
             return Ok(verdict);
         }
-        let persons: BTreeSet<&str> = verdict
-            .signers
-            .iter()
-            .filter(|s| s.class == SignerClass::Person)
-            .map(|s| s.signer.as_str())
-            .collect();
+        let persons = person_signers(&verdict);
 
         // The repository signer list: a change needs enough previously trusted signers, and the
         // new list must parse.
@@ -549,6 +539,16 @@ impl<'r> Verifier<'r> {
         }
         Ok(())
     }
+}
+
+/// The distinct people (not forge keys) whose signatures a commit carries.
+fn person_signers(verdict: &CommitVerdict) -> BTreeSet<&str> {
+    verdict
+        .signers
+        .iter()
+        .filter(|s| s.class == SignerClass::Person)
+        .map(|s| s.signer.as_str())
+        .collect()
 }
 
 /// Verifies a signed annotated tag (for pinning to a tag) with the root keys.
