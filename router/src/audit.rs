@@ -50,8 +50,8 @@ pub enum Fsync {
 }
 
 impl std::str::FromStr for Fsync {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Fsync, String> {
+    type Err = crate::config::SettingError;
+    fn from_str(s: &str) -> Result<Fsync, Self::Err> {
         match s {
             "always" => Ok(Fsync::Always),
             "never" => Ok(Fsync::Never),
@@ -59,9 +59,7 @@ impl std::str::FromStr for Fsync {
                 .strip_suffix("ms")
                 .and_then(|n| n.parse::<u64>().ok())
                 .map(|ms| Fsync::Interval(Duration::from_millis(ms)))
-                .ok_or_else(|| {
-                    format!("{other:?}: expected always, never, or an interval like 100ms")
-                }),
+                .ok_or_else(|| crate::config::SettingError::Fsync(other.to_string())),
         }
     }
 }

@@ -39,12 +39,12 @@ pub enum Mode {
 }
 
 impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Mode, String> {
+    type Err = crate::config::SettingError;
+    fn from_str(s: &str) -> Result<Mode, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "strict" => Ok(Mode::Strict),
             "learn" => Ok(Mode::Learn),
-            other => Err(format!("egress mode {other:?}: expected strict or learn")),
+            other => Err(crate::config::SettingError::EgressMode(other.to_string())),
         }
     }
 }

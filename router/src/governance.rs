@@ -149,12 +149,8 @@ pub struct Profile {
 }
 
 /// Parses a rate-limit window (`60s`, `5m`, `1h`, `500ms`); it must be positive.
-pub fn parse_window(s: &str) -> Result<Duration, String> {
-    match kars_contract::time::parse_duration(s) {
-        Ok(d) if d.is_zero() => Err(format!("window {s:?} must be positive")),
-        Ok(d) => Ok(d),
-        Err(e) => Err(format!("window {e}")),
-    }
+pub fn parse_window(s: &str) -> Result<Duration, crate::config::SettingError> {
+    crate::config::positive_duration("window", s)
 }
 
 impl Profile {

@@ -106,11 +106,22 @@ impl InferenceRoutes {
 }
 
 /// Parses `NAME=VALUE` (the `--provider` and `--provider-key-file` forms).
-pub fn name_value(s: &str) -> Result<(String, String), String> {
+pub fn name_value(s: &str) -> Result<(String, String), crate::config::SettingError> {
     s.split_once('=')
         .filter(|(n, v)| !n.is_empty() && !v.is_empty())
         .map(|(n, v)| (n.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?}: expected NAME=VALUE"))
+        .ok_or_else(|| crate::config::SettingError::NameValue(s.to_string()))
+}
+
+/// Why the inference proxy could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceSetupError {
+    /// The upstream CA bundle is not PEM certificates.
+    #[error("upstream CA bundle: {0}")]
+    CaBundle(#[source] reqwest::Error),
+    /// The HTTP client could not be built.
+    #[error("HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
 }
 
 /// The inference proxy's state (the routes come with each request, from the policy snapshot).
@@ -170,18 +181,20 @@ impl Inference {
         budget: Arc<Budget>,
         ca_pem: Option<&[u8]>,
         clock: fn() -> i64,
-    ) -> Result<Inference, String> {
+    ) -> Result<Inference, InferenceSetupError> {
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(300))
             .redirect(reqwest::redirect::Policy::none());
         if let Some(pem) = ca_pem {
-            for c in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| e.to_string())? {
+            for c in
+                reqwest::Certificate::from_pem_bundle(pem).map_err(InferenceSetupError::CaBundle)?
+            {
                 b = b.add_root_certificate(c);
             }
         }
         Ok(Inference {
-            client: b.build().map_err(|e| e.to_string())?,
+            client: b.build().map_err(InferenceSetupError::Client)?,
             budget,
             clock,
             next_id: AtomicU64::new(0),

@@ -93,12 +93,8 @@ struct Args {
     budget_file: PathBuf,
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    match kars_contract::time::parse_duration(s) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err(format!("{s:?} must be positive")),
-        Err(e) => Err(e.to_string()),
-    }
+fn duration(s: &str) -> Result<Duration, kars_router::config::SettingError> {
+    kars_router::config::positive_duration("duration", s)
 }
 
 fn read_trimmed(path: &std::path::Path) -> anyhow::Result<String> {
@@ -194,7 +190,7 @@ async fn main() -> anyhow::Result<()> {
                 ca.as_deref(),
                 kars_router::proxy::system_clock,
             )
-            .map_err(|e| anyhow::anyhow!("inference client: {e}"))?,
+            .context("inference proxy")?,
         ))
     } else {
         None

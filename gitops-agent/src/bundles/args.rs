@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{BundleVerifier, CertIdentity, RegistryOptions, SignerPolicy};
+use super::{BundleVerifier, CertIdentity, RegistryOptions, SignerPolicy, TrustConfigError};
 
 /// Command-line flags for reaching registries, shared by the agent and the `kars` CLI.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -23,7 +23,7 @@ pub struct RegistryArgs {
 
 impl RegistryArgs {
     /// The registry options these flags describe.
-    pub fn registry_options(&self) -> Result<RegistryOptions, String> {
+    pub fn registry_options(&self) -> Result<RegistryOptions, TrustConfigError> {
         let mut registry = RegistryOptions {
             allow_http_loopback: self.allow_http_loopback_registry,
             ..RegistryOptions::default()
@@ -32,9 +32,12 @@ impl RegistryArgs {
             registry.read_docker_config(f)?;
         }
         if let Some(f) = &self.registry_ca_file {
-            let pem = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            let pem = std::fs::read(f).map_err(|e| TrustConfigError::unreadable(f, e))?;
             if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
-                return Err(format!("{}: no PEM certificate in it", f.display()));
+                return Err(TrustConfigError::NotCertificates {
+                    name: f.display().to_string(),
+                    message: "no PEM certificate in it".to_string(),
+                });
             }
             registry.ca_pem = Some(pem);
         }
@@ -80,16 +83,13 @@ impl BundleArgs {
     }
 
     /// The signer policy these flags describe.
-    pub fn signer_policy(&self) -> Result<SignerPolicy, String> {
+    pub fn signer_policy(&self) -> Result<SignerPolicy, TrustConfigError> {
         let mut signers = SignerPolicy::from_paths(&self.bundle_keys)?;
         if self.bundle_identities.is_empty() != self.bundle_cert_roots.is_empty() {
-            return Err(
-                "--bundle-identity and --bundle-cert-roots go together: an identity is trusted only through a root"
-                    .into(),
-            );
+            return Err(TrustConfigError::IdentityWithoutRoot);
         }
         for path in &self.bundle_cert_roots {
-            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let pem = std::fs::read(path).map_err(|e| TrustConfigError::unreadable(path, e))?;
             signers.add_roots_pem(&path.display().to_string(), &pem)?;
         }
         for identity in &self.bundle_identities {
@@ -99,7 +99,7 @@ impl BundleArgs {
     }
 
     /// A verifier with these flags, caching verified bundles under `cache_dir`.
-    pub fn verifier(&self, cache_dir: Option<&Path>) -> Result<BundleVerifier, String> {
+    pub fn verifier(&self, cache_dir: Option<&Path>) -> Result<BundleVerifier, TrustConfigError> {
         let signers = self.signer_policy()?;
         Ok(BundleVerifier::new(
             self.registry.registry_options()?,

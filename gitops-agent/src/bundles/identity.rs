@@ -13,6 +13,8 @@ use x509_cert::der::{Decode, DecodePem, Encode};
 use x509_cert::ext::pkix::name::GeneralName;
 use x509_cert::ext::pkix::{ExtendedKeyUsage, SubjectAltName};
 
+use super::TrustConfigError;
+
 /// The annotation holding the signing certificate (PEM).
 pub const CERTIFICATE_ANNOTATION: &str = "dev.sigstore.cosign/certificate";
 /// The annotation holding the certificate chain (PEM, leaf's issuer first).
@@ -33,15 +35,17 @@ pub struct CertIdentity {
 
 impl CertIdentity {
     /// Parses `SUBJECT,ISSUER` (the `--bundle-identity` form).
-    pub fn parse(s: &str) -> Result<CertIdentity, String> {
+    pub fn parse(s: &str) -> Result<CertIdentity, TrustConfigError> {
+        let bad = |message| TrustConfigError::Identity {
+            value: s.to_string(),
+            message,
+        };
         let (subject, issuer) = s.split_once(',').ok_or_else(|| {
-            format!(
-                "{s:?}: expected SUBJECT,ISSUER (e.g. ci@example.com,https://accounts.example.com)"
-            )
+            bad("expected SUBJECT,ISSUER (e.g. ci@example.com,https://accounts.example.com)")
         })?;
         let (subject, issuer) = (subject.trim(), issuer.trim());
         if subject.is_empty() || issuer.is_empty() {
-            return Err(format!("{s:?}: subject and issuer must both be given"));
+            return Err(bad("subject and issuer must both be given"));
         }
         Ok(CertIdentity {
             subject: subject.to_string(),
@@ -60,11 +64,15 @@ pub struct TrustRoot {
 
 impl TrustRoot {
     /// Every certificate in `pem` as a root.
-    pub fn from_pem(name: &str, pem: &[u8]) -> Result<Vec<TrustRoot>, String> {
+    pub fn from_pem(name: &str, pem: &[u8]) -> Result<Vec<TrustRoot>, TrustConfigError> {
+        let bad = |message: String| TrustConfigError::NotCertificates {
+            name: name.to_string(),
+            message,
+        };
         let certs = Certificate::load_pem_chain(pem)
-            .map_err(|e| format!("{name}: not PEM certificates: {e}"))?;
+            .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
         if certs.is_empty() {
-            return Err(format!("{name}: no certificate in it"));
+            return Err(bad("no certificate in it".to_string()));
         }
         Ok(certs
             .into_iter()

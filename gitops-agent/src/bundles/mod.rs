@@ -21,6 +21,7 @@
 
 pub mod args;
 pub mod cache;
+mod errors;
 pub mod fetch;
 mod identity;
 pub mod publish;
@@ -30,6 +31,7 @@ pub mod signers;
 
 pub use args::{BundleArgs, RegistryArgs};
 pub use cache::BundleCache;
+pub use errors::{PublishError, TrustConfigError};
 pub use fetch::{VerifiedBundle, fetch_verified, signature_tag, simple_signing_payload};
 pub use identity::{CERTIFICATE_ANNOTATION, CHAIN_ANNOTATION, CertIdentity, TrustRoot};
 pub use publish::{SignOutcome, push, sign};

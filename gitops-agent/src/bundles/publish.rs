@@ -7,6 +7,7 @@ use oci_client::{Reference, RegistryOperation};
 use serde_json::{Value, json};
 use sigstore::crypto::{CosignVerificationKey, Signature, SigningScheme};
 
+use super::PublishError;
 use super::registry::RegistryOptions;
 use super::{
     COSIGN_PAYLOAD, COSIGN_SIGNATURE_ANNOTATION, OCI_EMPTY, OCI_MANIFEST, sha256_digest,
@@ -21,7 +22,7 @@ pub async fn push(
     tag: &str,
     kind: BundleKind,
     content: &[u8],
-) -> Result<String, String> {
+) -> Result<String, PublishError> {
     let client = opts.client(registry);
     let auth = opts.auth_for(registry);
     let reference = Reference::with_tag(
@@ -32,7 +33,10 @@ pub async fn push(
     client
         .auth(&reference, &auth, RegistryOperation::Push)
         .await
-        .map_err(|e| format!("{registry}: {e}"))?;
+        .map_err(|e| PublishError::Auth {
+            registry: registry.to_string(),
+            message: e.to_string(),
+        })?;
     let config = b"{}".to_vec();
     let config_digest = sha256_digest(&config);
     let layer_digest = sha256_digest(content);
@@ -59,13 +63,16 @@ pub async fn push(
 async fn push_blobs<const N: usize>(
     client: &oci_client::Client,
     reference: &Reference,
-    blobs: [(&str, Vec<u8>, &String); N],
-) -> Result<(), String> {
+    blobs: [(&'static str, Vec<u8>, &String); N],
+) -> Result<(), PublishError> {
     for (what, bytes, digest) in blobs {
         client
             .push_blob(reference, bytes, digest)
             .await
-            .map_err(|e| format!("pushing the {what}: {e}"))?;
+            .map_err(|e| PublishError::Push {
+                what,
+                message: e.to_string(),
+            })?;
     }
     Ok(())
 }
@@ -75,15 +82,18 @@ async fn push_manifest(
     client: &oci_client::Client,
     reference: &Reference,
     manifest: &Value,
-    what: &str,
-) -> Result<String, String> {
-    let bytes = serde_json::to_vec(manifest).map_err(|e| e.to_string())?;
+    what: &'static str,
+) -> Result<String, PublishError> {
+    let bytes = manifest.to_string().into_bytes();
     let digest = sha256_digest(&bytes);
     let header = http::HeaderValue::from_static(OCI_MANIFEST);
     client
         .push_manifest_raw(reference, bytes, header)
         .await
-        .map_err(|e| format!("pushing the {what}: {e}"))?;
+        .map_err(|e| PublishError::Push {
+            what,
+            message: e.to_string(),
+        })?;
     Ok(digest)
 }
 
@@ -96,16 +106,22 @@ pub async fn sign(
     digest: &str,
     key_pem: &[u8],
     password: &[u8],
-) -> Result<SignOutcome, String> {
+) -> Result<SignOutcome, PublishError> {
     let keys =
         sigstore::crypto::signing_key::SigStoreKeyPair::from_encrypted_pem(key_pem, password)
             .or_else(|_| sigstore::crypto::signing_key::SigStoreKeyPair::from_pem(key_pem))
-            .map_err(|e| format!("reading the private key (wrong COSIGN_PASSWORD?): {e}"))?;
+            .map_err(|e| {
+                PublishError::Key(format!(
+                    "reading the private key (wrong COSIGN_PASSWORD?): {e}"
+                ))
+            })?;
     let signer = keys
         .to_sigstore_signer(&SigningScheme::ECDSA_P256_SHA256_ASN1)
-        .map_err(|e| format!("the key is not an ECDSA P-256 key: {e}"))?;
+        .map_err(|e| PublishError::Key(format!("the key is not an ECDSA P-256 key: {e}")))?;
     let payload = simple_signing_payload(registry, repository, digest);
-    let sig = signer.sign(&payload).map_err(|e| format!("signing: {e}"))?;
+    let sig = signer
+        .sign(&payload)
+        .map_err(|e| PublishError::Sign(e.to_string()))?;
     let sig_b64 = base64::engine::general_purpose::STANDARD.encode(sig);
     let client = opts.client(registry);
     let auth = opts.auth_for(registry);
@@ -117,7 +133,10 @@ pub async fn sign(
     client
         .auth(&reference, &auth, RegistryOperation::Push)
         .await
-        .map_err(|e| format!("{registry}: {e}"))?;
+        .map_err(|e| PublishError::Auth {
+            registry: registry.to_string(),
+            message: e.to_string(),
+        })?;
     let payload_digest = sha256_digest(&payload);
     // Signatures already there (other signers) are kept: cosign appends layers the same way.
     let mut layers: Vec<Value> = match client
@@ -159,11 +178,12 @@ pub async fn sign(
         "annotations": {COSIGN_SIGNATURE_ANNOTATION: sig_b64},
     }));
     let diff_ids: Vec<&Value> = layers.iter().map(|l| &l["digest"]).collect();
-    let config = serde_json::to_vec(&json!({
+    let config = json!({
         "architecture": "", "os": "", "config": {},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .map_err(|e| e.to_string())?;
+    })
+    .to_string()
+    .into_bytes();
     let config_digest = sha256_digest(&config);
     push_blobs(
         &client,

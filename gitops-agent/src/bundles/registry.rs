@@ -11,7 +11,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde_json::Value;
 
-use super::{BundleFailure, sha256_digest};
+use super::{BundleFailure, TrustConfigError, sha256_digest};
 
 /// How to reach registries.
 #[derive(Clone, Default)]
@@ -51,13 +51,17 @@ pub fn is_loopback_registry(registry: &str) -> bool {
 impl RegistryOptions {
     /// Reads a Docker `config.json` (`{"auths": {"host": {"auth": base64(user:pass)} | {"username", "password"} | {"registrytoken"}}}`),
     /// the format of `kubernetes.io/dockerconfigjson` Secrets.
-    pub fn read_docker_config(&mut self, path: &Path) -> Result<(), String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    pub fn read_docker_config(&mut self, path: &Path) -> Result<(), TrustConfigError> {
+        let bad = |message: String| TrustConfigError::DockerConfig {
+            path: path.display().to_string(),
+            message,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| TrustConfigError::unreadable(path, e))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
         let auths = v["auths"]
             .as_object()
-            .ok_or_else(|| format!("{}: no \"auths\" object", path.display()))?;
+            .ok_or_else(|| bad("no \"auths\" object".to_string()))?;
         for (host, entry) in auths {
             let auth = if let Some(t) = entry["registrytoken"]
                 .as_str()
@@ -71,11 +75,11 @@ impl RegistryOptions {
             } else if let Some(a) = entry["auth"].as_str() {
                 let decoded = base64::engine::general_purpose::STANDARD
                     .decode(a)
-                    .map_err(|_| format!("{}: auth of {host} is not base64", path.display()))?;
+                    .map_err(|_| bad(format!("auth of {host} is not base64")))?;
                 let s = String::from_utf8_lossy(&decoded);
-                let (u, p) = s.split_once(':').ok_or_else(|| {
-                    format!("{}: auth of {host} is not user:password", path.display())
-                })?;
+                let (u, p) = s
+                    .split_once(':')
+                    .ok_or_else(|| bad(format!("auth of {host} is not user:password")))?;
                 RegistryAuth::Basic(u.to_string(), p.to_string())
             } else {
                 continue;

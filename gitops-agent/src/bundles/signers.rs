@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use sigstore::crypto::{CosignVerificationKey, Signature};
 
 use super::identity::{CertIdentity, TrustRoot};
-use super::sha256_digest;
+use super::{TrustConfigError, sha256_digest};
 
 /// Trusted signers, from outside the repository: cosign public keys (PEM), and/or certificate
 /// identities (subject + OIDC issuer) whose certificates chain to configured roots.
@@ -37,21 +37,25 @@ impl std::fmt::Debug for SignerPolicy {
 
 impl SignerPolicy {
     /// Adds the public key in `pem` under `name`.
-    pub fn add_pem(&mut self, name: &str, pem: &[u8]) -> Result<(), String> {
-        let key = CosignVerificationKey::try_from_pem(pem)
-            .map_err(|e| format!("{name}: not a cosign public key: {e}"))?;
+    pub fn add_pem(&mut self, name: &str, pem: &[u8]) -> Result<(), TrustConfigError> {
+        let key = CosignVerificationKey::try_from_pem(pem).map_err(|e| {
+            TrustConfigError::NotAPublicKey {
+                name: name.to_string(),
+                message: e.to_string(),
+            }
+        })?;
         self.keys.push((name.to_string(), key));
         self.key_hashes.push(sha256_digest(pem));
         Ok(())
     }
 
     /// Reads every `*.pub`/`*.pem` key file given (files or directories).
-    pub fn from_paths(paths: &[PathBuf]) -> Result<SignerPolicy, String> {
+    pub fn from_paths(paths: &[PathBuf]) -> Result<SignerPolicy, TrustConfigError> {
         let mut p = SignerPolicy::default();
         for path in paths {
             let files: Vec<PathBuf> = if path.is_dir() {
                 let mut v: Vec<PathBuf> = std::fs::read_dir(path)
-                    .map_err(|e| format!("{}: {e}", path.display()))?
+                    .map_err(|e| TrustConfigError::unreadable(path, e))?
                     .filter_map(|e| e.ok().map(|e| e.path()))
                     .filter(|f| f.extension().is_some_and(|x| x == "pub" || x == "pem"))
                     .collect();
@@ -61,7 +65,7 @@ impl SignerPolicy {
                 vec![path.clone()]
             };
             for f in files {
-                let pem = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+                let pem = std::fs::read(&f).map_err(|e| TrustConfigError::unreadable(&f, e))?;
                 p.add_pem(&f.display().to_string(), &pem)?;
             }
         }
@@ -69,7 +73,7 @@ impl SignerPolicy {
     }
 
     /// Adds every certificate of the PEM file `name` as a root for certificate identities.
-    pub fn add_roots_pem(&mut self, name: &str, pem: &[u8]) -> Result<(), String> {
+    pub fn add_roots_pem(&mut self, name: &str, pem: &[u8]) -> Result<(), TrustConfigError> {
         self.roots.extend(TrustRoot::from_pem(name, pem)?);
         self.key_hashes.push(format!("root:{}", sha256_digest(pem)));
         Ok(())

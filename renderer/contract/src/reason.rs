@@ -161,14 +161,19 @@ impl std::fmt::Display for Reason {
     }
 }
 
+/// A word that is not in the catalogue.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a kars GitOps reason")]
+pub struct UnknownReason(pub String);
+
 impl std::str::FromStr for Reason {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Reason, String> {
+    type Err = UnknownReason;
+    fn from_str(s: &str) -> Result<Reason, UnknownReason> {
         Reason::ALL
             .iter()
             .copied()
             .find(|r| r.as_str() == s)
-            .ok_or_else(|| format!("{s:?} is not a kars GitOps reason"))
+            .ok_or_else(|| UnknownReason(s.to_string()))
     }
 }
 

@@ -44,16 +44,20 @@ pub enum Resolver {
 }
 
 impl Resolver {
-    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
         match self {
             Resolver::System => tokio::net::lookup_host((host, port))
                 .await
-                .map(|it| it.collect())
-                .map_err(|e| e.to_string()),
+                .map(|it| it.collect()),
             Resolver::Static(map) => map
                 .get(host)
                 .map(|ips| ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect())
-                .ok_or_else(|| format!("{host} has no address")),
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{host} has no address"),
+                    )
+                }),
         }
     }
 }
