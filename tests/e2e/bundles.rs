@@ -3,7 +3,6 @@
 //! real control plane.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -12,7 +11,7 @@ use kars_e2e::oci::{
     COSIGN_PASSWORD, Registry, cosign_key_pair, cosign_sign, cosign_verify, oras_copy, oras_push,
 };
 use kars_e2e::pki::{SERVER_127, leaf, root_ca};
-use kars_e2e::{Cluster, block_on, install_kars_crds, unique_name, workspace_root};
+use kars_e2e::{Cluster, Out, block_on, install_kars_crds, kars_command, run_to_end, unique_name};
 use kars_gitops_agent::bundles::{BundleVerifier, RegistryOptions, SignerPolicy, signature_tag};
 use kars_gitops_agent::status::PolicyRepo;
 use kars_gitops_agent::sync::sync_once;
@@ -54,31 +53,14 @@ pub fn tests() -> Vec<Trial> {
 
 const EGRESS: BundleKind = BundleKind::EgressAllowlist;
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs the `kars` binary with the test cosign password.
 fn kars(args: &[&str]) -> Result<Out> {
-    let bin = workspace_root().join("target/debug/kars");
-    ensure!(
-        bin.exists(),
-        "{} is not built (cargo build -p kars-cli)",
-        bin.display()
-    );
-    let out = Command::new(bin)
-        .args(args)
-        .env("COSIGN_PASSWORD", COSIGN_PASSWORD)
-        .env_remove("KARS_BUNDLE_KEYS")
-        .output()
-        .context("running kars")?;
-    Ok(Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    run_to_end(
+        kars_command()?
+            .args(args)
+            .env("COSIGN_PASSWORD", COSIGN_PASSWORD)
+            .env_remove("KARS_BUNDLE_KEYS"),
+    )
 }
 
 /// An allowlist bundle document for `hosts` (not canonical: mixed case, trailing dots,

@@ -1,11 +1,9 @@
 //! The `kars` binary as a user runs it: `sync`, `diff`, `status`, `why` against the real
 //! control plane, with their exit codes and the lines people read.
 
-use std::process::Command;
-
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use kars_e2e::fixture::PolicyRepoFixture;
-use kars_e2e::{Cluster, install_kars_crds, unique_name, workspace_root};
+use kars_e2e::{Cluster, Out, install_kars_crds, kars_command, run_to_end, unique_name};
 use libtest_mimic::Trial;
 
 use crate::trial;
@@ -14,20 +12,8 @@ pub fn tests() -> Vec<Trial> {
     vec![trial("cli::sync_diff_status_why", sync_diff_status_why)]
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn kars(cluster: &Cluster, f: &PolicyRepoFixture, args: &[&str]) -> Result<Out> {
-    let bin = workspace_root().join("target/debug/kars");
-    ensure!(
-        bin.exists(),
-        "{} is not built (cargo build -p kars-cli)",
-        bin.display()
-    );
-    let mut c = Command::new(bin);
+    let mut c = kars_command()?;
     c.args(args);
     if !matches!(args.first(), Some(&"status")) {
         c.arg(f.work.path.to_string_lossy().as_ref())
@@ -38,12 +24,7 @@ fn kars(cluster: &Cluster, f: &PolicyRepoFixture, args: &[&str]) -> Result<Out> 
             .arg(format!("{}-status", f.prefix));
     }
     c.arg("--kubeconfig").arg(cluster.kubeconfig());
-    let out = c.output().context("running kars")?;
-    Ok(Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    run_to_end(&mut c)
 }
 
 fn sync_diff_status_why() -> Result<()> {

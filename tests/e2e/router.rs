@@ -156,18 +156,8 @@ fn http(
 }
 
 fn kars_audit(args: &[&str]) -> Result<(i32, String)> {
-    let out = Command::new(workspace_root().join("target/debug/kars"))
-        .arg("audit")
-        .args(args)
-        .output()?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
+    let out = kars_e2e::run_to_end(kars_e2e::kars_command()?.arg("audit").args(args))?;
+    Ok((out.code, out.combined()))
 }
 
 fn governance_and_audit() -> Result<()> {

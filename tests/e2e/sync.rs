@@ -75,17 +75,31 @@ async fn sync(
     sync_once(client.clone(), cfg, None, &never_stop).await
 }
 
-fn signed_push_is_applied() -> Result<()> {
+/// One sync that must succeed.
+async fn synced(
+    client: &kube::Client,
+    cfg: &kars_gitops_agent::sync::SyncConfig,
+) -> Result<SyncOutcome> {
+    sync(client, cfg).await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// A fixture repository with `agents` on the shared cluster (the kars CRDs installed).
+fn fixture(prefix: &str, agents: &[&str]) -> Result<(&'static Cluster, PolicyRepoFixture)> {
     let cluster = Cluster::shared()?;
     install_kars_crds(cluster)?;
-    let f = PolicyRepoFixture::new(&unique_name("push"), &["a"])?;
+    Ok((
+        cluster,
+        PolicyRepoFixture::new(&unique_name(prefix), agents)?,
+    ))
+}
+
+fn signed_push_is_applied() -> Result<()> {
+    let (cluster, f) = fixture("push", &["a"])?;
     block_on(async {
         let client = cluster.client().await?;
         // file:// remote.
         let cfg = f.config(&f.file_url())?;
-        let o = sync(&client, &cfg)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let o = synced(&client, &cfg).await?;
         ensure!(
             o.converged(),
             "first sync did not converge: {:?}",
@@ -124,13 +138,9 @@ fn signed_push_is_applied() -> Result<()> {
 
         // A no-op sync sends no writes, not even to its own status (once health has settled:
         // the first look after an apply may see the ReplicaSet appear).
-        sync(&client, &cfg)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        synced(&client, &cfg).await?;
         let rv_before = policy_repo(&client, &f).await?.metadata.resource_version;
-        let again = sync(&client, &cfg)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let again = synced(&client, &cfg).await?;
         let rv_after = policy_repo(&client, &f).await?.metadata.resource_version;
         ensure!(
             rv_before == rv_after,
@@ -156,9 +166,7 @@ fn signed_push_is_applied() -> Result<()> {
         let head = f.commit_and_push("add agent b")?;
         let mut cfg = f.config(&format!("git://127.0.0.1:{}/remote.git", daemon.port))?;
         cfg.cache_dir = f.path().join("cache-daemon");
-        let o = sync(&client, &cfg)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let o = synced(&client, &cfg).await?;
         ensure!(
             o.commit == head && o.converged(),
             "git:// sync: commit {} (want {head}), converged {}",
@@ -177,15 +185,11 @@ fn signed_push_is_applied() -> Result<()> {
 }
 
 fn unsigned_is_refused() -> Result<()> {
-    let cluster = Cluster::shared()?;
-    install_kars_crds(cluster)?;
-    let f = PolicyRepoFixture::new(&unique_name("unsigned"), &["a"])?;
+    let (cluster, f) = fixture("unsigned", &["a"])?;
     block_on(async {
         let client = cluster.client().await?;
         let cfg = f.config(&f.file_url())?;
-        let first = sync(&client, &cfg)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let first = synced(&client, &cfg).await?;
         let cms: Api<ConfigMap> =
             Api::namespaced(client.clone(), &format!("kars-{}", f.agent("a")));
         let name = format!("karssandbox-{}-egress-allowlist", f.agent("a"));
@@ -224,9 +228,7 @@ fn unsigned_is_refused() -> Result<()> {
 }
 
 fn prune_rules() -> Result<()> {
-    let cluster = Cluster::shared()?;
-    install_kars_crds(cluster)?;
-    let f = PolicyRepoFixture::new(&unique_name("prune"), &["a", "b"])?;
+    let (cluster, f) = fixture("prune", &["a", "b"])?;
     let ns = f.namespace();
     f.work.write(
         "policies/keep.yaml",
@@ -236,9 +238,7 @@ fn prune_rules() -> Result<()> {
     block_on(async {
         let client = cluster.client().await?;
         let cfg = f.config(&f.file_url())?;
-        let o = sync(&client, &cfg)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let o = synced(&client, &cfg).await?;
         ensure!(o.converged());
         let b_ns = format!("kars-{}", f.agent("b"));
         // Someone else's object in b's namespace, and one of b's objects taken over by hand.
@@ -266,9 +266,7 @@ fn prune_rules() -> Result<()> {
         f.remove_agent("b")?;
         f.work.remove("policies/keep.yaml")?;
         f.commit_and_push("remove agent b")?;
-        let o = sync(&client, &cfg)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let o = synced(&client, &cfg).await?;
         ensure!(
             o.prune_refused
                 .as_ref()
@@ -294,9 +292,7 @@ fn prune_rules() -> Result<()> {
         let mut dry = cfg.clone();
         dry.apply.dry_run = true;
         dry.prune.allow_mass_prune = true;
-        let o = sync(&client, &dry)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let o = synced(&client, &dry).await?;
         let b_deployment = format!("Deployment/{b_ns}/{}", f.agent("b"));
         ensure!(
             o.prune
@@ -380,9 +376,7 @@ fn prune_rules() -> Result<()> {
         let (ok, _, err) =
             cluster.kubectl(&["-n", &b_ns, "delete", "configmap", "foreign", &approvals])?;
         ensure!(ok, "{err}");
-        let o = sync(&client, &cfg)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let o = synced(&client, &cfg).await?;
         ensure!(
             o.prune
                 .iter()
@@ -396,15 +390,11 @@ fn prune_rules() -> Result<()> {
 }
 
 fn drift() -> Result<()> {
-    let cluster = Cluster::shared()?;
-    install_kars_crds(cluster)?;
-    let f = PolicyRepoFixture::new(&unique_name("drift"), &["a"])?;
+    let (cluster, f) = fixture("drift", &["a"])?;
     block_on(async {
         let client = cluster.client().await?;
         let cfg = f.config(&f.file_url())?;
-        sync(&client, &cfg)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        synced(&client, &cfg).await?;
         let ns = format!("kars-{}", f.agent("a"));
         let name = f.agent("a");
         // By hand: scale (a field we own) and annotate (a field we do not set).
@@ -423,9 +413,7 @@ fn drift() -> Result<()> {
         // With self-heal off the drift is reported, not restored.
         let mut no_heal = cfg.clone();
         no_heal.apply.self_heal = false;
-        let o = sync(&client, &no_heal)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let o = synced(&client, &no_heal).await?;
         let drifted = o
             .apply
             .objects
@@ -446,9 +434,7 @@ fn drift() -> Result<()> {
             d.get(&name).await?.spec.and_then(|s| s.replicas) == Some(3),
             "self-heal off restored the drift"
         );
-        let o = sync(&client, &cfg)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let o = synced(&client, &cfg).await?;
         ensure!(
             o.converged(),
             "drift repair failed: {:?}",
@@ -479,9 +465,7 @@ fn drift() -> Result<()> {
             &file.to_string_lossy(),
         ])?;
         ensure!(ok, "{err}");
-        let o = sync(&client, &cfg)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let o = synced(&client, &cfg).await?;
         let failure = o
             .apply
             .failures()
@@ -508,15 +492,11 @@ fn drift() -> Result<()> {
 }
 
 fn unreachable_remote() -> Result<()> {
-    let cluster = Cluster::shared()?;
-    install_kars_crds(cluster)?;
-    let f = PolicyRepoFixture::new(&unique_name("unreach"), &["a"])?;
+    let (cluster, f) = fixture("unreach", &["a"])?;
     block_on(async {
         let client = cluster.client().await?;
         let cfg = f.config(&f.file_url())?;
-        let first = sync(&client, &cfg)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let first = synced(&client, &cfg).await?;
         let closed = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();

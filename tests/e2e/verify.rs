@@ -554,20 +554,14 @@ fn rollback() -> Result<()> {
         "a vanished last applied commit: {v:?}"
     );
     let kars = |since: &str| -> Result<(i32, String)> {
-        let out = std::process::Command::new(kars_e2e::workspace_root().join("target/debug/kars"))
-            .arg("verify")
-            .arg(&repo.path)
-            .args(["--rev", &c2, "--since", since, "--trust"])
-            .arg(f._dir.path().join("trust.yaml"))
-            .output()?;
-        Ok((
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ))
+        let out = kars_e2e::run_to_end(
+            kars_e2e::kars_command()?
+                .arg("verify")
+                .arg(&repo.path)
+                .args(["--rev", &c2, "--since", since, "--trust"])
+                .arg(f._dir.path().join("trust.yaml")),
+        )?;
+        Ok((out.code, out.combined()))
     };
     let (code, out) = kars(gone)?;
     ensure!(

@@ -22,6 +22,45 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// What a command printed and how it exited.
+#[derive(Debug)]
+pub struct Out {
+    /// The exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Out {
+    /// Standard output followed by standard error.
+    pub fn combined(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// A command running the `kars` CLI built by `cargo build` (fails when it is not built).
+pub fn kars_command() -> Result<Command> {
+    let bin = workspace_root().join("target/debug/kars");
+    anyhow::ensure!(
+        bin.exists(),
+        "{} is not built (cargo build -p kars-cli)",
+        bin.display()
+    );
+    Ok(Command::new(bin))
+}
+
+/// Runs `cmd` to the end and keeps what it printed.
+pub fn run_to_end(cmd: &mut Command) -> Result<Out> {
+    let out = cmd.output().context("running a command")?;
+    Ok(Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
 /// Installs the process-wide rustls crypto provider (aws-lc-rs). Idempotent.
 pub fn init_crypto() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

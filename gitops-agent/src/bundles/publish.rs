@@ -23,59 +23,119 @@ pub async fn push(
     kind: BundleKind,
     content: &[u8],
 ) -> Result<String, PublishError> {
-    let client = opts.client(registry);
-    let auth = opts.auth_for(registry);
-    let reference = Reference::with_tag(
-        registry.to_string(),
-        repository.to_string(),
-        tag.to_string(),
-    );
-    client
-        .auth(&reference, &auth, RegistryOperation::Push)
-        .await
-        .map_err(|e| PublishError::Auth {
-            registry: registry.to_string(),
-            message: e.to_string(),
-        })?;
-    let config = b"{}".to_vec();
-    let config_digest = sha256_digest(&config);
-    let layer_digest = sha256_digest(content);
-    push_blobs(
+    let Pusher {
+        client, reference, ..
+    } = Pusher::new(opts, registry, repository, tag).await?;
+    let layer = json!({
+        "mediaType": kind.media_type(),
+        "digest": sha256_digest(content),
+        "size": content.len(),
+    });
+    push_image(
         &client,
         &reference,
-        [
-            ("config", config.clone(), &config_digest),
-            ("content", content.to_vec(), &layer_digest),
-        ],
+        "manifest",
+        Blob::new("config", OCI_EMPTY, b"{}".to_vec()),
+        Blob::new("content", kind.media_type(), content.to_vec()),
+        vec![layer],
+        Some(kind.media_type()),
     )
-    .await?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": kind.media_type(),
-        "config": {"mediaType": OCI_EMPTY, "digest": config_digest, "size": config.len()},
-        "layers": [{"mediaType": kind.media_type(), "digest": layer_digest, "size": content.len()}],
-    });
-    push_manifest(&client, &reference, &manifest, "manifest").await
+    .await
 }
 
-/// Pushes blobs (what, bytes, digest) to the repository of `reference`.
-async fn push_blobs<const N: usize>(
+/// A registry client authenticated for pushing to `registry/repository:tag`.
+struct Pusher {
+    client: oci_client::Client,
+    auth: oci_client::secrets::RegistryAuth,
+    reference: Reference,
+}
+
+impl Pusher {
+    async fn new(
+        opts: &RegistryOptions,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+    ) -> Result<Pusher, PublishError> {
+        let client = opts.client(registry);
+        let auth = opts.auth_for(registry);
+        let reference = Reference::with_tag(
+            registry.to_string(),
+            repository.to_string(),
+            tag.to_string(),
+        );
+        client
+            .auth(&reference, &auth, RegistryOperation::Push)
+            .await
+            .map_err(|e| PublishError::Auth {
+                registry: registry.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok(Pusher {
+            client,
+            auth,
+            reference,
+        })
+    }
+}
+
+/// One blob to push: what it is (for messages), its media type and bytes.
+struct Blob {
+    what: &'static str,
+    media_type: &'static str,
+    bytes: Vec<u8>,
+}
+
+impl Blob {
+    fn new(what: &'static str, media_type: &'static str, bytes: Vec<u8>) -> Blob {
+        Blob {
+            what,
+            media_type,
+            bytes,
+        }
+    }
+}
+
+/// Pushes the `config` and `new_layer` blobs, then the image manifest (`what`, for messages)
+/// over `config` and `layers` (which describe `new_layer` and any layers already in the
+/// registry); returns the manifest digest.
+async fn push_image(
     client: &oci_client::Client,
     reference: &Reference,
-    blobs: [(&'static str, Vec<u8>, &String); N],
-) -> Result<(), PublishError> {
-    for (what, bytes, digest) in blobs {
+    what: &'static str,
+    config: Blob,
+    new_layer: Blob,
+    layers: Vec<Value>,
+    artifact_type: Option<&str>,
+) -> Result<String, PublishError> {
+    let mut manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {
+            "mediaType": config.media_type,
+            "digest": sha256_digest(&config.bytes),
+            "size": config.bytes.len(),
+        },
+        "layers": layers,
+    });
+    if let Some(t) = artifact_type {
+        manifest["artifactType"] = json!(t);
+    }
+    for blob in [config, new_layer] {
+        let digest = sha256_digest(&blob.bytes);
         client
-            .push_blob(reference, bytes, digest)
+            .push_blob(reference, blob.bytes, &digest)
             .await
             .map_err(|e| PublishError::Push {
-                what,
+                what: blob.what,
                 message: e.to_string(),
             })?;
     }
-    Ok(())
+    push_manifest(client, reference, &manifest, what).await
 }
+
+/// The OCI image config media type (cosign's signature images).
+const OCI_IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 
 /// Pushes an OCI image manifest; returns its digest.
 async fn push_manifest(
@@ -123,20 +183,11 @@ pub async fn sign(
         .sign(&payload)
         .map_err(|e| PublishError::Sign(e.to_string()))?;
     let sig_b64 = base64::engine::general_purpose::STANDARD.encode(sig);
-    let client = opts.client(registry);
-    let auth = opts.auth_for(registry);
-    let reference = Reference::with_tag(
-        registry.to_string(),
-        repository.to_string(),
-        signature_tag(digest),
-    );
-    client
-        .auth(&reference, &auth, RegistryOperation::Push)
-        .await
-        .map_err(|e| PublishError::Auth {
-            registry: registry.to_string(),
-            message: e.to_string(),
-        })?;
+    let Pusher {
+        client,
+        auth,
+        reference,
+    } = Pusher::new(opts, registry, repository, &signature_tag(digest)).await?;
     let payload_digest = sha256_digest(&payload);
     // Signatures already there (other signers) are kept: cosign appends layers the same way.
     let mut layers: Vec<Value> = match client
@@ -184,23 +235,16 @@ pub async fn sign(
     })
     .to_string()
     .into_bytes();
-    let config_digest = sha256_digest(&config);
-    push_blobs(
+    push_image(
         &client,
         &reference,
-        [
-            ("signature payload", payload.clone(), &payload_digest),
-            ("signature config", config.clone(), &config_digest),
-        ],
+        "signature manifest",
+        Blob::new("signature config", OCI_IMAGE_CONFIG, config),
+        Blob::new("signature payload", COSIGN_PAYLOAD, payload),
+        layers,
+        None,
     )
     .await?;
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": layers,
-    });
-    push_manifest(&client, &reference, &manifest, "signature manifest").await?;
     Ok(SignOutcome::Signed)
 }
 
