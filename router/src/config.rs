@@ -1,5 +1,6 @@
 //! The router's settings: the environment names (all in the contract,
-//! [`kars_contract::router::env`]) and the parsing of the files they name.
+//! [`kars_contract::router::env`]), the parsing of the values and files they name, and the
+//! typed error for a setting that cannot be used ([`SettingError`]).
 
 /// Every environment variable name the router reads (the contract's module: the names the
 /// renderer writes and the router's own).
