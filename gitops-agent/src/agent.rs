@@ -108,6 +108,55 @@ fn watch_repository(
     Some(watcher)
 }
 
+/// Wakes the sync loop when the PolicyRepo asks for a sync now (a new value of the
+/// `gitops.kars.io/reconcile-requested-at` annotation: `kars reconcile`) or its spec changes
+/// (a new generation: `kars suspend`, `kars resume`). Reconnects after errors.
+fn watch_policy_repo(
+    client: kube::Client,
+    namespace: String,
+    name: String,
+    trigger: Arc<Notify>,
+) -> tokio::task::JoinHandle<()> {
+    use futures_util::StreamExt;
+    use kube::api::{Api, WatchEvent, WatchParams};
+    tokio::spawn(async move {
+        let api: Api<crate::status::PolicyRepo> = Api::namespaced(client, &namespace);
+        let mut seen: Option<(Option<String>, Option<i64>)> = None;
+        loop {
+            let wp = WatchParams::default()
+                .fields(&format!("metadata.name={name}"))
+                .timeout(290);
+            match api.watch(&wp, "0").await {
+                Ok(stream) => {
+                    let mut stream = std::pin::pin!(stream);
+                    while let Some(event) = stream.next().await {
+                        let pr = match event {
+                            Ok(WatchEvent::Added(pr) | WatchEvent::Modified(pr)) => pr,
+                            Ok(WatchEvent::Bookmark(_) | WatchEvent::Deleted(_)) => continue,
+                            Ok(WatchEvent::Error(_)) | Err(_) => break,
+                        };
+                        let key = (
+                            pr.metadata
+                                .annotations
+                                .as_ref()
+                                .and_then(|a| a.get(kars_contract::labels::RECONCILE_ANNOTATION))
+                                .cloned(),
+                            pr.metadata.generation,
+                        );
+                        if seen.as_ref().is_some_and(|s| *s != key) {
+                            tracing::info!(requested = ?key.0, generation = ?key.1, "PolicyRepo changed: syncing now");
+                            trigger.notify_one();
+                        }
+                        seen = Some(key);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "watching the PolicyRepo failed; retrying"),
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    })
+}
+
 /// Runs until `shutdown` resolves. The sync in progress finishes its current object and
 /// records its status before the agent exits.
 pub async fn run(
@@ -148,6 +197,12 @@ pub async fn run(
     } else {
         None
     };
+    let policy_repo_watch = watch_policy_repo(
+        client.clone(),
+        cfg.sync.status_namespace.clone(),
+        cfg.sync.name.clone(),
+        trigger.clone(),
+    );
     let stop_flag = stopping.clone();
     let stop_trigger = trigger.clone();
     tokio::spawn(async move {
@@ -251,6 +306,7 @@ pub async fn run(
     if let (Some(l), true) = (&cfg.lease, leader) {
         let _ = lease::release(&client, l).await;
     }
+    policy_repo_watch.abort();
     stop_http.notify_one();
     let _ = server.await;
     Ok(())

@@ -28,8 +28,9 @@ use kars_renderer::{Rendered, RenderedObject};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::cluster::{Cluster, gvk, is_not_found};
+use crate::cluster::{Cluster, Ownership, gvk, is_not_found, ownership};
 use crate::compare::{first_difference, is_subset};
+use crate::progress::{Event, Progress};
 
 /// The field manager name kars GitOps applies with.
 pub const FIELD_MANAGER: &str = "kars-gitops";
@@ -53,6 +54,11 @@ pub struct ApplyOptions {
     pub self_heal: bool,
     /// Field-manager name prefixes that mean "edited by hand".
     pub manual_managers: Vec<String>,
+    /// The PolicyRepo applying (`<namespace>/<name>`): written into every applied object's
+    /// [`kars_contract::labels::OWNER_ANNOTATION`]; a live object owned by another PolicyRepo is refused.
+    pub owner: Option<String>,
+    /// Where progress goes.
+    pub progress: Progress,
 }
 
 impl Default for ApplyOptions {
@@ -69,6 +75,8 @@ impl Default for ApplyOptions {
                 "Mozilla".to_string(),
                 "k9s".to_string(),
             ],
+            owner: None,
+            progress: Progress::default(),
         }
     }
 }
@@ -99,8 +107,10 @@ pub enum Action {
     Configured,
     /// Live equals rendered; no request was sent.
     Unchanged,
-    /// Dry run: would be created or changed.
-    WouldChange,
+    /// Dry run: would be created.
+    WouldCreate,
+    /// Dry run: would be changed.
+    WouldConfigure,
     /// Refused by the API server (or a conflict).
     Failed(Refused),
     /// Not attempted because another object failed first.
@@ -240,8 +250,24 @@ impl<'c> Applier<'c> {
         let live = self.cluster.list_live(rendered, |_, _| true).await?;
         let mut report = ApplyReport::default();
         let mut changed: Vec<(usize, bool)> = Vec::new(); // (index, exists)
+        let mut foreign = false;
         for (i, o) in rendered.objects.iter().enumerate() {
             let current = live.get(&o.key());
+            if let Some(Ownership::Foreign(owner)) =
+                current.map(|l| ownership(l, rendered, self.options.owner.as_deref()))
+            {
+                foreign = true;
+                report.objects.push(outcome(
+                    o,
+                    Action::Failed(Refused {
+                        reason: Reason::OwnedByAnotherPolicyRepo,
+                        message: format!(
+                            "the live object belongs to {owner}; two PolicyRepos must not manage one object: remove it from one repository, or delete the other PolicyRepo (kars delete NAME)"
+                        ),
+                    }),
+                ));
+                continue;
+            }
             let same_digest = current.is_some_and(|l| {
                 l["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION]
                     == o.manifest["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION]
@@ -270,13 +296,21 @@ impl<'c> Applier<'c> {
                 changed.push((i, current.is_some()));
             }
         }
+        if foreign {
+            // Nothing is written while another PolicyRepo owns one of the objects.
+            return Ok(report);
+        }
         let refused = self
             .dry_run_all(rendered, &live, &changed, &mut report)
             .await?;
         if refused || self.options.dry_run {
             if self.options.dry_run && !refused {
-                for (i, _) in &changed {
-                    report.objects[*i].action = Action::WouldChange;
+                for (i, exists) in &changed {
+                    report.objects[*i].action = if *exists {
+                        Action::WouldConfigure
+                    } else {
+                        Action::WouldCreate
+                    };
                 }
             }
             return Ok(report);
@@ -356,10 +390,21 @@ impl<'c> Applier<'c> {
                 .or_default()
                 .push((*i, *exists));
         }
+        let total = changed.len();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let done = &done;
+        self.options
+            .progress
+            .emit(Event::Applied { done: 0, total });
         for (_, members) in waves {
             let jobs = members.clone().into_iter().map(|(i, exists)| async move {
                 let o = &rendered.objects[i];
-                (i, exists, self.server_apply(o, false).await)
+                let r = self.server_apply(o, false).await;
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                self.options
+                    .progress
+                    .emit(Event::Applied { done: n, total });
+                (i, exists, r)
             });
             let results: Vec<_> = stream::iter(jobs)
                 .buffer_unordered(self.options.concurrency.max(1))

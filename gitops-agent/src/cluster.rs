@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 
-use kars_contract::labels::{CLUSTER_LABEL, REPOSITORY_LABEL};
+use kars_contract::labels::{
+    CLUSTER_LABEL, MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION, REPOSITORY_LABEL,
+};
 use kars_renderer::{Rendered, RenderedObject};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::core::GroupVersionKind;
@@ -50,6 +52,37 @@ pub fn key(kind: &str, namespace: Option<&str>, name: &str) -> String {
         Some(ns) => format!("{kind}/{ns}/{name}"),
         None => format!("{kind}/{name}"),
     }
+}
+
+/// Whose a live object is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ownership {
+    /// This repository, cluster and PolicyRepo (or an object applied before owners were
+    /// recorded, by this repository and cluster).
+    Ours,
+    /// Someone else's, described for messages (`PolicyRepo ns/name`, or the repository and
+    /// cluster labels).
+    Foreign(String),
+}
+
+/// Whose `live` is, for the sync of `rendered` by the PolicyRepo `owner` (`ns/name`).
+pub fn ownership(live: &Value, rendered: &Rendered, owner: Option<&str>) -> Ownership {
+    let meta = &live["metadata"];
+    let label = |k: &str| meta["labels"][k].as_str().unwrap_or_default();
+    let recorded = meta["annotations"][OWNER_ANNOTATION].as_str();
+    let (repository, cluster) = (label(REPOSITORY_LABEL), label(CLUSTER_LABEL));
+    if let (Some(theirs), Some(ours)) = (recorded, owner)
+        && theirs != ours
+    {
+        return Ownership::Foreign(format!("PolicyRepo {theirs}"));
+    }
+    if repository != rendered.repository || cluster != rendered.cluster {
+        let by = recorded
+            .map(|o| format!(" (PolicyRepo {o})"))
+            .unwrap_or_default();
+        return Ownership::Foreign(format!("repository {repository:?} cluster {cluster:?}{by}"));
+    }
+    Ownership::Ours
 }
 
 /// One cluster, with kind discovery cached.
@@ -138,18 +171,16 @@ impl Cluster {
             .await
     }
 
-    /// Our live objects (by the repository and cluster labels, one LIST per kind) of the kinds
-    /// in `rendered` for which `wanted(apiVersion, kind)` holds, keyed by
-    /// `kind/namespace/name`. A kind the API server does not serve yet has nothing live.
+    /// The live objects kars GitOps manages (by the managed-by label, one LIST per kind) of
+    /// the kinds in `rendered` for which `wanted(apiVersion, kind)` holds, keyed by
+    /// `kind/namespace/name`: ours and those of other repositories or PolicyRepos (see
+    /// [`ownership`]). A kind the API server does not serve yet has nothing live.
     pub async fn list_live(
         &self,
         rendered: &Rendered,
         wanted: impl Fn(&str, &str) -> bool,
     ) -> Result<BTreeMap<String, Value>, kube::Error> {
-        let selector = format!(
-            "{REPOSITORY_LABEL}={},{CLUSTER_LABEL}={}",
-            rendered.repository, rendered.cluster
-        );
+        let selector = format!("{MANAGED_BY_LABEL}={MANAGED_BY}");
         let mut kinds: Vec<GroupVersionKind> = rendered
             .objects
             .iter()

@@ -123,6 +123,7 @@ pub async fn wait(
     rendered: &Rendered,
     timeout: Duration,
     prefetched: Option<&std::collections::BTreeMap<String, Value>>,
+    progress: &crate::progress::Progress,
 ) -> Result<HealthReport, kube::Error> {
     let deadline = Instant::now() + timeout;
     let targets: Vec<_> = rendered
@@ -158,9 +159,14 @@ pub async fn wait(
                 other => report.not_ready.push((o.key(), other)),
             }
         }
-        if report.healthy().is_some() || Instant::now() >= deadline {
+        let now = Instant::now();
+        if report.healthy().is_some() || now >= deadline {
             return Ok(report);
         }
+        progress.emit(crate::progress::Event::Waiting {
+            pending: report.not_ready.len(),
+            left: deadline - now,
+        });
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

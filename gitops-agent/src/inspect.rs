@@ -7,7 +7,7 @@ use kars_renderer::{Rendered, RenderedObject};
 use kube::api::Api;
 use serde_json::Value;
 
-use crate::cluster::{Cluster, is_not_found};
+use crate::cluster::{Cluster, Ownership, is_not_found, ownership};
 use crate::compare::{first_difference, is_subset, project};
 use crate::status::{InventoryEntry, PolicyRepo};
 use crate::sync::pipeline::{Front, bundles_and_render, front_task};
@@ -25,6 +25,8 @@ pub struct ObjectView {
     pub in_sync: bool,
     /// The first field that differs.
     pub difference: Option<String>,
+    /// Who owns the live object when it is not this PolicyRepo (a sync refuses it).
+    pub foreign: Option<String>,
 }
 
 /// The whole picture.
@@ -85,7 +87,11 @@ pub async fn inspect(client: &kube::Client, cfg: &SyncConfig) -> Result<Inspecti
     let rendered = match (prepared, &verification) {
         (Some(p), Ok(_)) => {
             let (_, _, r) = bundles_and_render(p, &head, &cfg.bundles, &status.bundles).await;
-            r.map_err(|e| e.to_string())
+            r.map(|mut r| {
+                crate::sync::pipeline::stamp_owner(&mut r, &cfg.owner());
+                r
+            })
+            .map_err(|e| e.to_string())
         }
         (None, Ok(_)) => Err(stopped.map(|e| e.to_string()).unwrap_or_default()),
         (_, Err(_)) => Err("not rendered: verification failed".to_string()),
@@ -99,7 +105,12 @@ pub async fn inspect(client: &kube::Client, cfg: &SyncConfig) -> Result<Inspecti
                 .get_rendered(o)
                 .await
                 .map_err(|e| SyncError::Apply(crate::apply::ApplyError::Kube(e)))?;
+            let foreign = match live.as_ref().map(|l| ownership(l, r, Some(&cfg.owner()))) {
+                Some(Ownership::Foreign(owner)) => Some(owner),
+                _ => None,
+            };
             let (in_sync, difference) = match &live {
+                _ if foreign.is_some() => (false, Some("owned by another PolicyRepo".to_string())),
                 None => (false, Some("does not exist".to_string())),
                 Some(l) => {
                     let digest_equal = l["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION]
@@ -115,6 +126,7 @@ pub async fn inspect(client: &kube::Client, cfg: &SyncConfig) -> Result<Inspecti
                 live,
                 in_sync,
                 difference,
+                foreign,
             });
         }
         let rendered_keys: std::collections::BTreeSet<String> =

@@ -19,6 +19,7 @@ pub mod health;
 pub mod inspect;
 pub mod lease;
 pub mod metrics;
+pub mod progress;
 pub mod prune;
 pub mod source;
 pub mod status;

@@ -16,7 +16,7 @@ use kars_gitops_agent::lease::LeaseConfig;
 use kars_gitops_agent::prune::PruneOptions;
 use kars_gitops_agent::source::Credentials;
 use kars_gitops_agent::status::DEFAULT_NAMESPACE;
-use kars_gitops_agent::sync::{SyncConfig, default_name, kube_client, sync_once};
+use kars_gitops_agent::sync::{SyncConfig, kube_client, repository_name, sync_once};
 use kars_gitops_agent::verify;
 
 /// kars GitOps agent: fetch a policy repository, verify every new commit's signature, render it
@@ -61,7 +61,8 @@ struct Args {
     /// Directory for fetched repositories.
     #[arg(long, env = "KARS_CACHE_DIR", default_value = "/tmp/kars-gitops-cache")]
     cache_dir: PathBuf,
-    /// Name of the PolicyRepo status object (default: from the repository URL).
+    /// Name of the PolicyRepo status object (default: `metadata.name` of the repository's
+    /// kars.yaml, read from the head at start-up).
     #[arg(long, env = "KARS_NAME")]
     name: Option<String>,
     /// Namespace of the PolicyRepo object and the leader-election Lease.
@@ -156,6 +157,34 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+/// A local path as an absolute path (what the PolicyRepo records); URLs as given.
+fn absolute_source(source: &str) -> String {
+    if kars_gitops_agent::source::is_remote_url(source) {
+        return source.to_string();
+    }
+    std::path::absolute(source)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| source.to_string())
+}
+
+/// The PolicyRepo name from the source's `kars.yaml` (`--name` not given). The long-running
+/// agent retries until the source can be read; `--once` fails at once.
+async fn name_from_repository(sync: &SyncConfig, once: bool) -> anyhow::Result<String> {
+    let mut wait = std::time::Duration::from_secs(2);
+    loop {
+        let cfg = sync.clone();
+        match tokio::task::spawn_blocking(move || repository_name(&cfg)).await? {
+            Ok(name) => return Ok(name),
+            Err(e) if once => anyhow::bail!("naming the PolicyRepo: {e}"),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot read kars.yaml to name the PolicyRepo (or pass --name)");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(60));
+            }
+        }
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let trust = verify::load_policy(
         args.trust.as_deref(),
@@ -167,12 +196,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(p) => Some(std::fs::read_to_string(p)?.trim().to_string()),
         None => None,
     };
-    let sync = SyncConfig {
-        name: args
-            .name
-            .clone()
-            .unwrap_or_else(|| default_name(&args.repo)),
-        source: args.repo.clone(),
+    let mut sync = SyncConfig {
+        name: args.name.clone().unwrap_or_default(),
+        source: absolute_source(&args.repo),
         branch: args.branch.clone(),
         cluster: args.cluster.clone(),
         trust,
@@ -199,7 +225,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .bundles
             .verifier(Some(&args.cache_dir))
             .map_err(|e| anyhow::anyhow!("signed bundles: {e}"))?,
+        progress: Default::default(),
     };
+    if sync.name.is_empty() {
+        sync.name = name_from_repository(&sync, args.once).await?;
+        tracing::info!(name = %sync.name, "PolicyRepo named after kars.yaml metadata.name");
+    }
     let client = kube_client(args.kubeconfig.as_deref()).await?;
     if args.once {
         let result = sync_once(client, &sync, None, &|| false).await;

@@ -8,11 +8,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kars_contract::Reason;
-use kars_contract::labels::{MANAGED_BY, MANAGED_BY_LABEL, PRUNE_ANNOTATION, REPOSITORY_LABEL};
+use kars_contract::labels::{
+    MANAGED_BY, MANAGED_BY_LABEL, OWNER_ANNOTATION, PRUNE_ANNOTATION, REPOSITORY_LABEL,
+};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
 use kube::discovery::{Discovery, Scope};
 
 use crate::cluster::{Cluster, gvk, is_not_found};
+use crate::progress::{Event, Progress};
 use crate::status::{InventoryEntry, PruneSpec};
 
 /// Pruning settings for one sync.
@@ -190,23 +193,32 @@ impl PruneResult {
 
 /// Deletes the planned entries. `stop` is checked between objects (graceful shutdown never
 /// leaves a half-deleted object; the rest stays in the inventory for the next sync).
+#[allow(clippy::too_many_arguments)]
 pub async fn execute(
     cluster: &Cluster,
     repository: &str,
+    owner: &str,
     planned: &[InventoryEntry],
     dry_run: bool,
+    progress: &Progress,
     stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<Vec<(InventoryEntry, PruneResult)>, kube::Error> {
     let mut out = Vec::new();
     let mut discovery: Option<Discovery> = None;
-    for e in planned {
+    let total = planned.len();
+    for (done, e) in planned.iter().enumerate() {
         if stop() {
             break;
         }
-        let result = prune_one(cluster, repository, e, dry_run, &mut discovery).await?;
+        progress.emit(Event::Pruned { done, total });
+        let result = prune_one(cluster, repository, owner, e, dry_run, &mut discovery).await?;
         tracing::info!(object = %e.key(), ?result, "prune");
         out.push((e.clone(), result));
     }
+    progress.emit(Event::Pruned {
+        done: out.len(),
+        total,
+    });
     Ok(out)
 }
 
@@ -219,6 +231,7 @@ fn owned_by(obj: &DynamicObject, repository: &str) -> bool {
 async fn prune_one(
     cluster: &Cluster,
     repository: &str,
+    owner: &str,
     e: &InventoryEntry,
     dry_run: bool,
     discovery: &mut Option<Discovery>,
@@ -241,6 +254,13 @@ async fn prune_one(
         )));
     }
     let annotations = live.metadata.annotations.clone().unwrap_or_default();
+    if let Some(theirs) = annotations.get(OWNER_ANNOTATION)
+        && theirs != owner
+    {
+        return Ok(PruneResult::Orphaned(format!(
+            "not deleted: it belongs to PolicyRepo {theirs} now"
+        )));
+    }
     if annotations.get(PRUNE_ANNOTATION).map(String::as_str) == Some("disabled") {
         return Ok(PruneResult::Orphaned(format!(
             "not deleted: annotated {PRUNE_ANNOTATION}: disabled"

@@ -150,6 +150,28 @@ pub fn read_tree(
     )
 }
 
+/// The bytes of the file at `path` in `commit`'s tree, `None` when there is none.
+pub fn read_file(
+    repo: &gix::Repository,
+    commit: gix::ObjectId,
+    path: &str,
+) -> Result<Option<Vec<u8>>, GitSourceError> {
+    let obj_err = |e: &dyn std::fmt::Display| GitSourceError::Object {
+        id: commit.to_string(),
+        message: e.to_string(),
+    };
+    let c = repo.find_commit(commit).map_err(|e| obj_err(&e))?;
+    let tree = c.tree().map_err(|e| obj_err(&e))?;
+    let Some(entry) = tree.lookup_entry_by_path(path).map_err(|e| obj_err(&e))? else {
+        return Ok(None);
+    };
+    if !entry.mode().is_blob() {
+        return Ok(None);
+    }
+    let object = entry.object().map_err(|e| obj_err(&e))?;
+    Ok(Some(object.detach().data))
+}
+
 /// Credentials for fetching.
 #[derive(Clone, Debug, Default)]
 pub struct Credentials {

@@ -176,6 +176,10 @@ pub struct PolicyRepoStatus {
     /// Every signed-bundle reference of the rendered commit and the bundle in use for it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bundles: Vec<BundleStatus>,
+    /// The value of the `gitops.kars.io/reconcile-requested-at` annotation the last sync
+    /// handled (`kars reconcile --wait` waits for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
 }
 
 /// One signed-bundle reference and what is projected for it.
@@ -337,7 +341,17 @@ pub async fn ensure_namespace(client: &kube::Client, namespace: &str) -> Result<
     Ok(())
 }
 
-/// Reads the PolicyRepo `name` in `namespace`, creating it (and the namespace) when missing.
+/// The PolicyRepo `namespace/name`, `None` when it does not exist.
+pub async fn get(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<PolicyRepo>, kube::Error> {
+    let api: Api<PolicyRepo> = Api::namespaced(client.clone(), namespace);
+    api.get_opt(name).await
+}
+
+/// The PolicyRepo `namespace/name`, created (with its namespace) when missing.
 pub async fn get_or_create(
     client: &kube::Client,
     namespace: &str,

@@ -199,6 +199,15 @@ pub fn parse(doc: &Node, diags: &mut Diagnostics) -> Option<RepositoryConfig> {
     }
 }
 
+/// `metadata.name` of a `kars.yaml` (the repository's name, which the PolicyRepo is named
+/// after), when it is a valid DNS label; `None` for anything else.
+pub fn repository_name(kars_yaml: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(kars_yaml).ok()?;
+    let docs = crate::yaml::parse_documents(text, crate::yaml::YamlLimits::default()).ok()?;
+    let name = docs.first()?.get_path(&["metadata", "name"])?.as_str()?;
+    kars_contract::host::is_dns_label(name).then(|| name.to_string())
+}
+
 /// A repository-relative path: no leading `/`, no `..`, no empty components.
 pub fn is_clean_repo_path(p: &str) -> bool {
     let p = p.trim_end_matches('/');

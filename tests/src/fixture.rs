@@ -211,6 +211,7 @@ impl PolicyRepoFixture {
             health_timeout: Duration::ZERO,
             since_override: None,
             bundles: Default::default(),
+            progress: Default::default(),
         })
     }
 

@@ -32,9 +32,6 @@ struct VerifyArgs {
     /// The hash the last record must have (from the router, or an earlier verify).
     #[arg(long, value_name = "HEX")]
     expect_head: Option<String>,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Runs `kars audit`.
@@ -52,7 +49,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         Err(AuditError::Broken(e)) => Some(e.to_string()),
         Err(other) => return Err(Failure::usage(anyhow!("{other}"))),
     };
-    if a.json {
+    if crate::ui::get().machine() {
         let out = match (&result, &broken) {
             (Ok(s), None) => serde_json::json!({"ok": true, "records": s.records, "head": s.head}),
             (Err(AuditError::Broken(e)), _) => {
@@ -61,7 +58,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             (_, Some(why)) => serde_json::json!({"ok": false, "reason": why}),
             _ => serde_json::json!({"ok": false}),
         };
-        crate::outln!("{}", serde_json::to_string_pretty(&out)?);
+        crate::ui::emit(&out)?;
         return Ok(if broken.is_none() {
             ExitCode::SUCCESS
         } else {

@@ -1,105 +1,124 @@
-//! `kars diff SOURCE`: what a sync would change, as a unified diff per object.
+//! `kars diff [SOURCE]`: what a sync would change, as a unified diff per object. Exit codes
+//! follow `kubectl diff`: 0 no differences, 1 differences, 2 the diff could not be made (the
+//! head does not verify or render, bad flags), 3 the cluster or the remote cannot be reached.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use kars_gitops_agent::inspect::comparable_live;
 use kars_renderer::output::object_yaml;
 
-use super::sync::SourceArgs;
-use crate::Failure;
+use super::source::SourceArgs;
+use crate::failure::{CHECK, Failure, USAGE};
+use crate::ui;
 
 /// Arguments of `kars diff`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     source: SourceArgs,
-    /// Colour the diff: auto (when stdout is a terminal), always, never.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
-    color: String,
 }
 
-fn paint(line: &str, color: bool) -> String {
-    if !color {
-        return line.to_string();
-    }
-    let code = match line.as_bytes().first() {
-        Some(b'+') => "32",
-        Some(b'-') => "31",
-        Some(b'@') => "36",
-        _ => return line.to_string(),
-    };
-    format!("\x1b[{code}m{line}\x1b[0m")
-}
-
-/// Runs `kars diff`. Exit 0 when nothing would change, 1 when something would.
+/// Runs `kars diff`.
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
     super::block_on(async move {
-        let view = args.source.inspect().await?;
-        let color = match args.color.as_str() {
-            "always" => true,
-            "never" => false,
-            _ => std::io::stdout().is_terminal(),
+        // "Could not diff" is never exit 1, which means "differences".
+        let as_error = |f: Failure| {
+            if f.code == CHECK {
+                f.with_code(USAGE)
+            } else {
+                f
+            }
         };
+        let (view, cfg) = args.source.inspect().await.map_err(as_error)?;
+        args.source.note_worktree(&cfg);
         if let Err(why) = &view.verification {
-            return Err(Failure::check(anyhow::anyhow!(
-                "head {} does not verify, so a sync would apply nothing: {why}",
-                view.head
-            )));
+            return Err(Failure::msg(
+                USAGE,
+                format!(
+                    "head {} does not verify, so a sync would apply nothing: {why}",
+                    view.head
+                ),
+            )
+            .reason("VerificationFailed"));
         }
         let rendered = view
             .rendered
             .as_ref()
-            .map_err(|e| Failure::check(anyhow::anyhow!("{e}")))?;
-        let mut changes = 0;
+            .map_err(|e| Failure::msg(USAGE, e).reason("ValidationFailed"))?;
+        let ui = ui::get();
+        let mut changes = Vec::new();
         for o in view.objects.iter().filter(|o| !o.in_sync) {
-            changes += 1;
             let new = object_yaml(&o.rendered.manifest).unwrap_or_default();
             let old = o
                 .live
                 .as_ref()
                 .map(|l| object_yaml(&comparable_live(&o.rendered.manifest, l)).unwrap_or_default())
                 .unwrap_or_default();
-            let title = if o.live.is_none() {
-                "(new)"
-            } else {
-                "(changed)"
+            let title = match (&o.live, &o.foreign) {
+                (_, Some(owner)) => format!("(owned by {owner}: a sync refuses it)"),
+                (None, _) => "(new)".to_string(),
+                (Some(_), None) => "(changed)".to_string(),
             };
-            crate::outln!(
-                "{}",
-                paint(
-                    &format!("@@ {} {title} from {}", o.rendered.key(), o.rendered.source),
-                    color
-                )
-            );
-            let diff = similar::TextDiff::from_lines(&old, &new);
-            for line in diff
+            let diff = similar::TextDiff::from_lines(&old, &new)
                 .unified_diff()
                 .context_radius(3)
                 .header(
                     &format!("live/{}", o.rendered.key()),
                     &format!("git/{}", o.rendered.key()),
                 )
-                .to_string()
-                .lines()
-            {
-                crate::outln!("{}", paint(line, color));
+                .to_string();
+            changes.push(serde_json::json!({
+                "object": o.rendered.key(),
+                "source": o.rendered.source,
+                "change": if o.foreign.is_some() { "conflict" } else if o.live.is_none() { "create" } else { "configure" },
+                "owner": o.foreign,
+                "diff": diff,
+            }));
+            if ui.machine() {
+                continue;
+            }
+            crate::outln!(
+                "{}",
+                ui.paint_out(
+                    "36",
+                    &format!("@@ {} {title} from {}", o.rendered.key(), o.rendered.source)
+                )
+            );
+            for line in diff.lines() {
+                let code = match line.as_bytes().first() {
+                    Some(b'+') => "32",
+                    Some(b'-') => "31",
+                    Some(b'@') => "36",
+                    _ => "0",
+                };
+                crate::outln!("{}", ui.paint_out(code, line));
             }
         }
         for e in &view.to_prune {
-            changes += 1;
-            crate::outln!(
-                "{}",
-                paint(&format!("- {} (left Git: would be pruned)", e.key()), color)
-            );
+            changes.push(serde_json::json!({"object": e.key(), "change": "prune"}));
+            if !ui.machine() {
+                crate::outln!(
+                    "{}",
+                    ui.paint_out("31", &format!("- {} (left Git: would be pruned)", e.key()))
+                );
+            }
         }
-        eprintln!(
-            "{changes} object(s) would change; {} in sync (head {}, digest {})",
-            view.objects.len() - view.objects.iter().filter(|o| !o.in_sync).count(),
+        let in_sync = view.objects.iter().filter(|o| o.in_sync).count();
+        if ui.machine() {
+            ui::emit(&serde_json::json!({
+                "head": view.head,
+                "digest": rendered.digest,
+                "inSync": in_sync,
+                "changes": changes,
+            }))?;
+        }
+        ui::note(format!(
+            "{} object(s) would change; {in_sync} in sync (head {}, digest {})",
+            changes.len(),
             view.head,
             rendered.digest
-        );
-        Ok(if changes == 0 {
+        ));
+        Ok(if changes.is_empty() {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(1)

@@ -1,13 +1,22 @@
-//! One module per subcommand.
+//! One module per subcommand, plus the flags and helpers several share ([`source`],
+//! [`policyrepo`]).
 pub mod audit;
+pub mod delete;
 pub mod diff;
+pub mod events;
+pub mod get;
 pub mod init;
 pub mod policy;
+pub mod policyrepo;
+pub mod reconcile;
 pub mod render;
+pub mod source;
 pub mod status;
 pub mod sync;
+pub mod trace;
 pub mod validate;
 pub mod verify;
+pub mod version;
 pub mod why;
 
 use std::path::Path;
@@ -27,25 +36,13 @@ pub fn block_on<T>(
         .block_on(f)
 }
 
-/// A client for the cluster `kubeconfig` names (or the environment's); failing is a usage
-/// error (exit 2) that says which file it tried.
-pub async fn connect(kubeconfig: Option<&Path>) -> Result<kube::Client, crate::Failure> {
-    kars_gitops_agent::cluster::kube_client(kubeconfig)
-        .await
-        .with_context(|| match kubeconfig {
-            Some(p) => format!("connecting to the cluster of {}", p.display()),
-            None => "connecting to the cluster (check --kubeconfig)".to_string(),
-        })
-        .map_err(crate::Failure::usage)
-}
-
 /// Reads a policy repository's working tree, with the renderer's safety checks.
 pub fn read_tree(path: &Path) -> Result<RepoTree, crate::Failure> {
     if !path.is_dir() {
-        return Err(crate::Failure::usage(anyhow::anyhow!(
-            "{} is not a directory",
-            path.display()
-        )));
+        return Err(crate::Failure::msg(
+            crate::failure::USAGE,
+            format!("{} is not a directory", path.display()),
+        ));
     }
     RepoTree::from_dir(path, SourceLimits::default())
         .with_context(|| format!("reading policy repository {}", path.display()))

@@ -84,9 +84,6 @@ struct SignArgs {
     /// metadata.namespace for --emit-manifest (with --name).
     #[arg(long, requires = "name", default_value = "default")]
     namespace: String,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
     #[command(flatten)]
     registry_args: RegistryArgs,
 }
@@ -101,9 +98,6 @@ struct VerifyArgs {
     /// Write the verified content to FILE (`-`: stdout).
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
     /// Trusted signers (keys or certificate identities) and registry access, as the agent's.
     #[command(flatten)]
     signers: BundleArgs,
@@ -256,7 +250,7 @@ async fn sign_cmd(a: SignArgs) -> Result<ExitCode, Failure> {
         eprintln!("wrote {}", path.display());
     }
     let location = format!("{}/{}@{}", a.registry, a.repository, digest);
-    if a.json {
+    if crate::ui::get().machine() {
         let out = serde_json::json!({
             "reference": location,
             "registry": reference.registry,
@@ -268,7 +262,7 @@ async fn sign_cmd(a: SignArgs) -> Result<ExitCode, Failure> {
             "contentDigest": content_digest,
             "size": content.len(),
         });
-        crate::outln!("{}", serde_json::to_string_pretty(&out)?);
+        crate::ui::emit(&out)?;
     } else {
         crate::outln!("{location}");
     }
@@ -306,12 +300,12 @@ async fn verify_cmd(a: VerifyArgs) -> Result<ExitCode, Failure> {
                         .with_context(|| format!("writing {}", out.display()))?;
                 }
             }
-            if a.json {
+            if crate::ui::get().machine() {
                 let out = serde_json::json!({
                     "reference": r.to_string(), "kind": a.kind.name(), "verified": true,
                     "signer": v.signer, "contentDigest": sha256_digest(&v.content), "size": v.content.len(),
                 });
-                crate::outln!("{}", serde_json::to_string_pretty(&out)?);
+                crate::ui::emit(&out)?;
             } else {
                 let line = format!(
                     "verified {r}: {} bundle, {} bytes, signed by {}",
@@ -329,12 +323,12 @@ async fn verify_cmd(a: VerifyArgs) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Err(failure) => {
-            if a.json {
+            if crate::ui::get().machine() {
                 let out = serde_json::json!({
                     "reference": r.to_string(), "kind": a.kind.name(), "verified": false,
                     "reason": failure.reason(), "message": failure.to_string(),
                 });
-                crate::outln!("{}", serde_json::to_string_pretty(&out)?);
+                crate::ui::emit(&out)?;
                 Ok(ExitCode::from(1))
             } else {
                 Err(Failure::check(anyhow!(

@@ -26,7 +26,7 @@ pub struct Args {
     /// Signed bundles (`allowlistRef`, `bundleRef`) are pulled and verified with these keys,
     /// as the agent does. Without keys, objects that need a bundle are held back: listed on
     /// stderr, left out of the output, and the exit code is 1.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Signed bundles")]
     bundles: BundleArgs,
 }
 
@@ -107,6 +107,13 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
                 rendered.digest
             );
         }
+    }
+    if let Some(difference) =
+        super::source::worktree_difference(&args.path.display().to_string(), "HEAD")
+    {
+        crate::ui::warn(format!(
+            "{difference}; kars render read the working tree, while kars sync, kars diff and the agent read the commit"
+        ));
     }
     if rendered.held_back.is_empty() {
         return Ok(ExitCode::SUCCESS);

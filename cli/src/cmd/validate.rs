@@ -11,9 +11,6 @@ pub struct Args {
     /// The policy repository (a working directory).
     #[arg(default_value = ".")]
     path: PathBuf,
-    /// Print a JSON report instead of text.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Runs `kars validate`.
@@ -22,14 +19,14 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     let report = kars_renderer::validate_tree(&tree);
     let errors = report.error_count();
     let warnings = report.diagnostics.len() - errors;
-    if args.json {
+    if crate::ui::get().machine() {
         let out = serde_json::json!({
             "valid": errors == 0,
             "errors": errors,
             "warnings": warnings,
             "diagnostics": report.diagnostics,
         });
-        crate::outln!("{}", serde_json::to_string_pretty(&out)?);
+        crate::ui::emit(&out)?;
     } else {
         for d in &report.diagnostics {
             eprintln!("{d}");

@@ -29,9 +29,6 @@ pub struct Args {
     /// TrustPolicy file: signers, path rules (k-of-n), repository signer list, forge keys.
     #[arg(long, value_name = "FILE")]
     trust: Option<PathBuf>,
-    /// Print a JSON report.
-    #[arg(long)]
-    json: bool,
 }
 
 /// Runs `kars verify`.
@@ -63,13 +60,13 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         .map_err(Failure::check)?;
     let tag_ok = tag_check.as_ref().is_none_or(Result::is_ok);
     let ok = verdict.ok() && tag_ok;
-    if args.json {
+    if crate::ui::get().machine() {
         let tag = tag_check.as_ref().map(|t| match t {
             Ok(a) => serde_json::json!({"rev": args.rev, "ok": true, "signer": a}),
             Err(r) => serde_json::json!({"rev": args.rev, "ok": false, "reason": r.reason(), "message": r.to_string()}),
         });
         let out = serde_json::json!({"ok": ok, "tag": tag, "range": verdict});
-        crate::outln!("{}", serde_json::to_string_pretty(&out)?);
+        crate::ui::emit(&out)?;
     } else {
         if let Some(t) = &tag_check {
             match t {

@@ -1,15 +1,18 @@
 //! `kars why OBJECT|PATH`: why the objects of a file (or one object) are not applied yet —
-//! verification, validation, an apply error, health — naming the commit and the file.
+//! verification, validation, an apply error, health — naming the commit and the file. Objects
+//! are named like kubectl names them: `Kind/name` or `Kind/namespace/name`, the kind in any
+//! case, singular or plural (`deployment/x`, `Deployments/ns/x`).
 
 use std::process::ExitCode;
 
-use super::sync::SourceArgs;
+use super::source::SourceArgs;
 use crate::Failure;
 
 /// Arguments of `kars why`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// A repository file (e.g. agents/a/sandbox.yaml) or an object (Kind/namespace/name or Kind/name).
+    /// A repository file (e.g. agents/a/sandbox.yaml) or an object (Kind/name or
+    /// Kind/namespace/name; the kind in any case).
     target: String,
     #[command(flatten)]
     source: SourceArgs,
@@ -18,7 +21,8 @@ pub struct Args {
 /// Runs `kars why`. Exit 0 when everything asked about is applied and in sync, 1 otherwise.
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
     super::block_on(async move {
-        let view = args.source.inspect().await?;
+        let (view, cfg) = args.source.inspect().await?;
+        args.source.note_worktree(&cfg);
         let st = view
             .policy_repo
             .as_ref()
@@ -71,12 +75,20 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
                 if is_path {
                     o.rendered.source == target
                 } else {
-                    o.rendered.key() == target || o.rendered.key().ends_with(&format!("/{target}"))
+                    names_object(
+                        &target,
+                        o.rendered.kind(),
+                        o.rendered.namespace(),
+                        o.rendered.name(),
+                    )
                 }
             })
             .collect();
         if matching.is_empty() {
-            let pruned = view.to_prune.iter().find(|e| e.key() == target);
+            let pruned = view
+                .to_prune
+                .iter()
+                .find(|e| names_object(&target, &e.kind, e.namespace.as_deref(), &e.name));
             match pruned {
                 Some(_) => say(format!(
                     "{target}: left Git at {}; the next sync prunes it (unless held back by the prune threshold)",
@@ -132,4 +144,59 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             ExitCode::from(1)
         })
     })
+}
+
+/// True when `target` (`Kind/name` or `Kind/namespace/name`, kind in any case, singular or
+/// plural) names the object.
+pub fn names_object(target: &str, kind: &str, namespace: Option<&str>, name: &str) -> bool {
+    let parts: Vec<&str> = target.split('/').collect();
+    let (want_kind, want_ns, want_name) = match parts.as_slice() {
+        [k, n] => (*k, None, *n),
+        [k, ns, n] => (*k, Some(*ns), *n),
+        _ => return false,
+    };
+    kind_matches(want_kind, kind)
+        && want_name == name
+        && want_ns.is_none_or(|ns| Some(ns) == namespace)
+}
+
+/// `deployment`, `Deployment`, `deployments` all name `Deployment`.
+pub fn kind_matches(given: &str, kind: &str) -> bool {
+    let g = given.to_ascii_lowercase();
+    let k = kind.to_ascii_lowercase();
+    g == k
+        || g == format!("{k}s")
+        || g == format!("{k}es")
+        || (k.ends_with('y') && g == format!("{}ies", &k[..k.len() - 1]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_are_named_like_kubectl_names_them() {
+        for t in [
+            "Deployment/a",
+            "deployment/a",
+            "deployments/a",
+            "DEPLOYMENT/ns/a",
+        ] {
+            assert!(names_object(t, "Deployment", Some("ns"), "a"), "{t}");
+        }
+        assert!(names_object(
+            "networkpolicies/ns/x",
+            "NetworkPolicy",
+            Some("ns"),
+            "x"
+        ));
+        assert!(!names_object(
+            "Deployment/other/a",
+            "Deployment",
+            Some("ns"),
+            "a"
+        ));
+        assert!(!names_object("Service/a", "Deployment", Some("ns"), "a"));
+        assert!(!names_object("Deployment/A", "Deployment", Some("ns"), "a"));
+    }
 }

@@ -29,6 +29,7 @@ use crate::apply::{Action, ApplyError, ApplyOptions, ApplyReport};
 use crate::bundles::BundleVerifier;
 use crate::health::HealthReport;
 use crate::metrics::{Metrics, ReasonLabel, ResultLabel};
+use crate::progress::Progress;
 use crate::prune::{PruneOptions, PruneResult};
 use crate::source::{self, Credentials, GitSourceError};
 use crate::status::{self, PolicyRepoSpec, PolicyRepoStatus};
@@ -65,9 +66,17 @@ pub struct SyncConfig {
     pub since_override: Option<String>,
     /// Verifies the signed bundles the commit references.
     pub bundles: BundleVerifier,
+    /// Where progress goes (`kars sync` shows it; the agent passes none).
+    pub progress: Progress,
 }
 
 impl SyncConfig {
+    /// The PolicyRepo this sync records into, `namespace/name`: the owner written on every
+    /// applied object.
+    pub fn owner(&self) -> String {
+        format!("{}/{}", self.status_namespace, self.name)
+    }
+
     /// The branch actually followed.
     pub fn effective_branch(&self) -> String {
         match &self.branch {
@@ -78,19 +87,22 @@ impl SyncConfig {
     }
 }
 
-/// A PolicyRepo name from a source: the last path segment, DNS-label safe.
-pub fn default_name(source: &str) -> String {
-    let last = source
-        .trim_end_matches('/')
-        .rsplit(['/', ':'])
-        .next()
-        .unwrap_or("policy-repo");
-    let s = kars_contract::dns_label_of(last.trim_end_matches(".git"), 63);
-    if s.is_empty() {
-        "policy-repo".into()
-    } else {
-        s
-    }
+/// The name of the PolicyRepo for `cfg`'s source when none is given: `metadata.name` of the
+/// `kars.yaml` at the head of the followed branch (fetched first for a URL). Blocking.
+pub fn repository_name(cfg: &SyncConfig) -> Result<String, SyncError> {
+    let fetched = source::checkout(
+        &cfg.source,
+        &cfg.effective_branch(),
+        &cfg.cache_dir,
+        &cfg.trust.approval_tag_prefix,
+        &cfg.credentials,
+    )?;
+    let text = source::read_file(&fetched.repo, fetched.head, "kars.yaml")?;
+    text.as_deref()
+        .and_then(kars_renderer::config::repository_name)
+        .ok_or_else(|| SyncError::Unnamed {
+            commit: fetched.head.to_string(),
+        })
 }
 
 /// The result of a sync that reached the apply step.
@@ -165,6 +177,14 @@ pub enum SyncError {
     /// The PolicyRepo is suspended.
     #[error("suspended (spec.suspend: true); nothing was synced")]
     Suspended,
+    /// No PolicyRepo name was given and the head's `kars.yaml` has no valid `metadata.name`.
+    #[error(
+        "commit {commit}: kars.yaml has no valid metadata.name to name the PolicyRepo after; fix kars.yaml or pass --name"
+    )]
+    Unnamed {
+        /// The head.
+        commit: String,
+    },
     /// A step of the sync crashed (a bug): nothing more was done.
     #[error("the {step} step stopped unexpectedly: {message}")]
     Crashed {
@@ -186,6 +206,7 @@ impl SyncError {
             SyncError::Apply(e) => e.reason(),
             SyncError::Status(..) => Reason::StatusUnavailable,
             SyncError::Suspended => Reason::Suspended,
+            SyncError::Unnamed { .. } => Reason::ValidationFailed,
             SyncError::Crashed { .. } => Reason::TaskFailed,
         }
     }
@@ -207,24 +228,45 @@ pub async fn sync_once(
         cluster: cfg.cluster.clone(),
         ..PolicyRepoSpec::default()
     };
-    let pr = status::get_or_create(&client, &cfg.status_namespace, &cfg.name, spec)
-        .await
-        .map_err(|e| SyncError::Status(cfg.name.clone(), e))?;
+    let dry_run = cfg.apply.dry_run;
+    // A dry run writes nothing: not even the PolicyRepo it would create.
+    let pr = if dry_run {
+        status::get(&client, &cfg.status_namespace, &cfg.name)
+            .await
+            .map_err(|e| SyncError::Status(cfg.name.clone(), e))?
+            .unwrap_or_else(|| status::PolicyRepo::new(&cfg.name, spec))
+    } else {
+        status::get_or_create(&client, &cfg.status_namespace, &cfg.name, spec)
+            .await
+            .map_err(|e| SyncError::Status(cfg.name.clone(), e))?
+    };
     let before: PolicyRepoStatus = pr.status.clone().unwrap_or_default();
+    let reconcile_requested = pr
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(kars_contract::labels::RECONCILE_ANNOTATION))
+        .cloned();
     let run = if pr.spec.suspend {
         pipeline::Run::suspended()
     } else {
         let cluster = crate::cluster::Cluster::new(client.clone());
         pipeline::run(&cluster, cfg, &pr.spec, &before, stop).await
     };
-    let after = report::status(&before, &run, cfg.apply.dry_run, pr.metadata.generation);
+    let mut after = report::status(&before, &run, dry_run, pr.metadata.generation);
+    if reconcile_requested.is_some() {
+        after.last_handled_reconcile_at = reconcile_requested;
+    }
+    let result = run.into_result();
+    if dry_run {
+        return result;
+    }
     // A no-op sync leaves the status as it was and sends no write.
     if after != before {
         status::write_status(&client, &cfg.status_namespace, &cfg.name, &after)
             .await
             .map_err(|e| SyncError::Status(cfg.name.clone(), e))?;
     }
-    let result = run.into_result();
     events::publish(&client, &pr, &before, &after, &result).await;
     if let Some(m) = metrics {
         record_metrics(m, &result, started.elapsed());
@@ -276,19 +318,5 @@ fn record_metrics(m: &Metrics, result: &Result<SyncOutcome, SyncError>, took: Du
                     .set(kars_contract::time::unix_now() as f64);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn names_from_sources() {
-        assert_eq!(super::default_name("/tmp/x/policy-repo"), "policy-repo");
-        assert_eq!(
-            super::default_name("https://git.example/org/Kars_Policies.git"),
-            "kars-policies"
-        );
-        assert_eq!(super::default_name("git@host:org/repo.git"), "repo");
-        assert_eq!(super::default_name("///"), "policy-repo");
     }
 }

@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use kars_contract::Reason;
+use kars_contract::labels::OWNER_ANNOTATION;
 use kars_renderer::bundle::BundleUse;
 use kars_renderer::source::SourceLimits;
 use kars_renderer::{Prepared, Rendered};
@@ -20,6 +21,7 @@ use crate::bundles::BundleVerifier;
 use crate::cluster::Cluster;
 use crate::enforcement::{self, Enforcement};
 use crate::health::{self, HealthReport};
+use crate::progress::Event;
 use crate::prune::{self, PruneRefusal, PruneResult};
 use crate::source::{self, Fetched};
 use crate::status::{BundleStatus, InventoryEntry, PolicyRepoSpec, PolicyRepoStatus};
@@ -381,6 +383,7 @@ pub async fn run(
         .since_override
         .clone()
         .or_else(|| before.last_applied_revision.clone());
+    cfg.progress.emit(Event::Step("fetch"));
     let front = match front_task(cfg, since).await {
         Ok(f) => f,
         Err(e) => return run.stop(Step::Source, e),
@@ -403,20 +406,24 @@ pub async fn run(
             },
         );
     };
+    cfg.progress.emit(Event::Step("render"));
     let (uses, statuses, rendered) =
         bundles_and_render(prepared, &head.head, &cfg.bundles, &before.bundles).await;
-    let rendered = match rendered {
+    let mut rendered = match rendered {
         Ok(r) => r,
         Err(e) => return run.stop(Step::Render, e),
     };
+    let owner = cfg.owner();
+    stamp_owner(&mut rendered, &owner);
     run.bundle_uses = uses;
     run.bundles = statuses;
     lap("verify+render", &mut run);
 
-    let apply = match Applier::new(cluster, cfg.apply.clone())
-        .apply(&rendered)
-        .await
-    {
+    cfg.progress.emit(Event::Step("apply"));
+    let mut apply_options = cfg.apply.clone();
+    apply_options.owner = Some(owner.clone());
+    apply_options.progress = cfg.progress.clone();
+    let apply = match Applier::new(cluster, apply_options).apply(&rendered).await {
         Ok(a) => a,
         Err(e) => {
             run.rendered = Some(rendered);
@@ -434,6 +441,7 @@ pub async fn run(
         );
         PruneStep::HeldBack
     } else {
+        cfg.progress.emit(Event::Step("prune"));
         match prune_step(cluster, cfg, spec, before, &rendered, &head.head, stop).await {
             Ok(p) => p,
             Err(e) => {
@@ -453,7 +461,8 @@ pub async fn run(
         Duration::ZERO
     };
     let prefetched = (!changed && !apply.live_before.is_empty()).then_some(&apply.live_before);
-    let health = health::wait(cluster, &rendered, timeout, prefetched).await;
+    cfg.progress.emit(Event::Step("health"));
+    let health = health::wait(cluster, &rendered, timeout, prefetched, &cfg.progress).await;
     run.apply = Some(apply);
     match health {
         Ok(h) => run.health = Some(h),
@@ -464,6 +473,7 @@ pub async fn run(
     }
     // Ready means enforced: every running router reports the digests just rendered.
     if !cfg.apply.dry_run {
+        cfg.progress.emit(Event::Step("enforce"));
         run.enforcement = Some(
             enforcement::check_all(
                 cluster.client(),
@@ -507,12 +517,24 @@ async fn prune_step(
             let results = prune::execute(
                 cluster,
                 &rendered.repository,
+                &cfg.owner(),
                 &planned,
                 cfg.apply.dry_run,
+                &cfg.progress,
                 stop,
             )
             .await?;
             Ok(PruneStep::Ran(results))
+        }
+    }
+}
+
+/// Writes the owning PolicyRepo (`ns/name`) into every rendered object's
+/// [`OWNER_ANNOTATION`]: the one annotation the agent adds to what `kars render` prints.
+pub fn stamp_owner(rendered: &mut Rendered, owner: &str) {
+    for o in &mut rendered.objects {
+        if let Some(a) = o.manifest["metadata"]["annotations"].as_object_mut() {
+            a.insert(OWNER_ANNOTATION.to_string(), serde_json::json!(owner));
         }
     }
 }

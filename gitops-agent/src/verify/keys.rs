@@ -174,6 +174,11 @@ pub fn parse_allowed_signers(
             continue;
         }
         let tokens = split_respecting_quotes(line);
+        if let Some(what) = not_an_allowed_signers_line(line, &tokens) {
+            return Err(err(format!(
+                "{what}; an allowed_signers line is `principal namespaces=\"git\" key-type base64-key`, e.g. `ops@example.com namespaces=\"git\" ssh-ed25519 AAAAC3…`"
+            )));
+        }
         let mut it = tokens.iter().peekable();
         let principals_tok = it.next().ok_or_else(|| err("missing principals".into()))?;
         let principals: Vec<String> = unquote(principals_tok)
@@ -219,7 +224,11 @@ pub fn parse_allowed_signers(
                             ))
                         })?)
                     }
-                    (other, _) => return Err(err(format!("unknown option {other:?}"))),
+                    (other, _) => {
+                        return Err(err(format!(
+                            "unknown option {other:?} (options are namespaces=\"git\", valid-after=\"…\", valid-before=\"…\"; the key type, e.g. ssh-ed25519, comes after them)"
+                        )));
+                    }
                 }
             }
         }
@@ -239,6 +248,44 @@ pub fn parse_allowed_signers(
         });
     }
     Ok(out)
+}
+
+/// What a line is when it is a familiar mistake instead of an allowed_signers line: a bare
+/// public key (a `.pub` file), a private key, an OpenPGP key, an `authorized_keys` line.
+fn not_an_allowed_signers_line(line: &str, tokens: &[String]) -> Option<&'static str> {
+    const LOGIN_OPTIONS: [&str; 10] = [
+        "command=",
+        "from=",
+        "environment=",
+        "permitopen=",
+        "restrict",
+        "no-pty",
+        "no-port-forwarding",
+        "no-agent-forwarding",
+        "no-x11-forwarding",
+        "expiry-time=",
+    ];
+    if line.starts_with("-----BEGIN") && line.contains("PRIVATE KEY") {
+        return Some(
+            "this is a private key: never hand out a private key; give the signers' public keys",
+        );
+    }
+    if line.starts_with("-----BEGIN PGP") {
+        return Some("this is an OpenPGP key: pass it with --openpgp-keyring");
+    }
+    let first = tokens.first().map(String::as_str).unwrap_or_default();
+    if is_key_type(first) {
+        return Some(
+            "this is a bare public key (the content of a .pub file), without the signer's principal in front",
+        );
+    }
+    let lower = first.to_ascii_lowercase();
+    if LOGIN_OPTIONS.iter().any(|o| lower.starts_with(o)) {
+        return Some(
+            "this is an authorized_keys line (SSH login options), not an allowed_signers line",
+        );
+    }
+    None
 }
 
 fn is_key_type(tok: &str) -> bool {
@@ -412,6 +459,29 @@ mod tests {
         assert!(e.to_string().starts_with("f:1:"), "{e}");
         let e = parse_allowed_signers("f", &format!("a@b frobnicate {KEY}\n")).expect_err("option");
         assert!(e.to_string().contains("unknown option"), "{e}");
+    }
+
+    #[test]
+    fn familiar_mistakes_are_named_with_the_expected_form() {
+        let cases = [
+            (format!("{KEY}\n"), "bare public key"),
+            (
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk=\n".to_string(),
+                "private key",
+            ),
+            (format!("no-pty,command=\"x\" {KEY}\n"), "authorized_keys"),
+            (
+                "-----BEGIN PGP PUBLIC KEY BLOCK-----\n".to_string(),
+                "--openpgp-keyring",
+            ),
+        ];
+        for (text, named) in cases {
+            let e = parse_allowed_signers("f", &text).expect_err(named);
+            let m = e.to_string();
+            assert!(m.starts_with("f:1: "), "{m}");
+            assert!(m.contains(named), "{m}");
+            assert!(m.contains("namespaces=\"git\""), "{m}");
+        }
     }
 
     #[test]

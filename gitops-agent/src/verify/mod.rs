@@ -43,17 +43,24 @@ pub fn load_policy(
         Some(p) => TrustPolicy::parse(&p.display().to_string(), &read(p)?)?,
         None => TrustPolicy::from_keys(Vec::new()),
     };
+    // Name the flag in the message: the file is the user's, the flag says what it should be.
+    let flag = |flag: &'static str| {
+        move |mut e: keys::KeySourceError| {
+            e.message = format!("{} (the {flag} file)", e.message);
+            e
+        }
+    };
     if let Some(p) = allowed_signers {
-        policy.roots.extend(keys::parse_allowed_signers(
-            &p.display().to_string(),
-            &read(p)?,
-        )?);
+        policy.roots.extend(
+            keys::parse_allowed_signers(&p.display().to_string(), &read(p)?)
+                .map_err(flag("--allowed-signers"))?,
+        );
     }
     if let Some(p) = keyring {
-        policy.roots.extend(keys::parse_openpgp_keyring(
-            &p.display().to_string(),
-            &read(p)?,
-        )?);
+        policy.roots.extend(
+            keys::parse_openpgp_keyring(&p.display().to_string(), &read(p)?)
+                .map_err(flag("--openpgp-keyring"))?,
+        );
     }
     if policy.roots.is_empty() {
         return Err(keys::KeySourceError {

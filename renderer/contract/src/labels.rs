@@ -34,3 +34,12 @@ pub const SANDBOX_LABEL: &str = "kars.azure.com/sandbox";
 pub const COMPONENT_LABEL: &str = "kars.azure.com/component";
 /// Label naming what a compiled ConfigMap holds.
 pub const ARTIFACT_LABEL: &str = "kars.azure.com/artifact";
+
+/// Annotation the agent adds when it applies an object: the PolicyRepo that owns it
+/// (`<namespace>/<name>`). An object owned by another PolicyRepo is never applied over or
+/// pruned (a conflict is reported instead).
+pub const OWNER_ANNOTATION: &str = "gitops.kars.io/policy-repo";
+/// Annotation on a PolicyRepo asking the agent to sync now (any new value; `kars reconcile`
+/// writes the time). The agent records the value it handled in
+/// `status.lastHandledReconcileAt`.
+pub const RECONCILE_ANNOTATION: &str = "gitops.kars.io/reconcile-requested-at";

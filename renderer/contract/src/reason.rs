@@ -133,6 +133,8 @@ catalogue! {
     "apply" ApiServerUnavailable,
     /// A CRD or namespace did not become ready in time.
     "apply" WaitTimeout,
+    /// The object is owned by another PolicyRepo; it is neither applied over nor pruned.
+    "apply" OwnedByAnotherPolicyRepo,
     /// Pruning was held back (see the failure for which rule).
     "prune" PruneRefused,
     /// The sync would delete more than the threshold share of the inventory.

@@ -332,6 +332,7 @@ fn bench_sync(args: &[String]) -> Result<()> {
         health_timeout: Duration::ZERO,
         since_override: None,
         bundles: Default::default(),
+        progress: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
