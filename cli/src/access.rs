@@ -184,15 +184,19 @@ pub const CRD_INSTALL: &str =
 /// exit code it maps to, and what to do.
 pub fn explain(e: &kube::Error, what: &str, at: &Connected) -> Failure {
     match e {
-        kube::Error::Api(s) if is_unserved_path(e) => Failure::msg(
-            CHECK,
-            format!(
-                "{what}: the cluster at {} does not serve this kind ({}): the kars GitOps CRDs are not installed",
-                at.server, s.message
-            ),
-        )
-        .hint(format!("install them: {CRD_INSTALL}"))
-        .reason("KindNotServed"),
+        kube::Error::Api(s) if is_unserved_path(e) => {
+            let missing = if what.starts_with("PolicyRepo") {
+                "the PolicyRepo CRD (policyrepos.gitops.kars.io) is not installed".to_string()
+            } else {
+                format!("the kind is not served ({})", s.message)
+            };
+            Failure::msg(
+                CHECK,
+                format!("{what}: {missing} in the cluster at {}", at.server),
+            )
+            .hint(format!("install it: {CRD_INSTALL}"))
+            .reason("KindNotServed")
+        }
         kube::Error::Api(s) if s.code == 404 => {
             Failure::msg(CHECK, format!("{what} not found")).reason("NotFound")
         }

@@ -99,7 +99,7 @@ pub struct Drift {
 
 /// What happened to one object.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(tag = "action", rename_all = "lowercase")]
+#[serde(tag = "action", rename_all = "camelCase")]
 pub enum Action {
     /// It did not exist and was created.
     Created,
@@ -145,6 +145,7 @@ pub struct ObjectOutcome {
 
 /// The outcome of a whole apply.
 #[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ApplyReport {
     /// One entry per rendered object, in apply order.
     pub objects: Vec<ObjectOutcome>,
@@ -164,6 +165,18 @@ impl ApplyReport {
         self.objects
             .iter()
             .filter(|o| matches!(o.action, Action::Failed(_)))
+    }
+
+    /// The reason word of a failed apply: the first refused object's (`Conflict`,
+    /// `OwnedByAnotherPolicyRepo`, …), else `ApplyFailed`.
+    pub fn failure_reason(&self) -> Reason {
+        self.objects
+            .iter()
+            .find_map(|o| match &o.action {
+                Action::Failed(r) => Some(r.reason),
+                _ => None,
+            })
+            .unwrap_or(Reason::ApplyFailed)
     }
 
     /// True when every object is applied or unchanged.

@@ -23,8 +23,20 @@ pub enum ObjectHealth {
     Unreported,
 }
 
+impl std::fmt::Display for ObjectHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ObjectHealth::Ready => f.write_str("ready"),
+            ObjectHealth::Progressing(m) => write!(f, "progressing: {m}"),
+            ObjectHealth::Unhealthy(m) => write!(f, "unhealthy: {m}"),
+            ObjectHealth::Unreported => f.write_str("no status reported"),
+        }
+    }
+}
+
 /// Health of the checked objects.
 #[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct HealthReport {
     /// `kind/namespace/name` → health, for objects that are not Ready.
     pub not_ready: Vec<(String, ObjectHealth)>,

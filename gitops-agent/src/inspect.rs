@@ -52,7 +52,7 @@ pub async fn inspect(client: &kube::Client, cfg: &SyncConfig) -> Result<Inspecti
     let policy_repo = match prs.get_opt(&cfg.name).await {
         Ok(p) => p,
         Err(e) if is_not_found(&e) => None,
-        Err(e) => return Err(SyncError::Status(cfg.name.clone(), e)),
+        Err(e) => return Err(SyncError::Status(cfg.owner(), e)),
     };
     let status = policy_repo
         .as_ref()

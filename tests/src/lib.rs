@@ -419,6 +419,7 @@ impl Drop for TestNamespace {
 
 pub mod fixture;
 pub mod git;
+pub mod golden;
 pub mod oci;
 pub mod pki;
 pub mod router_bench;

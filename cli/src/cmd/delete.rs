@@ -69,7 +69,9 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
                 if !ui::get().machine() {
                     crate::outln!("{} {}", e.key(), describe(r));
                 }
-                if !r.leaves_inventory() {
+                // Terminating is on its way out; only what was refused or kept holds the
+                // PolicyRepo (its inventory is the record of what is left).
+                if matches!(r, PruneResult::Kept(_) | PruneResult::Failed(_)) {
                     kept.push(e.key());
                 }
             }

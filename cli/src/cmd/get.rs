@@ -32,7 +32,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             args.all_namespaces,
         )
         .await?;
-        let all_ready = !items.is_empty() && items.iter().all(policyrepo::is_ready);
+        let all_ready = items.iter().all(policyrepo::is_ready);
         let ui = ui::get();
         if ui.machine() {
             ui::emit(&items)?;

@@ -23,7 +23,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     super::block_on(async move {
         let at = access::connect(&args.cluster).await?;
         let items = policyrepo::list(&at, &args.cluster, args.name.as_deref(), false).await?;
-        let all_ready = !items.is_empty() && items.iter().all(policyrepo::is_ready);
+        let all_ready = items.iter().all(policyrepo::is_ready);
         if ui::get().machine() {
             ui::emit(&items)?;
         } else {
@@ -85,7 +85,7 @@ fn print_one(pr: &kars_gitops_agent::status::PolicyRepo, namespace: &str) {
     }
     for c in &st.conditions {
         crate::outln!(
-            "  {:<12} {:<7} {:<26} {}",
+            "  {:<15} {:<7} {:<26} {}",
             c.type_,
             c.status,
             c.reason,

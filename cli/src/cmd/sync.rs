@@ -120,7 +120,7 @@ async fn run_async(args: Args) -> Result<ExitCode, Failure> {
             .not_ready
             .iter()
             .take(5)
-            .map(|(k, h)| format!("{k} ({h:?})"))
+            .map(|(k, h)| format!("{k} ({h})"))
             .collect();
         eprintln!(
             "{} not healthy after --wait {}s: {}",

@@ -21,13 +21,13 @@ pub struct Args {
     #[arg(long)]
     since: Option<String>,
     /// git's allowed_signers file (principals, namespaces=, valid-after/valid-before).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "KARS_ALLOWED_SIGNERS")]
     allowed_signers: Option<PathBuf>,
     /// Armored OpenPGP keyring (gpg --export --armor).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "KARS_OPENPGP_KEYRING")]
     openpgp_keyring: Option<PathBuf>,
     /// TrustPolicy file: signers, path rules (k-of-n), repository signer list, forge keys.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "KARS_TRUST")]
     trust: Option<PathBuf>,
 }
 

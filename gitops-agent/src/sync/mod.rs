@@ -107,6 +107,7 @@ pub fn repository_name(cfg: &SyncConfig) -> Result<String, SyncError> {
 
 /// The result of a sync that reached the apply step.
 #[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SyncOutcome {
     /// The commit applied.
     pub commit: String,
@@ -233,12 +234,12 @@ pub async fn sync_once(
     let pr = if dry_run {
         status::get(&client, &cfg.status_namespace, &cfg.name)
             .await
-            .map_err(|e| SyncError::Status(cfg.name.clone(), e))?
+            .map_err(|e| SyncError::Status(cfg.owner(), e))?
             .unwrap_or_else(|| status::PolicyRepo::new(&cfg.name, spec))
     } else {
         status::get_or_create(&client, &cfg.status_namespace, &cfg.name, spec)
             .await
-            .map_err(|e| SyncError::Status(cfg.name.clone(), e))?
+            .map_err(|e| SyncError::Status(cfg.owner(), e))?
     };
     let before: PolicyRepoStatus = pr.status.clone().unwrap_or_default();
     let reconcile_requested = pr
@@ -265,7 +266,7 @@ pub async fn sync_once(
     if after != before {
         status::write_status(&client, &cfg.status_namespace, &cfg.name, &after)
             .await
-            .map_err(|e| SyncError::Status(cfg.name.clone(), e))?;
+            .map_err(|e| SyncError::Status(cfg.owner(), e))?;
     }
     events::publish(&client, &pr, &before, &after, &result).await;
     if let Some(m) = metrics {

@@ -189,7 +189,9 @@ impl Run {
             .iter()
             .all(|(_, r)| r.leaves_inventory() || matches!(r, PruneResult::WouldDelete));
         if !apply_ok {
-            Reason::ApplyFailed
+            self.apply
+                .as_ref()
+                .map_or(Reason::ApplyFailed, ApplyReport::failure_reason)
         } else if let Some((_, reason)) = self.bundle_failures().first() {
             reason.parse().unwrap_or(Reason::HeldBack)
         } else if held_back {

@@ -202,7 +202,10 @@ fn steps(st: &mut PolicyRepoStatus, run: &Run, dry_run: bool, generation: Option
         && status::condition(&st.conditions, c::Applied).is_some_and(|c| c.status == "True");
     if !quiet {
         let (reason, message) = if !applied_ok {
-            (Reason::ApplyFailed, status::failure_summary(&st.failures))
+            (
+                apply.failure_reason(),
+                status::failure_summary(&st.failures),
+            )
         } else {
             let summary = format!(
                 "{} created, {} configured, {} unchanged, {pruned} pruned; {} write request(s)",
@@ -237,7 +240,7 @@ fn steps(st: &mut PolicyRepoStatus, run: &Run, dry_run: bool, generation: Option
                 .not_ready
                 .iter()
                 .take(3)
-                .map(|(k, h)| format!("{k}: {h:?}"))
+                .map(|(k, h)| format!("{k}: {h}"))
                 .collect::<Vec<_>>()
                 .join("; ")
         };
