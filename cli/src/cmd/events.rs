@@ -7,18 +7,12 @@ use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
 
 use super::policyrepo::{age, table};
-use crate::access::{self, ClusterArgs};
+use crate::access;
 use crate::failure::Failure;
 use crate::ui;
 
-/// Arguments of `kars events`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// Only the Events of this PolicyRepo.
-    name: Option<String>,
-    #[command(flatten)]
-    cluster: ClusterArgs,
-}
+/// Arguments: one PolicyRepo, or every one in the namespace.
+pub type Args = super::policyrepo::Which;
 
 /// Runs `kars events`.
 pub fn run(args: Args) -> Result<ExitCode, Failure> {

@@ -8,6 +8,16 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use crate::access::{self, ClusterArgs, Connected};
 use crate::failure::Failure;
 
+/// The arguments of the commands that show one PolicyRepo or all of a namespace (`status`,
+/// `events`).
+#[derive(clap::Args, Debug)]
+pub struct Which {
+    /// The PolicyRepo (default: every PolicyRepo in the namespace).
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
 /// The PolicyRepo API of `namespace` (every namespace with `None`).
 pub fn api(at: &Connected, namespace: Option<&str>) -> Api<PolicyRepo> {
     match namespace {

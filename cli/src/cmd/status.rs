@@ -5,18 +5,12 @@
 use std::process::ExitCode;
 
 use super::policyrepo;
-use crate::access::{self, ClusterArgs};
+use crate::access;
 use crate::failure::{CHECK, Failure};
 use crate::ui;
 
-/// Arguments of `kars status`.
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// PolicyRepo name (default: every PolicyRepo in the namespace).
-    name: Option<String>,
-    #[command(flatten)]
-    cluster: ClusterArgs,
-}
+/// Arguments: one PolicyRepo, or every one in the namespace.
+pub type Args = super::policyrepo::Which;
 
 /// Runs `kars status`.
 pub fn run(args: Args) -> Result<ExitCode, Failure> {
