@@ -64,6 +64,7 @@ fn errors() -> Result<()> {
     )?;
     expect_code("KUBECONFIG of missing files", &none, 2)?;
     expect_clean_error("KUBECONFIG of missing files", &none)?;
+    golden::check("cli/error-kubeconfig-missing", &n.apply(&none.stderr))?;
     let context = r.kars(&["get", "--context", "nope"])?;
     expect_code("--context nope", &context, 2)?;
     ensure!(
@@ -71,6 +72,7 @@ fn errors() -> Result<()> {
         "{}",
         context.stderr
     );
+    golden::check("cli/error-unknown-context", &n.apply(&context.stderr))?;
 
     // The cluster is unreachable: its URL, the cause, what to do; exit 3.
     let dead = dead_kubeconfig(&r)?.display().to_string();
@@ -115,6 +117,9 @@ fn errors() -> Result<()> {
     // A verification failure with -o json is a JSON document naming the reason.
     r.f.add_agent("a", &["evil.example"])?;
     r.f.commit_unsigned_and_push("unsigned")?;
+    let text = r.kars(&["sync"])?;
+    expect_code("unsigned sync", &text, 1)?;
+    golden::check("cli/error-unsigned-sync", &n.apply(&text.stderr))?;
     let refused = r.kars(&["sync", "--json"])?;
     expect_code("unsigned sync --json", &refused, 1)?;
     let doc: serde_json::Value = serde_json::from_str(&refused.stdout)?;

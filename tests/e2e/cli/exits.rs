@@ -50,6 +50,7 @@ fn diff_codes() -> Result<()> {
     let changed = r.kars(&["diff"])?;
     expect_code("diff with a change", &changed, 1)?;
     ensure!(changed.stdout.contains("pypi.org"), "{}", changed.stdout);
+    kars_e2e::golden::check("cli/diff", &r.normalizer().apply(&changed.stdout))?;
     expect_code(
         "diff --branch nope",
         &r.kars(&["diff", "--branch", "nope"])?,
