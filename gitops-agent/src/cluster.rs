@@ -54,6 +54,9 @@ pub fn key(kind: &str, namespace: Option<&str>, name: &str) -> String {
     }
 }
 
+/// Objects per LIST page.
+const LIST_PAGE: u32 = 1000;
+
 /// Whose a live object is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ownership {
@@ -189,6 +192,10 @@ impl Cluster {
             .collect();
         kinds.sort_by(|a, b| (&a.group, &a.version, &a.kind).cmp(&(&b.group, &b.version, &b.kind)));
         kinds.dedup();
+        // Only the keys rendered now are kept, and the lists are paged, so memory follows
+        // this render, not every kars object of every repository in the cluster.
+        let keys: std::collections::HashSet<String> =
+            rendered.objects.iter().map(RenderedObject::key).collect();
         let mut live = BTreeMap::new();
         for gvk in kinds {
             let (ar, _) = match self.resource(&gvk).await {
@@ -197,14 +204,23 @@ impl Cluster {
                 Err(e) => return Err(e),
             };
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
-            let list = api.list(&ListParams::default().labels(&selector)).await?;
-            for item in list.items {
-                let k = key(
-                    &gvk.kind,
-                    item.metadata.namespace.as_deref(),
-                    item.metadata.name.as_deref().unwrap_or_default(),
-                );
-                live.insert(k, as_json(&item, &ar));
+            let mut params = ListParams::default().labels(&selector).limit(LIST_PAGE);
+            loop {
+                let page = api.list(&params).await?;
+                for item in page.items {
+                    let k = key(
+                        &gvk.kind,
+                        item.metadata.namespace.as_deref(),
+                        item.metadata.name.as_deref().unwrap_or_default(),
+                    );
+                    if keys.contains(&k) {
+                        live.insert(k, as_json(&item, &ar));
+                    }
+                }
+                match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                    Some(token) => params = params.continue_token(&token),
+                    None => break,
+                }
             }
         }
         Ok(live)

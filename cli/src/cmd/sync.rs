@@ -105,7 +105,7 @@ async fn run_async(args: Args) -> Result<ExitCode, Failure> {
     if ui::get().machine() {
         ui::emit(&outcome)?;
     } else {
-        print_outcome(&outcome, args.dry_run);
+        print_outcome(&outcome);
         print_summary(&outcome, args.dry_run);
         if !args.dry_run {
             ui::note(format!(
@@ -162,7 +162,7 @@ async fn warn_about_other_policy_repos(
     }
 }
 
-fn print_outcome(outcome: &SyncOutcome, dry_run: bool) {
+fn print_outcome(outcome: &SyncOutcome) {
     let signers: std::collections::BTreeSet<&str> = outcome
         .verification
         .commits
@@ -221,7 +221,6 @@ fn print_outcome(outcome: &SyncOutcome, dry_run: bool) {
     if let Some(r) = &outcome.prune_refused {
         ui::warn(format!("prune held back: {r}"));
     }
-    let _ = dry_run;
 }
 
 fn print_summary(outcome: &SyncOutcome, dry_run: bool) {
