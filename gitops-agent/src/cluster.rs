@@ -234,3 +234,66 @@ fn as_json(obj: &DynamicObject, ar: &ApiResource) -> Value {
     value["kind"] = json!(ar.kind);
     value
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered() -> Rendered {
+        Rendered {
+            repository: "repo".into(),
+            cluster: "prod".into(),
+            objects: Vec::new(),
+            generated_secrets: Vec::new(),
+            routers: Vec::new(),
+            allow_empty_prune: false,
+            digest: String::new(),
+            held_back: Vec::new(),
+        }
+    }
+
+    fn live(repository: &str, cluster: &str, owner: Option<&str>) -> Value {
+        let mut v = json!({"metadata": {"labels": {
+            MANAGED_BY_LABEL: MANAGED_BY, REPOSITORY_LABEL: repository, CLUSTER_LABEL: cluster,
+        }, "annotations": {}}});
+        if let Some(o) = owner {
+            v["metadata"]["annotations"][OWNER_ANNOTATION] = json!(o);
+        }
+        v
+    }
+
+    #[test]
+    fn only_this_repository_cluster_and_policy_repo_is_ours() {
+        let r = rendered();
+        let me = Some("ns/me");
+        assert_eq!(
+            ownership(&live("repo", "prod", Some("ns/me")), &r, me),
+            Ownership::Ours
+        );
+        // Applied before owners were recorded, by this repository and cluster: adopted.
+        assert_eq!(
+            ownership(&live("repo", "prod", None), &r, me),
+            Ownership::Ours
+        );
+        // Every way of being someone else's.
+        for (l, who) in [
+            (
+                live("repo", "prod", Some("ns/other")),
+                "PolicyRepo ns/other",
+            ),
+            (
+                live("repo", "prod", Some("other-ns/me")),
+                "PolicyRepo other-ns/me",
+            ),
+            (live("other", "prod", None), "repository \"other\""),
+            (live("repo", "staging", None), "cluster \"staging\""),
+            (live("other", "prod", Some("ns/me")), "repository \"other\""),
+            (json!({"metadata": {}}), "repository \"\""),
+        ] {
+            match ownership(&l, &r, me) {
+                Ownership::Foreign(d) => assert!(d.contains(who), "{d} should name {who}"),
+                Ownership::Ours => panic!("{l} must not be ours"),
+            }
+        }
+    }
+}
