@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # A real Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager) on loopback.
 #
-#   ci/cluster.sh up DIR     build what is missing, start the control plane with its state in DIR,
-#                            write DIR/kubeconfig, return once /readyz answers ok
-#   ci/cluster.sh down DIR   stop it (SIGTERM, then SIGKILL after 10 s); removes nothing outside DIR
+#   ci/cluster.sh up DIR [--node]
+#                            build what is missing, start the control plane with its state in DIR,
+#                            write DIR/kubeconfig, return once /readyz answers ok. With --node,
+#                            also a node (containerd, kubelet, kube-proxy in a network namespace
+#                            of its own, kube-scheduler) that pods really run on: see ci/node.sh
+#   ci/cluster.sh down DIR   stop it (SIGTERM, then SIGKILL after 10 s) and, with a node, clean
+#                            every trace of the node (processes, cgroups, links, sysctls)
+#   ci/cluster.sh import DIR ARCHIVE...
+#                            import OCI image archives into the node's containerd (no pulls)
 #   ci/cluster.sh status DIR print whether it runs and where
 #   ci/cluster.sh env DIR    print shell exports (KUBECONFIG, PATH with kubectl/helm)
 #
@@ -11,8 +17,11 @@
 # Everything the control plane writes (certificates, etcd data, logs, pids) stays under DIR.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# The address the apiserver listens on: loopback, or with a node the host end of the node's
+# link (pods reach it there, through the kubernetes Service).
+API_HOST=127.0.0.1
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
 
@@ -29,7 +38,7 @@ gen_certs() {
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
       -subj "/CN=kars-local-ca" -keyout ca.key -out ca.crt 2>/dev/null
     cat >apiserver.ext <<EXT
-subjectAltName = DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, IP:127.0.0.1, IP:10.96.0.1
+subjectAltName = DNS:localhost, DNS:kubernetes, DNS:kubernetes.default, DNS:kubernetes.default.svc, IP:127.0.0.1, IP:10.96.0.1, IP:10.250.0.1
 extendedKeyUsage = serverAuth
 EXT
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=kube-apiserver" \
@@ -57,7 +66,7 @@ kind: Config
 clusters:
 - name: kars-local
   cluster:
-    server: https://127.0.0.1:$port
+    server: https://$API_HOST:$port
     certificate-authority-data: $(base64 -w0 "$pki/ca.crt")
 users:
 - name: $user
@@ -73,6 +82,9 @@ current-context: kars-local
 KC
 }
 
+# shellcheck source=node.sh
+source "$here/node.sh"
+
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 wait_ready() {
@@ -82,7 +94,7 @@ wait_ready() {
       pid_alive "$dir/run/$c.pid" || { tail -n 30 "$dir/logs/$c.log" >&2; return 1; }
     done
     if curl -fsS --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
-      "https://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
+      "https://$API_HOST:$port/readyz" >/dev/null 2>&1; then
       return 0
     fi
     sleep 0.2
@@ -108,14 +120,19 @@ start_once() {
     --log-level warn >"$dir/logs/etcd.log" 2>&1 </dev/null &
   echo $! >"$dir/run/etcd.pid"
 
+  # Without a node nothing serves the kubernetes Service, so no endpoint is reconciled.
+  local reconciler=none
+  [ "$API_HOST" = 127.0.0.1 ] || reconciler=lease
   setsid "$bin/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
-    --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$api_port" \
+    --bind-address "$API_HOST" --advertise-address "$API_HOST" --secure-port "$api_port" \
     --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
     --client-ca-file "$pki/ca.crt" \
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
-    --service-cluster-ip-range 10.96.0.0/12 --endpoint-reconciler-type none \
+    --service-cluster-ip-range 10.96.0.0/12 --endpoint-reconciler-type "$reconciler" \
+    --kubelet-client-certificate "$pki/admin.crt" --kubelet-client-key "$pki/admin.key" \
+    --kubelet-preferred-address-types InternalIP \
     --authorization-mode RBAC --allow-privileged=true \
     --cert-dir "$dir/run/apiserver-certs" \
     --v 1 >"$dir/logs/kube-apiserver.log" 2>&1 </dev/null &
@@ -141,7 +158,7 @@ start_once() {
   # controller has created the "default" ServiceAccount in namespace "default".
   local deadline=$((SECONDS + 60))
   until curl -fsS --max-time 2 --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \
-    "https://127.0.0.1:$api_port/api/v1/namespaces/default/serviceaccounts/default" >/dev/null 2>&1; do
+    "https://$API_HOST:$api_port/api/v1/namespaces/default/serviceaccounts/default" >/dev/null 2>&1; do
     if ! pid_alive "$dir/run/kube-controller-manager.pid" || [ $SECONDS -ge $deadline ]; then
       log "kube-controller-manager did not start; last log lines:"
       tail -n 20 "$dir/logs/kube-controller-manager.log" >&2
@@ -166,12 +183,18 @@ stop_all() {
 }
 
 cmd_up() {
-  local dir="$1"
+  local dir="$1" node="${2:-}"
   mkdir -p "$dir"
   dir="$(cd "$dir" && pwd)"
   if pid_alive "$dir/run/kube-apiserver.pid"; then
     log "already running (kubeconfig: $dir/kubeconfig)"
+    if [ -n "$node" ] && ! node_running "$dir"; then die "it runs without a node; ci/cluster.sh down $dir first"; fi
     return 0
+  fi
+  if [ -n "$node" ]; then
+    node_bin="$("$here/build-tools.sh" node | tail -n1)"
+    node_network_up "$dir"
+    API_HOST="$NODE_HOST_IP"
   fi
   local bin
   bin="$("$here/build-tools.sh" control-plane | tail -n1)"
@@ -180,18 +203,25 @@ cmd_up() {
   local attempt
   for attempt in 1 2 3; do
     if start_once "$dir" "$bin"; then
-      log "control plane ready in $((SECONDS - t0))s: https://127.0.0.1:$(cat "$dir/run/apiserver.port")"
+      log "control plane ready in $((SECONDS - t0))s: https://$API_HOST:$(cat "$dir/run/apiserver.port")"
+      if [ -n "$node" ]; then
+        node_up "$dir" "$bin" "$node_bin" || { node_down "$dir"; stop_all "$dir"; die "the node did not start; logs are in $dir/logs"; }
+        log "node $NODE_IP ready in $((SECONDS - t0))s (pods: $NODE_POD_CIDR, $NODE_POD_CIDR6)"
+      fi
       log "kubeconfig: $dir/kubeconfig   (try: KUBECONFIG=$dir/kubeconfig $bin/kubectl get ns)"
       return 0
     fi
     log "start attempt $attempt failed (a port may have been taken); retrying with new ports"
   done
+  [ -z "$node" ] || node_network_down "$dir"
   die "could not start the control plane; logs are in $dir/logs"
 }
 
 cmd_down() {
   local dir="$1"
   [ -d "$dir" ] || { log "nothing to stop: $dir does not exist"; return 0; }
+  dir="$(cd "$dir" && pwd)"
+  node_down "$dir"
   stop_all "$dir"
   log "stopped (state left in $dir)"
 }
@@ -202,6 +232,7 @@ cmd_status() {
     if pid_alive "$dir/run/$c.pid"; then echo "$c: running (pid $(cat "$dir/run/$c.pid"))"; else echo "$c: stopped"; fi
   done
   [ -f "$dir/kubeconfig" ] && echo "kubeconfig: $dir/kubeconfig"
+  node_status "$dir"
   return 0
 }
 
@@ -212,7 +243,11 @@ cmd_env() {
 }
 
 case "${1:-}" in
-  up) [ $# -eq 2 ] || { usage; exit 2; }; cmd_up "$2" ;;
+  up)
+    if [ $# -eq 2 ]; then cmd_up "$2"
+    elif [ $# -eq 3 ] && [ "$3" = --node ]; then cmd_up "$2" node
+    else usage; exit 2; fi ;;
+  import) [ $# -ge 3 ] || { usage; exit 2; }; d="$(cd "$2" && pwd)"; shift 2; node_import "$d" "$@" ;;
   down) [ $# -eq 2 ] || { usage; exit 2; }; cmd_down "$2" ;;
   status) [ $# -eq 2 ] || { usage; exit 2; }; cmd_status "$2" ;;
   env) [ $# -eq 2 ] || { usage; exit 2; }; cmd_env "$2" ;;

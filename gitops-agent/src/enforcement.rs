@@ -78,6 +78,42 @@ pub async fn probe(
     compare(expected, &status)
 }
 
+/// Whether Ready waits for routers that are not running yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Ready needs every sandbox that should run (not suspended) to have running router pods
+    /// that report the rendered digests; until then Ready=False `NoRunningRouters`.
+    #[default]
+    Required,
+    /// A sandbox without a running router pod does not hold Ready back (Enforced stays
+    /// Unknown): for clusters where pods cannot run, such as a control plane without nodes.
+    /// A running router that reports other digests still makes Ready False.
+    BestEffort,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "required" => Ok(Mode::Required),
+            "best-effort" => Ok(Mode::BestEffort),
+            other => Err(format!(
+                "{other:?} is not an enforcement mode (required or best-effort)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Required => "required",
+            Mode::BestEffort => "best-effort",
+        })
+    }
+}
+
 /// What the check found for one sandbox Deployment.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Enforcement {
@@ -120,7 +156,7 @@ pub async fn check_all(
                 .collect();
         }
     };
-    for r in routers {
+    for r in routers.iter().filter(|r| r.should_run) {
         let expected = expected_digests(r);
         let running: Vec<String> = pods
             .iter()

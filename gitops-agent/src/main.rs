@@ -92,6 +92,17 @@ struct Args {
     /// Wait this long for applied objects to become healthy.
     #[arg(long, default_value = "60s", value_parser = duration_arg)]
     health_timeout: Duration,
+    /// `required`: Ready waits until every sandbox that should run has router pods reporting
+    /// the rendered policy digests. `best-effort`: a sandbox without a running router pod does
+    /// not hold Ready back (for clusters where pods cannot run); a router reporting other
+    /// digests always does.
+    #[arg(
+        long,
+        env = "KARS_ENFORCEMENT",
+        hide_env_values = true,
+        default_value = "required"
+    )]
+    enforcement: kars_gitops_agent::enforcement::Mode,
     /// Watch a local repository for new commits (ignored for URLs).
     #[arg(long)]
     watch: bool,
@@ -226,6 +237,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .verifier(Some(&args.cache_dir))
             .map_err(|e| anyhow::anyhow!("signed bundles: {e}"))?,
         progress: Default::default(),
+        enforcement: args.enforcement,
     };
     if sync.name.is_empty() {
         sync.name = name_from_repository(&sync, args.once).await?;

@@ -61,6 +61,62 @@ pub struct ConfigSpec {
     /// Pruning opt-ins that must be signed like everything else.
     #[serde(default)]
     pub prune: PruneConfig,
+    /// Settings of every rendered router sidecar.
+    #[serde(default)]
+    pub router: RouterConfig,
+}
+
+/// `spec.router`: what every sandbox's router is configured with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Internal networks (CIDRs) the router may connect to for an allowed host. Loopback,
+    /// private, link-local and similar addresses are refused otherwise; the cloud metadata
+    /// address is refused whatever this says. Rendered as `KARS_EGRESS_ALLOW_CIDRS`.
+    #[serde(default)]
+    pub allow_private_cidrs: Vec<String>,
+}
+
+/// Checks one `allowPrivateCidrs` entry: `address/prefix`, the address being the network's
+/// first one, prefix at least 8 (IPv4) or 16 (IPv6) so one line cannot open everything.
+pub fn check_private_cidr(cidr: &str) -> Result<(), String> {
+    let example = "e.g. 10.20.0.0/16 or fd00:1234::/48";
+    let (addr, prefix) = cidr
+        .split_once('/')
+        .ok_or_else(|| format!("{cidr:?} is not a CIDR ({example})"))?;
+    let ip: std::net::IpAddr = addr
+        .parse()
+        .map_err(|_| format!("{cidr:?}: {addr:?} is not an IP address ({example})"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .map_err(|_| format!("{cidr:?}: the prefix length must be a number ({example})"))?;
+    let (bits, min) = if ip.is_ipv4() { (32, 8) } else { (128, 16) };
+    if prefix > bits {
+        return Err(format!("{cidr:?}: the prefix length is at most {bits}"));
+    }
+    if prefix < min {
+        return Err(format!(
+            "{cidr:?} would open /{prefix} of internal addresses; list the networks the agents need (prefix {min} or longer)"
+        ));
+    }
+    let host_bits = u32::from(bits - prefix);
+    let host_part = match ip {
+        std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)) & ((1u128 << host_bits) - 1),
+        std::net::IpAddr::V6(v6) => {
+            let n = u128::from(v6);
+            if host_bits == 128 {
+                n
+            } else {
+                n & ((1u128 << host_bits) - 1)
+            }
+        }
+    };
+    if host_part != 0 {
+        return Err(format!(
+            "{cidr:?} has host bits set; write the network address ({example})"
+        ));
+    }
+    Ok(())
 }
 
 /// `spec.prune`.
@@ -144,6 +200,13 @@ properties:
           runtimes:
             type: object
             additionalProperties: {type: string, minLength: 1}
+      router:
+        type: object
+        properties:
+          allowPrivateCidrs:
+            type: array
+            maxItems: 64
+            items: {type: string, minLength: 1}
 "#;
 
 fn schema() -> &'static Schema {
@@ -185,6 +248,17 @@ pub fn parse(doc: &Node, diags: &mut Diagnostics) -> Option<RepositoryConfig> {
                     ),
                 );
             }
+        }
+    }
+    for c in defaulted
+        .get_path(&["spec", "router", "allowPrivateCidrs"])
+        .and_then(Node::as_seq)
+        .unwrap_or(&[])
+    {
+        if let Some(text) = c.as_str()
+            && let Err(e) = check_private_cidr(text)
+        {
+            diags.error(c.pos, format!("spec.router.allowPrivateCidrs: {e}"));
         }
     }
     if diags.has_errors() && !before {
@@ -285,6 +359,42 @@ mod tests {
         assert!(c.includes("agents/a/sandbox.yaml"));
         assert!(!c.includes("agentsx/a.yaml"));
         assert!(!c.includes("egress/a.yaml"));
+    }
+
+    #[test]
+    fn router_private_cidrs_are_checked_with_their_line() {
+        let (cfg, errs) = load(
+            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {name: demo}\nspec:\n  clusters:\n  - name: a\n    paths: [x]\n  router:\n    allowPrivateCidrs: [10.250.0.0/16, \"fd6b:6172::/32\"]\n",
+        );
+        assert!(errs.is_empty(), "{errs:?}");
+        let cfg = cfg.expect("cfg");
+        assert_eq!(
+            cfg.spec.router.allow_private_cidrs,
+            ["10.250.0.0/16", "fd6b:6172::/32"]
+        );
+        for (bad, says) in [
+            ("0.0.0.0/0", "would open /0"),
+            ("10.0.0.0/7", "would open /7"),
+            ("::/8", "would open /8"),
+            ("10.250.0.1/16", "host bits set"),
+            ("10.250.0.0", "is not a CIDR"),
+            ("10.250.0.0/33", "at most 32"),
+            ("example.com/24", "not an IP address"),
+            ("10.0.0.0/x", "must be a number"),
+        ] {
+            let (cfg, errs) = load(&format!(
+                "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {{name: demo}}\nspec:\n  clusters:\n  - name: a\n    paths: [x]\n  router:\n    allowPrivateCidrs: [\"{bad}\"]\n"
+            ));
+            assert!(cfg.is_none(), "{bad} accepted");
+            let all = errs.join("\n");
+            assert!(
+                all.contains("kars.yaml:9:") && all.contains(says),
+                "{bad}: {all}"
+            );
+        }
+        assert!(check_private_cidr("10.250.0.0/30").is_ok());
+        assert!(check_private_cidr("fd6b:6172:0:2::/64").is_ok());
+        assert!(check_private_cidr("10.250.0.2/32").is_ok());
     }
 
     #[test]

@@ -132,6 +132,8 @@ pub struct RouterExpectation {
     pub pod_selector: BTreeMap<String, String>,
     /// Per policy kind mounted into the router.
     pub policies: BTreeMap<PolicyKind, MountedPolicy>,
+    /// False for a suspended sandbox (0 replicas): no router is expected to run.
+    pub should_run: bool,
 }
 
 /// The result of rendering one cluster.

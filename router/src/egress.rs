@@ -370,12 +370,30 @@ impl EgressPolicy {
 
     /// Checks one resolved address.
     pub fn check_address(&self, ip: IpAddr) -> Result<(), Refusal> {
+        // The metadata address hands out the node's cloud credentials: no CIDR opens it.
+        if is_metadata(ip) {
+            return Err(Refusal::ForbiddenAddress(format!(
+                "{ip} is the cloud metadata address (never allowed, whatever CIDRs are)"
+            )));
+        }
         if self.private_allowed.iter().any(|n| n.contains(&ip)) {
             return Ok(());
         }
         match forbidden_kind(ip) {
             None => Ok(()),
             Some(kind) => Err(Refusal::ForbiddenAddress(format!("{ip} is {kind}"))),
+        }
+    }
+}
+
+/// Whether `ip` is a cloud metadata address (169.254.169.254, AWS's fd00:ec2::254, or either
+/// embedded in an IPv6 address).
+pub fn is_metadata(ip: IpAddr) -> bool {
+    const V4: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+    match ip {
+        IpAddr::V4(v4) => v4 == V4,
+        IpAddr::V6(v6) => {
+            v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) || embedded_v4(v6) == Some(V4)
         }
     }
 }
@@ -653,6 +671,40 @@ mod tests {
         );
         assert!(lo.check_address("127.0.0.1".parse().expect("ip")).is_ok());
         assert!(lo.check_address("10.0.0.1".parse().expect("ip")).is_err());
+    }
+
+    #[test]
+    fn no_cidr_opens_the_metadata_address() {
+        let wide = EgressPolicy::new(
+            Mode::Learn,
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            vec![
+                "0.0.0.0/0".parse().expect("cidr"),
+                "::/0".parse().expect("cidr"),
+                "169.254.0.0/16".parse().expect("cidr"),
+            ],
+        );
+        for ip in [
+            "169.254.169.254",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "::169.254.169.254",
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            let err = wide.check_address(ip).expect_err("metadata refused");
+            assert!(err.to_string().contains("metadata"), "{ip}: {err}");
+        }
+        assert!(
+            wide.check_address("169.254.1.1".parse().expect("ip"))
+                .is_ok()
+        );
+        assert!(
+            wide.check_address("10.250.0.1".parse().expect("ip"))
+                .is_ok()
+        );
     }
 
     #[test]

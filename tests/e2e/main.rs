@@ -9,6 +9,7 @@ mod agent;
 mod bundles;
 mod cli;
 mod harness;
+mod node;
 mod render;
 mod router;
 mod sync;
@@ -19,6 +20,7 @@ fn main() -> std::process::ExitCode {
     let args = Arguments::from_args();
     let mut trials: Vec<Trial> = Vec::new();
     trials.extend(harness::tests());
+    trials.extend(node::tests());
     trials.extend(agent::tests());
     trials.extend(bundles::tests());
     trials.extend(cli::tests());

@@ -62,16 +62,27 @@ pub fn agent_files(agent: &str, namespace: &str, hosts: &[&str]) -> Vec<(String,
 impl PolicyRepoFixture {
     /// `kubectl get policyrepo -o jsonpath=<path>` of this repository's PolicyRepo.
     pub fn policyrepo_jsonpath(&self, cluster: &crate::Cluster, path: &str) -> Result<String> {
-        let (_, out, _) = cluster.kubectl(&[
-            "-n",
-            &format!("{}-status", self.prefix),
-            "get",
-            "policyrepo",
-            &self.prefix,
-            "-o",
-            &format!("jsonpath={path}"),
-        ])?;
-        Ok(out.trim().to_string())
+        self.policyrepo_jsonpath_with(cluster.kubectl_command(), path)
+    }
+
+    /// [`PolicyRepoFixture::policyrepo_jsonpath`] with a kubectl command of any cluster.
+    pub fn policyrepo_jsonpath_with(
+        &self,
+        mut kubectl: std::process::Command,
+        path: &str,
+    ) -> Result<String> {
+        let out = kubectl
+            .args([
+                "-n",
+                &format!("{}-status", self.prefix),
+                "get",
+                "policyrepo",
+                &self.prefix,
+                "-o",
+                &format!("jsonpath={path}"),
+            ])
+            .output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
     /// The KarsSandbox objects of this repository's namespace.
@@ -89,7 +100,8 @@ impl PolicyRepoFixture {
 
     /// A `kars-gitops-agent` command for this repository: `source` (a URL or path), its
     /// PolicyRepo (`<prefix>` in `<prefix>-status`), the cluster of `kubeconfig`, the signer,
-    /// `cache` as the fetch cache, no health wait.
+    /// `cache` as the fetch cache, no health wait, enforcement best-effort (no node runs pods
+    /// beside the shared control plane).
     pub fn agent_command(
         &self,
         source: &str,
@@ -109,7 +121,7 @@ impl PolicyRepoFixture {
             .arg(&self.allowed_signers)
             .arg("--cache-dir")
             .arg(cache)
-            .args(["--health-timeout", "0s"]);
+            .args(["--health-timeout", "0s", "--enforcement", "best-effort"]);
         c
     }
 
@@ -193,7 +205,8 @@ impl PolicyRepoFixture {
         format!("file://{}", self.remote.display())
     }
 
-    /// A sync configuration for `source`, with short health waits for tests.
+    /// A sync configuration for `source`, with short health waits for tests and enforcement
+    /// best-effort (set `enforcement` to `Required` where a node runs the pods).
     pub fn config(&self, source: &str) -> Result<SyncConfig> {
         let trust = verify::load_policy(None, Some(&self.allowed_signers), None)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -212,6 +225,7 @@ impl PolicyRepoFixture {
             since_override: None,
             bundles: Default::default(),
             progress: Default::default(),
+            enforcement: kars_gitops_agent::enforcement::Mode::BestEffort,
         })
     }
 

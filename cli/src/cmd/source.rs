@@ -122,6 +122,7 @@ impl SourceArgs {
                 .map_err(|e| Failure::usage(anyhow::anyhow!("signed bundles: {e}")))?,
             cache_dir,
             progress: Default::default(),
+            enforcement: Default::default(),
         })
     }
 

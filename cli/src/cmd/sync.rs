@@ -41,6 +41,18 @@ pub struct Args {
     /// wait). Objects still not healthy then make the exit code 1.
     #[arg(long, value_name = "DURATION", value_parser = parse_seconds)]
     wait: Option<Duration>,
+    /// `required`: Ready only when every sandbox that should run has router pods reporting the
+    /// rendered policy digests. `best-effort`: sandboxes without a running router pod do not
+    /// hold Ready back (clusters where pods cannot run); a router reporting other digests
+    /// still does.
+    #[arg(
+        long,
+        value_name = "MODE",
+        env = "KARS_ENFORCEMENT",
+        hide_env_values = true,
+        default_value = "required"
+    )]
+    enforcement: kars_gitops_agent::enforcement::Mode,
     #[command(flatten)]
     source: SourceArgs,
 }
@@ -64,6 +76,7 @@ async fn run_async(args: Args) -> Result<ExitCode, Failure> {
     cfg.prune.enabled = !args.no_prune;
     cfg.prune.allow_mass_prune = args.allow_mass_prune;
     cfg.health_timeout = args.wait.unwrap_or(Duration::ZERO);
+    cfg.enforcement = args.enforcement;
     args.source.note_worktree(&cfg);
     let at = access::connect(&args.source.cluster_args).await?;
     warn_about_other_policy_repos(&at, &cfg).await;

@@ -68,6 +68,8 @@ pub struct SyncConfig {
     pub bundles: BundleVerifier,
     /// Where progress goes (`kars sync` shows it; the agent passes none).
     pub progress: Progress,
+    /// Whether Ready waits for sandboxes whose router pods are not running yet.
+    pub enforcement: crate::enforcement::Mode,
 }
 
 impl SyncConfig {

@@ -108,8 +108,11 @@ pub struct Run {
     pub prune: PruneStep,
     /// The health look.
     pub health: Option<HealthReport>,
-    /// Per router Deployment (`namespace/name`), what it enforces (`None` in a dry run).
+    /// Per router Deployment (`namespace/name`) of a sandbox that should run, what it enforces
+    /// (`None` in a dry run).
     pub enforcement: Option<Vec<(String, Enforcement)>>,
+    /// Whether sandboxes without a running router hold Ready back.
+    pub enforcement_mode: enforcement::Mode,
     /// The step that stopped the run, if one did.
     pub stopped: Option<Stopped>,
     /// Seconds per phase.
@@ -157,6 +160,16 @@ impl Run {
             .collect()
     }
 
+    /// Router Deployments of sandboxes that should run but have no running router pod yet.
+    pub fn waiting_for_routers(&self) -> Vec<String> {
+        self.enforcement
+            .iter()
+            .flatten()
+            .filter(|(_, e)| matches!(e, Enforcement::NoRunningPods))
+            .map(|(d, _)| d.clone())
+            .collect()
+    }
+
     /// The prune results.
     pub fn pruned(&self) -> &[(InventoryEntry, PruneResult)] {
         match &self.prune {
@@ -198,6 +211,10 @@ impl Run {
             Reason::HeldBack
         } else if !self.not_enforced().is_empty() {
             Reason::NotEnforced
+        } else if self.enforcement_mode == enforcement::Mode::Required
+            && !self.waiting_for_routers().is_empty()
+        {
+            Reason::NoRunningRouters
         } else if matches!(self.prune, PruneStep::Refused(_)) {
             Reason::PruneRefused
         } else if !prune_done {
@@ -476,6 +493,7 @@ pub async fn run(
     // Ready means enforced: every running router reports the digests just rendered.
     if !cfg.apply.dry_run {
         cfg.progress.emit(Event::Step("enforce"));
+        run.enforcement_mode = cfg.enforcement;
         run.enforcement = Some(
             enforcement::check_all(
                 cluster.client(),

@@ -273,7 +273,7 @@ fn steps(st: &mut PolicyRepoStatus, run: &Run, dry_run: bool, generation: Option
 
     // Enforcement.
     if let Some(results) = &run.enforcement {
-        enforcement(st, results, generation);
+        enforcement(st, results, run.enforcement_mode, generation);
     }
 
     if applied_ok && !dry_run {
@@ -430,13 +430,14 @@ fn inventory(
 fn enforcement(
     st: &mut PolicyRepoStatus,
     results: &[(String, Enforcement)],
+    mode: crate::enforcement::Mode,
     generation: Option<i64>,
 ) {
-    let (mut enforced, mut waiting, mut not) = (0, 0, Vec::new());
+    let (mut enforced, mut waiting, mut not) = (0, Vec::new(), Vec::new());
     for (deployment, result) in results {
         match result {
             Enforcement::Enforced { .. } => enforced += 1,
-            Enforcement::NoRunningPods => waiting += 1,
+            Enforcement::NoRunningPods => waiting.push(deployment.as_str()),
             Enforcement::NotEnforced(problems) => {
                 not.push(deployment.as_str());
                 st.failures.push(ObjectFailure::new(
@@ -457,19 +458,40 @@ fn enforcement(
                 not.len()
             ),
         )
+    } else if let Some(first) = waiting.first()
+        && mode == crate::enforcement::Mode::Required
+    {
+        (
+            Some(false),
+            Reason::NoRunningRouters,
+            format!(
+                "{} sandbox(es) that should run have no running router pod to confirm the rendered policies yet (first: {first}); {enforced} router(s) report them",
+                waiting.len()
+            ),
+        )
     } else if enforced > 0 {
         (
             Some(true),
             Reason::Enforced,
             format!(
-                "{enforced} router(s) report the rendered policies; {waiting} have no running pod"
+                "{enforced} router(s) report the rendered policies; {} have no running pod (enforcement: best-effort)",
+                waiting.len()
             ),
+        )
+    } else if waiting.is_empty() {
+        (
+            Some(true),
+            Reason::Enforced,
+            "no sandbox should run, so no router has anything to enforce".to_string(),
         )
     } else {
         (
             None,
             Reason::NoRunningRouters,
-            format!("{waiting} sandbox(es) have no running router pod to ask yet"),
+            format!(
+                "{} sandbox(es) have no running router pod to ask yet (enforcement: best-effort, so Ready does not wait)",
+                waiting.len()
+            ),
         )
     };
     set_condition(
@@ -550,6 +572,75 @@ mod tests {
             assert_eq!(st.last_fetched_revision.as_deref(), Some("c0ffee"));
             assert_eq!(st.observed_generation, Some(3));
         }
+    }
+
+    /// "Ready means enforced": with `required`, a sandbox that should run and has no running
+    /// router pod holds Ready back; `best-effort` lets it pass with Enforced Unknown; a router
+    /// that reports other digests holds Ready back in both modes.
+    #[test]
+    fn ready_waits_for_routers_unless_best_effort() {
+        use crate::enforcement::{Enforcement, Mode};
+        let applied = |mode: Mode, results: Vec<(&str, Enforcement)>| Run {
+            fetched: Some(FetchedHead {
+                head: "c0ffee".into(),
+                downloaded: false,
+            }),
+            apply: Some(crate::apply::ApplyReport::default()),
+            enforcement: Some(
+                results
+                    .into_iter()
+                    .map(|(d, e)| (d.to_string(), e))
+                    .collect(),
+            ),
+            enforcement_mode: mode,
+            ..Run::default()
+        };
+        let waiting = || {
+            vec![
+                ("kars-a/a", Enforcement::Enforced { pods: 1 }),
+                ("kars-b/b", Enforcement::NoRunningPods),
+            ]
+        };
+        let run = applied(Mode::Required, waiting());
+        assert_eq!(run.ready_reason(), Reason::NoRunningRouters);
+        let condition_of = |run: &Run| {
+            let mut st = PolicyRepoStatus::default();
+            enforcement(
+                &mut st,
+                run.enforcement.as_deref().unwrap_or_default(),
+                run.enforcement_mode,
+                None,
+            );
+            st
+        };
+        let st = condition_of(&run);
+        assert_eq!(
+            reason_of(&st, c::Enforced),
+            ("False".into(), "NoRunningRouters".into())
+        );
+
+        let run = applied(Mode::BestEffort, waiting());
+        assert_eq!(run.ready_reason(), Reason::Synced);
+        let st = condition_of(&run);
+        assert_eq!(
+            reason_of(&st, c::Enforced),
+            ("True".into(), "Enforced".into())
+        );
+
+        for mode in [Mode::Required, Mode::BestEffort] {
+            let run = applied(
+                mode,
+                vec![("kars-a/a", Enforcement::NotEnforced(vec!["stale".into()]))],
+            );
+            assert_eq!(run.ready_reason(), Reason::NotEnforced, "{mode}");
+        }
+        assert_eq!(
+            applied(Mode::Required, Vec::new()).ready_reason(),
+            Reason::Synced,
+            "no sandbox should run"
+        );
+        assert_eq!("best-effort".parse::<Mode>(), Ok(Mode::BestEffort));
+        assert!("lenient".parse::<Mode>().is_err());
     }
 
     #[test]

@@ -98,28 +98,56 @@ fn env_list(pairs: &[(String, String)]) -> Vec<Value> {
         .collect()
 }
 
-/// The egress-guard script: the agent's user may reach only loopback and DNS; its :80/:443
-/// is redirected to the router's forward proxy.
-fn egress_guard_script() -> String {
+/// The egress-guard script, for IPv4 (`iptables`) and IPv6 (`ip6tables`) alike: the agent's
+/// user may reach loopback and, on port 53, only the pod's resolvers (the `nameserver` lines of
+/// the `/etc/resolv.conf` the kubelet wrote); its :80/:443 is redirected to the router's forward
+/// proxy; everything else it sends is dropped. A pod with IPv6 addresses whose `ip6tables`
+/// does not work fails to start instead of leaving IPv6 open.
+///
+/// The filter table sees a redirected packet with its new destination (the router on
+/// loopback) but still with the output interface of the first route (the pod's `eth0`), so
+/// `-o lo` alone would drop every redirected connection: the rule for the proxy's loopback
+/// address and port is what lets them through.
+pub fn egress_guard_script() -> String {
     let uid = AGENT_UID;
     let proxy = FORWARD_PROXY_PORT;
-    [
-        "set -eu".to_string(),
-        format!("iptables -A OUTPUT -m owner --uid-owner {uid} -o lo -j ACCEPT"),
-        format!("iptables -A OUTPUT -m owner --uid-owner {uid} -p udp --dport 53 -j ACCEPT"),
-        format!("iptables -A OUTPUT -m owner --uid-owner {uid} -p tcp --dport 53 -j ACCEPT"),
-        format!(
-            "iptables -A OUTPUT -m owner --uid-owner {uid} -m state --state ESTABLISHED,RELATED -j ACCEPT"
-        ),
-        format!("iptables -A OUTPUT -m owner --uid-owner {uid} -j DROP"),
-        format!(
-            "iptables -t nat -A OUTPUT -m owner --uid-owner {uid} ! -o lo -p tcp --dport 80 -j REDIRECT --to-port {proxy}"
-        ),
-        format!(
-            "iptables -t nat -A OUTPUT -m owner --uid-owner {uid} ! -o lo -p tcp --dport 443 -j REDIRECT --to-port {proxy}"
-        ),
-    ]
-    .join("\n")
+    format!(
+        r#"set -eu
+v4=""; v6=""
+while read -r key addr _; do
+  [ "$key" = nameserver ] || continue
+  case "$addr" in *:*) v6="$v6 $addr" ;; *.*) v4="$v4 $addr" ;; esac
+done < /etc/resolv.conf
+guard() {{
+  t="$1"; loopback="$2"; resolvers="$3"
+  $t -w -A OUTPUT -m owner --uid-owner {uid} -o lo -j ACCEPT
+  $t -w -A OUTPUT -m owner --uid-owner {uid} -d "$loopback" -p tcp --dport {proxy} -j ACCEPT
+  for r in $resolvers; do
+    $t -w -A OUTPUT -m owner --uid-owner {uid} -d "$r" -p udp --dport 53 -j ACCEPT
+    $t -w -A OUTPUT -m owner --uid-owner {uid} -d "$r" -p tcp --dport 53 -j ACCEPT
+  done
+  $t -w -A OUTPUT -m owner --uid-owner {uid} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT
+  $t -w -A OUTPUT -m owner --uid-owner {uid} -j DROP
+  $t -w -t nat -A OUTPUT -m owner --uid-owner {uid} ! -o lo -p tcp --dport 80 -j REDIRECT --to-ports {proxy}
+  $t -w -t nat -A OUTPUT -m owner --uid-owner {uid} ! -o lo -p tcp --dport 443 -j REDIRECT --to-ports {proxy}
+}}
+guard iptables 127.0.0.1 "$v4"
+has6=no
+if [ -r /proc/net/if_inet6 ]; then
+  while read -r _ _ _ _ _ dev; do [ "$dev" = lo ] || has6=yes; done < /proc/net/if_inet6
+fi
+if ip6tables -w -L OUTPUT -n >/dev/null 2>&1; then
+  guard ip6tables ::1 "$v6"
+  six="IPv6 too"
+elif [ "$has6" = yes ]; then
+  echo "egress-guard: this pod has IPv6 addresses but ip6tables does not work; not starting with IPv6 open" >&2
+  exit 1
+else
+  six="no IPv6 in this pod"
+fi
+echo "egress-guard: uid {uid} may reach loopback and DNS at${{v4:- (none)}}${{v6}}; its :80 and :443 go to the router on :{proxy}; everything else is dropped ($six)"
+"#
+    )
 }
 
 /// The sandbox Deployment.
@@ -260,6 +288,12 @@ pub(super) fn sandbox_deployment(
         (env::AUDIT_DIR.into(), AUDIT_DIR.into()),
         (env::GOVERNANCE_ENABLED.into(), governance_on.to_string()),
     ];
+    if !ctx.router.allow_private_cidrs.is_empty() {
+        router_env.push((
+            env::EGRESS_ALLOW_CIDRS.into(),
+            ctx.router.allow_private_cidrs.join(","),
+        ));
+    }
     if let Some(d) = inference.daily_budget {
         router_env.push((env::TOKEN_BUDGET_DAILY.into(), d.to_string()));
     }
@@ -370,4 +404,86 @@ pub(super) fn service(ctx: &mut Ctx<'_>, src: &str, name: &str, ns: &str, kind: 
         }),
         src,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rules `guard` installs, as they run for one family (`$t`, `$loopback` and the
+    /// resolver loop expanded the way the shell would for one resolver).
+    fn rules() -> Vec<String> {
+        let script = egress_guard_script();
+        let body = script
+            .split_once("guard() {")
+            .and_then(|(_, rest)| rest.split_once("\n}"))
+            .map(|(b, _)| b.to_string())
+            .expect("a guard function");
+        body.lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("$t "))
+            .map(|l| {
+                l.replace("$t ", "iptables ")
+                    .replace("\"$loopback\"", "127.0.0.1")
+                    .replace("\"$r\"", "10.96.0.10")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dns_is_open_only_to_the_pods_resolvers() {
+        let rules = rules();
+        let dns: Vec<&String> = rules.iter().filter(|r| r.contains("--dport 53")).collect();
+        assert_eq!(dns.len(), 2, "{rules:#?}");
+        for r in dns {
+            assert!(
+                r.contains("-d 10.96.0.10"),
+                "DNS without a destination: {r}"
+            );
+        }
+        let script = egress_guard_script();
+        assert!(script.contains("< /etc/resolv.conf"), "{script}");
+    }
+
+    #[test]
+    fn every_accept_comes_before_the_drop_and_redirects_reach_the_router() {
+        let rules = rules();
+        let drop = rules
+            .iter()
+            .position(|r| r.ends_with("-j DROP"))
+            .expect("a DROP rule");
+        assert!(
+            rules[drop..].iter().all(|r| !r.contains("-j ACCEPT")),
+            "an ACCEPT after the DROP is dead: {rules:#?}"
+        );
+        assert!(
+            rules.iter().all(|r| r.contains("--uid-owner 1000")),
+            "every rule is for the agent's UID only: {rules:#?}"
+        );
+        // A redirected connection keeps the first route's interface in the filter table.
+        assert!(
+            rules[..drop]
+                .iter()
+                .any(|r| r.contains("-d 127.0.0.1 -p tcp --dport 8444 -j ACCEPT"))
+        );
+        for port in [80, 443] {
+            assert!(rules.iter().any(|r| r.contains("-t nat")
+                && r.contains(&format!("--dport {port} -j REDIRECT --to-ports 8444"))));
+        }
+    }
+
+    #[test]
+    fn ipv6_gets_the_same_rules_or_the_pod_does_not_start() {
+        let script = egress_guard_script();
+        assert!(
+            script.contains("guard iptables 127.0.0.1 \"$v4\""),
+            "{script}"
+        );
+        assert!(script.contains("guard ip6tables ::1 \"$v6\""), "{script}");
+        assert!(script.contains("exit 1"), "{script}");
+        assert!(
+            script.starts_with("set -eu"),
+            "a failing rule must fail the init container"
+        );
+    }
 }

@@ -71,6 +71,7 @@ pub(super) fn render(
         deployment: name.to_string(),
         pod_selector: BTreeMap::from([(SANDBOX_LABEL.to_string(), name.to_string())]),
         policies: expected,
+        should_run: sb.spec.suspended != Some(true),
     });
     if governance_on {
         deployment::service(ctx, src, name, &ns, sb.spec.runtime.kind);

@@ -333,6 +333,8 @@ fn bench_sync(args: &[String]) -> Result<()> {
         since_override: None,
         bundles: Default::default(),
         progress: Default::default(),
+        // The bench's control plane has no node: no router pod can confirm anything.
+        enforcement: kars_gitops_agent::enforcement::Mode::BestEffort,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,493 @@
+//! A real node: the rendered sandbox pod starts (egress guard, agent container, router), the
+//! router enforces from inside the pod, "Ready means enforced" comes from the real router pod,
+//! a pushed policy change reaches the running router, and `ci/cluster.sh down` leaves the
+//! machine as it found it.
+//!
+//! Every host in here is a server of the test's own on the host end of the node link
+//! (10.250.0.1 / fd6b:6172:0:1::1) or in the node's network namespace, named through the
+//! test's own DNS server; nothing is sent outside loopback and the node and pod networks.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use kars_contract::Reason;
+use kars_e2e::dns::DnsServer;
+use kars_e2e::fixture::PolicyRepoFixture;
+use kars_e2e::node::{
+    HOST_IP, HOST_IP6, HttpServer, Images, NODE_IP, NODE_NETNS, NodeCluster, machine_state,
+    state_difference,
+};
+use kars_e2e::{block_on_value, unique_name};
+use kars_gitops_agent::sync::{SyncOutcome, sync_once};
+use libtest_mimic::Trial;
+use serde_json::Value;
+
+use crate::trial;
+
+pub fn tests() -> Vec<Trial> {
+    vec![trial(
+        "node::sandbox_pod_runs_and_its_router_enforces",
+        sandbox_pod_runs_and_its_router_enforces,
+    )]
+}
+
+fn sandbox_pod_runs_and_its_router_enforces() -> Result<()> {
+    let before = machine_state()?;
+    let result = (|| -> Result<()> {
+        let node = NodeCluster::up()?;
+        let r = scenario(&node);
+        if r.is_err() {
+            eprintln!("[node] logs kept in {}/logs", node.dir().display());
+        }
+        let down = node.down();
+        r?;
+        down
+    })();
+    let after = machine_state()?;
+    result?;
+    ensure!(
+        before == after,
+        "ci/cluster.sh down did not leave the machine as it found it:\n{}",
+        state_difference(&before, &after)
+    );
+    Ok(())
+}
+
+/// The sandbox's folder: BYO runtime with the test agent image, Strict egress to the test's
+/// hosts, an inference policy (the router needs one).
+fn sandbox_files(
+    agent: &str,
+    ns: &str,
+    image: &str,
+    hosts: &[(&str, u16)],
+) -> Vec<(String, String)> {
+    let endpoints: String = hosts
+        .iter()
+        .map(|(h, p)| format!("      - {{host: {h}, port: {p}}}\n"))
+        .collect();
+    vec![
+        (
+            format!("agents/{agent}/sandbox.yaml"),
+            format!(
+                "apiVersion: kars.azure.com/v1alpha1\nkind: KarsSandbox\nmetadata:\n  name: {agent}\n  namespace: {ns}\nspec:\n  runtime:\n    kind: BYO\n    byo: {{image: \"{image}\", contractVersion: v1}}\n  sandbox: {{isolation: standard}}\n  resources: {{requests: {{cpu: 50m, memory: 64Mi}}, limits: {{cpu: 500m, memory: 256Mi}}}}\n  inferenceRef: {{name: {agent}-inference}}\n  governance: {{enabled: false}}\n  networkPolicy:\n    egressMode: Strict\n    allowedEndpoints:\n{endpoints}"
+            ),
+        ),
+        (
+            format!("agents/{agent}/inference.yaml"),
+            format!(
+                "apiVersion: kars.azure.com/v1alpha1\nkind: InferencePolicy\nmetadata:\n  name: {agent}-inference\n  namespace: {ns}\nspec:\n  appliesTo: {{sandboxName: {agent}}}\n  modelPreference:\n    primary: {{provider: azure-openai, deployment: gpt-4.1}}\n"
+            ),
+        ),
+    ]
+}
+
+struct Sandbox<'a> {
+    node: &'a NodeCluster,
+    namespace: String,
+    name: String,
+}
+
+impl Sandbox<'_> {
+    fn pod(&self) -> Result<Value> {
+        let out = self.node.kubectl_ok(&[
+            "-n",
+            &self.namespace,
+            "get",
+            "pods",
+            "-l",
+            &format!("kars.azure.com/sandbox={}", self.name),
+            "-o",
+            "json",
+        ])?;
+        let v: Value = serde_json::from_str(&out)?;
+        v["items"]
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|p| p["metadata"]["deletionTimestamp"].is_null())
+            })
+            .cloned()
+            .context("no sandbox pod")
+    }
+
+    /// Waits until the sandbox pod is Ready (every container), up to `secs`.
+    fn wait_ready(&self, secs: u64) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Ok(p) = self.pod() {
+                let ready = p["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                });
+                if ready {
+                    return Ok(p);
+                }
+                if Instant::now() > deadline {
+                    let describe = self
+                        .node
+                        .kubectl()
+                        .args(["-n", &self.namespace, "describe", "pods"])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_default();
+                    bail!("the sandbox pod is not Ready after {secs}s:\n{describe}");
+                }
+            } else if Instant::now() > deadline {
+                bail!("no sandbox pod after {secs}s");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Runs the test agent in the agent container and returns its JSON report.
+    fn agent(&self, args: &[&str]) -> Result<Value> {
+        let pod = self.pod()?;
+        let name = pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let mut full = vec![
+            "-n",
+            &self.namespace,
+            "exec",
+            &name,
+            "-c",
+            "agent",
+            "--",
+            "kars-test-agent",
+        ];
+        full.extend_from_slice(args);
+        let out = self.node.kubectl_ok(&full)?;
+        serde_json::from_str(out.trim())
+            .with_context(|| format!("kars-test-agent {args:?} printed {out:?}"))
+    }
+
+    /// The router's audit records (read from the emptyDir on the node's disk).
+    fn audit(&self) -> Result<Vec<Value>> {
+        let pod = self.pod()?;
+        let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+        let file = self.node.dir().join(format!(
+            "node/kubelet/pods/{uid}/volumes/kubernetes.io~empty-dir/router-audit/audit/audit.jsonl"
+        ));
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
+    }
+}
+
+fn sync(node: &NodeCluster, repo: &PolicyRepoFixture) -> Result<SyncOutcome> {
+    let mut cfg = repo.config(&repo.file_url())?;
+    // Pods run here: Ready waits for the routers.
+    cfg.enforcement = kars_gitops_agent::enforcement::Mode::Required;
+    block_on_value(async {
+        let client = node.client().await?;
+        sync_once(client, &cfg, None, &|| false)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync: {e}"))
+    })?
+}
+
+/// Syncs until the PolicyRepo is Ready (every router reports the rendered digests), up to
+/// `secs`; returns the outcome and how long it took.
+fn sync_until_enforced(
+    node: &NodeCluster,
+    repo: &PolicyRepoFixture,
+    secs: u64,
+) -> Result<(SyncOutcome, Duration)> {
+    let t0 = Instant::now();
+    loop {
+        let o = sync(node, repo)?;
+        if o.ready == Reason::Synced && o.not_enforced.is_empty() {
+            return Ok((o, t0.elapsed()));
+        }
+        if t0.elapsed() > Duration::from_secs(secs) {
+            bail!(
+                "not enforced after {secs}s: Ready reason {:?}, not enforced {:?}",
+                o.ready,
+                o.not_enforced
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn ok(report: &Value) -> bool {
+    report["ok"] == true
+}
+
+fn scenario(node: &NodeCluster) -> Result<()> {
+    // Images of this build, imported into the node's containerd (nothing is pulled).
+    let images = Images::build(&node.dir().join("images"))?;
+    node.import(&images.archives)?;
+
+    // The test's own DNS, HTTP servers and a second resolver the agent must not reach.
+    let host: IpAddr = HOST_IP.parse()?;
+    let host6: IpAddr = HOST_IP6.parse()?;
+    let records = BTreeMap::from([
+        ("allowed.kars.test".to_string(), vec![host, host6]),
+        ("denied.kars.test".to_string(), vec![host]),
+        (
+            "metadata.kars.test".to_string(),
+            vec!["169.254.169.254".parse()?],
+        ),
+        ("later.kars.test".to_string(), vec![host]),
+    ]);
+    let _dns = DnsServer::start(SocketAddr::new(host, 53), records.clone())?;
+    let _web = HttpServer::start(SocketAddr::new(host, 8080), "web-8080")?;
+    let _web80 = HttpServer::start(SocketAddr::new(host, 80), "web-80")?;
+    let _web6 = HttpServer::start(SocketAddr::new(host6, 8080), "web6-8080")?;
+    let mut other_dns = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{NODE_NETNS}"))
+        .args(["--", "python3", "-c"])
+        .arg(format!(
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('{NODE_IP}',53))\nwhile True:\n  d,a=s.recvfrom(512)\n  s.sendto(d[:2]+b'\\x81\\x80'+d[4:],a)\n"
+        ))
+        .spawn()
+        .context("starting the second resolver")?;
+    let r = with_servers(node, &images);
+    let _ = other_dns.kill();
+    let _ = other_dns.wait();
+    r
+}
+
+fn with_servers(node: &NodeCluster, images: &Images) -> Result<()> {
+    let prefix = unique_name("node");
+    let repo = PolicyRepoFixture::new(&prefix, &[])?;
+    let agent = format!("{prefix}-a");
+    repo.work.write(
+        "kars.yaml",
+        &format!(
+            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {{name: {prefix}}}\nspec:\n  defaultNamespace: {prefix}-ns\n  clusters: [{{name: test, paths: [agents]}}]\n  images:\n    router: \"{}\"\n    egressGuard: \"{}\"\n  router:\n    allowPrivateCidrs: [10.250.0.0/30, \"fd6b:6172:0:1::/64\"]\n",
+            images.get("KARS_IMAGE_ROUTER")?,
+            images.get("KARS_IMAGE_EGRESS_GUARD")?,
+        ),
+    )?;
+    let hosts = [
+        ("allowed.kars.test", 8080),
+        ("allowed.kars.test", 80),
+        ("metadata.kars.test", 80),
+    ];
+    let image = images.get("KARS_IMAGE_TEST_AGENT")?;
+    let write_sandbox = |hosts: &[(&str, u16)]| -> Result<()> {
+        for (path, body) in sandbox_files(&agent, &repo.namespace(), image, hosts) {
+            repo.work.write(&path, &body)?;
+        }
+        Ok(())
+    };
+    write_sandbox(&hosts)?;
+    repo.commit_and_push("a sandbox on the node")?;
+
+    let t0 = Instant::now();
+    let first = sync(node, &repo)?;
+    ensure!(
+        first.apply.is_success(),
+        "apply failed: {:?}",
+        first.apply.failures().collect::<Vec<_>>()
+    );
+    // The pod cannot be running yet: a sandbox that should run has no router confirming.
+    ensure!(
+        first.ready == Reason::NoRunningRouters,
+        "Ready before any router runs: {:?}",
+        first.ready
+    );
+    let sb = Sandbox {
+        node,
+        namespace: format!("kars-{agent}"),
+        name: agent.clone(),
+    };
+    let pod = sb.wait_ready(120)?;
+    let pod_ready = t0.elapsed();
+    // The guard ran to completion and said what it installed, IPv6 included.
+    let guard =
+        pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"].clone();
+    ensure!(
+        guard == 0,
+        "egress-guard did not exit 0: {}",
+        pod["status"]["initContainerStatuses"]
+    );
+    let pod_name = pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let guard_log =
+        node.kubectl_ok(&["-n", &sb.namespace, "logs", &pod_name, "-c", "egress-guard"])?;
+    ensure!(
+        guard_log.contains("DNS at 10.250.0.1") && guard_log.contains("IPv6 too"),
+        "egress-guard log: {guard_log}"
+    );
+
+    // Ready comes from the real router pod.
+    let (enforced, took) = sync_until_enforced(node, &repo, 60)?;
+    ensure!(enforced.ready == Reason::Synced);
+    let cond = repo.policyrepo_jsonpath_with(
+        node.kubectl(),
+        "{.status.conditions[?(@.type==\"Enforced\")]}",
+    )?;
+    ensure!(
+        cond.contains("\"status\":\"True\"") && cond.contains("Enforced"),
+        "Enforced condition: {cond}"
+    );
+    eprintln!(
+        "[node] sandbox pod Ready {:.1}s after the first sync; Enforced {:.1}s later",
+        pod_ready.as_secs_f64(),
+        took.as_secs_f64()
+    );
+
+    let proxy = "127.0.0.1:8444";
+    // A direct connection to an allowed host's address: dropped by the guard.
+    let direct = sb.agent(&["tcp", "10.250.0.1:8080"])?;
+    ensure!(
+        !ok(&direct),
+        "direct connection to 10.250.0.1:8080 was not blocked: {direct}"
+    );
+    let direct6 = sb.agent(&["tcp", "[fd6b:6172:0:1::1]:8080"])?;
+    ensure!(
+        !ok(&direct6),
+        "direct IPv6 connection was not blocked: {direct6}"
+    );
+    // The same host through the router works (CONNECT and absolute-form HTTP).
+    let tunnel = sb.agent(&[
+        "connect",
+        proxy,
+        "allowed.kars.test:8080",
+        "--send",
+        "GET / HTTP/1.1\\r\\nHost: allowed.kars.test\\r\\nConnection: close\\r\\n\\r\\n",
+    ])?;
+    ensure!(
+        ok(&tunnel)
+            && tunnel["reply"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("served by web"),
+        "CONNECT to an allowed host: {tunnel}"
+    );
+    let proxied = sb.agent(&["http", "http://allowed.kars.test:8080/", "--proxy", proxy])?;
+    ensure!(
+        proxied["status"] == 200,
+        "proxied GET of an allowed host: {proxied}"
+    );
+    // Port 80 without any proxy setting: redirected by the guard to the router, allowed.
+    let transparent = sb.agent(&["http", "http://allowed.kars.test/"])?;
+    ensure!(
+        transparent["status"] == 200
+            && transparent["body"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("web-80"),
+        "transparent :80 to an allowed host: {transparent}"
+    );
+    // A denied host through the router: refused.
+    let denied = sb.agent(&["connect", proxy, "denied.kars.test:8080"])?;
+    ensure!(
+        !ok(&denied) && denied["status"] == 403,
+        "a denied host through the router: {denied}"
+    );
+    let denied80 = sb.agent(&["http", "http://denied.kars.test/"])?;
+    ensure!(
+        denied80["status"] == 403,
+        "a denied host on :80 (transparent): {denied80}"
+    );
+    // The apiserver: neither directly nor through the router (its address is no allowed host).
+    let api = format!("{HOST_IP}:{}", node.apiserver_port()?);
+    let api_direct = sb.agent(&["tcp", &api])?;
+    ensure!(
+        !ok(&api_direct),
+        "the apiserver was reachable directly: {api_direct}"
+    );
+    // :443 goes to the router whatever the address; it refuses an IP literal, so what answers
+    // is the router's refusal, never the apiserver.
+    let api_service = sb.agent(&[
+        "tcp",
+        "10.96.0.1:443",
+        "--send",
+        "GET /version HTTP/1.1\\r\\nHost: 10.96.0.1\\r\\n\\r\\n",
+    ])?;
+    let reply = api_service["reply"].as_str().unwrap_or_default();
+    ensure!(
+        reply.contains("X-Kars-Egress-Refusal") && !reply.contains("gitVersion"),
+        "the kubernetes Service answered through the redirect: {api_service}"
+    );
+    let api_proxy = sb.agent(&["connect", proxy, &api])?;
+    ensure!(
+        !ok(&api_proxy),
+        "the apiserver was reachable through the router: {api_proxy}"
+    );
+    // An allowed name that resolves to the metadata address: refused by the router before any
+    // connection, in its answer and in its audit log.
+    let meta = sb.agent(&[
+        "http",
+        "http://metadata.kars.test/latest/meta-data/",
+        "--proxy",
+        proxy,
+    ])?;
+    ensure!(
+        meta["status"] == 403
+            && meta["body"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("metadata"),
+        "metadata address through the router: {meta}"
+    );
+    let audit = sb.audit()?;
+    ensure!(
+        audit.iter().any(|r| r["host"] == "metadata.kars.test"
+            && r["allowed"] == false
+            && r.to_string().contains("metadata")),
+        "no audit record refusing the metadata address: {audit:?}"
+    );
+    // The router's admin endpoints refuse the agent container without the token.
+    for bearer in [None, Some("not-the-token")] {
+        let mut args = vec!["http", "http://127.0.0.1:8443/internal/policy-status"];
+        if let Some(b) = bearer {
+            args.extend(["--bearer", b]);
+        }
+        let admin = sb.agent(&args)?;
+        ensure!(
+            admin["status"] == 401,
+            "admin endpoint without the token ({bearer:?}): {admin}"
+        );
+    }
+    // DNS: the pod's resolver answers; another resolver (on the node) is unreachable although
+    // it answers the host.
+    let resolver = sb.agent(&["dns", "allowed.kars.test", HOST_IP])?;
+    ensure!(
+        ok(&resolver) && resolver["answers"] == 1,
+        "the pod's resolver: {resolver}"
+    );
+    let other = sb.agent(&["dns", "allowed.kars.test", NODE_IP])?;
+    ensure!(
+        !ok(&other),
+        "a resolver other than the pod's was reachable: {other}"
+    );
+
+    // A policy change pushed to Git reaches the running router; Ready waits for it.
+    let mut hosts = hosts.to_vec();
+    hosts.push(("later.kars.test", 8080));
+    write_sandbox(&hosts)?;
+    repo.commit_and_push("allow later.kars.test")?;
+    let t1 = Instant::now();
+    let changed = sync(node, &repo)?;
+    ensure!(
+        changed.apply.is_success(),
+        "apply failed: {:?}",
+        changed.apply.failures().collect::<Vec<_>>()
+    );
+    let (_, reached) = sync_until_enforced(node, &repo, 120)?;
+    let total = t1.elapsed();
+    let later = sb.agent(&["connect", proxy, "later.kars.test:8080"])?;
+    ensure!(
+        ok(&later),
+        "the new allowlist entry is not enforced: {later}"
+    );
+    eprintln!(
+        "[node] policy change: pushed → router enforcing the new digest in {:.1}s (sync loop {:.1}s)",
+        total.as_secs_f64(),
+        reached.as_secs_f64()
+    );
+    Ok(())
+}
