@@ -119,8 +119,8 @@ impl std::fmt::Display for Mode {
 pub enum Enforcement {
     /// Every running router pod reports the rendered digests.
     Enforced {
-        /// How many pods were asked.
-        pods: usize,
+        /// The pods asked (names).
+        pods: Vec<String>,
     },
     /// A running router pod reports something else (or cannot be asked).
     NotEnforced(Vec<String>),
@@ -158,7 +158,7 @@ pub async fn check_all(
     };
     for r in routers.iter().filter(|r| r.should_run) {
         let expected = expected_digests(r);
-        let running: Vec<String> = pods
+        let running: Vec<(String, String)> = pods
             .iter()
             .filter(|p| p.metadata.namespace.as_deref() == Some(r.namespace.as_str()))
             .filter(|p| {
@@ -168,9 +168,10 @@ pub async fn check_all(
             })
             .filter_map(|p| {
                 let st = p.status.as_ref()?;
-                (st.phase.as_deref() == Some("Running"))
+                let ip = (st.phase.as_deref() == Some("Running"))
                     .then(|| st.pod_ip.clone())
-                    .flatten()
+                    .flatten()?;
+                Some((p.metadata.name.clone().unwrap_or_default(), ip))
             })
             .collect();
         if running.is_empty() {
@@ -195,7 +196,7 @@ pub async fn check_all(
             }
         };
         let mut problems = Vec::new();
-        for ip in &running {
+        for (_, ip) in &running {
             let host = if ip.contains(':') {
                 format!("[{ip}]")
             } else {
@@ -216,7 +217,7 @@ pub async fn check_all(
             key(r),
             if problems.is_empty() {
                 Enforcement::Enforced {
-                    pods: running.len(),
+                    pods: running.into_iter().map(|(name, _)| name).collect(),
                 }
             } else {
                 Enforcement::NotEnforced(problems)

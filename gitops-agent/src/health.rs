@@ -163,6 +163,13 @@ pub async fn wait(
                 None => {
                     ObjectHealth::Progressing("not found (or its kind is not served yet)".into())
                 }
+                // A kars object's status written by this agent is not a controller's report.
+                Some(l)
+                    if o.api_version() == KARS_API_VERSION
+                        && crate::kars_status::written_by_us(l) =>
+                {
+                    ObjectHealth::Unreported
+                }
                 Some(l) => assess(o.kind(), o.api_version() == KARS_API_VERSION, l),
             };
             match health {

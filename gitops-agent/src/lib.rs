@@ -17,6 +17,7 @@ pub mod compare;
 pub mod enforcement;
 pub mod health;
 pub mod inspect;
+pub mod kars_status;
 pub mod lease;
 pub mod metrics;
 pub mod progress;

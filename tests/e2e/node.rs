@@ -300,6 +300,28 @@ fn with_servers(node: &NodeCluster, images: &Images) -> Result<()> {
         namespace: format!("kars-{agent}"),
         name: agent.clone(),
     };
+    // The KarsSandbox's own status says so too (upstream's CLI reads it).
+    let cr_status = |path: &str| -> Result<String> {
+        Ok(node
+            .kubectl_ok(&[
+                "-n",
+                &repo.namespace(),
+                "get",
+                "karssandbox",
+                &agent,
+                "-o",
+                &format!("jsonpath={path}"),
+            ])?
+            .trim()
+            .to_string())
+    };
+    ensure!(
+        cr_status("{.status.phase}")? == "Creating"
+            && cr_status("{.status.conditions[?(@.type==\"Ready\")].reason}")?
+                == "NoRunningRouters",
+        "KarsSandbox status before its pod runs: {}",
+        cr_status("{.status}")?
+    );
     let pod = sb.wait_ready(120)?;
     let pod_ready = t0.elapsed();
     // The guard ran to completion and said what it installed, IPv6 included.
@@ -328,6 +350,14 @@ fn with_servers(node: &NodeCluster, images: &Images) -> Result<()> {
         node.kubectl(),
         "{.status.conditions[?(@.type==\"Enforced\")]}",
     )?;
+    ensure!(
+        cr_status("{.status.phase}")? == "Running"
+            && cr_status("{.status.sandboxPod}")? == pod_name
+            && cr_status("{.status.namespace}")? == sb.namespace
+            && cr_status("{.status.conditions[?(@.type==\"Ready\")].status}")? == "True",
+        "KarsSandbox status once its router confirms: {}",
+        cr_status("{.status}")?
+    );
     ensure!(
         cond.contains("\"status\":\"True\"") && cond.contains("Enforced"),
         "Enforced condition: {cond}"

@@ -113,6 +113,8 @@ pub struct Run {
     pub enforcement: Option<Vec<(String, Enforcement)>>,
     /// Whether sandboxes without a running router hold Ready back.
     pub enforcement_mode: enforcement::Mode,
+    /// The status written on the kars CRs after the enforce step.
+    pub kars_status: crate::kars_status::Written,
     /// The step that stopped the run, if one did.
     pub stopped: Option<Stopped>,
     /// Seconds per phase.
@@ -494,14 +496,23 @@ pub async fn run(
     if !cfg.apply.dry_run {
         cfg.progress.emit(Event::Step("enforce"));
         run.enforcement_mode = cfg.enforcement;
-        run.enforcement = Some(
-            enforcement::check_all(
-                cluster.client(),
-                &crate::reqwest_client(),
-                &rendered.routers,
-            )
-            .await,
-        );
+        let results = enforcement::check_all(
+            cluster.client(),
+            &crate::reqwest_client(),
+            &rendered.routers,
+        )
+        .await;
+        // The kars CRs' own status (upstream's CLI and consoles read it; no kars controller
+        // writes it in a GitOps-only cluster).
+        if let Some(apply) = &run.apply {
+            let written =
+                crate::kars_status::write(cluster.client(), &rendered, apply, &results).await;
+            for (object, error) in &written.failed {
+                tracing::warn!(%object, %error, "could not write the status of a kars object");
+            }
+            run.kars_status = written;
+        }
+        run.enforcement = Some(results);
     }
     run.rendered = Some(rendered);
     lap("health", &mut run);

@@ -597,7 +597,12 @@ mod tests {
         };
         let waiting = || {
             vec![
-                ("kars-a/a", Enforcement::Enforced { pods: 1 }),
+                (
+                    "kars-a/a",
+                    Enforcement::Enforced {
+                        pods: vec!["a-1".into()],
+                    },
+                ),
                 ("kars-b/b", Enforcement::NoRunningPods),
             ]
         };

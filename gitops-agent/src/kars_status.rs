@@ -1,0 +1,389 @@
+//! The status of the kars CRs themselves. In a GitOps-only cluster no kars controller runs, yet
+//! upstream's CLI and consoles read `KarsSandbox.status` (phase, namespace, sandboxPod,
+//! conditions) and nothing else. After each sync's enforce step the agent writes that status
+//! from what it found: a sandbox is `Running` and `Ready` only when a router in its running pod
+//! reports the rendered policy digests.
+//!
+//! Written on the status subresource with a JSON merge patch under the field manager
+//! [`STATUS_MANAGER`], only when something other than a transition time changed (a no-op sync
+//! writes nothing). The health step does not mistake this status for a kars controller's
+//! ([`written_by_us`]).
+
+use std::collections::BTreeMap;
+
+use kars_contract::KARS_GROUP;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use serde_json::{Value, json};
+
+use crate::apply::{Action, ApplyReport};
+use crate::enforcement::Enforcement;
+use kars_renderer::Rendered;
+
+/// The field manager of the status the agent writes on kars CRs.
+pub const STATUS_MANAGER: &str = "kars-gitops-status";
+
+/// Whether the live object's status was written by this agent and by nobody else (then it is
+/// not a kars controller's report).
+pub fn written_by_us(live: &Value) -> bool {
+    let Some(fields) = live["metadata"]["managedFields"].as_array() else {
+        return false;
+    };
+    let status_managers: Vec<&str> = fields
+        .iter()
+        .filter(|f| f["subresource"] == "status")
+        .filter_map(|f| f["manager"].as_str())
+        .collect();
+    !status_managers.is_empty() && status_managers.iter().all(|m| *m == STATUS_MANAGER)
+}
+
+/// One condition.
+fn condition(kind: &str, ok: bool, reason: &str, message: &str) -> Value {
+    json!({"type": kind, "status": if ok { "True" } else { "False" }, "reason": reason, "message": message})
+}
+
+/// The status a KarsSandbox gets, from the enforce step's result for its router Deployment
+/// (`None`: the sandbox is suspended, no router should run).
+pub fn sandbox_status(
+    name: &str,
+    spec: &Value,
+    result: Option<&Enforcement>,
+    generation: Option<i64>,
+) -> Value {
+    let ns = kars_renderer::render::sandbox_namespace(name);
+    let pattern = format!("{name}-*");
+    let (phase, pod, conditions) = match result {
+        None => (
+            "Running",
+            pattern,
+            vec![
+                condition("Ready", true, "Reconciled", "suspended by spec: 0 replicas"),
+                condition("Progressing", false, "Reconciled", "nothing to roll out"),
+                condition(
+                    "RuntimeReady",
+                    false,
+                    "SuspendedBySpec",
+                    "no agent runs while suspended",
+                ),
+                condition(
+                    "Suspended",
+                    true,
+                    "SuspendedBySpec",
+                    "spec.suspended is true",
+                ),
+            ],
+        ),
+        Some(Enforcement::Enforced { pods }) => (
+            "Running",
+            pods.first().cloned().unwrap_or(pattern),
+            vec![
+                condition(
+                    "Ready",
+                    true,
+                    "Reconciled",
+                    &format!(
+                        "the router of {} running pod(s) reports the rendered policy digests",
+                        pods.len()
+                    ),
+                ),
+                condition("Progressing", false, "Reconciled", "rolled out"),
+                condition("RuntimeReady", true, "Reconciled", "the sandbox pod runs"),
+                condition("Suspended", false, "Active", "not suspended"),
+            ],
+        ),
+        Some(Enforcement::NoRunningPods) => (
+            "Creating",
+            pattern,
+            vec![
+                condition(
+                    "Ready",
+                    false,
+                    "NoRunningRouters",
+                    "no sandbox pod runs yet, so no router has confirmed the rendered policies",
+                ),
+                condition(
+                    "Progressing",
+                    true,
+                    "NoRunningRouters",
+                    "waiting for the sandbox pod",
+                ),
+                condition(
+                    "RuntimeReady",
+                    false,
+                    "NoRunningRouters",
+                    "no sandbox pod runs yet",
+                ),
+                condition("Suspended", false, "Active", "not suspended"),
+            ],
+        ),
+        Some(Enforcement::NotEnforced(problems)) => {
+            let message = problems.join("; ");
+            (
+                "Degraded",
+                pattern,
+                vec![
+                    condition("Ready", false, "NotEnforced", &message),
+                    condition("Degraded", true, "NotEnforced", &message),
+                    condition("Progressing", false, "NotEnforced", &message),
+                    condition("RuntimeReady", true, "Reconciled", "the sandbox pod runs"),
+                    condition("Suspended", false, "Active", "not suspended"),
+                ],
+            )
+        }
+    };
+    let mut status = json!({
+        "phase": phase,
+        "namespace": ns,
+        "sandboxPod": pod,
+        "inferenceEndpoint": format!(
+            "http://{name}.{ns}.svc.cluster.local:{}",
+            kars_contract::router::PORT
+        ),
+        "conditions": conditions,
+    });
+    if let Some(kind) = spec["runtime"]["kind"].as_str() {
+        status["runtimeKind"] = json!(kind);
+    }
+    if let Some(g) = generation {
+        status["observedGeneration"] = json!(g);
+    }
+    status
+}
+
+/// `desired` with each condition's `lastTransitionTime`: kept from `previous` when the
+/// condition's status did not change, else `now`.
+pub fn with_transition_times(mut desired: Value, previous: &Value, now: &str) -> Value {
+    let before: BTreeMap<String, (Value, Value)> = previous["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| {
+            Some((
+                c["type"].as_str()?.to_string(),
+                (c["status"].clone(), c["lastTransitionTime"].clone()),
+            ))
+        })
+        .collect();
+    if let Some(conditions) = desired["conditions"].as_array_mut() {
+        for c in conditions {
+            let kind = c["type"].as_str().unwrap_or_default().to_string();
+            let time = match before.get(&kind) {
+                Some((status, time)) if *status == c["status"] && time.is_string() => time.clone(),
+                _ => json!(now),
+            };
+            c["lastTransitionTime"] = time;
+        }
+    }
+    desired
+}
+
+/// True when `live` already says what `desired` says (transition times aside).
+pub fn unchanged(desired: &Value, live: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(cs) = v["conditions"].as_array_mut() {
+            for c in cs {
+                if let Some(m) = c.as_object_mut() {
+                    m.remove("lastTransitionTime");
+                }
+            }
+        }
+        v
+    };
+    strip(desired) == strip(live)
+}
+
+fn sandbox_api(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            KARS_GROUP,
+            "v1alpha1",
+            "KarsSandbox",
+        )),
+    )
+}
+
+/// What [`write`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Status patches sent.
+    pub patched: usize,
+    /// Objects whose status could not be written, with the error.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Writes the status of every rendered KarsSandbox from the enforce step's `results`
+/// (`namespace/deployment` → result), where it differs from what the live object says.
+pub async fn write(
+    client: &kube::Client,
+    rendered: &Rendered,
+    apply: &ApplyReport,
+    results: &[(String, Enforcement)],
+) -> Written {
+    let by_deployment: BTreeMap<&str, &Enforcement> =
+        results.iter().map(|(d, e)| (d.as_str(), e)).collect();
+    let actions: BTreeMap<&str, &Action> = apply
+        .objects
+        .iter()
+        .map(|o| (o.object.as_str(), &o.action))
+        .collect();
+    let mut out = Written::default();
+    let now = kars_contract::time::now_rfc3339();
+    for o in &rendered.objects {
+        if o.kind() != "KarsSandbox" || o.api_version() != kars_contract::KARS_API_VERSION {
+            continue;
+        }
+        let (name, Some(namespace)) = (o.name(), o.namespace()) else {
+            continue;
+        };
+        let key = o.key();
+        let Some(router) = rendered.routers.iter().find(|r| {
+            r.deployment == name && r.namespace == kars_renderer::render::sandbox_namespace(name)
+        }) else {
+            continue;
+        };
+        let result = if router.should_run {
+            match by_deployment.get(format!("{}/{}", router.namespace, router.deployment).as_str())
+            {
+                Some(r) => Some(*r),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        let api = sandbox_api(client, namespace);
+        // The generation after this sync's apply: the listed one when the apply changed
+        // nothing, else read again.
+        let live = match (actions.get(key.as_str()), apply.live_before.get(&key)) {
+            (Some(Action::Unchanged), Some(l)) => l.clone(),
+            _ => match api.get(name).await {
+                Ok(obj) => serde_json::to_value(obj).unwrap_or_default(),
+                Err(e) => {
+                    out.failed.push((key, e.to_string()));
+                    continue;
+                }
+            },
+        };
+        let generation = live["metadata"]["generation"].as_i64();
+        let desired = sandbox_status(name, &o.manifest["spec"], result, generation);
+        if unchanged(&desired, &live["status"]) {
+            continue;
+        }
+        let desired = with_transition_times(desired, &live["status"], &now);
+        let params = PatchParams {
+            field_manager: Some(STATUS_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        match api
+            .patch_status(name, &params, &Patch::Merge(json!({"status": desired})))
+            .await
+        {
+            Ok(_) => out.patched += 1,
+            Err(e) => out.failed.push((key, e.to_string())),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cond<'a>(s: &'a Value, t: &str) -> &'a Value {
+        s["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+            .unwrap_or(&Value::Null)
+    }
+
+    #[test]
+    fn a_sandbox_is_running_only_when_its_router_confirms() {
+        let spec = json!({"runtime": {"kind": "BYO"}});
+        let waiting = sandbox_status("a", &spec, Some(&Enforcement::NoRunningPods), Some(2));
+        assert_eq!(waiting["phase"], "Creating");
+        assert_eq!(waiting["sandboxPod"], "a-*");
+        assert_eq!(waiting["namespace"], "kars-a");
+        assert_eq!(waiting["observedGeneration"], 2);
+        assert_eq!(waiting["runtimeKind"], "BYO");
+        assert_eq!(cond(&waiting, "Ready")["status"], "False");
+        assert_eq!(cond(&waiting, "Ready")["reason"], "NoRunningRouters");
+
+        let running = sandbox_status(
+            "a",
+            &spec,
+            Some(&Enforcement::Enforced {
+                pods: vec!["a-7d9f-x2".into()],
+            }),
+            Some(2),
+        );
+        assert_eq!(running["phase"], "Running");
+        assert_eq!(running["sandboxPod"], "a-7d9f-x2");
+        assert_eq!(cond(&running, "Ready")["status"], "True");
+        assert_eq!(cond(&running, "Ready")["reason"], "Reconciled");
+
+        let stale = sandbox_status(
+            "a",
+            &spec,
+            Some(&Enforcement::NotEnforced(vec!["stale digest".into()])),
+            Some(2),
+        );
+        assert_eq!(stale["phase"], "Degraded");
+        assert_eq!(cond(&stale, "Degraded")["status"], "True");
+        assert!(
+            cond(&stale, "Ready")["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("stale digest"))
+        );
+
+        let suspended = sandbox_status("a", &spec, None, Some(3));
+        assert_eq!(cond(&suspended, "Suspended")["reason"], "SuspendedBySpec");
+    }
+
+    #[test]
+    fn transition_times_move_only_when_a_condition_changes() {
+        let spec = json!({"runtime": {"kind": "BYO"}});
+        let first = with_transition_times(
+            sandbox_status("a", &spec, Some(&Enforcement::NoRunningPods), Some(1)),
+            &Value::Null,
+            "2026-12-02T00:00:00Z",
+        );
+        let again = sandbox_status("a", &spec, Some(&Enforcement::NoRunningPods), Some(1));
+        assert!(unchanged(&again, &first), "same status: nothing to write");
+        let running = sandbox_status(
+            "a",
+            &spec,
+            Some(&Enforcement::Enforced {
+                pods: vec!["a-1".into()],
+            }),
+            Some(1),
+        );
+        assert!(!unchanged(&running, &first));
+        let next = with_transition_times(running, &first, "2026-12-02T00:05:00Z");
+        assert_eq!(
+            cond(&next, "Ready")["lastTransitionTime"],
+            "2026-12-02T00:05:00Z"
+        );
+        assert_eq!(
+            cond(&next, "Suspended")["lastTransitionTime"],
+            "2026-12-02T00:00:00Z",
+            "Suspended stayed False"
+        );
+    }
+
+    #[test]
+    fn only_a_status_nobody_else_wrote_is_ours() {
+        let ours = json!({"metadata": {"managedFields": [
+            {"manager": "kars-gitops", "operation": "Apply"},
+            {"manager": STATUS_MANAGER, "subresource": "status"},
+        ]}});
+        assert!(written_by_us(&ours));
+        let controller = json!({"metadata": {"managedFields": [
+            {"manager": STATUS_MANAGER, "subresource": "status"},
+            {"manager": "kars-controller", "subresource": "status"},
+        ]}});
+        assert!(!written_by_us(&controller));
+        assert!(!written_by_us(&json!({"metadata": {}})));
+    }
+}
