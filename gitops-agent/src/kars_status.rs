@@ -7,7 +7,9 @@
 //! Written on the status subresource with a JSON merge patch under the field manager
 //! [`STATUS_MANAGER`], only when something other than a transition time changed (a no-op sync
 //! writes nothing). The health step does not mistake this status for a kars controller's
-//! ([`written_by_us`]).
+//! ([`written_by_us`]), and a status some other manager (a kars controller) wrote is left
+//! alone. The policy CRs (ToolPolicy, InferencePolicy, KarsMemory) get their compiled digest and
+//! `Ready`/`RouterEnforcing` once every router that mounts them reports it.
 
 use std::collections::BTreeMap;
 
@@ -18,7 +20,9 @@ use serde_json::{Value, json};
 
 use crate::apply::{Action, ApplyReport};
 use crate::enforcement::Enforcement;
+use kars_contract::PolicyKind;
 use kars_renderer::Rendered;
+use kars_renderer::rendered::MountedPolicy;
 
 /// The field manager of the status the agent writes on kars CRs.
 pub const STATUS_MANAGER: &str = "kars-gitops-status";
@@ -193,15 +197,111 @@ pub fn unchanged(desired: &Value, live: &Value) -> bool {
     strip(desired) == strip(live)
 }
 
-fn sandbox_api(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
+/// The status a policy CR (ToolPolicy, InferencePolicy, KarsMemory) gets: its compiled digest,
+/// and `Ready` (`RouterEnforcing`) once the router of every sandbox that mounts it and should
+/// run reports that digest; `uses` are those mounts.
+pub fn policy_status(kind: PolicyKind, uses: &[PolicyUse<'_>], generation: Option<i64>) -> Value {
+    let digest = uses
+        .first()
+        .map(|u| u.mounted.digest.clone())
+        .unwrap_or_default();
+    let bundle = uses.iter().find_map(|u| u.mounted.bundle_digest.clone());
+    let running: Vec<&PolicyUse<'_>> = uses.iter().filter(|u| u.result.is_some()).collect();
+    let confirmed = running
+        .iter()
+        .filter(|u| matches!(u.result, Some(Enforcement::Enforced { .. })))
+        .count();
+    let all_confirmed = !running.is_empty() && confirmed == running.len();
+    let first = uses.first();
+    let configmaps: Vec<String> = uses
+        .iter()
+        .map(|u| format!("{}/{}", u.namespace, u.mounted.configmap))
+        .collect();
+    let (ready, reason, message) = if all_confirmed {
+        (
+            true,
+            "RouterEnforcing",
+            format!("{confirmed} sandbox router(s) report {digest}"),
+        )
+    } else if running.is_empty() {
+        (
+            false,
+            "NoSandboxesReferencing",
+            "no sandbox that mounts it should run".to_string(),
+        )
+    } else {
+        (
+            false,
+            "PolicyNotEnforced",
+            format!(
+                "{confirmed} of {} sandbox router(s) report {digest} so far",
+                running.len()
+            ),
+        )
+    };
+    let mut status = json!({
+        "phase": if all_confirmed { "Ready" } else { "Compiled" },
+        "conditions": [
+            condition("Compiled", true, "Compiled", &format!("compiled into {}", configmaps.join(", "))),
+            condition("Ready", ready, reason, &message),
+        ],
+    });
+    match kind {
+        PolicyKind::AgtProfile => {
+            status["agtProfileDigest"] = json!(digest);
+            if let Some(b) = &bundle {
+                status["agtProfileBundleDigest"] = json!(b);
+            }
+        }
+        _ => {
+            status["compiledDigest"] = json!(digest);
+            if all_confirmed {
+                status["loadedDigest"] = json!(digest);
+            }
+            if let Some(b) = &bundle {
+                status["bundleRefDigest"] = json!(b);
+            }
+            if let Some(u) = first {
+                let field = if kind == PolicyKind::Memory {
+                    "bindingConfigMapRef"
+                } else {
+                    "profileConfigMapRef"
+                };
+                status[field] = json!({"name": u.mounted.configmap, "namespace": u.namespace});
+            }
+        }
+    }
+    if let Some(g) = generation {
+        status["observedGeneration"] = json!(g);
+    }
+    status
+}
+
+/// One mount of a policy CR into a sandbox's router.
+pub struct PolicyUse<'a> {
+    /// The sandbox namespace the ConfigMap is in.
+    pub namespace: &'a str,
+    /// The mounted ConfigMap and digest.
+    pub mounted: &'a MountedPolicy,
+    /// What the sandbox's router reports (`None`: the sandbox should not run).
+    pub result: Option<&'a Enforcement>,
+}
+
+/// The CR kind a policy kind is compiled from, when it comes from a CR of its own.
+fn policy_cr_kind(kind: PolicyKind) -> Option<&'static str> {
+    match kind {
+        PolicyKind::AgtProfile => Some("ToolPolicy"),
+        PolicyKind::InferencePolicy => Some("InferencePolicy"),
+        PolicyKind::Memory => Some("KarsMemory"),
+        _ => None,
+    }
+}
+
+fn kars_api(client: &kube::Client, namespace: &str, kind: &str) -> Api<DynamicObject> {
     Api::namespaced_with(
         client.clone(),
         namespace,
-        &ApiResource::from_gvk(&GroupVersionKind::gvk(
-            KARS_GROUP,
-            "v1alpha1",
-            "KarsSandbox",
-        )),
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(KARS_GROUP, "v1alpha1", kind)),
     )
 }
 
@@ -214,16 +314,93 @@ pub struct Written {
     pub failed: Vec<(String, String)>,
 }
 
-/// Writes the status of every rendered KarsSandbox from the enforce step's `results`
-/// (`namespace/deployment` → result), where it differs from what the live object says.
+/// One kars object whose status is written, and how to compute it from its generation.
+struct Target<'a> {
+    kind: &'static str,
+    namespace: String,
+    name: String,
+    status: Box<dyn Fn(Option<i64>) -> Value + Send + Sync + 'a>,
+}
+
+/// Writes the status of every rendered KarsSandbox and of the policy CRs their routers mount,
+/// from the enforce step's `results` (`namespace/deployment` → result), where it differs from
+/// what the live object says.
 pub async fn write(
     client: &kube::Client,
     rendered: &Rendered,
     apply: &ApplyReport,
     results: &[(String, Enforcement)],
 ) -> Written {
-    let by_deployment: BTreeMap<&str, &Enforcement> =
-        results.iter().map(|(d, e)| (d.as_str(), e)).collect();
+    let by_deployment: BTreeMap<String, &Enforcement> =
+        results.iter().map(|(d, e)| (d.clone(), e)).collect();
+    let rendered_keys: std::collections::BTreeSet<String> =
+        rendered.objects.iter().map(|o| o.key()).collect();
+    let mut targets: Vec<Target<'_>> = Vec::new();
+    let mut policy_uses: BTreeMap<
+        (&'static str, String, String),
+        (PolicyKind, Vec<PolicyUse<'_>>),
+    > = BTreeMap::new();
+    for o in &rendered.objects {
+        if o.kind() != "KarsSandbox" || o.api_version() != kars_contract::KARS_API_VERSION {
+            continue;
+        }
+        let (name, Some(cr_ns)) = (o.name(), o.namespace()) else {
+            continue;
+        };
+        let sandbox_ns = kars_renderer::render::sandbox_namespace(name);
+        let Some(router) = rendered
+            .routers
+            .iter()
+            .find(|r| r.deployment == name && r.namespace == sandbox_ns)
+        else {
+            continue;
+        };
+        let result = if router.should_run {
+            match by_deployment.get(&format!("{}/{}", router.namespace, router.deployment)) {
+                Some(r) => Some(*r),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        for (kind, mounted) in &router.policies {
+            let (Some(cr_kind), Some(owner)) = (policy_cr_kind(*kind), &mounted.owner) else {
+                continue;
+            };
+            // Only CRs this repository renders get a status from it.
+            if !rendered_keys.contains(&format!("{cr_kind}/{cr_ns}/{owner}")) {
+                continue;
+            }
+            policy_uses
+                .entry((cr_kind, cr_ns.to_string(), owner.clone()))
+                .or_insert_with(|| (*kind, Vec::new()))
+                .1
+                .push(PolicyUse {
+                    namespace: &router.namespace,
+                    mounted,
+                    result,
+                });
+        }
+        let spec = &o.manifest["spec"];
+        let name_owned = name.to_string();
+        targets.push(Target {
+            kind: "KarsSandbox",
+            namespace: cr_ns.to_string(),
+            name: name.to_string(),
+            status: Box::new(move |generation| {
+                sandbox_status(&name_owned, spec, result, generation)
+            }),
+        });
+    }
+    for ((cr_kind, ns, name), (kind, uses)) in policy_uses {
+        targets.push(Target {
+            kind: cr_kind,
+            namespace: ns,
+            name,
+            status: Box::new(move |generation| policy_status(kind, &uses, generation)),
+        });
+    }
+
     let actions: BTreeMap<&str, &Action> = apply
         .objects
         .iter()
@@ -231,34 +408,18 @@ pub async fn write(
         .collect();
     let mut out = Written::default();
     let now = kars_contract::time::now_rfc3339();
-    for o in &rendered.objects {
-        if o.kind() != "KarsSandbox" || o.api_version() != kars_contract::KARS_API_VERSION {
-            continue;
-        }
-        let (name, Some(namespace)) = (o.name(), o.namespace()) else {
-            continue;
-        };
-        let key = o.key();
-        let Some(router) = rendered.routers.iter().find(|r| {
-            r.deployment == name && r.namespace == kars_renderer::render::sandbox_namespace(name)
-        }) else {
-            continue;
-        };
-        let result = if router.should_run {
-            match by_deployment.get(format!("{}/{}", router.namespace, router.deployment).as_str())
-            {
-                Some(r) => Some(*r),
-                None => continue,
-            }
-        } else {
-            None
-        };
-        let api = sandbox_api(client, namespace);
+    let params = PatchParams {
+        field_manager: Some(STATUS_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
+    for t in targets {
+        let key = format!("{}/{}/{}", t.kind, t.namespace, t.name);
+        let api = kars_api(client, &t.namespace, t.kind);
         // The generation after this sync's apply: the listed one when the apply changed
         // nothing, else read again.
         let live = match (actions.get(key.as_str()), apply.live_before.get(&key)) {
             (Some(Action::Unchanged), Some(l)) => l.clone(),
-            _ => match api.get(name).await {
+            _ => match api.get(&t.name).await {
                 Ok(obj) => serde_json::to_value(obj).unwrap_or_default(),
                 Err(e) => {
                     out.failed.push((key, e.to_string()));
@@ -266,18 +427,18 @@ pub async fn write(
                 }
             },
         };
-        let generation = live["metadata"]["generation"].as_i64();
-        let desired = sandbox_status(name, &o.manifest["spec"], result, generation);
+        // A kars controller runs and reports on this object: its status is not ours to write.
+        let reported = live["status"].as_object().is_some_and(|m| !m.is_empty());
+        if reported && !written_by_us(&live) {
+            continue;
+        }
+        let desired = (t.status)(live["metadata"]["generation"].as_i64());
         if unchanged(&desired, &live["status"]) {
             continue;
         }
         let desired = with_transition_times(desired, &live["status"], &now);
-        let params = PatchParams {
-            field_manager: Some(STATUS_MANAGER.to_string()),
-            ..PatchParams::default()
-        };
         match api
-            .patch_status(name, &params, &Patch::Merge(json!({"status": desired})))
+            .patch_status(&t.name, &params, &Patch::Merge(json!({"status": desired})))
             .await
         {
             Ok(_) => out.patched += 1,
@@ -370,6 +531,61 @@ mod tests {
             "2026-12-02T00:00:00Z",
             "Suspended stayed False"
         );
+    }
+
+    #[test]
+    fn a_policy_is_ready_when_every_running_router_reports_its_digest() {
+        let mounted = MountedPolicy {
+            configmap: "a-inference".into(),
+            digest: "sha256:abc".into(),
+            owner: Some("a-inference".into()),
+            bundle_digest: None,
+        };
+        let enforced = Enforcement::Enforced {
+            pods: vec!["a-1".into()],
+        };
+        let waiting = Enforcement::NoRunningPods;
+        fn uses_of<'a>(
+            mounted: &'a MountedPolicy,
+            results: Vec<Option<&'a Enforcement>>,
+        ) -> Vec<PolicyUse<'a>> {
+            results
+                .into_iter()
+                .map(|result| PolicyUse {
+                    namespace: "kars-a",
+                    mounted,
+                    result,
+                })
+                .collect()
+        }
+        let uses = |results| uses_of(&mounted, results);
+        let ready = policy_status(
+            PolicyKind::InferencePolicy,
+            &uses(vec![Some(&enforced)]),
+            Some(4),
+        );
+        assert_eq!(ready["phase"], "Ready");
+        assert_eq!(ready["compiledDigest"], "sha256:abc");
+        assert_eq!(ready["loadedDigest"], "sha256:abc");
+        assert_eq!(ready["profileConfigMapRef"]["namespace"], "kars-a");
+        assert_eq!(ready["observedGeneration"], 4);
+        assert_eq!(cond(&ready, "Ready")["reason"], "RouterEnforcing");
+
+        let partly = policy_status(
+            PolicyKind::InferencePolicy,
+            &uses(vec![Some(&enforced), Some(&waiting)]),
+            None,
+        );
+        assert_eq!(partly["phase"], "Compiled");
+        assert!(
+            partly.get("loadedDigest").is_none(),
+            "not echoed by every router"
+        );
+        assert_eq!(cond(&partly, "Ready")["reason"], "PolicyNotEnforced");
+
+        let nobody = policy_status(PolicyKind::AgtProfile, &uses(vec![None]), None);
+        assert_eq!(nobody["agtProfileDigest"], "sha256:abc");
+        assert_eq!(cond(&nobody, "Ready")["reason"], "NoSandboxesReferencing");
     }
 
     #[test]

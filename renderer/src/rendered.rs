@@ -118,6 +118,11 @@ pub struct MountedPolicy {
     pub configmap: String,
     /// The policy digest of its files ([`kars_contract::policy::digest_files`]).
     pub digest: String,
+    /// The CR it is compiled from, in the sandbox CR's namespace (the ToolPolicy of an AGT
+    /// profile, the InferencePolicy, the KarsMemory); `None` for the sandbox's own allowlist.
+    pub owner: Option<String>,
+    /// The signed bundle the content comes from.
+    pub bundle_digest: Option<String>,
 }
 
 /// What a sandbox's router must report at `/internal/policy-status` once its pod runs

@@ -358,6 +358,23 @@ fn with_servers(node: &NodeCluster, images: &Images) -> Result<()> {
         "KarsSandbox status once its router confirms: {}",
         cr_status("{.status}")?
     );
+    let policy = node.kubectl_ok(&[
+        "-n",
+        &repo.namespace(),
+        "get",
+        "inferencepolicy",
+        &format!("{agent}-inference"),
+        "-o",
+        "jsonpath={.status.phase} {.status.compiledDigest} {.status.loadedDigest}",
+    ])?;
+    let fields: Vec<&str> = policy.split_whitespace().collect();
+    ensure!(
+        fields.len() == 3
+            && fields[0] == "Ready"
+            && fields[1] == fields[2]
+            && fields[1].starts_with("sha256:"),
+        "InferencePolicy status once the router echoes it: {policy}"
+    );
     ensure!(
         cond.contains("\"status\":\"True\"") && cond.contains("Enforced"),
         "Enforced condition: {cond}"

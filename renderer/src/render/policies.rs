@@ -186,6 +186,8 @@ impl Ctx<'_> {
             MountedPolicy {
                 configmap: cm_name,
                 digest,
+                owner: c.owner.clone(),
+                bundle_digest: c.bundle_digest.clone(),
             },
         );
     }
