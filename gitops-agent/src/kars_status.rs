@@ -419,6 +419,8 @@ pub async fn write(
         // nothing, else read again.
         let live = match (actions.get(key.as_str()), apply.live_before.get(&key)) {
             (Some(Action::Unchanged), Some(l)) => l.clone(),
+            // Created by this sync: generation 1, no status yet.
+            (Some(Action::Created), _) => json!({"metadata": {"generation": 1}}),
             _ => match api.get(&t.name).await {
                 Ok(obj) => serde_json::to_value(obj).unwrap_or_default(),
                 Err(e) => {
