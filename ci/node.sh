@@ -144,9 +144,11 @@ node_cgroups_create() {
   done
 }
 
-# Kills every task in the node's cgroups until none is left, then removes the cgroups.
+# Kills every task in the node's cgroups until none is left, then removes the cgroups; with
+# "final", says which cgroup could not be removed (before containerd stops, its shims may
+# still hold some).
 node_cgroups_remove() {
-  local round d pid left
+  local final="${1:-}" round d pid left
   for round in $(seq 1 50); do
     left=0
     for d in $(node_cgroup_dirs); do
@@ -163,7 +165,7 @@ node_cgroups_remove() {
   done
   for d in $(node_cgroup_dirs); do
     find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
-    [ ! -d "$d" ] || node_log "warning: could not remove cgroup $d"
+    [ ! -d "$d" ] || [ -z "$final" ] || node_log "warning: could not remove cgroup $d"
   done
 }
 
@@ -200,7 +202,7 @@ node_down() {
   node_kill_mount_namespace "$dir"
   stop_pid_file "$dir/run/node-holder.pid"
   rm -f "$dir/run/node-mntns"
-  node_cgroups_remove
+  node_cgroups_remove final
   node_network_down "$dir"
   node_log "node stopped and cleaned (network namespace, links, cgroups, sysctls)"
 }
@@ -213,7 +215,10 @@ in_node() {
 
 node_write_configs() {
   local dir="$1" nbin="$2" n="$1/node"
-  mkdir -p "$n/containerd" "$n/cni/net.d" "$n/kubelet" "$n/run"
+  mkdir -p "$n/containerd" "$n/cni/net.d" "$n/kubelet/seccomp/profiles" "$n/run"
+  # The seccomp profile `isolation: enhanced` sandboxes ask for (Localhost
+  # profiles/kars-strict.json): upstream's, installed on every node (its chart uses a DaemonSet).
+  cp "$here/../charts/kars-gitops/files/kars-strict.json" "$n/kubelet/seccomp/profiles/kars-strict.json"
   local sock="$n/run/containerd.sock"
   [ ${#sock} -lt 100 ] || die "the containerd socket path would be too long (${#sock} > 100): use a shorter DIR"
   cat >"$n/containerd/config.toml" <<TOML
