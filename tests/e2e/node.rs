@@ -223,6 +223,7 @@ fn ok(report: &Value) -> bool {
 fn scenario(node: &NodeCluster) -> Result<()> {
     // Images of this build, imported into the node's containerd (nothing is pulled).
     let images = Images::build(&node.dir().join("images"))?;
+    images_are_reproducible_and_push_by_digest(node, &images)?;
     node.import(&images.archives)?;
 
     // The test's own DNS, HTTP servers and a second resolver the agent must not reach.
@@ -614,6 +615,87 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
             copy_tree(&e.path(), &target)?;
         } else {
             std::fs::copy(e.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// The same inputs give the same image digests; `ci/images.sh push` puts every image into a
+/// registry by digest, non-root and labelled.
+fn images_are_reproducible_and_push_by_digest(node: &NodeCluster, images: &Images) -> Result<()> {
+    let again = Images::build(&node.dir().join("images-again"))?;
+    ensure!(
+        again.refs == images.refs,
+        "two builds of the same binaries differ: {:?} vs {:?}",
+        images.refs,
+        again.refs
+    );
+    let registry = kars_e2e::oci::Registry::start(&node.dir().join("registry"))?;
+    let out = std::process::Command::new("bash")
+        .arg(kars_e2e::workspace_root().join("ci/images.sh"))
+        .args(["push"])
+        .arg(node.dir().join("images"))
+        .args([registry.host.as_str(), "--plain-http"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ci/images.sh push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pushed = String::from_utf8_lossy(&out.stdout);
+    let port: u16 = registry
+        .host
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .parse()?;
+    for reference in images.refs.values() {
+        let (name, digest) = reference
+            .trim_start_matches("kars.local/")
+            .split_once('@')
+            .context("a reference by digest")?;
+        ensure!(
+            pushed.contains(&format!("{}/{name}@{digest}", registry.host)),
+            "push did not print {name}@{digest}: {pushed}"
+        );
+        let accept = "application/vnd.oci.image.manifest.v1+json";
+        let (code, manifest) = kars_e2e::http_request(
+            port,
+            "GET",
+            &format!("/v2/{name}/manifests/{digest}"),
+            &[("Accept", accept)],
+            "",
+        )?;
+        ensure!(
+            code == 200,
+            "{name}@{digest} is not in the registry: {code} {manifest}"
+        );
+        ensure!(
+            kars_contract::sha256_digest(manifest.as_bytes()) == digest,
+            "{name}: the registry's manifest is not the one built"
+        );
+        let manifest: Value = serde_json::from_str(&manifest)?;
+        let config_digest = manifest["config"]["digest"].as_str().unwrap_or_default();
+        let (code, config) = kars_e2e::http_request(
+            port,
+            "GET",
+            &format!("/v2/{name}/blobs/{config_digest}"),
+            &[],
+            "",
+        )?;
+        ensure!(code == 200, "{name}: config blob {code}");
+        let config: Value = serde_json::from_str(&config)?;
+        let user = config["config"]["User"].as_str().unwrap_or_default();
+        ensure!(
+            !user.is_empty() && !user.starts_with("0:") && user != "0",
+            "{name} runs as {user:?}"
+        );
+        let labels = &config["config"]["Labels"];
+        for label in ["source", "revision", "version", "title"] {
+            ensure!(
+                labels[format!("org.opencontainers.image.{label}")].is_string(),
+                "{name} has no org.opencontainers.image.{label} label: {labels}"
+            );
         }
     }
     Ok(())
