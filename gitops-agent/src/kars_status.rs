@@ -9,7 +9,8 @@
 //! writes nothing). The health step does not mistake this status for a kars controller's
 //! ([`written_by_us`]), and a status some other manager (a kars controller) wrote is left
 //! alone. The policy CRs (ToolPolicy, InferencePolicy, KarsMemory) get their compiled digest and
-//! `Ready`/`RouterEnforcing` once every router that mounts them reports it.
+//! `Ready`/`RouterEnforcing` once every router that mounts them reports it; an EgressApproval
+//! is `Active` once its sandbox's router reports the approvals, `Expired` after its TTL.
 
 use std::collections::BTreeMap;
 
@@ -22,7 +23,7 @@ use crate::apply::{Action, ApplyReport};
 use crate::enforcement::Enforcement;
 use kars_contract::PolicyKind;
 use kars_renderer::Rendered;
-use kars_renderer::rendered::MountedPolicy;
+use kars_renderer::rendered::{MountedPolicy, RouterExpectation};
 
 /// The field manager of the status the agent writes on kars CRs.
 pub const STATUS_MANAGER: &str = "kars-gitops-status";
@@ -277,6 +278,73 @@ pub fn policy_status(kind: PolicyKind, uses: &[PolicyUse<'_>], generation: Optio
     status
 }
 
+/// The status of an EgressApproval: `Active` (`RouterConfirmed`) once its sandbox's router
+/// reports the approvals mount, `Expired` from `approved-at + ttl` on, `Pending` before
+/// (`AwaitingRouterEcho`, or `BlockedOnSandbox` when its sandbox is not rendered). `target` is
+/// the sandbox's approvals mount and router result, when the sandbox is rendered.
+pub fn approval_status(
+    manifest: &Value,
+    target: Option<(Option<&MountedPolicy>, Option<&Enforcement>)>,
+    now: i64,
+    generation: Option<i64>,
+) -> Value {
+    use kars_contract::time::{format_rfc3339, parse_iso8601_duration, parse_rfc3339};
+    let spec = &manifest["spec"];
+    let sandbox = spec["sandbox"].as_str().unwrap_or_default();
+    let start = manifest["metadata"]["annotations"][kars_contract::labels::APPROVED_AT_ANNOTATION]
+        .as_str()
+        .and_then(parse_rfc3339);
+    let ttl = spec["ttl"]
+        .as_str()
+        .and_then(|t| parse_iso8601_duration(t).ok())
+        .and_then(|t| i64::try_from(t).ok());
+    let expires = start.zip(ttl).map(|(s, t)| s.saturating_add(t));
+    let (phase, ready, reason, message) = match (target, expires) {
+        (_, Some(e)) if now >= e => (
+            "Expired",
+            false,
+            "Expired",
+            format!("expired at {}", format_rfc3339(e)),
+        ),
+        (None, _) => (
+            "Pending",
+            false,
+            "BlockedOnSandbox",
+            format!("sandbox {sandbox:?} is not rendered in this cluster"),
+        ),
+        (Some((_, Some(Enforcement::Enforced { .. }))), _) => (
+            "Active",
+            true,
+            "RouterConfirmed",
+            format!("the router of sandbox {sandbox:?} enforces it"),
+        ),
+        (Some(_), _) => (
+            "Pending",
+            false,
+            "AwaitingRouterEcho",
+            format!("waiting for the router of sandbox {sandbox:?} to report it"),
+        ),
+    };
+    let mut status = json!({
+        "phase": phase,
+        "hostCount": spec["hosts"].as_array().map_or(0, Vec::len),
+        "conditions": [condition("Ready", ready, reason, &message)],
+    });
+    if let Some(s) = start {
+        status["effectiveAt"] = json!(format_rfc3339(s));
+    }
+    if let Some(e) = expires {
+        status["expiresAt"] = json!(format_rfc3339(e));
+    }
+    if let Some((Some(m), _)) = target {
+        status["mergedDigest"] = json!(m.digest);
+    }
+    if let Some(g) = generation {
+        status["observedGeneration"] = json!(g);
+    }
+    status
+}
+
 /// One mount of a policy CR into a sandbox's router.
 pub struct PolicyUse<'a> {
     /// The sandbox namespace the ConfigMap is in.
@@ -340,6 +408,9 @@ pub async fn write(
         (&'static str, String, String),
         (PolicyKind, Vec<PolicyUse<'_>>),
     > = BTreeMap::new();
+    // (CR namespace, sandbox) → its router and what the router reports (`None`: suspended).
+    let mut sandboxes: BTreeMap<(String, String), (&RouterExpectation, Option<&Enforcement>)> =
+        BTreeMap::new();
     for o in &rendered.objects {
         if o.kind() != "KarsSandbox" || o.api_version() != kars_contract::KARS_API_VERSION {
             continue;
@@ -363,6 +434,7 @@ pub async fn write(
         } else {
             None
         };
+        sandboxes.insert((cr_ns.to_string(), name.to_string()), (router, result));
         for (kind, mounted) in &router.policies {
             let (Some(cr_kind), Some(owner)) = (policy_cr_kind(*kind), &mounted.owner) else {
                 continue;
@@ -389,6 +461,29 @@ pub async fn write(
             name: name.to_string(),
             status: Box::new(move |generation| {
                 sandbox_status(&name_owned, spec, result, generation)
+            }),
+        });
+    }
+    let now_secs =
+        kars_contract::time::parse_rfc3339(&kars_contract::time::now_rfc3339()).unwrap_or(0);
+    for o in &rendered.objects {
+        if o.kind() != "EgressApproval" || o.api_version() != kars_contract::KARS_API_VERSION {
+            continue;
+        }
+        let (name, Some(ns)) = (o.name(), o.namespace()) else {
+            continue;
+        };
+        let sandbox = o.manifest["spec"]["sandbox"].as_str().unwrap_or_default();
+        let target = sandboxes
+            .get(&(ns.to_string(), sandbox.to_string()))
+            .map(|(router, result)| (router.policies.get(&PolicyKind::EgressApproval), *result));
+        let manifest = &o.manifest;
+        targets.push(Target {
+            kind: "EgressApproval",
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            status: Box::new(move |generation| {
+                approval_status(manifest, target, now_secs, generation)
             }),
         });
     }
@@ -588,6 +683,50 @@ mod tests {
         let nobody = policy_status(PolicyKind::AgtProfile, &uses(vec![None]), None);
         assert_eq!(nobody["agtProfileDigest"], "sha256:abc");
         assert_eq!(cond(&nobody, "Ready")["reason"], "NoSandboxesReferencing");
+    }
+
+    #[test]
+    fn an_approval_is_active_once_its_router_confirms_and_expires_on_time() {
+        let manifest = json!({
+            "metadata": {"annotations": {"gitops.kars.io/approved-at": "2026-12-02T00:00:00Z"}},
+            "spec": {"sandbox": "a", "ttl": "PT1H", "hosts": [{"host": "x.example"}, {"host": "y.example"}]},
+        });
+        let mounted = MountedPolicy {
+            configmap: "a-egress-approvals".into(),
+            digest: "sha256:approvals".into(),
+            owner: None,
+            bundle_digest: None,
+        };
+        let start = kars_contract::time::parse_rfc3339("2026-12-02T00:00:00Z").unwrap_or(0);
+        let enforced = Enforcement::Enforced {
+            pods: vec!["a-1".into()],
+        };
+        let confirmed = Some((Some(&mounted), Some(&enforced)));
+        let active = approval_status(&manifest, confirmed, start + 60, Some(1));
+        assert_eq!(active["phase"], "Active");
+        assert_eq!(active["hostCount"], 2);
+        assert_eq!(active["mergedDigest"], "sha256:approvals");
+        assert_eq!(active["effectiveAt"], "2026-12-02T00:00:00Z");
+        assert_eq!(active["expiresAt"], "2026-12-02T01:00:00Z");
+        assert_eq!(cond(&active, "Ready")["reason"], "RouterConfirmed");
+
+        let waiting = approval_status(
+            &manifest,
+            Some((Some(&mounted), Some(&Enforcement::NoRunningPods))),
+            start + 60,
+            None,
+        );
+        assert_eq!(waiting["phase"], "Pending");
+        assert_eq!(cond(&waiting, "Ready")["reason"], "AwaitingRouterEcho");
+
+        let blocked = approval_status(&manifest, None, start + 60, None);
+        assert_eq!(cond(&blocked, "Ready")["reason"], "BlockedOnSandbox");
+
+        let expired = approval_status(&manifest, confirmed, start + 3600, None);
+        assert_eq!(
+            expired["phase"], "Expired",
+            "expired exactly at approved-at + ttl"
+        );
     }
 
     #[test]

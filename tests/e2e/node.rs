@@ -237,6 +237,7 @@ fn scenario(node: &NodeCluster) -> Result<()> {
             vec!["169.254.169.254".parse()?],
         ),
         ("later.kars.test".to_string(), vec![host]),
+        ("approved.kars.test".to_string(), vec![host]),
     ]);
     let _dns = DnsServer::start(SocketAddr::new(host, 53), records.clone())?;
     let _web = HttpServer::start(SocketAddr::new(host, 8080), "web-8080")?;
@@ -536,6 +537,43 @@ fn with_servers(node: &NodeCluster, images: &Images) -> Result<()> {
         "[node] policy change: pushed → router enforcing the new digest in {:.1}s (sync loop {:.1}s)",
         total.as_secs_f64(),
         reached.as_secs_f64()
+    );
+
+    // An EgressApproval pushed to Git: refused before, allowed once the router echoes it, and
+    // the approval's own status says Active with the digest the router reports.
+    let before = sb.agent(&["connect", proxy, "approved.kars.test:8080"])?;
+    ensure!(
+        !ok(&before),
+        "approved.kars.test passed before any approval: {before}"
+    );
+    repo.work.write(
+        &format!("agents/{agent}/approval.yaml"),
+        &format!(
+            "apiVersion: kars.azure.com/v1alpha1\nkind: EgressApproval\nmetadata:\n  name: {agent}-approved\n  namespace: {ns}\n  annotations:\n    gitops.kars.io/approved-at: \"{now}\"\nspec:\n  sandbox: {agent}\n  hosts:\n    - {{host: approved.kars.test, port: 8080}}\n  reason: e2e approval\n  ttl: PT1H\n",
+            ns = repo.namespace(),
+            now = kars_contract::time::now_rfc3339(),
+        ),
+    )?;
+    repo.commit_and_push("approve approved.kars.test for an hour")?;
+    let (_, approved_in) = sync_until_enforced(node, &repo, 120)?;
+    let after = sb.agent(&["connect", proxy, "approved.kars.test:8080"])?;
+    ensure!(ok(&after), "the approval is not enforced: {after}");
+    let approval = node.kubectl_ok(&[
+        "-n",
+        &repo.namespace(),
+        "get",
+        "egressapproval",
+        &format!("{agent}-approved"),
+        "-o",
+        "jsonpath={.status.phase} {.status.hostCount} {.status.mergedDigest}",
+    ])?;
+    ensure!(
+        approval.starts_with("Active 1 sha256:"),
+        "EgressApproval status once enforced: {approval}"
+    );
+    eprintln!(
+        "[node] EgressApproval: pushed → enforced in {:.1}s",
+        approved_in.as_secs_f64()
     );
     Ok(())
 }
