@@ -268,7 +268,9 @@ pub fn policy_status(kind: PolicyKind, uses: &[PolicyUse<'_>], generation: Optio
                 } else {
                     "profileConfigMapRef"
                 };
-                status[field] = json!({"name": u.mounted.configmap, "namespace": u.namespace});
+                // Upstream's schema has only `name` here (the ConfigMap is in the sandbox
+                // namespace); a field the API server prunes would make every sync rewrite.
+                status[field] = json!({"name": u.mounted.configmap});
             }
         }
     }
@@ -664,7 +666,11 @@ mod tests {
         assert_eq!(ready["phase"], "Ready");
         assert_eq!(ready["compiledDigest"], "sha256:abc");
         assert_eq!(ready["loadedDigest"], "sha256:abc");
-        assert_eq!(ready["profileConfigMapRef"]["namespace"], "kars-a");
+        assert_eq!(
+            ready["profileConfigMapRef"],
+            json!({"name": "a-inference"}),
+            "only the fields upstream's schema keeps"
+        );
         assert_eq!(ready["observedGeneration"], 4);
         assert_eq!(cond(&ready, "Ready")["reason"], "RouterEnforcing");
 
