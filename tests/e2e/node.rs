@@ -348,6 +348,13 @@ fn with_servers(node: &NodeCluster, images: &Images) -> Result<()> {
     // Ready comes from the real router pod.
     let (enforced, took) = sync_until_enforced(node, &repo, 60)?;
     ensure!(enforced.ready == Reason::Synced);
+    // Nothing changed since: the kars CRs' status is not written again.
+    let quiet = sync(node, &repo)?;
+    ensure!(
+        quiet.kars_status_patched == 0 && quiet.ready == Reason::Synced,
+        "a sync that changed nothing wrote {} kars status(es)",
+        quiet.kars_status_patched
+    );
     let cond = repo.policyrepo_jsonpath_with(
         node.kubectl(),
         "{.status.conditions[?(@.type==\"Enforced\")]}",

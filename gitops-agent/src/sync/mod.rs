@@ -138,6 +138,8 @@ pub struct SyncOutcome {
     /// Router Deployments whose running pods do not report the rendered policy digests
     /// (`namespace/name`); Ready waits for them ("Ready means enforced").
     pub not_enforced: Vec<String>,
+    /// Status patches written on kars CRs after the enforce step (0 when nothing changed).
+    pub kars_status_patched: usize,
     /// The reason word of the Ready condition (`Synced` when converged).
     pub ready: Reason,
 }

@@ -268,6 +268,7 @@ impl Run {
                 .map(|h| h.object.clone())
                 .collect(),
             not_enforced,
+            kars_status_patched: self.kars_status.patched,
             ready,
         })
     }
