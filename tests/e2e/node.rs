@@ -192,6 +192,17 @@ fn sync(node: &NodeCluster, repo: &PolicyRepoFixture) -> Result<SyncOutcome> {
     })?
 }
 
+/// One sync that must apply every object.
+fn sync_applied(node: &NodeCluster, repo: &PolicyRepoFixture) -> Result<SyncOutcome> {
+    let o = sync(node, repo)?;
+    ensure!(
+        o.apply.is_success(),
+        "apply failed: {:?}",
+        o.apply.failures().collect::<Vec<_>>()
+    );
+    Ok(o)
+}
+
 /// Syncs until the PolicyRepo is Ready (every router reports the rendered digests), up to
 /// `secs`; returns the outcome and how long it took.
 fn sync_until_enforced(
@@ -285,12 +296,7 @@ fn with_servers(node: &NodeCluster, images: &Images) -> Result<()> {
     repo.commit_and_push("a sandbox on the node")?;
 
     let t0 = Instant::now();
-    let first = sync(node, &repo)?;
-    ensure!(
-        first.apply.is_success(),
-        "apply failed: {:?}",
-        first.apply.failures().collect::<Vec<_>>()
-    );
+    let first = sync_applied(node, &repo)?;
     // The pod cannot be running yet: a sandbox that should run has no router confirming.
     ensure!(
         first.ready == Reason::NoRunningRouters,
@@ -527,12 +533,7 @@ fn with_servers(node: &NodeCluster, images: &Images) -> Result<()> {
     write_sandbox(&hosts)?;
     repo.commit_and_push("allow later.kars.test")?;
     let t1 = Instant::now();
-    let changed = sync(node, &repo)?;
-    ensure!(
-        changed.apply.is_success(),
-        "apply failed: {:?}",
-        changed.apply.failures().collect::<Vec<_>>()
-    );
+    sync_applied(node, &repo)?;
     let (_, reached) = sync_until_enforced(node, &repo, 120)?;
     let total = t1.elapsed();
     let later = sb.agent(&["connect", proxy, "later.kars.test:8080"])?;
@@ -614,12 +615,7 @@ fn template_repository(node: &NodeCluster, images: &Images) -> Result<()> {
     );
     repo.work.write("kars.yaml", &kars_yaml)?;
     repo.commit_and_push("the template, with this cluster's images")?;
-    let first = sync(node, &repo)?;
-    ensure!(
-        first.apply.is_success(),
-        "apply failed: {:?}",
-        first.apply.failures().collect::<Vec<_>>()
-    );
+    sync_applied(node, &repo)?;
     let sb = Sandbox {
         node,
         namespace: "kars-hello-agent".into(),
