@@ -10,7 +10,7 @@
 #   ci/images.sh push OUT REGISTRY [--plain-http]
 #       pushes every layout of OUT to REGISTRY by digest (oras), prints REGISTRY/<image>@sha256:…
 #
-# Images: kars-gitops-agent, kars-router, kars-egress-guard, kars-test-agent (the e2e tests'
+# Images: kars-gitops-agent (with the kars CLI), kars-router, kars-egress-guard, kars-test-agent (the e2e tests'
 # agent: tries direct and proxied connections and reports what happened).
 # The binaries come from target/<profile>/ (build them first: cargo build --workspace --bins).
 set -euo pipefail
@@ -62,7 +62,7 @@ cmd_build() {
   local out="$1" profile="${2:-debug}"
   mkdir -p "$out"; out="$(cd "$out" && pwd)"
   local t="$root/target/$profile"
-  for b in kars-gitops-agent kars-router kars-test-agent; do
+  for b in kars-gitops-agent kars kars-router kars-test-agent; do
     [ -x "$t/$b" ] || die "$t/$b is missing: cargo build --workspace --bins${profile:+ --profile $profile}"
   done
   for c in dash iptables; do
@@ -70,8 +70,10 @@ cmd_build() {
   done
   : >"$out/images.env.new"
   mv "$out/images.env.new" "$out/images.env"
+  # The agent image also carries the kars CLI (`kubectl exec … -- kars status`, and the chart's
+  # uninstall hook runs `kars delete --prune` with it).
   image "$out" kars-gitops-agent "$GITOPS_UID" --binary "$t/kars-gitops-agent:/usr/local/bin/kars-gitops-agent" \
-    --entrypoint /usr/local/bin/kars-gitops-agent
+    --binary "$t/kars:/usr/local/bin/kars" --entrypoint /usr/local/bin/kars-gitops-agent
   image "$out" kars-router "$ROUTER_UID" --binary "$t/kars-router:/usr/local/bin/kars-router" \
     --entrypoint /usr/local/bin/kars-router
   # The guard runs as root with NET_ADMIN (it is an init container that installs the rules and

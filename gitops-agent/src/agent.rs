@@ -26,6 +26,9 @@ pub struct AgentConfig {
     pub sync: SyncConfig,
     /// Time between syncs (±10% jitter).
     pub interval: Duration,
+    /// After a sync that did not end Ready (a failure, or routers not confirming yet), the
+    /// next one comes after this, doubling on each further miss up to `interval`.
+    pub retry_interval: Duration,
     /// Address of the HTTP endpoints.
     pub listen: SocketAddr,
     /// Shared secret of push webhooks (none: webhook endpoints refuse everything).
@@ -110,12 +113,15 @@ fn watch_repository(
 
 /// Wakes the sync loop when the PolicyRepo asks for a sync now (a new value of the
 /// `gitops.kars.io/reconcile-requested-at` annotation: `kars reconcile`) or its spec changes
-/// (a new generation: `kars suspend`, `kars resume`). Reconnects after errors.
+/// (a new generation: `kars suspend`, `kars resume`). Reconnects after errors. Sets `deleted`
+/// while the PolicyRepo is gone after having existed (`kars delete`, the chart's uninstall
+/// hook): the agent then stops syncing instead of re-creating it and re-applying everything.
 fn watch_policy_repo(
     client: kube::Client,
     namespace: String,
     name: String,
     trigger: Arc<Notify>,
+    deleted: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
     use futures_util::StreamExt;
     use kube::api::{Api, WatchEvent, WatchParams};
@@ -131,8 +137,16 @@ fn watch_policy_repo(
                     let mut stream = std::pin::pin!(stream);
                     while let Some(event) = stream.next().await {
                         let pr = match event {
-                            Ok(WatchEvent::Added(pr) | WatchEvent::Modified(pr)) => pr,
-                            Ok(WatchEvent::Bookmark(_) | WatchEvent::Deleted(_)) => continue,
+                            Ok(WatchEvent::Added(pr) | WatchEvent::Modified(pr)) => {
+                                deleted.store(false, Ordering::SeqCst);
+                                pr
+                            }
+                            Ok(WatchEvent::Deleted(_)) => {
+                                tracing::warn!(%name, "the PolicyRepo was deleted: not syncing until it exists again (or the agent restarts)");
+                                deleted.store(true, Ordering::SeqCst);
+                                continue;
+                            }
+                            Ok(WatchEvent::Bookmark(_)) => continue,
                             Ok(WatchEvent::Error(_)) | Err(_) => break,
                         };
                         let key = (
@@ -157,6 +171,31 @@ fn watch_policy_repo(
     })
 }
 
+/// Sets the PolicyRepo's reconcile annotation to now (what `kars reconcile` does): the
+/// leader's watch starts a sync.
+async fn request_reconcile(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(), kube::Error> {
+    use kube::api::{Api, Patch, PatchParams};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let requested = kars_contract::time::format_rfc3339(now.as_secs() as i64)
+        .replace('Z', &format!(".{:09}Z", now.subsec_nanos()));
+    let api: Api<crate::status::PolicyRepo> = Api::namespaced(client.clone(), namespace);
+    api.patch(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({
+            "metadata": {"annotations": {kars_contract::labels::RECONCILE_ANNOTATION: requested}}
+        })),
+    )
+    .await?;
+    Ok(())
+}
+
 /// Runs until `shutdown` resolves. The sync in progress finishes its current object and
 /// records its status before the agent exits.
 pub async fn run(
@@ -173,7 +212,10 @@ pub async fn run(
         replay: Arc::new(Mutex::new(ReplayGuard::new(1024))),
         limiter: Arc::new(Mutex::new(TokenBucket::new(20, 2.0))),
         trigger: trigger.clone(),
+        accepted: Default::default(),
     };
+    let hooks_accepted = hooks.accepted.clone();
+    let mut hooks_relayed = 0;
     let http = Http {
         metrics: metrics.clone(),
         ready: ready.clone(),
@@ -197,11 +239,13 @@ pub async fn run(
     } else {
         None
     };
+    let policy_repo_deleted = Arc::new(AtomicBool::new(false));
     let policy_repo_watch = watch_policy_repo(
         client.clone(),
         cfg.sync.status_namespace.clone(),
         cfg.sync.name.clone(),
         trigger.clone(),
+        policy_repo_deleted.clone(),
     );
     let stop_flag = stopping.clone();
     let stop_trigger = trigger.clone();
@@ -216,6 +260,8 @@ pub async fn run(
         crate::status::ensure_namespace(&client, &l.namespace).await?;
     }
     let mut leader = cfg.lease.is_none();
+    // Time to the next sync after a miss (None: the last sync ended Ready).
+    let mut retry: Option<Duration> = None;
     loop {
         if stopping.load(Ordering::SeqCst) {
             break;
@@ -240,7 +286,10 @@ pub async fn run(
                 }
             }
         }
-        if leader {
+        if leader && policy_repo_deleted.load(Ordering::SeqCst) {
+            retry = None;
+            ready.store(true, Ordering::Relaxed);
+        } else if leader {
             // Keep renewing the lease while the sync runs; losing it abandons the sync at the
             // next object boundary, so two replicas never apply at once.
             let lost = Arc::new(AtomicBool::new(false));
@@ -269,6 +318,15 @@ pub async fn run(
             if lost.load(Ordering::SeqCst) {
                 leader = false;
             }
+            let missed = match &result {
+                Ok(o) => !o.converged(),
+                Err(SyncError::Suspended) => false,
+                Err(_) => true,
+            };
+            retry = missed.then(|| match retry {
+                None => cfg.retry_interval,
+                Some(r) => (r * 2).min(cfg.interval),
+            });
             match result {
                 Ok(o) => tracing::info!(
                     commit = %o.commit,
@@ -289,10 +347,30 @@ pub async fn run(
             }
             ready.store(true, Ordering::Relaxed);
         } else {
+            // A follower that received push hooks (the Service balances across replicas)
+            // asks the leader to sync now, the way `kars reconcile` does.
+            let accepted = hooks_accepted.load(Ordering::SeqCst);
+            if accepted != hooks_relayed {
+                match request_reconcile(&client, &cfg.sync.status_namespace, &cfg.sync.name).await {
+                    Ok(()) => {
+                        tracing::info!(
+                            "push hook received by a follower: asked the leader to sync"
+                        );
+                        hooks_relayed = accepted;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not relay a push hook to the leader")
+                    }
+                }
+            }
             ready.store(true, Ordering::Relaxed);
         }
-        let wait = match &cfg.lease {
-            Some(l) if !leader => l.duration / 3,
+        let wait = match (&cfg.lease, retry) {
+            (Some(l), _) if !leader => l.duration / 3,
+            (_, Some(r)) => {
+                tracing::info!(retry_in = ?r, "not Ready yet; syncing again soon");
+                r.min(cfg.interval)
+            }
             _ => jittered(cfg.interval),
         };
         tokio::select! {

@@ -542,6 +542,12 @@ impl<'c> Applier<'c> {
             Err(e @ kube::Error::Api(_)) if matches!(&e, kube::Error::Api(s) if s.code == 409) => {
                 Err(ApplyFailure::Conflict(e))
             }
+            Err(e @ kube::Error::Api(_)) if matches!(&e, kube::Error::Api(s) if s.code == 403) => {
+                Err(ApplyFailure::Refused(format!(
+                    "{}; the agent's identity may not write this kind here (with the Helm chart: grant it in rbac.extraRules, and list the namespace in admissionPolicy.extraNamespaces if the repository does not create it)",
+                    status_message(&e)
+                )))
+            }
             Err(e @ kube::Error::Api(_)) => Err(ApplyFailure::Refused(status_message(&e))),
             Err(e) => Err(ApplyFailure::Unreachable(e)),
         }
@@ -620,18 +626,27 @@ impl<'c> Applier<'c> {
             "{REPOSITORY_LABEL}={},{CLUSTER_LABEL}={}",
             rendered.repository, rendered.cluster
         );
-        let existing: BTreeSet<(String, String)> = all
+        let existing: BTreeSet<(String, String)> = match all
             .list_metadata(&ListParams::default().labels(&selector))
-            .await?
-            .items
-            .into_iter()
-            .map(|m| {
-                (
-                    m.metadata.namespace.unwrap_or_default(),
-                    m.metadata.name.unwrap_or_default(),
-                )
-            })
-            .collect();
+            .await
+        {
+            Ok(list) => list
+                .items
+                .into_iter()
+                .map(|m| {
+                    (
+                        m.metadata.namespace.unwrap_or_default(),
+                        m.metadata.name.unwrap_or_default(),
+                    )
+                })
+                .collect(),
+            // Least privilege (the chart's RBAC): listing Secrets cluster-wide would be
+            // reading every Secret, so only `get` of the generated names is granted.
+            Err(kube::Error::Api(st)) if st.code == 403 => {
+                self.existing_generated_secrets(secrets, &ar).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
         let mut created = Vec::new();
         for s in secrets {
             if existing.contains(&(s.namespace.clone(), s.name.clone())) {
@@ -667,6 +682,37 @@ impl<'c> Applier<'c> {
             }
         }
         Ok(created)
+    }
+
+    /// The generated secrets that exist, one GET each (a few at a time), for an identity that
+    /// may not list Secrets.
+    async fn existing_generated_secrets(
+        &self,
+        secrets: &[GeneratedSecret],
+        ar: &kube::discovery::ApiResource,
+    ) -> Result<BTreeSet<(String, String)>, ApplyError> {
+        use futures_util::TryStreamExt;
+        // Owned per request, so the futures borrow nothing across the await points.
+        let lookups: Vec<_> = secrets
+            .iter()
+            .map(|s| {
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(self.cluster.client().clone(), &s.namespace, ar);
+                (api, s.namespace.clone(), s.name.clone())
+            })
+            .collect();
+        let found: Vec<Option<(String, String)>> = stream::iter(lookups)
+            .map(|(api, namespace, name)| async move {
+                match api.get_metadata_opt(&name).await {
+                    Ok(Some(_)) => Ok(Some((namespace, name))),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(ApplyError::from(e)),
+                }
+            })
+            .buffer_unordered(16)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
     }
 }
 

@@ -37,6 +37,10 @@ struct Args {
     /// Time between syncs (e.g. 30s, 5m); ±10% jitter is added.
     #[arg(long, env = "KARS_INTERVAL", default_value = "60s", value_parser = duration_arg)]
     interval: Duration,
+    /// After a sync that did not end Ready (failed, or routers not confirming yet), sync again
+    /// after this, doubling up to --interval.
+    #[arg(long, env = "KARS_RETRY_INTERVAL", default_value = "5s", value_parser = duration_arg)]
+    retry_interval: Duration,
     /// Kubeconfig (default: in-cluster config, then $KUBECONFIG, then ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -49,6 +53,10 @@ struct Args {
     /// TrustPolicy file.
     #[arg(long, env = "KARS_TRUST")]
     trust: Option<PathBuf>,
+    /// Directory of trust roots (a mounted Secret): `allowed_signers`, `openpgp.asc` and
+    /// `trust.yaml`, each used when present; an explicit flag for a file wins.
+    #[arg(long, env = "KARS_TRUST_DIR")]
+    trust_dir: Option<PathBuf>,
     /// File with an HTTPS token for the repository.
     #[arg(long, env = "KARS_TOKEN_FILE")]
     token_file: Option<PathBuf>,
@@ -77,6 +85,10 @@ struct Args {
     /// Elect a leader with a Lease (run several replicas safely).
     #[arg(long, env = "KARS_LEADER_ELECTION")]
     leader_election: bool,
+    /// How long a leader's Lease lasts without renewal (a stopped leader is replaced after
+    /// at most this long; renewed every third of it).
+    #[arg(long, env = "KARS_LEASE_DURATION", default_value = "30s", value_parser = duration_arg)]
+    lease_duration: Duration,
     /// This replica's identity for leader election (default: the host name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -197,10 +209,31 @@ async fn name_from_repository(sync: &SyncConfig, once: bool) -> anyhow::Result<S
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let from_dir = |explicit: &Option<PathBuf>, file: &str| -> Option<PathBuf> {
+        explicit.clone().or_else(|| {
+            let p = args.trust_dir.as_ref()?.join(file);
+            p.is_file().then_some(p)
+        })
+    };
+    let (trust_file, signers, keyring) = (
+        from_dir(&args.trust, "trust.yaml"),
+        from_dir(&args.allowed_signers, "allowed_signers"),
+        from_dir(&args.openpgp_keyring, "openpgp.asc"),
+    );
+    if let Some(dir) = &args.trust_dir
+        && trust_file.is_none()
+        && signers.is_none()
+        && keyring.is_none()
+    {
+        anyhow::bail!(
+            "no trust root in {}: it must hold allowed_signers, openpgp.asc or trust.yaml (with the Helm chart: set trust.allowedSigners, trust.openpgpKeyring or trust.existingSecret)",
+            dir.display()
+        );
+    }
     let trust = verify::load_policy(
-        args.trust.as_deref(),
-        args.allowed_signers.as_deref(),
-        args.openpgp_keyring.as_deref(),
+        trust_file.as_deref(),
+        signers.as_deref(),
+        keyring.as_deref(),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let token = match &args.token_file {
@@ -268,11 +301,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         namespace: args.namespace.clone(),
         name: format!("{}-leader", sync.name),
         identity,
-        duration: Duration::from_secs(30),
+        duration: args.lease_duration,
     });
     let cfg = AgentConfig {
         sync,
         interval: args.interval,
+        retry_interval: args.retry_interval,
         listen: args.listen,
         webhook_secret,
         lease,

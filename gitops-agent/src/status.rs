@@ -456,7 +456,7 @@ mod tests {
         let in_chart = std::fs::read_to_string(&path).unwrap_or_default();
         assert_eq!(
             in_chart, generated,
-            "charts/ CRD is stale: KARS_UPDATE_GOLDEN=1 cargo test -p kars-gitops-agent crd"
+            "charts/ CRD is stale: cargo run -p kars-gitops-agent --bin kars-crdgen -- --write charts/kars-gitops/crds"
         );
     }
 

@@ -184,6 +184,8 @@ pub struct HookState {
     pub limiter: Arc<Mutex<TokenBucket>>,
     /// Wakes the sync loop (coalescing: many notifications before a wake-up count once).
     pub trigger: Arc<Notify>,
+    /// Hooks accepted so far (a follower replica relays new ones to the leader).
+    pub accepted: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl HookState {
@@ -220,6 +222,8 @@ impl HookState {
         {
             return Err(HookRefusal::Replay);
         }
+        self.accepted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.trigger.notify_one();
         Ok(())
     }
@@ -280,6 +284,7 @@ mod tests {
             replay: Arc::new(Mutex::new(ReplayGuard::new(16))),
             limiter: Arc::new(Mutex::new(TokenBucket::new(100, 10.0))),
             trigger: Arc::new(Notify::new()),
+            accepted: Default::default(),
         }
     }
 

@@ -255,13 +255,19 @@ fn leader_election() -> Result<()> {
     install_kars_crds(cluster)?;
     let f = PolicyRepoFixture::new(&unique_name("leader"), &["a"])?;
     let first = f.work.git(&["rev-parse", "HEAD"])?.trim().to_string();
+    let secret_file: PathBuf = f.path().join("webhook-secret");
+    std::fs::write(&secret_file, "hook-s3cret\n")?;
+    let secret_arg = secret_file.to_string_lossy().to_string();
+    // A long interval: after the first sync, only a (relayed) hook or a new leader syncs.
     let mut one = start_agent(
         cluster,
         &f,
         &f.file_url(),
         &[
             "--interval",
-            "1s",
+            "1h",
+            "--webhook-secret-file",
+            &secret_arg,
             "--leader-election",
             "--identity",
             "replica-1",
@@ -274,7 +280,9 @@ fn leader_election() -> Result<()> {
         &f.file_url(),
         &[
             "--interval",
-            "1s",
+            "1h",
+            "--webhook-secret-file",
+            &secret_arg,
             "--leader-election",
             "--identity",
             "replica-2",
@@ -304,6 +312,31 @@ fn leader_election() -> Result<()> {
     ensure!(
         !log2.contains("sync finished"),
         "the follower synced:\n{log2}"
+    );
+    // A push hook that lands on the follower (a Service balances across replicas) is relayed:
+    // the leader syncs the pushed commit at once, not at its next interval.
+    f.add_agent("c", &["crates.io"])?;
+    let pushed = f.commit_and_push("add c")?;
+    ensure!(
+        post_hook(
+            two.port,
+            r#"{"ref":"refs/heads/main"}"#,
+            b"hook-s3cret",
+            "d-relay"
+        )? == 202,
+        "the follower refused a valid hook"
+    );
+    wait_applied(
+        &f,
+        cluster,
+        30,
+        "the leader's sync of a hook the follower received",
+        &pushed,
+    )?;
+    let log2 = std::fs::read_to_string(f.path().join(format!("agent-{}.log", two.port)))?;
+    ensure!(
+        log2.contains("asked the leader to sync") && !log2.contains("sync finished"),
+        "the follower did not relay (or synced itself):\n{log2}"
     );
     // The leader stops gracefully (SIGTERM releases the lease); the follower takes over.
     Command::new("kill")

@@ -7,6 +7,7 @@ use libtest_mimic::{Arguments, Trial};
 
 mod agent;
 mod bundles;
+mod chart;
 mod cli;
 mod harness;
 mod node;
@@ -23,6 +24,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(node::tests());
     trials.extend(agent::tests());
     trials.extend(bundles::tests());
+    trials.extend(chart::tests());
     trials.extend(cli::tests());
     trials.extend(render::tests());
     trials.extend(router::tests());

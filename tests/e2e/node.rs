@@ -26,6 +26,8 @@ use serde_json::Value;
 
 use crate::trial;
 
+mod chart;
+
 pub fn tests() -> Vec<Trial> {
     vec![trial(
         "node::sandbox_pod_runs_and_its_router_enforces",
@@ -262,7 +264,7 @@ fn scenario(node: &NodeCluster) -> Result<()> {
         ))
         .spawn()
         .context("starting the second resolver")?;
-    let r = with_servers(node, &images).and_then(|()| template_repository(node, &images));
+    let r = with_servers(node, &images).and_then(|()| chart::helm_installed_agent(node, &images));
     let _ = other_dns.kill();
     let _ = other_dns.wait();
     r
@@ -582,67 +584,6 @@ fn with_servers(node: &NodeCluster, images: &Images) -> Result<()> {
     eprintln!(
         "[node] EgressApproval: pushed → enforced in {:.1}s",
         approved_in.as_secs_f64()
-    );
-    Ok(())
-}
-
-/// The template repository as `kars init` writes it, with this cluster's images: its sandbox
-/// (OpenClaw runtime, `isolation: enhanced` with the kars-strict seccomp profile, governance on)
-/// starts, and the PolicyRepo is Ready only once its router confirms.
-fn template_repository(node: &NodeCluster, images: &Images) -> Result<()> {
-    let prefix = unique_name("template");
-    let repo = PolicyRepoFixture::new(&prefix, &[])?;
-    let template = kars_e2e::workspace_root().join("repo-template");
-    for dir in ["agents", "policies"] {
-        copy_tree(&template.join(dir), &repo.work.path.join(dir))?;
-    }
-    let kars_yaml = std::fs::read_to_string(template.join("kars.yaml"))?
-        .replace(
-            "router: ghcr.io/kars-gitops/kars-router:0.1.0",
-            &format!("router: \"{}\"", images.get("KARS_IMAGE_ROUTER")?),
-        )
-        .replace(
-            "egressGuard: ghcr.io/kars-gitops/kars-egress-guard:0.1.0",
-            &format!(
-                "egressGuard: \"{}\"\n    runtimes:\n      OpenClaw: \"{}\"",
-                images.get("KARS_IMAGE_EGRESS_GUARD")?,
-                images.get("KARS_IMAGE_TEST_AGENT")?
-            ),
-        );
-    ensure!(
-        kars_yaml.contains("OpenClaw: \"kars.local/"),
-        "the template's kars.yaml changed: {kars_yaml}"
-    );
-    repo.work.write("kars.yaml", &kars_yaml)?;
-    repo.commit_and_push("the template, with this cluster's images")?;
-    sync_applied(node, &repo)?;
-    let sb = Sandbox {
-        node,
-        namespace: "kars-hello-agent".into(),
-        name: "hello-agent".into(),
-    };
-    let pod = sb.wait_ready(120)?;
-    let containers: Vec<&str> = pod["spec"]["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["name"].as_str())
-        .collect();
-    ensure!(
-        containers == ["openclaw", "inference-router"],
-        "containers: {containers:?}"
-    );
-    ensure!(
-        pod["spec"]["securityContext"]["seccompProfile"]["localhostProfile"]
-            == "profiles/kars-strict.json",
-        "the enhanced sandbox runs under kars-strict: {}",
-        pod["spec"]["securityContext"]
-    );
-    let (o, took) = sync_until_enforced(node, &repo, 60)?;
-    ensure!(o.not_enforced.is_empty());
-    eprintln!(
-        "[node] the template's hello-agent: Ready and enforced {:.1}s after its pod",
-        took.as_secs_f64()
     );
     Ok(())
 }

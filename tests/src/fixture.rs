@@ -245,16 +245,15 @@ pub struct GitDaemon {
 impl GitDaemon {
     /// Starts `git daemon --export-all --base-path=<base>` on 127.0.0.1.
     pub fn start(base: &Path) -> Result<GitDaemon> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        GitDaemon::start_on(base, "127.0.0.1")
+    }
+
+    /// The same on `ip` (e.g. the host end of the node link, which pods reach).
+    pub fn start_on(base: &Path, ip: &str) -> Result<GitDaemon> {
+        let port = std::net::TcpListener::bind((ip, 0))?.local_addr()?.port();
         let child = std::process::Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--listen=127.0.0.1",
-            ])
+            .args(["daemon", "--reuseaddr", "--export-all"])
+            .arg(format!("--listen={ip}"))
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", base.display()))
             .arg(base)
@@ -262,7 +261,7 @@ impl GitDaemon {
             .stderr(std::process::Stdio::null())
             .spawn()?;
         for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if std::net::TcpStream::connect((ip, port)).is_ok() {
                 return Ok(GitDaemon { child, port });
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -34,6 +34,11 @@ pub struct Out {
 }
 
 impl Out {
+    /// True when it exited 0.
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+
     /// Standard output followed by standard error.
     pub fn combined(&self) -> String {
         format!("{}{}", self.stdout, self.stderr)
@@ -58,6 +63,26 @@ pub fn kars_command() -> Result<Command> {
 /// Runs `cmd` to the end and keeps what it printed.
 pub fn run_to_end(cmd: &mut Command) -> Result<Out> {
     let out = cmd.output().context("running a command")?;
+    Ok(Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// Runs `cmd` with `input` on its stdin, to the end, and keeps what it printed.
+pub fn run_with_stdin(cmd: &mut Command, input: &str) -> Result<Out> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running a command")?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
     Ok(Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -349,14 +374,14 @@ pub fn down_when_this_process_dies(dir: &Path) -> Result<()> {
 /// Installs the kars CRDs and the PolicyRepo CRD with `kubectl` (a fresh command per call) and
 /// waits until every CRD is Established.
 pub fn install_crds(kubectl: impl Fn() -> Command) -> Result<()> {
-    for d in ["renderer/upstream/crds", "charts/kars-gitops/crds"] {
-        let out = kubectl()
-            .args(["apply", "--server-side", "-f"])
-            .arg(workspace_root().join(d))
-            .output()?;
-        if !out.status.success() {
-            bail!("installing CRDs: {}", String::from_utf8_lossy(&out.stderr));
-        }
+    // The chart carries upstream's kars CRDs (byte-identical to renderer/upstream/crds, a test
+    // checks) and the PolicyRepo CRD.
+    let out = kubectl()
+        .args(["apply", "--server-side", "-f"])
+        .arg(workspace_root().join("charts/kars-gitops/crds"))
+        .output()?;
+    if !out.status.success() {
+        bail!("installing CRDs: {}", String::from_utf8_lossy(&out.stderr));
     }
     // `kubectl wait` fails at once on a CRD without status yet: retry up to 60 s.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -452,16 +477,15 @@ pub mod router_bench;
 
 static CRDS_INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
 
-/// Installs the upstream kars CRDs (`renderer/upstream/crds`) and ours
-/// (`charts/kars-gitops/crds`) into the shared control plane, once per run, and waits until
+/// Installs the chart's CRDs (upstream kars' and ours, `charts/kars-gitops/crds`) into the
+/// shared control plane, once per run, and waits until
 /// they are Established.
 pub fn install_kars_crds(cluster: &'static Cluster) -> Result<()> {
     CRDS_INSTALLED
         .get_or_init(|| {
-            let dirs = [
-                workspace_root().join("renderer/upstream/crds"),
-                workspace_root().join("charts/kars-gitops/crds"),
-            ];
+            // The chart's crds/ holds upstream's (byte-identical to renderer/upstream/crds, a
+            // test checks) and ours.
+            let dirs = [workspace_root().join("charts/kars-gitops/crds")];
             let run = || -> Result<()> {
                 for dir in &dirs {
                     let path = dir.to_string_lossy();

@@ -220,7 +220,17 @@ impl Run {
         } else if matches!(self.prune, PruneStep::Refused(_)) {
             Reason::PruneRefused
         } else if !prune_done {
-            Reason::ApplyFailed
+            // Still terminating (finalizers, a namespace emptying) is on its way; refused or
+            // kept is a failure.
+            let failed = self
+                .pruned()
+                .iter()
+                .any(|(_, r)| r.failure_reason().is_some());
+            if failed {
+                Reason::PruneFailed
+            } else {
+                Reason::Progressing
+            }
         } else {
             Reason::Synced
         }

@@ -69,6 +69,20 @@ fn ready(st: &PolicyRepoStatus, run: &Run) -> (Option<bool>, String) {
             PruneStep::Refused(r) => Some(r.to_string()),
             _ => None,
         })
+        .or_else(|| {
+            let terminating: Vec<String> = run
+                .pruned()
+                .iter()
+                .filter(|(_, r)| matches!(r, crate::prune::PruneResult::Terminating))
+                .map(|(e, _)| e.key())
+                .collect();
+            (!terminating.is_empty()).then(|| {
+                format!(
+                    "pruned, still terminating: {} (the next sync confirms they are gone)",
+                    terminating.join(", ")
+                )
+            })
+        })
         .unwrap_or_default();
     (Some(false), message)
 }
@@ -572,6 +586,42 @@ mod tests {
             assert_eq!(st.last_fetched_revision.as_deref(), Some("c0ffee"));
             assert_eq!(st.observed_generation, Some(3));
         }
+    }
+
+    /// A pruned namespace still terminating is on its way out: Ready is False with reason
+    /// Progressing and says which objects; an object the API server refused to delete is
+    /// PruneFailed.
+    #[test]
+    fn pruned_but_terminating_is_progressing_not_a_failure() {
+        use crate::prune::PruneResult;
+        use crate::status::InventoryEntry;
+        let with = |result: PruneResult| Run {
+            fetched: Some(FetchedHead {
+                head: "c0ffee".into(),
+                downloaded: false,
+            }),
+            apply: Some(crate::apply::ApplyReport::default()),
+            prune: PruneStep::Ran(vec![(
+                InventoryEntry::parse("v1|Namespace||kars-b").expect("entry"),
+                result,
+            )]),
+            ..Run::default()
+        };
+        let run = with(PruneResult::Terminating);
+        assert_eq!(run.ready_reason(), Reason::Progressing);
+        let st = status(&PolicyRepoStatus::default(), &run, false, None);
+        let ready = crate::status::condition(&st.conditions, c::Ready).expect("Ready");
+        assert_eq!(ready.reason, "Progressing");
+        assert!(
+            ready.message.contains("still terminating") && ready.message.contains("kars-b"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(
+            with(PruneResult::Failed("forbidden".into())).ready_reason(),
+            Reason::PruneFailed
+        );
+        assert_eq!(with(PruneResult::Deleted).ready_reason(), Reason::Synced);
     }
 
     /// "Ready means enforced": with `required`, a sandbox that should run and has no running

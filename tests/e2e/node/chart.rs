@@ -1,0 +1,585 @@
+//! `helm install` of the chart on the node: the agent runs in the cluster from its image, as
+//! the chart's ServiceAccount, and reconciles the template repository served by a Git server
+//! on the host end of the node link until the template's sandbox pod runs with its router and
+//! egress guard and the router confirms the policy. Then, as a user would: a push announced by
+//! a webhook through the agent's Service is applied; `helm upgrade` rolls the agent without
+//! re-applying anything; killing the agent in the middle of a sync loses nothing; `helm
+//! uninstall` keeps what was applied, or deletes it when `uninstall.prune` says so.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use kars_e2e::fixture::{GitDaemon, PolicyRepoFixture};
+use kars_e2e::node::{HOST_IP, Images, NODE_NETNS, NodeCluster};
+use kars_e2e::{Out, run_to_end, unique_name};
+use serde_json::Value;
+
+use super::{Sandbox, copy_tree};
+
+const NAMESPACE: &str = "kars-gitops-system";
+const RELEASE: &str = "kars-gitops";
+const WEBHOOK_SECRET: &str = "e2e-node-webhook-secret";
+
+struct Installed<'a> {
+    node: &'a NodeCluster,
+    repo: PolicyRepoFixture,
+    /// The PolicyRepo's name.
+    name: String,
+    values: std::path::PathBuf,
+}
+
+impl Installed<'_> {
+    fn helm(&self, args: &[&str]) -> Result<Out> {
+        let mut c = crate::chart::helm()?;
+        c.args(args)
+            .arg("--kubeconfig")
+            .arg(self.node.kubeconfig())
+            .args(["--namespace", NAMESPACE]);
+        run_to_end(&mut c)
+    }
+
+    fn install(&self, extra: &[&str]) -> Result<()> {
+        let chart = crate::chart::chart_dir();
+        let mut args = vec![
+            "install",
+            RELEASE,
+            chart.to_str().context("chart path")?,
+            "--create-namespace",
+            "--skip-crds",
+            "--wait",
+            "--timeout",
+            "3m",
+            "--values",
+            self.values.to_str().context("values path")?,
+        ];
+        args.extend_from_slice(extra);
+        let out = self.helm(&args)?;
+        ensure!(out.success(), "helm install: {}", out.combined());
+        ensure!(
+            out.stdout.contains("kars status -n kars-gitops-system"),
+            "NOTES.txt does not say what to run next: {}",
+            out.stdout
+        );
+        Ok(())
+    }
+
+    fn policyrepo(&self, path: &str) -> Result<String> {
+        Ok(self
+            .node
+            .kubectl_ok(&[
+                "-n",
+                NAMESPACE,
+                "get",
+                "policyrepo",
+                &self.name,
+                "-o",
+                &format!("jsonpath={path}"),
+            ])
+            .unwrap_or_default()
+            .trim()
+            .to_string())
+    }
+
+    /// Waits until the PolicyRepo has applied `commit` and is Ready (routers confirming).
+    fn wait_ready_at(&self, commit: &str, secs: u64) -> Result<Duration> {
+        let t0 = Instant::now();
+        loop {
+            let applied = self.policyrepo("{.status.lastAppliedRevision}")?;
+            let ready = self.policyrepo("{.status.conditions[?(@.type==\"Ready\")].status}")?;
+            if applied.contains(commit) && ready == "True" {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > Duration::from_secs(secs) {
+                let reason =
+                    self.policyrepo("{.status.conditions[?(@.type==\"Ready\")].message}")?;
+                bail!(
+                    "PolicyRepo {} not Ready at {commit} after {secs}s: applied {applied:?}, Ready {ready:?}: {reason}\nagent logs:\n{}",
+                    self.name,
+                    self.logs().unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// The running agent pods (not terminating).
+    fn agent_pods(&self) -> Result<Vec<Value>> {
+        let out = self.node.kubectl_ok(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=kars-gitops,app.kubernetes.io/component=agent",
+            "-o",
+            "json",
+        ])?;
+        let v: Value = serde_json::from_str(&out)?;
+        Ok(v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+            .cloned()
+            .collect())
+    }
+
+    fn logs(&self) -> Result<String> {
+        self.node.kubectl_ok(&[
+            "-n",
+            NAMESPACE,
+            "logs",
+            "-l",
+            "app.kubernetes.io/component=agent",
+            "--tail=200",
+        ])
+    }
+
+    /// POSTs a Gitea push hook to the agent's Service from the node's network namespace (where
+    /// kube-proxy routes the ClusterIP); returns the HTTP status.
+    fn push_hook(&self, secret: &str) -> Result<String> {
+        let ip = self.node.kubectl_ok(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "svc",
+            RELEASE,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])?;
+        let body = r#"{"ref":"refs/heads/main"}"#;
+        let mac = hex::encode(kars_gitops_agent::webhook::hmac_sha256(
+            secret.as_bytes(),
+            body.as_bytes(),
+        ));
+        let out = run_to_end(
+            std::process::Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{NODE_NETNS}"))
+                .args(["--", "curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+                .args(["--max-time", "10", "-X", "POST"])
+                .args(["-H", "Content-Type: application/json"])
+                .args(["-H", &format!("X-Gitea-Signature: {mac}")])
+                .args([
+                    "-H",
+                    &format!("X-Gitea-Delivery: {}", unique_name("delivery")),
+                ])
+                .args(["--data", body])
+                .arg(format!("http://{}:8080/hooks/gitea", ip.trim())),
+        )?;
+        Ok(out.stdout.trim().to_string())
+    }
+
+    fn head(&self) -> Result<String> {
+        Ok(self
+            .repo
+            .work
+            .git(&["rev-parse", "HEAD"])?
+            .trim()
+            .to_string())
+    }
+}
+
+/// The whole flow (see the module doc).
+pub fn helm_installed_agent(node: &NodeCluster, images: &Images) -> Result<()> {
+    let prefix = unique_name("template");
+    let repo = PolicyRepoFixture::new(&prefix, &[])?;
+    let template = kars_e2e::workspace_root().join("repo-template");
+    for dir in ["agents", "policies"] {
+        copy_tree(&template.join(dir), &repo.work.path.join(dir))?;
+    }
+    let kars_yaml = std::fs::read_to_string(template.join("kars.yaml"))?
+        .replace(
+            "router: ghcr.io/kars-gitops/kars-router:0.1.0",
+            &format!("router: \"{}\"", images.get("KARS_IMAGE_ROUTER")?),
+        )
+        .replace(
+            "egressGuard: ghcr.io/kars-gitops/kars-egress-guard:0.1.0",
+            &format!(
+                "egressGuard: \"{}\"\n    runtimes:\n      OpenClaw: \"{}\"",
+                images.get("KARS_IMAGE_EGRESS_GUARD")?,
+                images.get("KARS_IMAGE_TEST_AGENT")?
+            ),
+        );
+    ensure!(
+        kars_yaml.contains("OpenClaw: \"kars.local/"),
+        "the template's kars.yaml changed: {kars_yaml}"
+    );
+    repo.work.write("kars.yaml", &kars_yaml)?;
+    repo.commit_and_push("the template, with this cluster's images")?;
+    let name = {
+        // The PolicyRepo is named after kars.yaml (the template's own name).
+        let cfg = std::fs::read_to_string(repo.work.path.join("kars.yaml"))?;
+        ensure!(cfg.contains("name: kars-policies"), "{cfg}");
+        "kars-policies".to_string()
+    };
+    // Pods reach the host end of the node link, so the Git server listens there.
+    let daemon = GitDaemon::start_on(repo.path(), HOST_IP)?;
+    let url = format!("git://{HOST_IP}:{}/remote.git", daemon.port);
+
+    let agent_image = images.get("KARS_IMAGE_GITOPS_AGENT")?;
+    let (image_repo, digest) = agent_image.split_once('@').context("image by digest")?;
+    let signers = std::fs::read_to_string(&repo.allowed_signers)?;
+    let values = repo.path().join("values.yaml");
+    std::fs::write(
+        &values,
+        format!(
+            "repository:\n  url: \"{url}\"\n  name: {name}\n  interval: 1h\n  retryInterval: 2s\ntrust:\n  allowedSigners: {}\nimage:\n  repository: {image_repo}\n  digest: \"{digest}\"\n  pullPolicy: Never\nwebhook:\n  secret: {WEBHOOK_SECRET}\nleaderElection:\n  leaseDuration: 6s\nresources:\n  requests: {{cpu: 50m, memory: 64Mi}}\n",
+            serde_json::to_string(&signers)?
+        ),
+    )?;
+    let i = Installed {
+        node,
+        repo,
+        name,
+        values,
+    };
+    let t0 = Instant::now();
+    i.install(&[])?;
+    let head = i.head()?;
+    let took = i.wait_ready_at(&head, 180)?;
+    eprintln!(
+        "[node] helm install → agent Ready (template sandbox running, router confirming) in {:.1}s",
+        (t0.elapsed()).as_secs_f64().max(took.as_secs_f64())
+    );
+
+    // The agent pod: from the image by digest, as the chart's ServiceAccount, hardened.
+    let pods = i.agent_pods()?;
+    ensure!(pods.len() == 1, "agent pods: {}", pods.len());
+    let pod = &pods[0];
+    ensure!(
+        pod["spec"]["serviceAccountName"] == "kars-gitops",
+        "the agent runs as {}",
+        pod["spec"]["serviceAccountName"]
+    );
+    ensure!(
+        pod["spec"]["containers"][0]["image"] == agent_image,
+        "agent image {}",
+        pod["spec"]["containers"][0]["image"]
+    );
+    ensure!(
+        pod["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] == true
+            && pod["spec"]["securityContext"]["runAsNonRoot"] == true,
+        "not hardened: {}",
+        pod["spec"]
+    );
+    // What it applied: the template's sandbox pod with the egress guard and the router.
+    let sb = Sandbox {
+        node,
+        namespace: "kars-hello-agent".into(),
+        name: "hello-agent".into(),
+    };
+    let sandbox_pod = sb.wait_ready(120)?;
+    let names = |key: &str| -> Vec<String> {
+        sandbox_pod["spec"][key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    ensure!(
+        names("initContainers") == ["egress-guard"]
+            && names("containers") == ["openclaw", "inference-router"],
+        "sandbox pod containers: init {:?}, {:?}",
+        names("initContainers"),
+        names("containers")
+    );
+    ensure!(
+        sandbox_pod["spec"]["securityContext"]["seccompProfile"]["localhostProfile"]
+            == "profiles/kars-strict.json",
+        "the enhanced sandbox runs under kars-strict: {}",
+        sandbox_pod["spec"]["securityContext"]
+    );
+    let applied_by = node.kubectl_ok(&[
+        "-n",
+        "kars-hello-agent",
+        "get",
+        "deploy",
+        "hello-agent",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ])?;
+    ensure!(
+        applied_by.contains("kars-gitops"),
+        "the sandbox Deployment was not applied by the agent: managers {applied_by}"
+    );
+
+    webhook_push_is_applied(&i)?;
+    upgrade_rolls_without_reapplying(&i)?;
+    killed_mid_sync_loses_nothing(&i)?;
+    uninstall_keeps_or_prunes(&i)?;
+    drop(daemon);
+    Ok(())
+}
+
+/// A signed push, announced by a Gitea webhook through the agent's Service, is applied (the
+/// interval is 1 h, so only the hook can have started that sync); a forged hook is refused.
+fn webhook_push_is_applied(i: &Installed) -> Result<()> {
+    let forged = i.push_hook("not-the-secret")?;
+    ensure!(forged == "401", "a forged webhook answered {forged}");
+    let sandbox = i.repo.work.path.join("agents/hello-agent/sandbox.yaml");
+    let text = std::fs::read_to_string(&sandbox)?;
+    std::fs::write(
+        &sandbox,
+        text.replace(
+            "      - host: api.github.com\n        port: 443\n",
+            "      - host: api.github.com\n        port: 443\n      - host: pushed.kars.test\n        port: 443\n",
+        ),
+    )?;
+    let commit = i.repo.commit_and_push("allow pushed.kars.test")?;
+    let t0 = Instant::now();
+    let status = i.push_hook(WEBHOOK_SECRET)?;
+    ensure!(status == "202", "the webhook answered {status}");
+    let took = i.wait_ready_at(&commit, 90)?;
+    eprintln!(
+        "[node] webhook through the Service → applied and enforced in {:.1}s",
+        t0.elapsed().as_secs_f64().max(took.as_secs_f64())
+    );
+    Ok(())
+}
+
+/// `helm upgrade` with a changed value replaces the agent pod; the new one finds the state the
+/// old one left (the PolicyRepo's applied commit, the generated tokens, the objects) and writes
+/// nothing.
+fn upgrade_rolls_without_reapplying(i: &Installed) -> Result<()> {
+    let before_pod = i.agent_pods()?;
+    let old = before_pod
+        .first()
+        .and_then(|p| p["metadata"]["name"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let applied = i.policyrepo("{.status.lastAppliedRevision}")?;
+    let token = i.node.kubectl_ok(&[
+        "-n",
+        "kars-hello-agent",
+        "get",
+        "secret",
+        "router-admin-token",
+        "-o",
+        "jsonpath={.metadata.uid}{.data.token}",
+    ])?;
+    let deploy = i.node.kubectl_ok(&[
+        "-n",
+        "kars-hello-agent",
+        "get",
+        "deploy",
+        "hello-agent",
+        "-o",
+        "jsonpath={.metadata.uid}/{.metadata.generation}",
+    ])?;
+    let out = i.helm(&[
+        "upgrade",
+        RELEASE,
+        crate::chart::chart_dir().to_str().context("chart path")?,
+        "--reuse-values",
+        "--set",
+        "repository.interval=2h",
+        "--wait",
+        "--timeout",
+        "3m",
+    ])?;
+    ensure!(out.success(), "helm upgrade: {}", out.combined());
+    // The old pod is gone and the new one has synced once.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let new = loop {
+        let pods = i.agent_pods()?;
+        let names: Vec<String> = pods
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        if names.len() == 1 && names[0] != old {
+            let logs = i.logs()?;
+            if logs.contains("sync finished") {
+                break (names[0].clone(), logs);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "after helm upgrade: agent pods {names:?} (old {old}):\n{}",
+                i.logs().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let args = i.node.kubectl_ok(&[
+        "-n",
+        NAMESPACE,
+        "get",
+        "pod",
+        &new.0,
+        "-o",
+        "jsonpath={.spec.containers[0].args}",
+    ])?;
+    ensure!(
+        args.contains("--interval=2h"),
+        "the new pod has the old value: {args}"
+    );
+    let finished: Vec<&str> = new
+        .1
+        .lines()
+        .filter(|l| l.contains("sync finished"))
+        .collect();
+    ensure!(
+        finished.iter().all(|l| l.contains("\"writes\":0")),
+        "the upgraded agent re-applied objects: {finished:?}"
+    );
+    ensure!(
+        i.policyrepo("{.status.lastAppliedRevision}")? == applied,
+        "the applied commit changed across the upgrade"
+    );
+    let token_after = i.node.kubectl_ok(&[
+        "-n",
+        "kars-hello-agent",
+        "get",
+        "secret",
+        "router-admin-token",
+        "-o",
+        "jsonpath={.metadata.uid}{.data.token}",
+    ])?;
+    ensure!(
+        token_after == token,
+        "the generated router token changed across the upgrade"
+    );
+    let deploy_after = i.node.kubectl_ok(&[
+        "-n",
+        "kars-hello-agent",
+        "get",
+        "deploy",
+        "hello-agent",
+        "-o",
+        "jsonpath={.metadata.uid}/{.metadata.generation}",
+    ])?;
+    ensure!(
+        deploy_after == deploy,
+        "the sandbox Deployment was rewritten: {deploy} → {deploy_after}"
+    );
+    Ok(())
+}
+
+/// A push that adds a second sandbox; the agent pod is killed (SIGKILL, no grace) while that
+/// sync is applying — the new KarsSandbox exists, the PolicyRepo does not record the commit
+/// yet. The replacement pod takes the Lease over and converges: both sandboxes run, enforced.
+fn killed_mid_sync_loses_nothing(i: &Installed) -> Result<()> {
+    let from = i.repo.work.path.join("agents/hello-agent");
+    let to = i.repo.work.path.join("agents/second-agent");
+    copy_tree(&from, &to)?;
+    for e in std::fs::read_dir(&to)? {
+        let p = e?.path();
+        let text = std::fs::read_to_string(&p)?;
+        std::fs::write(&p, text.replace("hello-agent", "second-agent"))?;
+    }
+    let commit = i.repo.commit_and_push("a second agent")?;
+    let status = i.push_hook(WEBHOOK_SECRET)?;
+    ensure!(status == "202", "the webhook answered {status}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let exists = i
+            .node
+            .kubectl()
+            .args([
+                "-n",
+                "kars-agents",
+                "get",
+                "karssandbox",
+                "second-agent",
+                "-o",
+                "name",
+            ])
+            .output()?
+            .status
+            .success();
+        if exists {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the second sandbox was never applied:\n{}",
+                i.logs().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pod = i
+        .agent_pods()?
+        .first()
+        .and_then(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .context("no agent pod")?;
+    i.node.kubectl_ok(&[
+        "-n",
+        NAMESPACE,
+        "delete",
+        "pod",
+        &pod,
+        "--grace-period=0",
+        "--force",
+    ])?;
+    let recorded = i.policyrepo("{.status.lastAppliedRevision}")?;
+    ensure!(
+        !recorded.contains(&commit),
+        "the sync had already finished when the agent was killed; the test proves nothing"
+    );
+    let t0 = Instant::now();
+    let took = i.wait_ready_at(&commit, 180)?;
+    eprintln!(
+        "[node] agent killed mid-sync → the new pod converged in {:.1}s",
+        t0.elapsed().as_secs_f64().max(took.as_secs_f64())
+    );
+    let inventory = i.policyrepo("{.status.inventory}")?;
+    for key in [
+        "KarsSandbox|kars-agents|hello-agent",
+        "KarsSandbox|kars-agents|second-agent",
+    ] {
+        ensure!(
+            inventory.contains(key),
+            "the inventory lost {key}: {inventory}"
+        );
+    }
+    Sandbox {
+        node: i.node,
+        namespace: "kars-second-agent".into(),
+        name: "second-agent".into(),
+    }
+    .wait_ready(120)?;
+    Ok(())
+}
+
+/// `helm uninstall` removes the chart's objects and keeps what the agent applied; reinstalled
+/// with `uninstall.prune=true`, the next `helm uninstall` deletes that too.
+fn uninstall_keeps_or_prunes(i: &Installed) -> Result<()> {
+    let out = i.helm(&["uninstall", RELEASE, "--wait", "--timeout", "2m"])?;
+    ensure!(out.success(), "helm uninstall: {}", out.combined());
+    let gone = |args: &[&str]| -> Result<bool> {
+        Ok(!i.node.kubectl().args(args).output()?.status.success())
+    };
+    for what in [
+        vec!["-n", NAMESPACE, "get", "deploy", RELEASE],
+        vec!["-n", NAMESPACE, "get", "sa", RELEASE],
+        vec!["get", "clusterrole", RELEASE],
+        vec!["get", "validatingadmissionpolicy", "kars-gitops-scope"],
+    ] {
+        ensure!(gone(&what)?, "helm uninstall left {what:?}");
+    }
+    for kept in [
+        vec!["-n", "kars-agents", "get", "karssandbox", "hello-agent"],
+        vec!["-n", "kars-hello-agent", "get", "deploy", "hello-agent"],
+        vec!["-n", NAMESPACE, "get", "policyrepo", &i.name],
+        vec!["get", "crd", "karssandboxes.kars.azure.com"],
+    ] {
+        ensure!(!gone(&kept)?, "helm uninstall deleted {kept:?}");
+    }
+
+    // Installed again, it adopts what is there (same PolicyRepo, nothing re-created).
+    i.install(&["--set", "uninstall.prune=true"])?;
+    i.wait_ready_at(&i.head()?, 180)?;
+    let out = i.helm(&["uninstall", RELEASE, "--wait", "--timeout", "4m"])?;
+    ensure!(out.success(), "helm uninstall (prune): {}", out.combined());
+    for what in [
+        vec!["-n", "kars-agents", "get", "karssandbox", "hello-agent"],
+        vec!["-n", "kars-agents", "get", "karssandbox", "second-agent"],
+        vec!["-n", "kars-hello-agent", "get", "deploy", "hello-agent"],
+        vec!["-n", NAMESPACE, "get", "policyrepo", &i.name],
+    ] {
+        ensure!(gone(&what)?, "uninstall.prune=true left {what:?}");
+    }
+    Ok(())
+}
