@@ -24,6 +24,7 @@ usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
 AGENT_UID=1000
 ROUTER_UID=1001
 GITOPS_UID=65532
+CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
 version() { sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n1; }
 revision() { git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown; }
@@ -65,6 +66,9 @@ cmd_build() {
   for b in kars-gitops-agent kars kars-router kars-test-agent; do
     [ -x "$t/$b" ] || die "$t/$b is missing: cargo build --workspace --bins${profile:+ --profile $profile}"
   done
+  # The agent (https Git remotes, registries) and the router (https inference upstreams)
+  # verify servers against the system CA bundle (Debian's ca-certificates).
+  [ -f "$CA_BUNDLE" ] || die "$CA_BUNDLE is missing (apt-get install ca-certificates)"
   for c in dash iptables; do
     dpkg -s "$c" >/dev/null 2>&1 || die "Debian package $c is not installed (ci/setup.sh installs it)"
   done
@@ -73,9 +77,10 @@ cmd_build() {
   # The agent image also carries the kars CLI (`kubectl exec … -- kars status`, and the chart's
   # uninstall hook runs `kars delete --prune` with it).
   image "$out" kars-gitops-agent "$GITOPS_UID" --binary "$t/kars-gitops-agent:/usr/local/bin/kars-gitops-agent" \
-    --binary "$t/kars:/usr/local/bin/kars" --entrypoint /usr/local/bin/kars-gitops-agent
+    --binary "$t/kars:/usr/local/bin/kars" --binary "$CA_BUNDLE:$CA_BUNDLE" \
+    --entrypoint /usr/local/bin/kars-gitops-agent
   image "$out" kars-router "$ROUTER_UID" --binary "$t/kars-router:/usr/local/bin/kars-router" \
-    --entrypoint /usr/local/bin/kars-router
+    --binary "$CA_BUNDLE:$CA_BUNDLE" --entrypoint /usr/local/bin/kars-router
   # The guard runs as root with NET_ADMIN (it is an init container that installs the rules and
   # exits); its image still declares a non-root user, the pod spec asks for root explicitly.
   image "$out" kars-egress-guard 65534 --package dash --package iptables \

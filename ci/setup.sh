@@ -16,6 +16,8 @@ for pair in git:git gpg:gnupg ssh-keygen:openssh-client openssl:openssl curl:cur
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
 dpkg -s libseccomp-dev >/dev/null 2>&1 || need+=(libseccomp-dev)
+# The CA bundle the agent and router images carry (ci/images.sh).
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing Debian packages: ${need[*]}"
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -26,8 +26,9 @@ pub struct AgentConfig {
     pub sync: SyncConfig,
     /// Time between syncs (±10% jitter).
     pub interval: Duration,
-    /// After a sync that did not end Ready (a failure, or routers not confirming yet), the
-    /// next one comes after this, doubling on each further miss up to `interval`.
+    /// After a sync that did not end Ready, the next one comes after this: at this pace while
+    /// waiting (routers, pods, a terminating namespace), doubling up to `interval` after
+    /// failures.
     pub retry_interval: Duration,
     /// Address of the HTTP endpoints.
     pub listen: SocketAddr,
@@ -318,14 +319,24 @@ pub async fn run(
             if lost.load(Ordering::SeqCst) {
                 leader = false;
             }
-            let missed = match &result {
-                Ok(o) => !o.converged(),
-                Err(SyncError::Suspended) => false,
-                Err(_) => true,
+            // Waiting for something on its way (routers loading the policy, pods starting, a
+            // namespace terminating) is retried at the same pace; a failure backs off.
+            let (missed, waiting) = match &result {
+                Ok(o) => (
+                    !o.converged(),
+                    matches!(
+                        o.ready,
+                        kars_contract::Reason::NotEnforced
+                            | kars_contract::Reason::NoRunningRouters
+                            | kars_contract::Reason::Progressing
+                    ),
+                ),
+                Err(SyncError::Suspended) => (false, false),
+                Err(_) => (true, false),
             };
             retry = missed.then(|| match retry {
-                None => cfg.retry_interval,
-                Some(r) => (r * 2).min(cfg.interval),
+                Some(r) if !waiting => (r * 2).min(cfg.interval),
+                _ => cfg.retry_interval,
             });
             match result {
                 Ok(o) => tracing::info!(

@@ -37,8 +37,8 @@ struct Args {
     /// Time between syncs (e.g. 30s, 5m); ±10% jitter is added.
     #[arg(long, env = "KARS_INTERVAL", default_value = "60s", value_parser = duration_arg)]
     interval: Duration,
-    /// After a sync that did not end Ready (failed, or routers not confirming yet), sync again
-    /// after this, doubling up to --interval.
+    /// After a sync that did not end Ready, sync again after this: at this pace while waiting
+    /// for routers, pods or a terminating namespace; doubling up to --interval after failures.
     #[arg(long, env = "KARS_RETRY_INTERVAL", default_value = "5s", value_parser = duration_arg)]
     retry_interval: Duration,
     /// Kubeconfig (default: in-cluster config, then $KUBECONFIG, then ~/.kube/config).

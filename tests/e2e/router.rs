@@ -798,7 +798,7 @@ fn rendered_policies_digests_agree() -> Result<()> {
                 .all(|d| mounted.iter().any(|(_, _, m)| m == d)),
         "agent view {expected:?} vs mounts {mounted:?}"
     );
-    let client = kars_gitops_agent::reqwest_client();
+    let client = kars_gitops_agent::reqwest_client()?;
     let base = format!("http://127.0.0.1:{}", r.port);
     let probe = |token: &'static str| {
         let (client, base, expected) = (client.clone(), base.clone(), expected.clone());

@@ -507,12 +507,20 @@ pub async fn run(
     if !cfg.apply.dry_run {
         cfg.progress.emit(Event::Step("enforce"));
         run.enforcement_mode = cfg.enforcement;
-        let results = enforcement::check_all(
-            cluster.client(),
-            &crate::reqwest_client(),
-            &rendered.routers,
-        )
-        .await;
+        let http = match crate::reqwest_client() {
+            Ok(c) => c,
+            Err(e) => {
+                run.rendered = Some(rendered);
+                return run.stop(
+                    Step::Health,
+                    SyncError::Crashed {
+                        step: "enforce",
+                        message: format!("cannot build the HTTP client for routers: {e}"),
+                    },
+                );
+            }
+        };
+        let results = enforcement::check_all(cluster.client(), &http, &rendered.routers).await;
         // The kars CRs' own status (upstream's CLI and consoles read it; no kars controller
         // writes it in a GitOps-only cluster).
         if let Some(apply) = &run.apply {

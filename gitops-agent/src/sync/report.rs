@@ -483,6 +483,12 @@ fn enforcement(
                 waiting.len()
             ),
         )
+    } else if enforced > 0 && waiting.is_empty() {
+        (
+            Some(true),
+            Reason::Enforced,
+            format!("{enforced} router(s) report the rendered policies"),
+        )
     } else if enforced > 0 {
         (
             Some(true),

@@ -54,7 +54,20 @@ impl Installed<'_> {
         ];
         args.extend_from_slice(extra);
         let out = self.helm(&args)?;
-        ensure!(out.success(), "helm install: {}", out.combined());
+        if !out.success() {
+            let describe = self
+                .node
+                .kubectl()
+                .args(["-n", NAMESPACE, "describe", "pods"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            bail!(
+                "helm install: {}\n{describe}\nagent logs:\n{}",
+                out.combined(),
+                self.logs().unwrap_or_default()
+            );
+        }
         ensure!(
             out.stdout.contains("kars status -n kars-gitops-system"),
             "NOTES.txt does not say what to run next: {}",
