@@ -2,7 +2,8 @@
 //! running agent to sync now, or stop and restart its syncs. `reconcile` writes the time into
 //! the PolicyRepo's `gitops.kars.io/reconcile-requested-at` annotation (flux's
 //! `reconcile.fluxcd.io/requestedAt`); the agent watches it, syncs, and records the value in
-//! `status.lastHandledReconcileAt`, which `--wait` waits for.
+//! `status.lastHandledReconcileAt`, which `--wait` waits for (and, when that sync applied and
+//! routers, pods or a namespace are still on their way, for Ready).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -20,7 +21,8 @@ use crate::ui;
 pub struct Args {
     /// The PolicyRepo.
     name: String,
-    /// Wait until the agent has synced and print the result (exit 1 when not Ready).
+    /// Wait until the agent has synced and print the result (exit 1 when not Ready); while
+    /// routers, pods or a namespace are on their way, wait for Ready until --timeout.
     #[arg(long)]
     wait: bool,
     /// How long --wait waits.
@@ -140,6 +142,7 @@ async fn request_and_wait(at: &Connected, args: &Args) -> Result<ExitCode, Failu
         args.name
     ));
     let deadline = Instant::now() + args.timeout;
+    let mut noted_waiting = false;
     loop {
         let pr = policyrepo::get(at, &args.cluster, &args.name).await?;
         let handled = pr
@@ -149,6 +152,27 @@ async fn request_and_wait(at: &Connected, args: &Args) -> Result<ExitCode, Failu
         if handled == Some(requested.as_str()) {
             let ready = policyrepo::condition(&pr, "Ready");
             let ok = policyrepo::is_ready(&pr);
+            // Applied, and something is on its way (routers loading the policy, pods
+            // starting, a namespace terminating): the agent syncs again soon, so keep waiting
+            // for Ready, as `flux reconcile` does.
+            let on_its_way = ready.is_some_and(|c| {
+                matches!(
+                    c.reason.as_str(),
+                    "NotEnforced" | "NoRunningRouters" | "Progressing"
+                )
+            });
+            if !ok && on_its_way && Instant::now() < deadline {
+                if !noted_waiting {
+                    ui::note(format!(
+                        "applied; Ready is {} ({}): waiting for it",
+                        ready.map_or("", |c| c.reason.as_str()),
+                        ready.map_or("", |c| c.message.as_str())
+                    ));
+                    noted_waiting = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
             if ui::get().machine() {
                 ui::emit(&pr)?;
             } else {
