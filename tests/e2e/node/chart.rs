@@ -401,7 +401,11 @@ fn upgrade_rolls_without_reapplying(i: &Installed) -> Result<()> {
             .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
             .collect();
         if names.len() == 1 && names[0] != old {
-            let logs = i.logs()?;
+            // This pod's own log (a label selector would also pick the old, terminating pod).
+            let logs = i
+                .node
+                .kubectl_ok(&["-n", NAMESPACE, "logs", &names[0]])
+                .unwrap_or_default();
             if logs.contains("sync finished") {
                 break (names[0].clone(), logs);
             }
