@@ -172,6 +172,17 @@ fn watch_policy_repo(
     })
 }
 
+/// Now, as the value of the reconcile annotation: RFC 3339 with nanoseconds, like flux's
+/// requestedAt, so two requests in one second differ (and `--wait` never takes an earlier
+/// request's result for its own).
+pub fn reconcile_request_time() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    kars_contract::time::format_rfc3339(now.as_secs() as i64)
+        .replace('Z', &format!(".{:09}Z", now.subsec_nanos()))
+}
+
 /// Sets the PolicyRepo's reconcile annotation to now (what `kars reconcile` does): the
 /// leader's watch starts a sync.
 async fn request_reconcile(
@@ -180,11 +191,7 @@ async fn request_reconcile(
     name: &str,
 ) -> Result<(), kube::Error> {
     use kube::api::{Api, Patch, PatchParams};
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let requested = kars_contract::time::format_rfc3339(now.as_secs() as i64)
-        .replace('Z', &format!(".{:09}Z", now.subsec_nanos()));
+    let requested = reconcile_request_time();
     let api: Api<crate::status::PolicyRepo> = Api::namespaced(client.clone(), namespace);
     api.patch(
         name,

@@ -106,13 +106,7 @@ pub fn suspend(args: SuspendArgs) -> Result<ExitCode, Failure> {
 }
 
 async fn request_and_wait(at: &Connected, args: &Args) -> Result<ExitCode, Failure> {
-    // Nanoseconds, like flux's requestedAt: two requests in one second must differ, or
-    // --wait would take the earlier one's result for this one.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let requested = kars_contract::time::format_rfc3339(now.as_secs() as i64)
-        .replace('Z', &format!(".{:09}Z", now.subsec_nanos()));
+    let requested = kars_gitops_agent::agent::reconcile_request_time();
     policyrepo::patch(
         at,
         &args.cluster,

@@ -361,25 +361,28 @@ fn upgrade_rolls_without_reapplying(i: &Installed) -> Result<()> {
         .and_then(|p| p["metadata"]["name"].as_str())
         .unwrap_or_default()
         .to_string();
-    let applied = i.policyrepo("{.status.lastAppliedRevision}")?;
-    let token = i.node.kubectl_ok(&[
-        "-n",
-        "kars-hello-agent",
-        "get",
-        "secret",
-        "router-admin-token",
-        "-o",
-        "jsonpath={.metadata.uid}{.data.token}",
-    ])?;
-    let deploy = i.node.kubectl_ok(&[
-        "-n",
-        "kars-hello-agent",
-        "get",
-        "deploy",
-        "hello-agent",
-        "-o",
-        "jsonpath={.metadata.uid}/{.metadata.generation}",
-    ])?;
+    // What the old pod left: the applied commit, the generated token (uid and value), the
+    // sandbox Deployment (uid and generation).
+    let state = || -> Result<(String, String, String)> {
+        let get = |kind: &str, name: &str, path: &str| {
+            i.node
+                .kubectl_ok(&["-n", "kars-hello-agent", "get", kind, name, "-o", path])
+        };
+        Ok((
+            i.policyrepo("{.status.lastAppliedRevision}")?,
+            get(
+                "secret",
+                "router-admin-token",
+                "jsonpath={.metadata.uid}{.data.token}",
+            )?,
+            get(
+                "deploy",
+                "hello-agent",
+                "jsonpath={.metadata.uid}/{.metadata.generation}",
+            )?,
+        ))
+    };
+    let (applied, token, deploy) = state()?;
     let out = i.helm(&[
         "upgrade",
         RELEASE,
@@ -440,32 +443,15 @@ fn upgrade_rolls_without_reapplying(i: &Installed) -> Result<()> {
         finished.iter().all(|l| l.contains("\"writes\":0")),
         "the upgraded agent re-applied objects: {finished:?}"
     );
+    let (applied_after, token_after, deploy_after) = state()?;
     ensure!(
-        i.policyrepo("{.status.lastAppliedRevision}")? == applied,
+        applied_after == applied,
         "the applied commit changed across the upgrade"
     );
-    let token_after = i.node.kubectl_ok(&[
-        "-n",
-        "kars-hello-agent",
-        "get",
-        "secret",
-        "router-admin-token",
-        "-o",
-        "jsonpath={.metadata.uid}{.data.token}",
-    ])?;
     ensure!(
         token_after == token,
         "the generated router token changed across the upgrade"
     );
-    let deploy_after = i.node.kubectl_ok(&[
-        "-n",
-        "kars-hello-agent",
-        "get",
-        "deploy",
-        "hello-agent",
-        "-o",
-        "jsonpath={.metadata.uid}/{.metadata.generation}",
-    ])?;
     ensure!(
         deploy_after == deploy,
         "the sandbox Deployment was rewritten: {deploy} → {deploy_after}"
