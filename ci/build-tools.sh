@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned external tools from the Go module proxy, once, into ~/.cache/kars/.
 #
-#   ci/build-tools.sh [control-plane|helm|oci|all|print-dir NAME]
+#   ci/build-tools.sh [control-plane|helm|oci|node|forge|all|print-dir NAME]
 #
 # control-plane  etcd, kube-apiserver, kube-controller-manager, kubectl
 # helm           helm
@@ -9,6 +9,8 @@
 # node           kubelet, kube-scheduler, kube-proxy (same Kubernetes module as the control plane),
 #                containerd, ctr, containerd-shim-runc-v2, runc (cgo, seccomp, static), the CNI
 #                plugins bridge/host-local/loopback/portmap, and a static pause (gcc)
+# forge          gitea (sqlite, pure Go) and the files it reads at run time (share/gitea:
+#                options/, templates/, public/), since the module zip has no embedded assets
 # all            all of the above (default: control-plane helm)
 # print-dir NAME prints the bin directory of a tool set without building it
 #
@@ -30,6 +32,7 @@ dir_of() {
     helm) echo "$cache_root/helm-$HELM_VERSION" ;;
     oci) echo "$cache_root/oci-cosign-$COSIGN_VERSION-oras-$ORAS_VERSION-registry-$DISTRIBUTION_VERSION" ;;
     node) echo "$cache_root/node-kubernetes-$KUBERNETES_VERSION-containerd-$CONTAINERD_VERSION-runc-$RUNC_VERSION-cni-$CNI_PLUGINS_VERSION" ;;
+    forge) echo "$cache_root/gitea-$GITEA_VERSION" ;;
     *) echo "unknown tool set: $1" >&2; exit 2 ;;
   esac
 }
@@ -50,6 +53,7 @@ build_into_cache() {
     rm -rf "$dest"
     mkdir -p "$dest"
     mv "$work/bin" "$dest/bin"
+    if [ -d "$work/share" ]; then mv "$work/share" "$dest/share"; fi
     echo "built in $((SECONDS - start))s on $(date -u +%FT%TZ)" >"$dest/.complete"
     log "$set ready in $((SECONDS - start))s: $(ls "$dest/bin" | tr '\n' ' ')"
   )
@@ -199,19 +203,40 @@ C
   strip bin/pause
 }
 
+do_forge() {
+  # Gitea's go.mod carries replace lines, which `go install pkg@version` refuses: build inside a
+  # writable copy of the downloaded module instead.
+  log "downloading code.gitea.io/gitea@$GITEA_VERSION"
+  local src
+  src="$(go mod download -json "code.gitea.io/gitea@$GITEA_VERSION" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')"
+  [ -n "$src" ] || { log "go mod download gave no directory for gitea"; return 1; }
+  cp -r "$src" gitea-src
+  chmod -R u+w gitea-src
+  mkdir -p bin share/gitea
+  log "compiling gitea $GITEA_VERSION (sqlite; takes about 3 minutes on 2 cores)"
+  (cd gitea-src && go build -tags 'sqlite sqlite_unlock_notify' \
+    -ldflags "-s -w -X main.Version=${GITEA_VERSION#v}" -o ../bin/gitea .)
+  # Without the bindata tag gitea reads options/ (locales, licences, gitignores), templates/
+  # and public/ from its static root at run time.
+  cp -r gitea-src/options gitea-src/templates share/gitea/
+  if [ -d gitea-src/public ]; then cp -r gitea-src/public share/gitea/; fi
+  chmod -R u+w gitea-src
+}
+
 main() {
   command -v go >/dev/null || { echo "go is required (Go 1.26); this machine kind ships it" >&2; exit 1; }
   local sets=("$@")
   [ ${#sets[@]} -gt 0 ] || sets=(control-plane helm)
   if [ "${sets[0]}" = print-dir ]; then echo "$(dir_of "${sets[1]:?print-dir needs a tool set}")/bin"; exit 0; fi
-  [ "${sets[0]}" != all ] || sets=(control-plane helm oci node)
+  [ "${sets[0]}" != all ] || sets=(control-plane helm oci node forge)
   for s in "${sets[@]}"; do
     case "$s" in
       control-plane) build_into_cache control-plane do_control_plane ;;
       helm) build_into_cache helm do_helm ;;
       oci) build_into_cache oci do_oci ;;
       node) build_into_cache node do_node ;;
-      *) echo "unknown tool set '$s' (expected control-plane, helm, oci, node or all)" >&2; exit 2 ;;
+      forge) build_into_cache forge do_forge ;;
+      *) echo "unknown tool set '$s' (expected control-plane, helm, oci, node, forge or all)" >&2; exit 2 ;;
     esac
     echo "$(dir_of "$s")/bin"
   done

@@ -17,7 +17,13 @@ use serde_json::{Value, json};
 /// Builds a kube client from a kubeconfig file, or from the environment (in-cluster config,
 /// `KUBECONFIG`, `~/.kube/config`) when `None`.
 pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, kube::Error> {
-    let config = match kubeconfig {
+    kube::Client::try_from(kube_config(kubeconfig).await?)
+}
+
+/// The client configuration from `kubeconfig`, or inferred (in-cluster, `$KUBECONFIG`,
+/// `~/.kube/config`). The SRE executor derives its impersonating client from it.
+pub async fn kube_config(kubeconfig: Option<&Path>) -> Result<kube::Config, kube::Error> {
+    Ok(match kubeconfig {
         Some(path) => {
             let kc =
                 kube::config::Kubeconfig::read_from(path).map_err(kube::Error::InferKubeconfig)?;
@@ -28,8 +34,7 @@ pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, kube
         None => kube::Config::infer()
             .await
             .map_err(kube::Error::InferConfig)?,
-    };
-    kube::Client::try_from(config)
+    })
 }
 
 /// True when the API server answered 404.

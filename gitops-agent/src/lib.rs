@@ -7,7 +7,8 @@
 //! rendered comparison) → [`status`] (the PolicyRepo CRD). [`sync`] strings one pass together
 //! as a pipeline of typed step outcomes and a pure status report; [`inspect`] runs the same
 //! steps read-only. Around it: the long-running [`agent`] with push [`webhook`]s, [`lease`]
-//! election and [`metrics`].
+//! election and [`metrics`]. [`sre`] runs the SRE actions approved through Git after the apply
+//! step; [`forge`] talks to the pull requests they come through.
 
 pub mod agent;
 pub mod apply;
@@ -15,6 +16,7 @@ pub mod bundles;
 pub mod cluster;
 pub mod compare;
 pub mod enforcement;
+pub mod forge;
 pub mod health;
 pub mod inspect;
 pub mod kars_status;
@@ -23,6 +25,7 @@ pub mod metrics;
 pub mod progress;
 pub mod prune;
 pub mod source;
+pub mod sre;
 pub mod status;
 pub mod sync;
 pub mod verify;

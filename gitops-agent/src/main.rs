@@ -16,7 +16,10 @@ use kars_gitops_agent::lease::LeaseConfig;
 use kars_gitops_agent::prune::PruneOptions;
 use kars_gitops_agent::source::Credentials;
 use kars_gitops_agent::status::DEFAULT_NAMESPACE;
-use kars_gitops_agent::sync::{SyncConfig, kube_client, repository_name, sync_once};
+use kars_gitops_agent::cluster::kube_config;
+use kars_gitops_agent::forge::{ForgeRepo, Gitea, Token};
+use kars_gitops_agent::sre::execute::Executor;
+use kars_gitops_agent::sync::{SyncConfig, repository_name, sync_once};
 use kars_gitops_agent::verify;
 
 /// kars GitOps agent: fetch a policy repository, verify every new commit's signature, render it
@@ -118,6 +121,19 @@ struct Args {
     /// Watch a local repository for new commits (ignored for URLs).
     #[arg(long)]
     watch: bool,
+    /// The forge the policy repository lives on (`http(s)://host`): SRE action outcomes are
+    /// posted to their pull requests. Needs --forge-repo and a token.
+    #[arg(long, env = "KARS_FORGE_URL", requires = "forge_repo")]
+    forge_url: Option<String>,
+    /// The repository on the forge, OWNER/NAME.
+    #[arg(long, env = "KARS_FORGE_REPO", requires = "forge_url")]
+    forge_repo: Option<String>,
+    /// File holding the forge API token (else $KARS_FORGE_TOKEN). Never logged.
+    #[arg(long, env = "KARS_FORGE_TOKEN_FILE")]
+    forge_token_file: Option<PathBuf>,
+    /// Do not run approved SRE actions (they are reported, not decided).
+    #[arg(long, env = "KARS_NO_SRE_EXECUTOR")]
+    no_sre_executor: bool,
     /// Run one sync and exit (0 when the cluster matches the verified head).
     #[arg(long)]
     once: bool,
@@ -271,12 +287,23 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("signed bundles: {e}"))?,
         progress: Default::default(),
         enforcement: args.enforcement,
+        sre: Default::default(),
     };
     if sync.name.is_empty() {
         sync.name = name_from_repository(&sync, args.once).await?;
         tracing::info!(name = %sync.name, "PolicyRepo named after kars.yaml metadata.name");
     }
-    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let kube_config = kube_config(args.kubeconfig.as_deref()).await?;
+    let client = kube::Client::try_from(kube_config.clone())?;
+    if !args.no_sre_executor {
+        sync.sre.executor = Some(Executor::new(client.clone(), Some(kube_config)));
+    }
+    if let (Some(url), Some(repo)) = (&args.forge_url, &args.forge_repo) {
+        let repo = ForgeRepo::parse(url, repo).map_err(|e| anyhow::anyhow!("--forge-repo: {e}"))?;
+        let token = Token::from_file_or_env(args.forge_token_file.as_deref())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        sync.sre.forge = Some(Gitea::new(repo, token).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
     if args.once {
         let result = sync_once(client, &sync, None, &|| false).await;
         return Ok(match result {

@@ -180,6 +180,10 @@ pub struct PolicyRepoStatus {
     /// handled (`kars reconcile --wait` waits for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+    /// Every SRE action decided on (run, refused, expired, rejected): the ledger that keeps
+    /// each one from running twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sre_actions: Vec<crate::sre::ledger::SreRecord>,
 }
 
 /// One signed-bundle reference and what is projected for it.

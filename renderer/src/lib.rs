@@ -25,6 +25,7 @@ pub mod rendered;
 pub mod repo;
 pub mod schema;
 pub mod source;
+pub mod sre;
 pub mod validate;
 pub mod yaml;
 

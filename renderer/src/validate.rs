@@ -347,52 +347,15 @@ fn check_sre_params(o: &SourceObject, a: &api::KarsSREAction, diags: &mut Diagno
     if !SRE_ACTION_TYPES.contains(&t) {
         return; // the CEL rule already reported it
     }
-    let params = &a.spec.action.params;
-    let pos = o.pos_of(&["spec", "action", "params"]);
-    let required: &[&str] = match t {
-        "PatchDeploymentImage" => &["namespace", "name", "container", "image"],
-        "ScaleDeployment" => &["namespace", "name", "replicas"],
-        _ => &["namespace", "name"],
-    };
-    for r in required {
-        if !params.contains_key(*r) {
-            diags.error(pos, format!("spec.action.params.{r}: required for {t}"));
+    if let Err(problems) = crate::sre::SreOperation::parse(t, &a.spec.action.params) {
+        for p in problems {
+            let pos = match p.param() {
+                Some(param) if a.spec.action.params.contains_key(param) => {
+                    o.pos_of(&["spec", "action", "params", param])
+                }
+                _ => o.pos_of(&["spec", "action", "params"]),
+            };
+            diags.error(pos, p.to_string());
         }
-    }
-    if let Some(ns) = params.get("namespace") {
-        match ns.as_str() {
-            Some(ns) if SRE_DENIED_NAMESPACES.contains(&ns) => diags.error(
-                o.pos_of(&["spec", "action", "params", "namespace"]),
-                format!(
-                    "spec.action.params.namespace: SRE actions may not target {ns:?} (denied: {})",
-                    SRE_DENIED_NAMESPACES.join(", ")
-                ),
-            ),
-            Some(_) => {}
-            None => diags.error(
-                o.pos_of(&["spec", "action", "params", "namespace"]),
-                "spec.action.params.namespace: must be a string",
-            ),
-        }
-    }
-    if t == "ScaleDeployment"
-        && let Some(r) = params.get("replicas")
-        && !r.as_i64().is_some_and(|n| (0..=50).contains(&n))
-    {
-        diags.error(
-            o.pos_of(&["spec", "action", "params", "replicas"]),
-            "spec.action.params.replicas: must be an integer in 0..=50",
-        );
-    }
-    if t == "RolloutRestart"
-        && let Some(k) = params.get("kind")
-        && !k
-            .as_str()
-            .is_some_and(|k| ["Deployment", "StatefulSet", "DaemonSet"].contains(&k))
-    {
-        diags.error(
-            o.pos_of(&["spec", "action", "params", "kind"]),
-            "spec.action.params.kind: must be Deployment, StatefulSet or DaemonSet",
-        );
     }
 }

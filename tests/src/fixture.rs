@@ -226,6 +226,7 @@ impl PolicyRepoFixture {
             bundles: Default::default(),
             progress: Default::default(),
             enforcement: kars_gitops_agent::enforcement::Mode::BestEffort,
+            sre: Default::default(),
         })
     }
 

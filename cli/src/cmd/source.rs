@@ -123,6 +123,7 @@ impl SourceArgs {
             cache_dir,
             progress: Default::default(),
             enforcement: Default::default(),
+            sre: Default::default(),
         })
     }
 

@@ -70,6 +70,8 @@ pub struct SyncConfig {
     pub progress: Progress,
     /// Whether Ready waits for sandboxes whose router pods are not running yet.
     pub enforcement: crate::enforcement::Mode,
+    /// How SRE actions run and where they are reported.
+    pub sre: crate::sre::SreSettings,
 }
 
 impl SyncConfig {

@@ -115,6 +115,8 @@ pub struct Run {
     pub enforcement_mode: enforcement::Mode,
     /// The status written on the kars CRs after the enforce step.
     pub kars_status: crate::kars_status::Written,
+    /// The SRE step (`None`: it did not run).
+    pub sre: Option<crate::sre::SreOutcome>,
     /// The step that stopped the run, if one did.
     pub stopped: Option<Stopped>,
     /// Seconds per phase.
@@ -424,6 +426,7 @@ pub async fn run(
         head: f.head.to_string(),
         downloaded: f.downloaded,
     });
+    let repo_at_head = front.fetched.as_ref().map(|f| (f.repo.clone(), f.head));
     lap("fetch", &mut run);
     run.verification = front.verification;
     if let Some(s) = front.stopped {
@@ -485,6 +488,13 @@ pub async fn run(
     };
     lap("prune", &mut run);
 
+    // SRE actions: after every object applied (the KarsSREAction CRs exist), never after a
+    // failed apply.
+    if apply.is_success() {
+        run.sre = Some(sre_step(cluster, cfg, before, &rendered, repo_at_head, &apply.live_before).await);
+        lap("sre", &mut run);
+    }
+
     // Health: wait only when something changed; otherwise one look.
     let changed = apply.changed_anything();
     let timeout = if changed {
@@ -537,6 +547,43 @@ pub async fn run(
     lap("health", &mut run);
     tracing::debug!(timings = ?run.timings, "sync phases (seconds)");
     run
+}
+
+/// Decides on, runs and observes the SRE actions of the head (approval evidence from the
+/// repository, on a blocking thread).
+async fn sre_step(
+    cluster: &Cluster,
+    cfg: &SyncConfig,
+    before: &PolicyRepoStatus,
+    rendered: &Rendered,
+    repo_at_head: Option<(gix::Repository, gix::ObjectId)>,
+    live_before: &std::collections::BTreeMap<String, serde_json::Value>,
+) -> crate::sre::SreOutcome {
+    let actions = crate::sre::actions_in(rendered);
+    if actions.is_empty() && before.sre_actions.is_empty() {
+        return crate::sre::SreOutcome::default();
+    }
+    let evidence = match repo_at_head {
+        Some((repo, head)) => {
+            let (policy, acts, records) = (cfg.trust.clone(), actions.clone(), before.sre_actions.clone());
+            tokio::task::spawn_blocking(move || crate::sre::evidence_for(&repo, &policy, head, &acts, &records))
+                .await
+                .unwrap_or_default()
+        }
+        None => Default::default(),
+    };
+    crate::sre::step(
+        cluster.client(),
+        &cfg.sre,
+        &cfg.status_namespace,
+        &cfg.name,
+        &before.sre_actions,
+        &actions,
+        &evidence,
+        live_before,
+        cfg.apply.dry_run,
+    )
+    .await
 }
 
 /// Plans and runs the deletion of what left Git (in a dry run: reports what would go).

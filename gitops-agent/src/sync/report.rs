@@ -31,6 +31,11 @@ pub fn status(
 ) -> PolicyRepoStatus {
     let mut st = before.clone();
     steps(&mut st, run, dry_run, generation);
+    if let Some(sre) = &run.sre
+        && !dry_run
+    {
+        st.sre_actions = sre.records.clone();
+    }
     let (ready, message) = ready(&st, run);
     set_condition(
         &mut st.conditions,

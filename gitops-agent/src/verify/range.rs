@@ -303,54 +303,14 @@ impl<'r> Verifier<'r> {
             signers: Vec::new(),
             refusal: None,
         };
-        let first_parent = facts.parents.first().copied();
-        let trusted = match self.trusted_before(first_parent) {
-            Ok(k) => k,
+        match self.signatures(&facts, tags) {
+            Ok(signers) => verdict.signers = signers,
             Err(r) => {
                 verdict.refusal = Some(r);
                 return Ok(verdict);
             }
-        };
-        let own = match &facts.signature {
-            None => Err(Refusal::Unsigned),
-            Some(sig) => check(
-                &Signed {
-                    payload: &facts.payload,
-                    signature: sig,
-                    email: &facts.committer_email,
-                    time: facts.committer_time,
-                },
-                &trusted,
-                self.policy.identity_binding,
-                self.now,
-            ),
-        };
-        let own = match own {
-            Ok(a) => a,
-            Err(r) => {
-                verdict.refusal = Some(CommitRefusal::Signature(r));
-                return Ok(verdict);
-            }
-        };
-        verdict.signers.push(own.clone());
-        for tag in tags {
-            let Some(sig) = &tag.signature else { continue };
-            if let Ok(a) = check(
-                &Signed {
-                    payload: &tag.payload,
-                    signature: sig,
-                    email: &tag.tagger_email,
-                    time: tag.tagger_time,
-                },
-                &trusted,
-                self.policy.identity_binding,
-                self.now,
-            ) && a.class == SignerClass::Person
-                && !verdict.signers.iter().any(|s| s.signer == a.signer)
-            {
-                verdict.signers.push(a);
-            }
         }
+        let own = verdict.signers[0].clone();
 
         let touched = self.touched_paths(&facts).map_err(VerifyError::Walk)?;
         if own.class == SignerClass::Forge && verdict.signers.len() == 1 {
@@ -411,6 +371,61 @@ impl<'r> Verifier<'r> {
             }
         }
         Ok(verdict)
+    }
+
+    /// The commit's own signature and the signed approval tags on it, checked against the
+    /// signers trusted before it (the first entry is the commit's own signer).
+    fn signatures(
+        &mut self,
+        facts: &CommitFacts,
+        tags: &[super::objects::TagFacts],
+    ) -> Result<Vec<Accepted>, CommitRefusal> {
+        let trusted = self.trusted_before(facts.parents.first().copied())?;
+        let own = match &facts.signature {
+            None => Err(Refusal::Unsigned),
+            Some(sig) => check(
+                &Signed {
+                    payload: &facts.payload,
+                    signature: sig,
+                    email: &facts.committer_email,
+                    time: facts.committer_time,
+                },
+                &trusted,
+                self.policy.identity_binding,
+                self.now,
+            ),
+        }
+        .map_err(CommitRefusal::Signature)?;
+        let mut signers = vec![own];
+        for tag in tags {
+            let Some(sig) = &tag.signature else { continue };
+            if let Ok(a) = check(
+                &Signed {
+                    payload: &tag.payload,
+                    signature: sig,
+                    email: &tag.tagger_email,
+                    time: tag.tagger_time,
+                },
+                &trusted,
+                self.policy.identity_binding,
+                self.now,
+            ) && a.class == SignerClass::Person
+                && !signers.iter().any(|s: &Accepted| s.signer == a.signer)
+            {
+                signers.push(a);
+            }
+        }
+        Ok(signers)
+    }
+
+    /// Who signed commit `id` (its own signature and the signed approval tags on it), checked
+    /// against the signers trusted before it, whatever range it was applied in. The SRE
+    /// executor asks this of the commits that proposed and approved an action.
+    pub fn signers_of(&mut self, id: ObjectId) -> Result<Result<Vec<Accepted>, CommitRefusal>, VerifyError> {
+        let facts = commit_facts(self.repo, id)?;
+        let single: BTreeSet<ObjectId> = [id].into_iter().collect();
+        let tags = self.approval_tags(&single)?;
+        Ok(self.signatures(&facts, tags.get(&id).map_or(&[][..], Vec::as_slice)))
     }
 
     fn check_forge_merge(

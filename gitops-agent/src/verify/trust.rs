@@ -23,6 +23,9 @@
 //!   repositorySigners: {path: .kars/signers.yaml, minSigners: 1}
 //!   approvalTagPrefix: approvals/    # signed tags that add signatures to a commit
 //!   rollback: {minSigners: 2}        # signers needed on an explicit rollback override
+//!   sreApprovals:                    # who may approve an SRE action (sre/actions/*.yaml)
+//!     approvers: [bob, carol]        # default: the signers the path rules allow there
+//!     minApprovers: 1                # distinct approvers, none of them a proposer
 //! ```
 
 use serde::Deserialize;
@@ -132,6 +135,39 @@ pub struct TrustPolicySpec {
     /// Rollback override policy.
     #[serde(default)]
     pub rollback: Option<RollbackSpec>,
+    /// Who may approve SRE actions.
+    #[serde(default)]
+    pub sre_approvals: Option<SreApprovalsSpec>,
+}
+
+/// `sreApprovals`: who may approve an SRE action and how many must.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SreApprovalsSpec {
+    /// Signer names that may approve (`*` = every signer the path rules allow on the action's
+    /// file).
+    #[serde(default = "star")]
+    pub approvers: Vec<String>,
+    /// Distinct approvers needed (the approval commit's signer plus signed approval tags on
+    /// it), none of whom signed a commit that proposed or changed the action.
+    #[serde(default = "one")]
+    pub min_approvers: usize,
+}
+
+impl Default for SreApprovalsSpec {
+    fn default() -> Self {
+        SreApprovalsSpec {
+            approvers: star(),
+            min_approvers: 1,
+        }
+    }
+}
+
+impl SreApprovalsSpec {
+    /// True when `name` may approve (the path rules must allow them too).
+    pub fn allows(&self, name: &str) -> bool {
+        self.approvers.iter().any(|s| s == "*" || s == name)
+    }
 }
 
 fn default_tag_prefix() -> String {
@@ -192,6 +228,19 @@ impl PathRule {
     }
 }
 
+impl TrustPolicy {
+    /// True when `signer` may approve the SRE action in file `path`: allowed by
+    /// `sreApprovals.approvers` and counted by every path rule that covers the file.
+    pub fn may_approve(&self, signer: &str, path: &str) -> bool {
+        self.sre_approvals.allows(signer)
+            && self
+                .rules
+                .iter()
+                .filter(|r| r.matches(path))
+                .all(|r| r.counts(signer))
+    }
+}
+
 /// Glob match on `/`-separated paths: `**` any run (including `/`), `*` any run within a
 /// component, `?` one character, a trailing `/` means "everything below".
 pub fn glob_match(pattern: &str, path: &str) -> bool {
@@ -239,6 +288,8 @@ pub struct TrustPolicy {
     pub approval_tag_prefix: String,
     /// Signers needed on a rollback override.
     pub rollback_min_signers: usize,
+    /// Who may approve SRE actions.
+    pub sre_approvals: SreApprovalsSpec,
 }
 
 impl TrustPolicy {
@@ -252,6 +303,7 @@ impl TrustPolicy {
             repo_signers: None,
             approval_tag_prefix: default_tag_prefix(),
             rollback_min_signers: 2,
+            sre_approvals: SreApprovalsSpec::default(),
         }
     }
 
@@ -287,6 +339,20 @@ impl TrustPolicy {
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
             return Err(err(format!("signer {:?} is defined twice", w[0])));
         }
+        if let Some(a) = &spec.sre_approvals {
+            if a.min_approvers == 0 {
+                return Err(err("sreApprovals.minApprovers must be at least 1".into()));
+            }
+            if let Some(unknown) = a
+                .approvers
+                .iter()
+                .find(|n| *n != "*" && !spec.signers.iter().any(|s| &s.name == *n))
+            {
+                return Err(err(format!(
+                    "sreApprovals.approvers: {unknown:?} is not a signer of this policy"
+                )));
+            }
+        }
         for r in &spec.rules {
             if r.min_signers == 0 {
                 return Err(err("rules[].minSigners must be at least 1".into()));
@@ -310,6 +376,7 @@ impl TrustPolicy {
             repo_signers: spec.repository_signers,
             approval_tag_prefix: spec.approval_tag_prefix,
             rollback_min_signers: spec.rollback.map_or(2, |r| r.min_signers.max(1)),
+            sre_approvals: spec.sre_approvals.unwrap_or_default(),
         })
     }
 }

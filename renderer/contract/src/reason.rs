@@ -21,7 +21,7 @@ macro_rules! catalogue {
             }
 
             /// The pipeline step the reason belongs to (`source`, `verify`, `render`,
-            /// `bundles`, `apply`, `prune`, `health`, `enforce`, `sync`).
+            /// `bundles`, `apply`, `prune`, `health`, `enforce`, `sre`, `sync`).
             pub fn step(self) -> &'static str {
                 match self { $(Reason::$name => $group),+ }
             }
@@ -155,6 +155,44 @@ catalogue! {
     "enforce" NotEnforced,
     /// No router pod runs yet, so nothing can be asked.
     "enforce" NoRunningRouters,
+    /// An SRE action is in Git but not approved yet.
+    "sre" Proposed,
+    /// An approved SRE action ran; its recovery is being observed.
+    "sre" Executed,
+    /// After an SRE action every Deployment in its namespace is available and no failure
+    /// Event is newer than 30 s.
+    "sre" Recovered,
+    /// An SRE action that was reported Failed recovered later (within 30 minutes).
+    "sre" LateRecovery,
+    /// The namespace did not recover within 10 minutes of an SRE action.
+    "sre" RecoveryFailed,
+    /// The API server refused an SRE action's writes.
+    "sre" ExecutionFailed,
+    /// The agent stopped between running an SRE action and recording it; it was not run again.
+    "sre" ExecutionInterrupted,
+    /// The SRE action's approval state is Rejected.
+    "sre" Rejected,
+    /// The SRE action reached the cluster after its TTL; it was not run.
+    "sre" Expired,
+    /// The SRE action breaks a rule of the closed set (type, parameters, denylisted namespace,
+    /// bounds).
+    "sre" ActionInvalid,
+    /// DeleteResourceQuota refuses a quota managed by the kars controller.
+    "sre" ControllerManagedQuota,
+    /// No separate, signed commit in Git approves the SRE action.
+    "sre" ApprovalMissing,
+    /// The commit that approves the SRE action (or proposes it) is not signed by a trusted signer.
+    "sre" ApprovalUntrusted,
+    /// The SRE action is approved only by someone who proposed or changed it.
+    "sre" SelfApproval,
+    /// The approver is not allowed to approve SRE actions by the trust policy.
+    "sre" ApproverNotAllowed,
+    /// The SRE action needs more distinct approvers.
+    "sre" NotEnoughApprovers,
+    /// The SRE action changed in the approving commit or after it.
+    "sre" ChangedAfterApproval,
+    /// An SRE action was set to Approved in the cluster, not in Git; that does nothing.
+    "sre" ApprovalNotFromGit,
 }
 
 impl std::fmt::Display for Reason {
