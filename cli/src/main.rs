@@ -82,6 +82,8 @@ enum Command {
     Policy(cmd::policy::Args),
     /// Router audit logs: verify the hash chain.
     Audit(cmd::audit::Args),
+    /// SRE remediations as pull requests: propose, approve (a signed commit), reject, list.
+    Sre(cmd::sre::Args),
     /// Print the version, the commit it was built from and the kars API it supports.
     Version,
     /// Print a shell completion script: bash, zsh or fish.
@@ -149,6 +151,7 @@ fn main() -> ExitCode {
         Command::Delete(a) => cmd::delete::run(a),
         Command::Policy(a) => cmd::policy::run(a),
         Command::Audit(a) => cmd::audit::run(a),
+        Command::Sre(a) => cmd::sre::run(a),
         Command::Version => cmd::version::run(),
         Command::Completion(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "kars", &mut std::io::stdout());

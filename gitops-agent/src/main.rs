@@ -12,13 +12,13 @@ use clap::Parser;
 use kars_gitops_agent::agent::{self, AgentConfig};
 use kars_gitops_agent::apply::ApplyOptions;
 use kars_gitops_agent::bundles::BundleArgs;
+use kars_gitops_agent::cluster::kube_config;
+use kars_gitops_agent::forge::{ForgeRepo, Gitea, Token};
 use kars_gitops_agent::lease::LeaseConfig;
 use kars_gitops_agent::prune::PruneOptions;
 use kars_gitops_agent::source::Credentials;
-use kars_gitops_agent::status::DEFAULT_NAMESPACE;
-use kars_gitops_agent::cluster::kube_config;
-use kars_gitops_agent::forge::{ForgeRepo, Gitea, Token};
 use kars_gitops_agent::sre::execute::Executor;
+use kars_gitops_agent::status::DEFAULT_NAMESPACE;
 use kars_gitops_agent::sync::{SyncConfig, repository_name, sync_once};
 use kars_gitops_agent::verify;
 

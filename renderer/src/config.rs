@@ -64,6 +64,27 @@ pub struct ConfigSpec {
     /// Settings of every rendered router sidecar.
     #[serde(default)]
     pub router: RouterConfig,
+    /// Where the repository's pull requests live (`kars sre` reads it; the agent takes its own
+    /// `--forge-*` flags). Nothing is rendered from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forge: Option<ForgeConfig>,
+}
+
+/// `spec.forge`: the forge hosting this repository.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForgeConfig {
+    /// Forge type (only `gitea` today).
+    #[serde(default = "gitea", rename = "type")]
+    pub type_: String,
+    /// Base URL, `http(s)://host[:port]`.
+    pub url: String,
+    /// `OWNER/NAME` on the forge.
+    pub repository: String,
+}
+
+fn gitea() -> String {
+    "gitea".into()
 }
 
 /// `spec.router`: what every sandbox's router is configured with.
@@ -207,6 +228,13 @@ properties:
             type: array
             maxItems: 64
             items: {type: string, minLength: 1}
+      forge:
+        type: object
+        required: [url, repository]
+        properties:
+          type: {type: string, enum: [gitea], default: gitea}
+          url: {type: string, pattern: "^https?://[^/?#]+$"}
+          repository: {type: string, pattern: "^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$"}
 "#;
 
 fn schema() -> &'static Schema {

@@ -99,7 +99,9 @@ pub enum SreProblem {
     #[error("spec.action.params.namespace: SRE actions may not target {0:?} (denied: {denied})", denied = SRE_DENIED_NAMESPACES.join(", "))]
     DeniedNamespace(String),
     /// `replicas` is outside 0..=50.
-    #[error("spec.action.params.replicas: {0} is outside 0..={MAX_SCALE_REPLICAS} (refused, not clamped)")]
+    #[error(
+        "spec.action.params.replicas: {0} is outside 0..={MAX_SCALE_REPLICAS} (refused, not clamped)"
+    )]
     ReplicasOutOfRange(String),
 }
 
@@ -242,10 +244,7 @@ impl SreOperation {
                         _ => {
                             problems.push(SreProblem::BadParam {
                                 param: "kind".into(),
-                                message: format!(
-                                    "{v} is not one of {}",
-                                    RESTART_KINDS.join(", ")
-                                ),
+                                message: format!("{v} is not one of {}", RESTART_KINDS.join(", ")),
                             });
                             String::new()
                         }
@@ -375,6 +374,76 @@ impl SreOperation {
     }
 }
 
+/// A proposal's fields (what `sre/actions/<id>.yaml` holds besides the approval).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Proposal {
+    /// The id (`metadata.name`, a DNS label).
+    pub id: String,
+    /// `spec.action.type`.
+    pub action: String,
+    /// `spec.action.params`.
+    pub params: BTreeMap<String, FreeForm>,
+    /// What is wrong (at most 512 characters).
+    pub diagnosis: String,
+    /// Why this fixes it (at most 2048 characters, no control bytes but newline and tab).
+    pub rationale: String,
+    /// Minutes the approval has to arrive in (1..=60).
+    pub ttl_minutes: u32,
+}
+
+/// Why a proposal's text fields are refused.
+pub fn check_proposal_text(p: &Proposal) -> Vec<String> {
+    let mut out = Vec::new();
+    if !kars_contract::host::is_dns_label(&p.id) {
+        out.push(format!(
+            "id {:?}: must be a DNS-1123 label (lowercase letters, digits and '-', at most 63)",
+            p.id
+        ));
+    }
+    if p.diagnosis.trim().is_empty() || p.diagnosis.chars().count() > 512 {
+        out.push("diagnosis: required, at most 512 characters".into());
+    }
+    if p.rationale.trim().is_empty() || p.rationale.chars().count() > 2048 {
+        out.push("rationale: required, at most 2048 characters".into());
+    }
+    if p.rationale
+        .chars()
+        .chain(p.diagnosis.chars())
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
+        out.push("diagnosis/rationale: control characters are not allowed".into());
+    }
+    if !(1..=MAX_TTL_MINUTES).contains(&p.ttl_minutes) {
+        out.push(format!(
+            "ttl-minutes: {} is outside 1..={MAX_TTL_MINUTES}",
+            p.ttl_minutes
+        ));
+    }
+    out
+}
+
+impl Proposal {
+    /// The `KarsSREAction` manifest, approval state `state` (with `note`).
+    pub fn manifest(&self, state: &str, note: Option<&str>) -> serde_json::Value {
+        let mut approval = serde_json::json!({"state": state});
+        if let Some(n) = note.filter(|n| !n.is_empty()) {
+            approval["note"] = serde_json::json!(n);
+        }
+        serde_json::json!({
+            "apiVersion": format!("{}/v1alpha1", kars_contract::KARS_GROUP),
+            "kind": "KarsSREAction",
+            "metadata": {"name": self.id, "namespace": SRE_NAMESPACE},
+            "spec": {
+                "action": {"type": self.action, "params": self.params},
+                "approval": approval,
+                "diagnosis": self.diagnosis,
+                "rationale": self.rationale,
+                "ttlMinutes": self.ttl_minutes,
+            },
+        })
+    }
+}
+
 impl fmt::Display for SreOperation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.change())
@@ -408,7 +477,9 @@ mod tests {
             "RolloutRestart",
             &params(json!({"namespace": "team-a", "name": "db"})),
         );
-        assert!(matches!(op, Ok(SreOperation::RolloutRestart { ref kind, .. }) if kind == "Deployment"));
+        assert!(
+            matches!(op, Ok(SreOperation::RolloutRestart { ref kind, .. }) if kind == "Deployment")
+        );
     }
 
     #[test]
@@ -423,26 +494,35 @@ mod tests {
                 "{bad}: {r:?}"
             );
         }
-        assert!(SreOperation::parse(
-            "ScaleDeployment",
-            &params(json!({"namespace": "a", "name": "w", "replicas": 50}))
-        )
-        .is_ok());
+        assert!(
+            SreOperation::parse(
+                "ScaleDeployment",
+                &params(json!({"namespace": "a", "name": "w", "replicas": 50}))
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn denylisted_namespaces_unknown_types_and_extra_params_are_refused() {
         for ns in SRE_DENIED_NAMESPACES {
-            let r = SreOperation::parse("DeletePod", &params(json!({"namespace": ns, "name": "p"})));
+            let r =
+                SreOperation::parse("DeletePod", &params(json!({"namespace": ns, "name": "p"})));
             assert_eq!(r, Err(vec![SreProblem::DeniedNamespace(ns.to_string())]));
         }
         let r = SreOperation::parse("DeleteNamespace", &params(json!({"name": "x"})));
-        assert_eq!(r, Err(vec![SreProblem::UnknownType("DeleteNamespace".into())]));
+        assert_eq!(
+            r,
+            Err(vec![SreProblem::UnknownType("DeleteNamespace".into())])
+        );
         let r = SreOperation::parse(
             "DeletePod",
             &params(json!({"namespace": "a", "name": "p", "force": true})),
         );
-        assert!(matches!(&r, Err(p) if p[0].param() == Some("force")), "{r:?}");
+        assert!(
+            matches!(&r, Err(p) if p[0].param() == Some("force")),
+            "{r:?}"
+        );
         let r = SreOperation::parse("DeletePod", &params(json!({"namespace": "a"})));
         assert!(
             matches!(&r, Err(p) if p[0] == SreProblem::MissingParam { action: "DeletePod".into(), param: "name" })

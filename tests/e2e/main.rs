@@ -13,6 +13,7 @@ mod harness;
 mod node;
 mod render;
 mod router;
+mod sre;
 mod sync;
 mod verify;
 
@@ -28,10 +29,12 @@ fn main() -> std::process::ExitCode {
     trials.extend(cli::tests());
     trials.extend(render::tests());
     trials.extend(router::tests());
+    trials.extend(sre::tests());
     trials.extend(sync::tests());
     trials.extend(verify::tests());
     let conclusion = libtest_mimic::run(&args, trials);
     kars_e2e::Cluster::shutdown_shared(conclusion.has_failed());
+    kars_e2e::forge::Forge::shutdown_shared(conclusion.has_failed());
     conclusion.exit_code()
 }
 

@@ -210,29 +210,48 @@ impl PolicyRepoFixture {
     pub fn config(&self, source: &str) -> Result<SyncConfig> {
         let trust = verify::load_policy(None, Some(&self.allowed_signers), None)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(SyncConfig {
-            source: source.to_string(),
-            branch: Some("main".into()),
-            cluster: None,
+        Ok(sync_config(
+            source,
             trust,
-            credentials: Credentials::default(),
-            cache_dir: self.dir.path().join("cache"),
-            status_namespace: format!("{}-status", self.prefix),
-            name: self.prefix.clone(),
-            apply: ApplyOptions::default(),
-            prune: PruneOptions::default(),
-            health_timeout: Duration::ZERO,
-            since_override: None,
-            bundles: Default::default(),
-            progress: Default::default(),
-            enforcement: kars_gitops_agent::enforcement::Mode::BestEffort,
-            sre: Default::default(),
-        })
+            self.dir.path().join("cache"),
+            &format!("{}-status", self.prefix),
+            &self.prefix,
+        ))
     }
 
     /// The temporary directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// A sync configuration for tests: `source` on branch main, verified with `trust`, recorded
+/// in PolicyRepo `status_namespace/name`, no health wait, enforcement best-effort, no SRE
+/// executor.
+pub fn sync_config(
+    source: &str,
+    trust: verify::TrustPolicy,
+    cache_dir: PathBuf,
+    status_namespace: &str,
+    name: &str,
+) -> SyncConfig {
+    SyncConfig {
+        source: source.to_string(),
+        branch: Some("main".into()),
+        cluster: None,
+        trust,
+        credentials: Credentials::default(),
+        cache_dir,
+        status_namespace: status_namespace.to_string(),
+        name: name.to_string(),
+        apply: ApplyOptions::default(),
+        prune: PruneOptions::default(),
+        health_timeout: Duration::ZERO,
+        since_override: None,
+        bundles: Default::default(),
+        progress: Default::default(),
+        enforcement: kars_gitops_agent::enforcement::Mode::BestEffort,
+        sre: Default::default(),
     }
 }
 

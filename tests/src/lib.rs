@@ -468,6 +468,7 @@ impl Drop for TestNamespace {
 
 pub mod dns;
 pub mod fixture;
+pub mod forge;
 pub mod git;
 pub mod golden;
 pub mod node;

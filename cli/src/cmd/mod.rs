@@ -11,6 +11,7 @@ pub mod policyrepo;
 pub mod reconcile;
 pub mod render;
 pub mod source;
+pub mod sre;
 pub mod status;
 pub mod sync;
 pub mod trace;

@@ -370,8 +370,12 @@ mod tests {
     #[test]
     fn repositories_are_owner_slash_name() {
         let r = ForgeRepo::parse("http://127.0.0.1:3000/", "alice/policy.git");
-        assert!(matches!(&r, Ok(r) if r.full_name() == "alice/policy" && r.url == "http://127.0.0.1:3000"));
-        for bad in ["alice", "alice/", "/policy", "a/b/c", "../x", "a/..", "a b/c"] {
+        assert!(
+            matches!(&r, Ok(r) if r.full_name() == "alice/policy" && r.url == "http://127.0.0.1:3000")
+        );
+        for bad in [
+            "alice", "alice/", "/policy", "a/b/c", "../x", "a/..", "a b/c",
+        ] {
             assert!(
                 ForgeRepo::parse("http://f", bad).is_err(),
                 "{bad} must be refused"

@@ -200,7 +200,8 @@ pub fn evidence(
         file: file.to_string(),
         message,
     };
-    let at_head = version_at(repo, head, file).ok_or_else(|| unreadable("not in the head".into()))?;
+    let at_head =
+        version_at(repo, head, file).ok_or_else(|| unreadable("not in the head".into()))?;
     let walk = repo
         .rev_walk([head])
         .all()

@@ -11,10 +11,12 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, ResourceQuota};
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions};
-use kube::core::GroupVersionKind;
 use kars_contract::Reason;
 use kars_renderer::sre::{SRE_NAMESPACE, SreOperation};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams, Preconditions,
+};
+use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
 
 /// Field manager of the writes an action makes.
@@ -30,7 +32,9 @@ pub const RESTARTED_AT: &str = "kars.azure.com/restartedAt";
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
     /// The quota is managed by the kars controller.
-    #[error("ResourceQuota {0} is managed by the kars controller (kars.azure.com/managed-by=controller); it is not deleted")]
+    #[error(
+        "ResourceQuota {0} is managed by the kars controller (kars.azure.com/managed-by=controller); it is not deleted"
+    )]
     ControllerManagedQuota(String),
     /// The target does not exist.
     #[error("{0} does not exist")]
@@ -44,7 +48,9 @@ pub enum ExecError {
         container: String,
     },
     /// No identity to run as was configured.
-    #[error("no scoped identity to run SRE actions as (the agent needs its kubeconfig to impersonate kars-sre/sre-writer)")]
+    #[error(
+        "no scoped identity to run SRE actions as (the agent needs its kubeconfig to impersonate kars-sre/sre-writer)"
+    )]
     NoWriter,
     /// The API server refused.
     #[error("{what}: {error}")]
@@ -100,7 +106,9 @@ pub async fn effect_marker(
                 .ok_or_else(|| ExecError::TargetMissing(op.target()))?;
             let labels = q.metadata.labels.unwrap_or_default();
             if labels.get(CONTROLLER_MANAGED.0).map(String::as_str) == Some(CONTROLLER_MANAGED.1) {
-                return Err(ExecError::ControllerManagedQuota(format!("{namespace}/{name}")));
+                return Err(ExecError::ControllerManagedQuota(format!(
+                    "{namespace}/{name}"
+                )));
             }
             uid_of(q.metadata.uid, op.target()).map(Some)
         }
@@ -113,7 +121,11 @@ pub async fn effect_marker(
                 .ok_or_else(|| ExecError::TargetMissing(op.target()))?;
             uid_of(p.metadata.uid, op.target()).map(Some)
         }
-        SreOperation::RolloutRestart { namespace, name, kind } => {
+        SreOperation::RolloutRestart {
+            namespace,
+            name,
+            kind,
+        } => {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(admin.clone(), namespace, &workload_resource(kind));
             api.get_opt(name)
@@ -122,7 +134,9 @@ pub async fn effect_marker(
                 .ok_or_else(|| ExecError::TargetMissing(op.target()))?;
             Ok(Some(now_rfc3339.to_string()))
         }
-        SreOperation::ScaleDeployment { namespace, name, .. } => {
+        SreOperation::ScaleDeployment {
+            namespace, name, ..
+        } => {
             let api: Api<Deployment> = Api::namespaced(admin.clone(), namespace);
             api.get_opt(name)
                 .await
@@ -130,7 +144,12 @@ pub async fn effect_marker(
                 .ok_or_else(|| ExecError::TargetMissing(op.target()))?;
             Ok(None)
         }
-        SreOperation::PatchDeploymentImage { namespace, name, container, .. } => {
+        SreOperation::PatchDeploymentImage {
+            namespace,
+            name,
+            container,
+            ..
+        } => {
             let api: Api<Deployment> = Api::namespaced(admin.clone(), namespace);
             let d = api
                 .get_opt(name)
@@ -168,32 +187,63 @@ pub async fn effect_visible(
     match op {
         SreOperation::DeleteResourceQuota { namespace, name } => {
             let api: Api<ResourceQuota> = Api::namespaced(admin.clone(), namespace);
-            Ok(api.get_opt(name).await?.is_none_or(|q| q.metadata.uid.as_deref() != marker))
+            Ok(api
+                .get_opt(name)
+                .await?
+                .is_none_or(|q| q.metadata.uid.as_deref() != marker))
         }
         SreOperation::DeletePod { namespace, name } => {
             let api: Api<Pod> = Api::namespaced(admin.clone(), namespace);
-            Ok(api.get_opt(name).await?.is_none_or(|p| p.metadata.uid.as_deref() != marker))
+            Ok(api
+                .get_opt(name)
+                .await?
+                .is_none_or(|p| p.metadata.uid.as_deref() != marker))
         }
-        SreOperation::ScaleDeployment { namespace, name, replicas } => {
+        SreOperation::ScaleDeployment {
+            namespace,
+            name,
+            replicas,
+        } => {
             let api: Api<Deployment> = Api::namespaced(admin.clone(), namespace);
-            let Some(d) = api.get_opt(name).await? else { return Ok(false) };
+            let Some(d) = api.get_opt(name).await? else {
+                return Ok(false);
+            };
             let v = serde_json::to_value(&d).unwrap_or_default();
             Ok(v["spec"]["replicas"].as_i64() == Some(*replicas) && managed_by_us(&v))
         }
-        SreOperation::PatchDeploymentImage { namespace, name, container, image } => {
+        SreOperation::PatchDeploymentImage {
+            namespace,
+            name,
+            container,
+            image,
+        } => {
             let api: Api<Deployment> = Api::namespaced(admin.clone(), namespace);
-            let Some(d) = api.get_opt(name).await? else { return Ok(false) };
+            let Some(d) = api.get_opt(name).await? else {
+                return Ok(false);
+            };
             let v = serde_json::to_value(&d).unwrap_or_default();
             let set = v["spec"]["template"]["spec"]["containers"]
                 .as_array()
-                .is_some_and(|cs| cs.iter().any(|c| c["name"] == container.as_str() && c["image"] == image.as_str()));
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["name"] == container.as_str() && c["image"] == image.as_str())
+                });
             Ok(set && managed_by_us(&v))
         }
-        SreOperation::RolloutRestart { namespace, name, kind } => {
+        SreOperation::RolloutRestart {
+            namespace,
+            name,
+            kind,
+        } => {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(admin.clone(), namespace, &workload_resource(kind));
-            let Some(o) = api.get_opt(name).await? else { return Ok(false) };
-            Ok(o.data["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT].as_str() == marker)
+            let Some(o) = api.get_opt(name).await? else {
+                return Ok(false);
+            };
+            Ok(
+                o.data["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT].as_str()
+                    == marker,
+            )
         }
     }
 }
@@ -207,7 +257,9 @@ pub struct Executor {
 
 impl std::fmt::Debug for Executor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Executor").field("writer", &self.writer.is_some()).finish()
+        f.debug_struct("Executor")
+            .field("writer", &self.writer.is_some())
+            .finish()
     }
 }
 
@@ -227,9 +279,15 @@ impl Executor {
 
     /// Runs `op` for action `name` (`marker` from [`effect_marker`]). The binding is removed
     /// before this returns, also when the action failed.
-    pub async fn run(&self, name: &str, op: &SreOperation, marker: Option<&str>) -> Result<(), ExecError> {
+    pub async fn run(
+        &self,
+        name: &str,
+        op: &SreOperation,
+        marker: Option<&str>,
+    ) -> Result<(), ExecError> {
         let config = self.writer.clone().ok_or(ExecError::NoWriter)?;
-        let writer = kube::Client::try_from(config).map_err(kube_err("building the writer client"))?;
+        let writer =
+            kube::Client::try_from(config).map_err(kube_err("building the writer client"))?;
         let binding = binding_name(name);
         let bindings: Api<RoleBinding> = Api::namespaced(self.admin.clone(), op.namespace());
         let rb: RoleBinding = serde_json::from_value(json!({
@@ -254,7 +312,13 @@ impl Executor {
         match bindings.create(&PostParams::default(), &rb).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(kube_err(format!("binding {} in {}", op.writer_role(), op.namespace()))(e)),
+            Err(e) => {
+                return Err(kube_err(format!(
+                    "binding {} in {}",
+                    op.writer_role(),
+                    op.namespace()
+                ))(e));
+            }
         }
         let result = self.write_with_retry(&writer, op, marker).await;
         // Torn down whatever happened; a failure to do so is logged, and the next action's
@@ -268,11 +332,19 @@ impl Executor {
     }
 
     /// The RBAC authorizer sees a new binding within moments: retry a forbidden write briefly.
-    async fn write_with_retry(&self, writer: &kube::Client, op: &SreOperation, marker: Option<&str>) -> Result<(), ExecError> {
+    async fn write_with_retry(
+        &self,
+        writer: &kube::Client,
+        op: &SreOperation,
+        marker: Option<&str>,
+    ) -> Result<(), ExecError> {
         let mut delay = Duration::from_millis(100);
         for attempt in 0..6 {
             match write(writer, op, marker).await {
-                Err(ExecError::Kube { error: kube::Error::Api(s), .. }) if s.code == 403 && attempt < 5 => {
+                Err(ExecError::Kube {
+                    error: kube::Error::Api(s),
+                    ..
+                }) if s.code == 403 && attempt < 5 => {
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
@@ -283,44 +355,72 @@ impl Executor {
     }
 }
 
-async fn write(writer: &kube::Client, op: &SreOperation, marker: Option<&str>) -> Result<(), ExecError> {
+async fn write(
+    writer: &kube::Client,
+    op: &SreOperation,
+    marker: Option<&str>,
+) -> Result<(), ExecError> {
     let apply = PatchParams::apply(FIELD_MANAGER).force();
     let what = op.change();
     match op {
-        SreOperation::ScaleDeployment { namespace, name, replicas } => {
+        SreOperation::ScaleDeployment {
+            namespace,
+            name,
+            replicas,
+        } => {
             let api: Api<Deployment> = Api::namespaced(writer.clone(), namespace);
             let scale = json!({
                 "apiVersion": "autoscaling/v1", "kind": "Scale",
                 "metadata": {"name": name, "namespace": namespace},
                 "spec": {"replicas": replicas},
             });
-            api.patch_scale(name, &apply, &Patch::Apply(&scale)).await.map_err(kube_err(what))?;
+            api.patch_scale(name, &apply, &Patch::Apply(&scale))
+                .await
+                .map_err(kube_err(what))?;
         }
-        SreOperation::PatchDeploymentImage { namespace, name, container, image } => {
+        SreOperation::PatchDeploymentImage {
+            namespace,
+            name,
+            container,
+            image,
+        } => {
             let api: Api<Deployment> = Api::namespaced(writer.clone(), namespace);
             let patch = json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": name, "namespace": namespace},
                 "spec": {"template": {"spec": {"containers": [{"name": container, "image": image}]}}},
             });
-            api.patch(name, &apply, &Patch::Apply(&patch)).await.map_err(kube_err(what))?;
+            api.patch(name, &apply, &Patch::Apply(&patch))
+                .await
+                .map_err(kube_err(what))?;
         }
-        SreOperation::RolloutRestart { namespace, name, kind } => {
-            let api: Api<DynamicObject> = Api::namespaced_with(writer.clone(), namespace, &workload_resource(kind));
+        SreOperation::RolloutRestart {
+            namespace,
+            name,
+            kind,
+        } => {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(writer.clone(), namespace, &workload_resource(kind));
             let patch = json!({
                 "apiVersion": "apps/v1", "kind": kind,
                 "metadata": {"name": name, "namespace": namespace},
                 "spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: marker.unwrap_or_default()}}}},
             });
-            api.patch(name, &apply, &Patch::Apply(&patch)).await.map_err(kube_err(what))?;
+            api.patch(name, &apply, &Patch::Apply(&patch))
+                .await
+                .map_err(kube_err(what))?;
         }
         SreOperation::DeleteResourceQuota { namespace, name } => {
             let api: Api<ResourceQuota> = Api::namespaced(writer.clone(), namespace);
-            delete_exact(&api, name, marker).await.map_err(kube_err(what))?;
+            delete_exact(&api, name, marker)
+                .await
+                .map_err(kube_err(what))?;
         }
         SreOperation::DeletePod { namespace, name } => {
             let api: Api<Pod> = Api::namespaced(writer.clone(), namespace);
-            delete_exact(&api, name, marker).await.map_err(kube_err(what))?;
+            delete_exact(&api, name, marker)
+                .await
+                .map_err(kube_err(what))?;
         }
     }
     Ok(())
@@ -331,7 +431,10 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let params = DeleteParams {
-        preconditions: uid.map(|u| Preconditions { uid: Some(u.to_string()), resource_version: None }),
+        preconditions: uid.map(|u| Preconditions {
+            uid: Some(u.to_string()),
+            resource_version: None,
+        }),
         ..DeleteParams::default()
     };
     match api.delete(name, &params).await {

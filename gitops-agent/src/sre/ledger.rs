@@ -45,7 +45,11 @@ impl SrePhase {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            SrePhase::Recovered | SrePhase::Failed | SrePhase::Refused | SrePhase::Expired | SrePhase::Rejected
+            SrePhase::Recovered
+                | SrePhase::Failed
+                | SrePhase::Refused
+                | SrePhase::Expired
+                | SrePhase::Rejected
         )
     }
 
@@ -194,13 +198,26 @@ mod tests {
         for i in 0..MAX_RECORDS + 5 {
             upsert(
                 &mut records,
-                rec(&format!("a{i}"), SrePhase::Recovered, &format!("2026-01-01T00:00:{:02}Z", i % 60)),
+                rec(
+                    &format!("a{i}"),
+                    SrePhase::Recovered,
+                    &format!("2026-01-01T00:00:{:02}Z", i % 60),
+                ),
             );
         }
         assert_eq!(records.len(), MAX_RECORDS);
-        assert!(find(&records, "running").is_some(), "an Executing record is never dropped");
-        upsert(&mut records, rec("running", SrePhase::Applied, "2000-01-01T00:00:00Z"));
-        assert_eq!(find(&records, "running").map(|r| r.phase), Some(SrePhase::Applied));
+        assert!(
+            find(&records, "running").is_some(),
+            "an Executing record is never dropped"
+        );
+        upsert(
+            &mut records,
+            rec("running", SrePhase::Applied, "2000-01-01T00:00:00Z"),
+        );
+        assert_eq!(
+            find(&records, "running").map(|r| r.phase),
+            Some(SrePhase::Applied)
+        );
         assert!(SrePhase::Executing.ran() && !SrePhase::Refused.ran());
     }
 }

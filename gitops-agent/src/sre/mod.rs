@@ -19,9 +19,9 @@ use std::collections::BTreeMap;
 
 use kars_contract::Reason;
 use kars_contract::time::{format_rfc3339, parse_rfc3339, unix_now};
+use kars_renderer::Rendered;
 use kars_renderer::api::KarsSREActionSpec;
 use kars_renderer::sre::{DEFAULT_TTL_MINUTES, MAX_TTL_MINUTES, SreOperation};
-use kars_renderer::Rendered;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -41,12 +41,25 @@ pub const STATUS_CONTEXT: &str = "kars-gitops/sre";
 pub const ACTIONS_DIR: &str = "sre/actions";
 
 /// What the SRE step needs besides the cluster.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SreSettings {
-    /// Runs actions (`None`: actions are decided and refused with ExecutionFailed).
+    /// Runs actions (`None`: nothing is decided or run here, as in `kars sync`; the agent
+    /// runs them).
     pub executor: Option<Executor>,
     /// Posts transitions to the pull requests (`None`: status and Events only).
     pub forge: Option<Gitea>,
+    /// Applied → Failed when the namespace has not recovered after this long (upstream: 600 s).
+    pub recovery_deadline_secs: i64,
+}
+
+impl Default for SreSettings {
+    fn default() -> Self {
+        SreSettings {
+            executor: None,
+            forge: None,
+            recovery_deadline_secs: observe::RECOVERY_DEADLINE_SECS,
+        }
+    }
 }
 
 /// One `KarsSREAction` of the rendered head.
@@ -116,19 +129,26 @@ pub fn decide(
             ),
         ),
         "Approved" => {
-            let op = match SreOperation::parse(&action.spec.action.type_, &action.spec.action.params) {
-                Ok(op) => op,
-                Err(problems) => {
-                    return Decision::Record(
-                        SrePhase::Refused,
-                        Reason::ActionInvalid,
-                        problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
-                    );
-                }
-            };
+            let op =
+                match SreOperation::parse(&action.spec.action.type_, &action.spec.action.params) {
+                    Ok(op) => op,
+                    Err(problems) => {
+                        return Decision::Record(
+                            SrePhase::Refused,
+                            Reason::ActionInvalid,
+                            problems
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join("; "),
+                        );
+                    }
+                };
             let evidence = match evidence {
                 Some(Ok(e)) => e,
-                Some(Err(r)) => return Decision::Record(SrePhase::Refused, r.reason(), r.to_string()),
+                Some(Err(r)) => {
+                    return Decision::Record(SrePhase::Refused, r.reason(), r.to_string());
+                }
                 None => {
                     return Decision::Record(
                         SrePhase::Refused,
@@ -137,7 +157,13 @@ pub fn decide(
                     );
                 }
             };
-            let ttl = i64::from(action.spec.ttl_minutes.unwrap_or(DEFAULT_TTL_MINUTES).clamp(1, MAX_TTL_MINUTES));
+            let ttl = i64::from(
+                action
+                    .spec
+                    .ttl_minutes
+                    .unwrap_or(DEFAULT_TTL_MINUTES)
+                    .clamp(1, MAX_TTL_MINUTES),
+            );
             let deadline = evidence.proposed_at + ttl * 60;
             if now > deadline {
                 return Decision::Record(
@@ -175,7 +201,14 @@ pub struct SreOutcome {
     pub planned: Vec<String>,
 }
 
-fn new_record(action: &ActionInGit, op: &str, phase: SrePhase, reason: Reason, message: String, ev: Option<&ApprovalEvidence>) -> SreRecord {
+fn new_record(
+    action: &ActionInGit,
+    op: &str,
+    phase: SrePhase,
+    reason: Reason,
+    message: String,
+    ev: Option<&ApprovalEvidence>,
+) -> SreRecord {
     SreRecord {
         name: action.name.clone(),
         phase,
@@ -234,7 +267,11 @@ pub async fn step(
     let now = unix_now();
     for action in actions {
         let record = ledger::find(&out.records, &action.name).cloned();
-        let live = live_before.get(&format!("KarsSREAction/{}/{}", kars_renderer::sre::SRE_NAMESPACE, action.name));
+        let live = live_before.get(&format!(
+            "KarsSREAction/{}/{}",
+            kars_renderer::sre::SRE_NAMESPACE,
+            action.name
+        ));
         if action.spec.approval.state != "Approved"
             && live.is_some_and(|l| l["spec"]["approval"]["state"] == "Approved")
             && !dry_run
@@ -258,19 +295,39 @@ pub async fn step(
             Decision::Proposed => out.proposed.push(action.name.clone()),
             Decision::Record(phase, reason, message) => {
                 if dry_run {
-                    out.planned.push(format!("{}: {} ({reason}): {message}", action.name, phase.as_str()));
+                    out.planned.push(format!(
+                        "{}: {} ({reason}): {message}",
+                        action.name,
+                        phase.as_str()
+                    ));
                     continue;
                 }
                 let ev = evidence.get(&action.name).and_then(|e| e.as_ref().ok());
-                ledger::upsert(&mut out.records, new_record(action, &op_label, phase, reason, message, ev));
+                ledger::upsert(
+                    &mut out.records,
+                    new_record(action, &op_label, phase, reason, message, ev),
+                );
             }
             Decision::Run(op) => {
                 if dry_run {
-                    out.planned.push(format!("{}: would run: {}", action.name, op.change()));
+                    out.planned
+                        .push(format!("{}: would run: {}", action.name, op.change()));
                     continue;
                 }
                 let ev = evidence.get(&action.name).and_then(|e| e.as_ref().ok());
-                if let Some(rec) = run_once(client, settings, status_ns, status_name, &mut out.records, action, &op, &op_label, ev).await {
+                if let Some(rec) = run_once(
+                    client,
+                    settings,
+                    status_ns,
+                    status_name,
+                    &mut out.records,
+                    action,
+                    &op,
+                    &op_label,
+                    ev,
+                )
+                .await
+                {
                     ledger::upsert(&mut out.records, rec);
                 }
             }
@@ -280,14 +337,22 @@ pub async fn step(
         return out;
     }
     // Executing left by a crash, and Applied / late Failed: look at the cluster.
-    let by_name: BTreeMap<&str, &ActionInGit> = actions.iter().map(|a| (a.name.as_str(), a)).collect();
+    let by_name: BTreeMap<&str, &ActionInGit> =
+        actions.iter().map(|a| (a.name.as_str(), a)).collect();
     let mut updated = Vec::new();
     for rec in &out.records {
-        let Some(action) = by_name.get(rec.name.as_str()) else { continue };
-        let Ok(op) = SreOperation::parse(&action.spec.action.type_, &action.spec.action.params) else { continue };
+        let Some(action) = by_name.get(rec.name.as_str()) else {
+            continue;
+        };
+        let Ok(op) = SreOperation::parse(&action.spec.action.type_, &action.spec.action.params)
+        else {
+            continue;
+        };
         let next = match rec.phase {
             SrePhase::Executing => resolve_interrupted(settings, client, rec, &op).await,
-            SrePhase::Applied | SrePhase::Failed => observe_record(client, rec, &op, now).await,
+            SrePhase::Applied | SrePhase::Failed => {
+                observe_record(client, rec, &op, now, settings.recovery_deadline_secs).await
+            }
             _ => None,
         };
         if let Some(n) = next {
@@ -301,7 +366,10 @@ pub async fn step(
         r.phase == SrePhase::Applied
             || (r.phase == SrePhase::Failed
                 && r.reason == Reason::RecoveryFailed.as_str()
-                && r.applied_at.as_deref().and_then(parse_rfc3339).is_some_and(|t| now - t <= observe::LATE_RECOVERY_SECS))
+                && r.applied_at
+                    .as_deref()
+                    .and_then(parse_rfc3339)
+                    .is_some_and(|t| now - t <= observe::LATE_RECOVERY_SECS))
     });
     // Report every transition once: the CR status, an Event, the pull request.
     let mut reported = Vec::new();
@@ -309,16 +377,34 @@ pub async fn step(
         if rec.reported_phase == Some(rec.phase) {
             continue;
         }
-        let Some(action) = by_name.get(rec.name.as_str()) else { continue };
+        let Some(action) = by_name.get(rec.name.as_str()) else {
+            continue;
+        };
         write_cr_status(client, rec).await;
-        let type_ = if matches!(rec.phase, SrePhase::Applied | SrePhase::Recovered) { EventType::Normal } else { EventType::Warning };
-        let reason = rec.reason.parse::<Reason>().unwrap_or(Reason::ExecutionFailed);
-        publish(&recorder, &rec.name, type_, reason, format!("{} {}: {}", rec.operation, rec.phase.as_str(), rec.message)).await;
+        let type_ = if matches!(rec.phase, SrePhase::Applied | SrePhase::Recovered) {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        let reason = rec
+            .reason
+            .parse::<Reason>()
+            .unwrap_or(Reason::ExecutionFailed);
+        publish(
+            &recorder,
+            &rec.name,
+            type_,
+            reason,
+            format!("{} {}: {}", rec.operation, rec.phase.as_str(), rec.message),
+        )
+        .await;
         let mut r = rec.clone();
         if let Some(forge) = &settings.forge {
             match post_to_forge(forge, &mut r, action).await {
                 Ok(()) => {}
-                Err(e) => tracing::warn!(action = %rec.name, error = %e, "could not report the SRE action to the pull request"),
+                Err(e) => {
+                    tracing::warn!(action = %rec.name, error = %e, "could not report the SRE action to the pull request")
+                }
             }
         }
         r.reported_phase = Some(r.phase);
@@ -344,7 +430,14 @@ pub async fn step(
 fn proposed_record(a: &ActionInGit) -> SreRecord {
     SreRecord {
         phase: SrePhase::Proposed,
-        ..new_record(a, &operation_label(a), SrePhase::Proposed, Reason::Proposed, "awaiting approval through a signed commit".into(), None)
+        ..new_record(
+            a,
+            &operation_label(a),
+            SrePhase::Proposed,
+            Reason::Proposed,
+            "awaiting approval through a signed commit".into(),
+            None,
+        )
     }
 }
 
@@ -362,16 +455,28 @@ async fn run_once(
     op_label: &str,
     ev: Option<&ApprovalEvidence>,
 ) -> Option<SreRecord> {
-    let fail = |reason: Reason, message: String| new_record(action, op_label, SrePhase::Failed, reason, message, ev);
+    let fail = |reason: Reason, message: String| {
+        new_record(action, op_label, SrePhase::Failed, reason, message, ev)
+    };
     let Some(executor) = &settings.executor else {
-        return Some(fail(Reason::ExecutionFailed, execute::ExecError::NoWriter.to_string()));
+        return Some(fail(
+            Reason::ExecutionFailed,
+            execute::ExecError::NoWriter.to_string(),
+        ));
     };
     let stamp = format_rfc3339(unix_now());
     let marker = match execute::effect_marker(client, op, &stamp).await {
         Ok(m) => m,
         Err(e) => return Some(fail(e.reason(), e.to_string())),
     };
-    let mut intent = new_record(action, op_label, SrePhase::Executing, Reason::Executed, format!("running: {}", op.change()), ev);
+    let mut intent = new_record(
+        action,
+        op_label,
+        SrePhase::Executing,
+        Reason::Executed,
+        format!("running: {}", op.change()),
+        ev,
+    );
     intent.effect_marker = marker.clone();
     ledger::upsert(records, intent.clone());
     if let Err(e) = ledger::write(client, status_ns, status_name, records).await {
@@ -386,7 +491,12 @@ async fn run_once(
         Ok(()) => {
             rec.phase = SrePhase::Applied;
             rec.reason = Reason::Executed.as_str().into();
-            rec.message = format!("ran: {} (as {}/{}, binding removed); observing recovery", op.change(), kars_renderer::sre::SRE_NAMESPACE, execute::WRITER_SERVICE_ACCOUNT);
+            rec.message = format!(
+                "ran: {} (as {}/{}, binding removed); observing recovery",
+                op.change(),
+                kars_renderer::sre::SRE_NAMESPACE,
+                execute::WRITER_SERVICE_ACCOUNT
+            );
             rec.applied_at = Some(format_rfc3339(unix_now()));
         }
         Err(e) => {
@@ -403,20 +513,31 @@ async fn run_once(
     Some(rec)
 }
 
-async fn resolve_interrupted(settings: &SreSettings, client: &kube::Client, rec: &SreRecord, op: &SreOperation) -> Option<SreRecord> {
+async fn resolve_interrupted(
+    settings: &SreSettings,
+    client: &kube::Client,
+    rec: &SreRecord,
+    op: &SreOperation,
+) -> Option<SreRecord> {
     let _ = settings;
     let mut r = rec.clone();
     match execute::effect_visible(client, op, rec.effect_marker.as_deref()).await {
         Ok(true) => {
             r.phase = SrePhase::Applied;
             r.reason = Reason::Executed.as_str().into();
-            r.message = format!("ran: {} (found in the cluster after the agent restarted; not run again); observing recovery", op.change());
+            r.message = format!(
+                "ran: {} (found in the cluster after the agent restarted; not run again); observing recovery",
+                op.change()
+            );
             r.applied_at = Some(format_rfc3339(unix_now()));
         }
         Ok(false) => {
             r.phase = SrePhase::Failed;
             r.reason = Reason::ExecutionInterrupted.as_str().into();
-            r.message = format!("the agent stopped while running it and its effect is not in the cluster: it was not run again ({}); propose it again under a new id", op.change());
+            r.message = format!(
+                "the agent stopped while running it and its effect is not in the cluster: it was not run again ({}); propose it again under a new id",
+                op.change()
+            );
             r.finished_at = Some(format_rfc3339(unix_now()));
         }
         Err(e) => {
@@ -427,10 +548,19 @@ async fn resolve_interrupted(settings: &SreSettings, client: &kube::Client, rec:
     Some(r)
 }
 
-async fn observe_record(client: &kube::Client, rec: &SreRecord, op: &SreOperation, now: i64) -> Option<SreRecord> {
+async fn observe_record(
+    client: &kube::Client,
+    rec: &SreRecord,
+    op: &SreOperation,
+    now: i64,
+    deadline: i64,
+) -> Option<SreRecord> {
     let applied = rec.applied_at.as_deref().and_then(parse_rfc3339)?;
     let late = rec.phase == SrePhase::Failed;
-    if late && (rec.reason != Reason::RecoveryFailed.as_str() || now - applied > observe::LATE_RECOVERY_SECS) {
+    if late
+        && (rec.reason != Reason::RecoveryFailed.as_str()
+            || now - applied > observe::LATE_RECOVERY_SECS)
+    {
         return None;
     }
     let seen = match observe::observe(client, op.namespace(), now).await {
@@ -443,15 +573,29 @@ async fn observe_record(client: &kube::Client, rec: &SreRecord, op: &SreOperatio
     let mut r = rec.clone();
     if seen.recovered {
         r.phase = SrePhase::Recovered;
-        r.reason = if late { Reason::LateRecovery } else { Reason::Recovered }.as_str().into();
-        r.message = format!("recovered {} s after it ran: {}", now - applied, seen.summary);
+        r.reason = if late {
+            Reason::LateRecovery
+        } else {
+            Reason::Recovered
+        }
+        .as_str()
+        .into();
+        r.message = format!(
+            "recovered {} s after it ran: {}",
+            now - applied,
+            seen.summary
+        );
         r.finished_at = Some(format_rfc3339(now));
         return Some(r);
     }
-    if !late && now - applied > observe::RECOVERY_DEADLINE_SECS {
+    if !late && now - applied > deadline {
         r.phase = SrePhase::Failed;
         r.reason = Reason::RecoveryFailed.as_str().into();
-        r.message = format!("not recovered {} s after it ran: {}", now - applied, seen.summary);
+        r.message = format!(
+            "not recovered {} s after it ran: {}",
+            now - applied,
+            seen.summary
+        );
         r.finished_at = Some(format_rfc3339(now));
         return Some(r);
     }
@@ -464,17 +608,42 @@ async fn observe_record(client: &kube::Client, rec: &SreRecord, op: &SreOperatio
 
 /// Upstream's conditions for a phase.
 fn conditions(rec: &SreRecord) -> Value {
-    let t = rec.finished_at.clone().or_else(|| rec.applied_at.clone()).unwrap_or_else(|| rec.decided_at.clone());
-    let c = |type_: &str, ok: bool, reason: &str| {
-        json!({"type": type_, "status": if ok {"True"} else {"False"}, "reason": reason, "message": rec.message.chars().take(1000).collect::<String>(), "lastTransitionTime": t})
-    };
+    let t = rec
+        .finished_at
+        .clone()
+        .or_else(|| rec.applied_at.clone())
+        .unwrap_or_else(|| rec.decided_at.clone());
+    let c = |type_: &str, ok: bool, reason: &str| json!({"type": type_, "status": if ok {"True"} else {"False"}, "reason": reason, "message": rec.message.chars().take(1000).collect::<String>(), "lastTransitionTime": t});
     let ran = rec.phase.ran() && rec.reason != Reason::ExecutionInterrupted.as_str();
     let approved = rec.approval_commit.is_some() && rec.phase != SrePhase::Refused;
     json!([
-        c("Available", rec.phase == SrePhase::Recovered, if rec.phase == SrePhase::Applied { "PendingRecovery" } else { rec.phase.as_str() }),
-        c("Approved", approved, if approved { "Approved" } else { &rec.reason }),
-        c("Executed", ran && rec.phase != SrePhase::Executing, if ran { "Executed" } else { &rec.reason }),
-        c("Degraded", matches!(rec.phase, SrePhase::Failed | SrePhase::Refused | SrePhase::Expired | SrePhase::Rejected), &rec.reason),
+        c(
+            "Available",
+            rec.phase == SrePhase::Recovered,
+            if rec.phase == SrePhase::Applied {
+                "PendingRecovery"
+            } else {
+                rec.phase.as_str()
+            }
+        ),
+        c(
+            "Approved",
+            approved,
+            if approved { "Approved" } else { &rec.reason }
+        ),
+        c(
+            "Executed",
+            ran && rec.phase != SrePhase::Executing,
+            if ran { "Executed" } else { &rec.reason }
+        ),
+        c(
+            "Degraded",
+            matches!(
+                rec.phase,
+                SrePhase::Failed | SrePhase::Refused | SrePhase::Expired | SrePhase::Rejected
+            ),
+            &rec.reason
+        ),
     ])
 }
 
@@ -486,8 +655,13 @@ async fn write_cr_status(client: &kube::Client, rec: &SreRecord) {
         SrePhase::Executing => "Applied",
         p => p.as_str(),
     };
-    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(kars_contract::KARS_GROUP, "v1alpha1", "KarsSREAction"));
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), kars_renderer::sre::SRE_NAMESPACE, &ar);
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        kars_contract::KARS_GROUP,
+        "v1alpha1",
+        "KarsSREAction",
+    ));
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), kars_renderer::sre::SRE_NAMESPACE, &ar);
     let mut status = json!({"phase": phase, "conditions": conditions(rec)});
     if let Some(a) = &rec.applied_at {
         status["appliedAt"] = json!(a);
@@ -499,7 +673,9 @@ async fn write_cr_status(client: &kube::Client, rec: &SreRecord) {
         field_manager: Some(crate::kars_status::STATUS_MANAGER.into()),
         ..PatchParams::default()
     };
-    if let Err(e) = api.patch_status(&rec.name, &params, &Patch::Merge(json!({"status": status}))).await
+    if let Err(e) = api
+        .patch_status(&rec.name, &params, &Patch::Merge(json!({"status": status})))
+        .await
         && !crate::cluster::is_not_found(&e)
     {
         tracing::warn!(action = %rec.name, error = %e, "could not write the status of the SRE action");
@@ -533,10 +709,23 @@ pub fn comment_marker(name: &str) -> String {
 
 /// The outcome comment (kept up to date, one per action).
 pub fn outcome_comment(rec: &SreRecord) -> String {
-    let mut s = format!("{}\n### kars GitOps: SRE action `{}` is **{}** ({})\n\n", comment_marker(&rec.name), rec.name, rec.phase.as_str(), rec.reason);
+    let mut s = format!(
+        "{}\n### kars GitOps: SRE action `{}` is **{}** ({})\n\n",
+        comment_marker(&rec.name),
+        rec.name,
+        rec.phase.as_str(),
+        rec.reason
+    );
     s.push_str(&format!("- action: {}\n- {}\n", rec.operation, rec.message));
     if let Some(c) = &rec.approval_commit {
-        s.push_str(&format!("- approved in commit `{c}` by {}\n", if rec.approvers.is_empty() { "-".into() } else { rec.approvers.join(", ") }));
+        s.push_str(&format!(
+            "- approved in commit `{c}` by {}\n",
+            if rec.approvers.is_empty() {
+                "-".into()
+            } else {
+                rec.approvers.join(", ")
+            }
+        ));
     }
     if !rec.proposers.is_empty() {
         s.push_str(&format!("- proposed by {}\n", rec.proposers.join(", ")));
@@ -547,25 +736,44 @@ pub fn outcome_comment(rec: &SreRecord) -> String {
     if let Some(f) = &rec.finished_at {
         s.push_str(&format!("- finished at {f}\n"));
     }
-    s.push_str(&format!("\n`kars sre show {}` prints the full record.\n", rec.name));
+    s.push_str(&format!(
+        "\n`kars sre show {}` prints the full record.\n",
+        rec.name
+    ));
     s
 }
 
-async fn post_to_forge(forge: &Gitea, rec: &mut SreRecord, action: &ActionInGit) -> Result<(), crate::forge::ForgeError> {
+async fn post_to_forge(
+    forge: &Gitea,
+    rec: &mut SreRecord,
+    action: &ActionInGit,
+) -> Result<(), crate::forge::ForgeError> {
     let number = match rec.pull_request {
         Some(n) => Some(n),
-        None => forge.pull_for_branch(&format!("{BRANCH_PREFIX}{}", action.name)).await?.map(|p| p.number),
+        None => forge
+            .pull_for_branch(&format!("{BRANCH_PREFIX}{}", action.name))
+            .await?
+            .map(|p| p.number),
     };
     let Some(number) = number else { return Ok(()) };
     rec.pull_request = Some(number);
-    forge.upsert_comment(number, &comment_marker(&rec.name), &outcome_comment(rec)).await?;
+    forge
+        .upsert_comment(number, &comment_marker(&rec.name), &outcome_comment(rec))
+        .await?;
     if let Some(sha) = &rec.approval_commit {
         let state = match rec.phase {
             SrePhase::Executing | SrePhase::Applied | SrePhase::Proposed => CommitState::Pending,
             SrePhase::Recovered => CommitState::Success,
             _ => CommitState::Failure,
         };
-        forge.set_status(sha, state, STATUS_CONTEXT, &format!("{}: {}", rec.phase.as_str(), rec.reason)).await?;
+        forge
+            .set_status(
+                sha,
+                state,
+                STATUS_CONTEXT,
+                &format!("{}: {}", rec.phase.as_str(), rec.reason),
+            )
+            .await?;
     }
     Ok(())
 }
@@ -583,6 +791,11 @@ pub fn evidence_for(
     actions
         .iter()
         .filter(|a| a.spec.approval.state == "Approved" && ledger::find(records, &a.name).is_none())
-        .map(|a| (a.name.clone(), approval::evidence(repo, policy, now, head, &a.file)))
+        .map(|a| {
+            (
+                a.name.clone(),
+                approval::evidence(repo, policy, now, head, &a.file),
+            )
+        })
         .collect()
 }

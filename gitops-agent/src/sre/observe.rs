@@ -33,7 +33,11 @@ pub fn judge(deployments: &[Deployment], events: &[Event], now: i64) -> Observat
     let mut blockers = Vec::new();
     for d in deployments {
         let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let have = d.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+        let have = d
+            .status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .unwrap_or(0);
         if have < want {
             blockers.push(format!(
                 "Deployment {}: {have}/{want} available",
@@ -51,12 +55,26 @@ pub fn judge(deployments: &[Deployment], events: &[Event], now: i64) -> Observat
             .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0.as_second()))
             .or_else(|| e.last_timestamp.as_ref().map(|t| t.0.as_second()))
             .or_else(|| e.event_time.as_ref().map(|t| t.0.as_second()))
-            .or_else(|| e.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()))
+            .or_else(|| {
+                e.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map(|t| t.0.as_second())
+            })
             .unwrap_or(0);
         if now - last < QUIET_SECS {
             let object = e.involved_object.name.as_deref().unwrap_or("?");
-            let message: String = e.message.as_deref().unwrap_or("").chars().take(160).collect();
-            blockers.push(format!("{reason} on {object} {}s ago: {message}", now - last));
+            let message: String = e
+                .message
+                .as_deref()
+                .unwrap_or("")
+                .chars()
+                .take(160)
+                .collect();
+            blockers.push(format!(
+                "{reason} on {object} {}s ago: {message}",
+                now - last
+            ));
         }
     }
     if blockers.is_empty() {
@@ -77,7 +95,11 @@ pub fn judge(deployments: &[Deployment], events: &[Event], now: i64) -> Observat
 }
 
 /// Looks at `namespace` now.
-pub async fn observe(client: &kube::Client, namespace: &str, now: i64) -> Result<Observation, kube::Error> {
+pub async fn observe(
+    client: &kube::Client,
+    namespace: &str,
+    now: i64,
+) -> Result<Observation, kube::Error> {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let events: Api<Event> = Api::namespaced(client.clone(), namespace);
     let d = deployments.list(&ListParams::default()).await?.items;

@@ -491,7 +491,17 @@ pub async fn run(
     // SRE actions: after every object applied (the KarsSREAction CRs exist), never after a
     // failed apply.
     if apply.is_success() {
-        run.sre = Some(sre_step(cluster, cfg, before, &rendered, repo_at_head, &apply.live_before).await);
+        run.sre = Some(
+            sre_step(
+                cluster,
+                cfg,
+                before,
+                &rendered,
+                repo_at_head,
+                &apply.live_before,
+            )
+            .await,
+        );
         lap("sre", &mut run);
     }
 
@@ -565,10 +575,16 @@ async fn sre_step(
     }
     let evidence = match repo_at_head {
         Some((repo, head)) => {
-            let (policy, acts, records) = (cfg.trust.clone(), actions.clone(), before.sre_actions.clone());
-            tokio::task::spawn_blocking(move || crate::sre::evidence_for(&repo, &policy, head, &acts, &records))
-                .await
-                .unwrap_or_default()
+            let (policy, acts, records) = (
+                cfg.trust.clone(),
+                actions.clone(),
+                before.sre_actions.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                crate::sre::evidence_for(&repo, &policy, head, &acts, &records)
+            })
+            .await
+            .unwrap_or_default()
         }
         None => Default::default(),
     };

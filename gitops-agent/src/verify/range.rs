@@ -421,7 +421,10 @@ impl<'r> Verifier<'r> {
     /// Who signed commit `id` (its own signature and the signed approval tags on it), checked
     /// against the signers trusted before it, whatever range it was applied in. The SRE
     /// executor asks this of the commits that proposed and approved an action.
-    pub fn signers_of(&mut self, id: ObjectId) -> Result<Result<Vec<Accepted>, CommitRefusal>, VerifyError> {
+    pub fn signers_of(
+        &mut self,
+        id: ObjectId,
+    ) -> Result<Result<Vec<Accepted>, CommitRefusal>, VerifyError> {
         let facts = commit_facts(self.repo, id)?;
         let single: BTreeSet<ObjectId> = [id].into_iter().collect();
         let tags = self.approval_tags(&single)?;

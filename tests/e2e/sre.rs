@@ -1,0 +1,792 @@
+//! SRE remediations as pull requests, end to end: a real Gitea, the real control plane, real
+//! SSH signatures, the `kars` CLI and the agent's sync with its executor.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::apps::v1::Deployment;
+use kars_e2e::forge::Forge;
+use kars_e2e::git::{Keys, Repo, Signing};
+use kars_e2e::{
+    Cluster, Out, block_on, install_kars_crds, run_to_end, run_with_stdin, unique_name,
+    workspace_root,
+};
+use kars_gitops_agent::forge::{ForgeRepo, Gitea, Token};
+use kars_gitops_agent::sre::execute::Executor;
+use kars_gitops_agent::sre::ledger::{SrePhase, SreRecord};
+use kars_gitops_agent::sync::{SyncConfig, sync_once};
+use kube::api::Api;
+use libtest_mimic::Trial;
+use serde_json::Value;
+
+use crate::trial;
+
+pub fn tests() -> Vec<Trial> {
+    vec![
+        trial(
+            "sre::propose_refuses_invalid_actions_offline",
+            propose_refuses_invalid_actions_offline,
+        ),
+        trial(
+            "sre::propose_approve_merge_execute_exactly_once",
+            propose_approve_execute_exactly_once,
+        ),
+        trial(
+            "sre::approvals_that_do_not_count_run_nothing",
+            approvals_that_do_not_count,
+        ),
+    ]
+}
+
+/// A policy repository on the forge with clones for alice (the proposer), bob (an approver)
+/// and carol (a signer who may not approve SRE actions).
+struct Setup {
+    dir: tempfile::TempDir,
+    forge: &'static Forge,
+    cluster: &'static Cluster,
+    name: String,
+    target_ns: String,
+    keys: Keys,
+    trust: PathBuf,
+    users: Vec<(String, PathBuf, Repo)>,
+}
+
+const USERS: [&str; 3] = ["alice", "bob", "carol"];
+
+impl Setup {
+    fn new(prefix: &str) -> Result<Setup> {
+        let cluster = Cluster::shared()?;
+        install_kars_crds(cluster)?;
+        let forge = Forge::shared()?;
+        let name = unique_name(prefix);
+        let dir = tempfile::tempdir()?;
+        let keys = Keys::new(dir.path())?;
+        let mut signers = String::new();
+        let mut keyfiles = Vec::new();
+        for u in USERS {
+            let key = keys.ssh(u, "ed25519", &format!("{u}@forge.test"))?;
+            signers.push_str(&format!(
+                "    - name: {u}\n      emails: [{u}@forge.test]\n      sshKeys: [\"{}\"]\n",
+                keys.ssh_public(&key)?.trim()
+            ));
+            keyfiles.push(key);
+        }
+        let trust = dir.path().join("trust.yaml");
+        std::fs::write(
+            &trust,
+            format!(
+                "apiVersion: gitops.kars.io/v1alpha1\nkind: TrustPolicy\nspec:\n  signers:\n{signers}  sreApprovals:\n    approvers: [alice, bob]\n    minApprovers: 1\n"
+            ),
+        )?;
+        forge.create_repo("alice", &name, &["bob", "carol"])?;
+        let target_ns = format!("{name}-target");
+        let mut users = Vec::new();
+        for (u, key) in USERS.iter().zip(keyfiles) {
+            let work = dir.path().join(format!("clone-{u}"));
+            let repo = Repo::init(&work, &keys)?;
+            repo.git(&["remote", "add", "origin", &forge.git_url(u, "alice", &name)])?;
+            for (k, v) in [
+                ("user.email", format!("{u}@forge.test")),
+                ("user.name", u.to_string()),
+                ("gpg.format", "ssh".into()),
+                ("user.signingkey", key.display().to_string()),
+            ] {
+                repo.git(&["config", k, &v])?;
+            }
+            users.push((u.to_string(), key, repo));
+        }
+        let s = Setup {
+            dir,
+            forge,
+            cluster,
+            name,
+            target_ns,
+            keys,
+            trust,
+            users,
+        };
+        let alice = s.repo("alice");
+        alice.write(
+            "kars.yaml",
+            &format!(
+                "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {{name: {}}}\nspec:\n  defaultNamespace: {}-ns\n  clusters: [{{name: test, paths: [agents, sre]}}]\n  forge: {{url: \"{}\", repository: alice/{}}}\n",
+                s.name, s.name, forge.url(), s.name
+            ),
+        )?;
+        alice.write("agents/README.md", "agents\n")?;
+        s.commit("alice", "initial policy repository")?;
+        s.push("alice", "main")?;
+        forge.protect_main("alice", &s.name, 1)?;
+        // The SRE identities exactly as the chart installs them.
+        let rendered = run_to_end(
+            crate::chart::helm()?
+                .args(["template", "kars-gitops"])
+                .arg(workspace_root().join("charts/kars-gitops"))
+                .args(["-f"])
+                .arg(workspace_root().join("tests/golden/chart/values.yaml"))
+                .args([
+                    "--show-only",
+                    "templates/sre.yaml",
+                    "--kube-version",
+                    "v1.37.2",
+                ]),
+        )?;
+        ensure!(
+            rendered.success(),
+            "helm template sre.yaml: {}",
+            rendered.combined()
+        );
+        s.kubectl_stdin(&["apply", "-f", "-"], &rendered.stdout)?;
+        s.kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      containers: [{{name: web, image: example.invalid/web:1}}]\n",
+                ns = s.target_ns
+            ),
+        )?;
+        Ok(s)
+    }
+
+    fn repo(&self, user: &str) -> &Repo {
+        &self
+            .users
+            .iter()
+            .find(|u| u.0 == user)
+            .map(|u| &u.2)
+            .unwrap_or(&self.users[0].2)
+    }
+
+    fn key(&self, user: &str) -> PathBuf {
+        self.users
+            .iter()
+            .find(|u| u.0 == user)
+            .map(|u| u.1.clone())
+            .unwrap_or_default()
+    }
+
+    fn commit(&self, user: &str, message: &str) -> Result<String> {
+        self.repo(user).commit(
+            message,
+            &format!("{user}@forge.test"),
+            &Signing::Ssh(self.key(user)),
+        )
+    }
+
+    fn push(&self, user: &str, branch: &str) -> Result<()> {
+        self.repo(user)
+            .git(&["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")])
+            .map(|_| ())
+    }
+
+    fn pull(&self, user: &str) -> Result<()> {
+        let r = self.repo(user);
+        r.git(&["fetch", "-q", "origin", "main"])?;
+        r.git(&["checkout", "-q", "-B", "main", "FETCH_HEAD"])
+            .map(|_| ())
+    }
+
+    fn kubectl_stdin(&self, args: &[&str], input: &str) -> Result<()> {
+        let out = run_with_stdin(self.cluster.kubectl_command().args(args), input)?;
+        ensure!(
+            out.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            out.combined()
+        );
+        Ok(())
+    }
+
+    /// `kars sre …` as `user`, in their clone (the read commands look at this repository's
+    /// PolicyRepo in the shared cluster).
+    fn kars(&self, user: &str, args: &[&str]) -> Result<Out> {
+        let mut c = kars_e2e::kars_command()?;
+        c.current_dir(&self.repo(user).path)
+            .env("HOME", self.dir.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GNUPGHOME", self.keys.gnupg_home())
+            .env("KARS_FORGE_TOKEN_FILE", self.forge.token_file(user))
+            .env("KUBECONFIG", self.cluster.kubeconfig())
+            .arg("sre")
+            .args(args);
+        if args
+            .first()
+            .is_some_and(|a| *a == "actions" || *a == "show")
+        {
+            c.args(["-n", &format!("{}-status", self.name)]);
+        }
+        run_to_end(&mut c)
+    }
+
+    /// The agent's sync configuration: the forge repository over HTTP, the trust policy, the
+    /// executor (impersonating kars-sre/sre-writer) and the forge as the admin user (the bot).
+    async fn config(&self, client: &kube::Client) -> Result<SyncConfig> {
+        let text = std::fs::read_to_string(&self.trust)?;
+        let trust = kars_gitops_agent::verify::TrustPolicy::parse("trust.yaml", &text)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let kc = kube::config::Kubeconfig::read_from(self.cluster.kubeconfig())?;
+        let base =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await?;
+        let mut cfg = kars_e2e::fixture::sync_config(
+            &format!("{}/alice/{}.git", self.forge.url(), self.name),
+            trust,
+            self.dir.path().join("cache"),
+            &format!("{}-status", self.name),
+            &self.name,
+        );
+        cfg.sre.executor = Some(Executor::new(client.clone(), Some(base)));
+        let repo = ForgeRepo::parse(self.forge.url(), &format!("alice/{}", self.name))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        cfg.sre.forge = Some(
+            Gitea::new(
+                repo,
+                Token::from_file(&self.forge.token_file("kars-admin"))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        Ok(cfg)
+    }
+
+    async fn ledger(&self, client: &kube::Client) -> Result<Vec<SreRecord>> {
+        let pr =
+            kars_gitops_agent::status::get(client, &format!("{}-status", self.name), &self.name)
+                .await?
+                .context("PolicyRepo missing")?;
+        Ok(pr.status.unwrap_or_default().sre_actions)
+    }
+
+    async fn web(&self, client: &kube::Client) -> Result<Value> {
+        let api: Api<Deployment> = Api::namespaced(client.clone(), &self.target_ns);
+        Ok(serde_json::to_value(api.get("web").await?)?)
+    }
+
+    /// Writes `sre/actions/<id>.yaml` in `user`'s clone (approval `state`, ScaleDeployment of
+    /// the target to `replicas`).
+    fn write_action(
+        &self,
+        user: &str,
+        id: &str,
+        state: &str,
+        replicas: i64,
+        ttl: u32,
+    ) -> Result<()> {
+        self.repo(user).write(
+            &format!("sre/actions/{id}.yaml"),
+            &format!(
+                "apiVersion: kars.azure.com/v1alpha1\nkind: KarsSREAction\nmetadata: {{name: {id}, namespace: kars-sre}}\nspec:\n  action:\n    type: ScaleDeployment\n    params: {{namespace: {}, name: web, replicas: {replicas}}}\n  approval: {{state: {state}}}\n  diagnosis: test\n  rationale: test\n  ttlMinutes: {ttl}\n",
+                self.target_ns
+            ),
+        )
+    }
+}
+
+fn json_of(out: &Out) -> Result<Value> {
+    serde_json::from_str(&out.stdout).with_context(|| format!("not JSON: {}", out.combined()))
+}
+
+fn record<'a>(ledger: &'a [SreRecord], id: &str) -> Result<&'a SreRecord> {
+    ledger
+        .iter()
+        .find(|r| r.name == id)
+        .with_context(|| format!("no ledger record for {id}: {ledger:?}"))
+}
+
+/// An invalid action exits 1 naming the problem, before any forge setting is read: no forge
+/// flag, token or remote exists here at all.
+fn propose_refuses_invalid_actions_offline() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                "--action",
+                "ScaleDeployment",
+                "--param",
+                "namespace=team-a",
+                "--param",
+                "name=web",
+                "--param",
+                "replicas=51",
+            ],
+            "51 is outside 0..=50",
+        ),
+        (
+            &[
+                "--action",
+                "DeletePod",
+                "--param",
+                "namespace=kube-system",
+                "--param",
+                "name=p",
+            ],
+            "may not target \"kube-system\"",
+        ),
+        (
+            &["--action", "RebootNode", "--param", "name=n1"],
+            "\"RebootNode\" is not an SRE action",
+        ),
+        (
+            &[
+                "--action",
+                "ScaleDeployment",
+                "--param",
+                "namespace=a",
+                "--param",
+                "name=web",
+            ],
+            "params.replicas: required",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = run_to_end(
+            kars_e2e::kars_command()?
+                .current_dir(dir.path())
+                .env_remove("KARS_FORGE_TOKEN")
+                .env_remove("KARS_FORGE_TOKEN_FILE")
+                .args(["sre", "propose", "--diagnosis", "d", "--rationale", "r"])
+                .args(args),
+        )?;
+        ensure!(
+            out.code == 1,
+            "{args:?}: exit {:?}: {}",
+            out.code,
+            out.combined()
+        );
+        ensure!(
+            out.stderr.contains(want),
+            "{args:?}: expected {want:?} in: {}",
+            out.stderr
+        );
+        ensure!(
+            !out.stderr.contains("forge") && !out.stderr.contains("kars.yaml"),
+            "{args:?} read settings before refusing: {}",
+            out.stderr
+        );
+    }
+    Ok(())
+}
+
+fn propose_approve_execute_exactly_once() -> Result<()> {
+    let s = Setup::new("sre-flow")?;
+    // alice proposes through the CLI.
+    let out = s.kars(
+        "alice",
+        &[
+            "propose",
+            "--action",
+            "ScaleDeployment",
+            "--param",
+            &format!("namespace={}", s.target_ns),
+            "--param",
+            "name=web",
+            "--param",
+            "replicas=3",
+            "--diagnosis",
+            "web is saturated: p99 4 s",
+            "--rationale",
+            "three replicas carry the load",
+            "--id",
+            "scale-web",
+            "-o",
+            "json",
+        ],
+    )?;
+    ensure!(out.success(), "propose: {}", out.combined());
+    let proposed = json_of(&out)?;
+    let number = proposed["pullRequest"]["number"]
+        .as_u64()
+        .context("PR number")?;
+    let (code, pr) = s.forge.api(
+        "alice",
+        "GET",
+        &format!("/repos/alice/{}/pulls/{number}", s.name),
+        None,
+    )?;
+    ensure!(code == 200, "PR {number}: {code}");
+    let body = pr["body"].as_str().unwrap_or_default();
+    ensure!(
+        body.contains("web is saturated: p99 4 s")
+            && body.contains("scale Deployment")
+            && body.contains("Blast radius"),
+        "PR body: {body}"
+    );
+    let (_, files) = s.forge.api(
+        "alice",
+        "GET",
+        &format!("/repos/alice/{}/pulls/{number}/files", s.name),
+        None,
+    )?;
+    ensure!(
+        files.to_string().contains("sre/actions/scale-web.yaml"),
+        "PR files: {files}"
+    );
+
+    // Self-approval: the CLI refuses, and so does the forge.
+    let out = s.kars("alice", &["approve", "scale-web"])?;
+    ensure!(
+        out.code == 1 && out.stderr.contains("someone else must approve"),
+        "self-approve: {}",
+        out.combined()
+    );
+    let (code, _) = s.forge.api(
+        "alice",
+        "POST",
+        &format!("/repos/alice/{}/pulls/{number}/reviews", s.name),
+        Some(serde_json::json!({"event": "APPROVED", "body": "me"})),
+    )?;
+    ensure!(code == 422, "the forge took a self-approval ({code})");
+    // Merging without an approval is refused by the branch protection.
+    let (code, _) = s.forge.api(
+        "alice",
+        "POST",
+        &format!("/repos/alice/{}/pulls/{number}/merge", s.name),
+        Some(serde_json::json!({"Do": "fast-forward-only"})),
+    )?;
+    ensure!(code == 405, "merge without approval: {code}");
+
+    // bob approves (in his clone): a signed commit, then a fast-forward merge.
+    s.pull("bob")?;
+    let out = s.kars(
+        "bob",
+        &[
+            "approve",
+            "scale-web",
+            "--note",
+            "load confirmed",
+            "-o",
+            "json",
+        ],
+    )?;
+    ensure!(out.success(), "approve: {}", out.combined());
+    let approved = json_of(&out)?;
+    ensure!(approved["merged"] == true, "{approved}");
+    let approval_commit = approved["approvalCommit"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    block_on(async {
+        let client = s.cluster.client().await?;
+        let cfg = s.config(&client).await?;
+        let never = || false;
+        let before = s.web(&client).await?;
+        ensure!(before["spec"]["replicas"] == 1);
+        sync_once(client.clone(), &cfg, None, &never)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync: {e}"))?;
+        let after = s.web(&client).await?;
+        ensure!(
+            after["spec"]["replicas"] == 3,
+            "not scaled: {}",
+            after["spec"]
+        );
+        let managers: Vec<&str> = after["metadata"]["managedFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["manager"].as_str())
+            .collect();
+        ensure!(
+            managers.contains(&"kars-gitops/sre-action"),
+            "managers: {managers:?}"
+        );
+        let ledger = s.ledger(&client).await?;
+        let rec = record(&ledger, "scale-web")?;
+        ensure!(
+            matches!(rec.phase, SrePhase::Applied | SrePhase::Recovered),
+            "{rec:?}"
+        );
+        ensure!(
+            rec.approval_commit.as_deref() == Some(approval_commit.as_str()),
+            "{rec:?}"
+        );
+        ensure!(
+            rec.approvers == vec!["bob".to_string()] && rec.proposers == vec!["alice".to_string()],
+            "{rec:?}"
+        );
+        // The one-shot binding is gone.
+        let (ok, out, _) =
+            s.cluster
+                .kubectl(&["get", "rolebindings", "-n", &s.target_ns, "-o", "name"])?;
+        ensure!(
+            ok && !out.contains("kars-sre-write"),
+            "binding left behind: {out}"
+        );
+        // The PR shows the outcome; the approval commit has a status.
+        let (_, comments) = s.forge.api(
+            "alice",
+            "GET",
+            &format!("/repos/alice/{}/issues/{number}/comments", s.name),
+            None,
+        )?;
+        ensure!(
+            comments.to_string().contains("kars-gitops:sre:scale-web")
+                && comments.to_string().contains("scale-web"),
+            "comments: {comments}"
+        );
+        let (_, statuses) = s.forge.api(
+            "alice",
+            "GET",
+            &format!("/repos/alice/{}/commits/{approval_commit}/statuses", s.name),
+            None,
+        )?;
+        ensure!(
+            statuses.to_string().contains("kars-gitops/sre"),
+            "statuses: {statuses}"
+        );
+        // The CR's own status (what upstream's CLI reads).
+        let (ok, phase, err) = s.cluster.kubectl(&[
+            "get",
+            "karssreactions.kars.azure.com",
+            "-n",
+            "kars-sre",
+            "scale-web",
+            "-o",
+            "jsonpath={.status.phase}",
+        ])?;
+        ensure!(
+            ok && (phase == "Applied" || phase == "Recovered"),
+            "CR phase {phase:?} {err}"
+        );
+
+        // Someone scales it back by hand: nothing re-runs the action, on a re-sync, after a
+        // revert, or after the revert is reverted (re-merge of the same file).
+        s.cluster.kubectl(&[
+            "scale",
+            "deployment/web",
+            "-n",
+            &s.target_ns,
+            "--replicas=1",
+        ])?;
+        // (The controller-manager writes status, so resourceVersion moves on its own; the
+        // executor's own field-manager entry is what must not change.)
+        let ours = |v: &Value| -> Vec<Value> {
+            v["metadata"]["managedFields"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| m["manager"] == "kars-gitops/sre-action")
+                .cloned()
+                .collect()
+        };
+        let ours_before = ours(&s.web(&client).await?);
+        sync_once(client.clone(), &cfg, None, &never)
+            .await
+            .map_err(|e| anyhow::anyhow!("re-sync: {e}"))?;
+        s.pull("alice")?;
+        s.repo("alice")
+            .git(&["-c", "gpg.format=ssh", "revert", "--no-edit", "-S", "HEAD"])?;
+        s.push("alice", "main")?;
+        sync_once(client.clone(), &cfg, None, &never)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync after revert: {e}"))?;
+        s.repo("alice")
+            .git(&["revert", "--no-edit", "-S", "HEAD"])?;
+        s.push("alice", "main")?;
+        sync_once(client.clone(), &cfg, None, &never)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync after re-merge: {e}"))?;
+        let now = s.web(&client).await?;
+        ensure!(
+            now["spec"]["replicas"] == 1,
+            "the action ran again: {}",
+            now["spec"]
+        );
+        ensure!(
+            ours(&now) == ours_before,
+            "the executor wrote the target again: {:?} → {:?}",
+            ours_before,
+            ours(&now)
+        );
+        let rec = record(&s.ledger(&client).await?, "scale-web")?.clone();
+        ensure!(
+            rec.approval_commit.as_deref() == Some(approval_commit.as_str()),
+            "the record changed: {rec:?}"
+        );
+
+        // `kars sre actions` and `show` report it.
+        let out = s.kars("alice", &["actions", "-o", "json"])?;
+        ensure!(out.success(), "actions: {}", out.combined());
+        let list = json_of(&out)?;
+        ensure!(
+            list["clusterRead"] == true && list.to_string().contains("scale-web"),
+            "{list}"
+        );
+        let out = s.kars("alice", &["show", "scale-web"])?;
+        ensure!(
+            out.success() && out.stdout.contains("approved in") && out.stdout.contains("bob"),
+            "show: {}",
+            out.combined()
+        );
+        Ok(())
+    })
+}
+
+fn approvals_that_do_not_count() -> Result<()> {
+    let s = Setup::new("sre-refuse")?;
+    let past = "2020-01-01T00:00:00Z";
+    // Each proposal is alice's signed commit; each approval is a commit on main.
+    // self-approval: alice approves her own proposal.
+    s.write_action("alice", "self", "Pending", 2, 15)?;
+    s.commit("alice", "propose self")?;
+    s.write_action("alice", "self", "Approved", 2, 15)?;
+    s.commit("alice", "approve self")?;
+    // carol is a trusted signer but not an SRE approver.
+    s.write_action("alice", "carol", "Pending", 4, 15)?;
+    s.commit("alice", "propose carol")?;
+    s.push("alice", "main")?;
+    s.pull("carol")?;
+    s.write_action("carol", "carol", "Approved", 4, 15)?;
+    s.commit("carol", "approve carol")?;
+    s.push("carol", "main")?;
+    s.pull("alice")?;
+    // Created already Approved in one commit.
+    s.write_action("alice", "oneshot", "Approved", 5, 15)?;
+    s.commit("alice", "propose and approve at once")?;
+    // bob approves and changes the replicas in the same commit.
+    s.write_action("alice", "changed", "Pending", 6, 15)?;
+    s.commit("alice", "propose changed")?;
+    // An old proposal (TTL 1 minute, made in 2020) approved now.
+    s.write_action("alice", "late", "Pending", 7, 1)?;
+    let r = s.repo("alice");
+    r.git(&["add", "-A"])?;
+    let late_commit = Command::new("git")
+        .current_dir(&r.path)
+        .env("GIT_COMMITTER_DATE", past)
+        .env("GIT_AUTHOR_DATE", past)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .args(["commit", "-q", "-S", "-m", "propose late"])
+        .status()?;
+    ensure!(late_commit.success(), "old proposal commit");
+    // A proposal left Pending in Git whose CR someone patches to Approved.
+    s.write_action("alice", "patched", "Pending", 8, 15)?;
+    s.commit("alice", "propose patched")?;
+    s.push("alice", "main")?;
+    s.pull("bob")?;
+    s.write_action("bob", "changed", "Approved", 9, 15)?;
+    s.write_action("bob", "late", "Approved", 7, 1)?;
+    s.commit(
+        "bob",
+        "approve changed (with another replica count) and late",
+    )?;
+    s.push("bob", "main")?;
+
+    block_on(async {
+        let client = s.cluster.client().await?;
+        let cfg = s.config(&client).await?;
+        let never = || false;
+        sync_once(client.clone(), &cfg, None, &never)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync: {e}"))?;
+        // The patched approval: kubectl sets Approved on the CR; the next sync warns and resets it.
+        s.cluster.kubectl(&[
+            "patch",
+            "karssreactions.kars.azure.com",
+            "patched",
+            "-n",
+            "kars-sre",
+            "--type=merge",
+            "-p",
+            "{\"spec\":{\"approval\":{\"state\":\"Approved\"}}}",
+        ])?;
+        sync_once(client.clone(), &cfg, None, &never)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync 2: {e}"))?;
+        let web = s.web(&client).await?;
+        ensure!(
+            web["spec"]["replicas"] == 1,
+            "something ran: {}",
+            web["spec"]
+        );
+        let managers = web["metadata"]["managedFields"].to_string();
+        ensure!(
+            !managers.contains("kars-gitops/sre-action"),
+            "the executor wrote the target: {managers}"
+        );
+        let ledger = s.ledger(&client).await?;
+        for (id, phase, reason) in [
+            ("self", SrePhase::Refused, "SelfApproval"),
+            ("carol", SrePhase::Refused, "ApproverNotAllowed"),
+            ("oneshot", SrePhase::Refused, "ApprovalMissing"),
+            ("changed", SrePhase::Refused, "ChangedAfterApproval"),
+            ("late", SrePhase::Expired, "Expired"),
+        ] {
+            let rec = record(&ledger, id)?;
+            ensure!(
+                rec.phase == phase && rec.reason == reason,
+                "{id}: expected {phase:?}/{reason}, got {rec:?}"
+            );
+        }
+        ensure!(
+            ledger.iter().all(|r| r.name != "patched"),
+            "the patched action was decided on: {ledger:?}"
+        );
+        let (ok, state, _) = s.cluster.kubectl(&[
+            "get",
+            "karssreactions.kars.azure.com",
+            "patched",
+            "-n",
+            "kars-sre",
+            "-o",
+            "jsonpath={.spec.approval.state}",
+        ])?;
+        ensure!(
+            ok && state == "Pending",
+            "the cluster copy was not reset from Git: {state}"
+        );
+        let (ok, events, _) = s.cluster.kubectl(&[
+            "get",
+            "events",
+            "-n",
+            "kars-sre",
+            "--field-selector",
+            "involvedObject.name=patched",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ])?;
+        ensure!(
+            ok && events.contains("ApprovalNotFromGit"),
+            "no warning Event: {events:?}"
+        );
+        let (ok, phase, _) = s.cluster.kubectl(&[
+            "get",
+            "karssreactions.kars.azure.com",
+            "self",
+            "-n",
+            "kars-sre",
+            "-o",
+            "jsonpath={.status.phase}",
+        ])?;
+        ensure!(
+            ok && phase == "Failed",
+            "CR status of a refused action: {phase:?}"
+        );
+        Ok(())
+    })?;
+
+    // An unsigned approval commit: verification refuses the whole range, nothing is applied.
+    s.pull("bob")?;
+    s.write_action("bob", "unsigned", "Pending", 3, 15)?;
+    s.commit("bob", "propose unsigned")?;
+    s.write_action("bob", "unsigned", "Approved", 3, 15)?;
+    s.repo("bob").commit(
+        "approve without a signature",
+        "bob@forge.test",
+        &Signing::None,
+    )?;
+    s.push("bob", "main")?;
+    block_on(async {
+        let client = s.cluster.client().await?;
+        let cfg = s.config(&client).await?;
+        let result = sync_once(client.clone(), &cfg, None, &|| false).await;
+        ensure!(result.is_err(), "an unsigned commit synced");
+        ensure!(s.web(&client).await?["spec"]["replicas"] == 1);
+        ensure!(
+            record(&s.ledger(&client).await?, "unsigned").is_err(),
+            "the unsigned action was decided on"
+        );
+        Ok(())
+    })?;
+    Ok(())
+}
