@@ -345,6 +345,13 @@ pub async fn run(
                 Some(r) if !waiting => (r * 2).min(cfg.interval),
                 _ => cfg.retry_interval,
             });
+            // An SRE action's recovery is observed every 10 s (upstream's pace).
+            if let Ok(o) = &result
+                && o.sre_observing
+            {
+                let observe = Duration::from_secs(crate::sre::observe::OBSERVE_INTERVAL_SECS);
+                retry = Some(retry.map_or(observe, |r| r.min(observe)));
+            }
             match result {
                 Ok(o) => tracing::info!(
                     commit = %o.commit,

@@ -36,6 +36,14 @@ pub fn tests() -> Vec<Trial> {
             "sre::approvals_that_do_not_count_run_nothing",
             approvals_that_do_not_count,
         ),
+        trial(
+            "sre::agent_killed_mid_action_never_runs_it_twice",
+            agent_killed_mid_action,
+        ),
+        trial(
+            "sre::quota_deleted_recovery_observed_and_failed_when_it_does_not_help",
+            recovery_observer,
+        ),
     ]
 }
 
@@ -149,8 +157,7 @@ impl Setup {
     }
 
     fn repo(&self, user: &str) -> &Repo {
-        &self
-            .users
+        self.users
             .iter()
             .find(|u| u.0 == user)
             .map(|u| &u.2)
@@ -280,6 +287,299 @@ impl Setup {
             ),
         )
     }
+}
+
+impl Setup {
+    /// alice proposes `id` (scale web to `replicas`) on main; bob approves it on main.
+    fn propose_and_approve(&self, id: &str, replicas: i64) -> Result<()> {
+        self.pull("alice")?;
+        self.write_action("alice", id, "Pending", replicas, 15)?;
+        self.commit("alice", &format!("propose {id}"))?;
+        self.push("alice", "main")?;
+        self.pull("bob")?;
+        self.write_action("bob", id, "Approved", replicas, 15)?;
+        self.commit("bob", &format!("approve {id}"))?;
+        self.push("bob", "main")
+    }
+
+    /// alice proposes and bob approves an action of any type (`params` as a YAML flow map).
+    fn propose_and_approve_action(&self, id: &str, type_: &str, params: &str) -> Result<()> {
+        let body = |state: &str| {
+            format!(
+                "apiVersion: kars.azure.com/v1alpha1\nkind: KarsSREAction\nmetadata: {{name: {id}, namespace: kars-sre}}\nspec:\n  action:\n    type: {type_}\n    params: {params}\n  approval: {{state: {state}}}\n  diagnosis: test\n  rationale: test\n  ttlMinutes: 15\n"
+            )
+        };
+        let file = format!("sre/actions/{id}.yaml");
+        self.pull("alice")?;
+        self.repo("alice").write(&file, &body("Pending"))?;
+        self.commit("alice", &format!("propose {id}"))?;
+        self.push("alice", "main")?;
+        self.pull("bob")?;
+        self.repo("bob").write(&file, &body("Approved"))?;
+        self.commit("bob", &format!("approve {id}"))?;
+        self.push("bob", "main")
+    }
+
+    /// A namespace `ns` whose ResourceQuota `pods-zero` (no pods) blocks Deployment `app`'s
+    /// ReplicaSet; returns once the ReplicaSet reported FailedCreate.
+    fn blocked_namespace(&self, ns: &str) -> Result<()> {
+        self.kubectl_stdin(
+            &["apply", "-f", "-"],
+            &format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\napiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: pods-zero, namespace: {ns}}}\nspec: {{hard: {{pods: \"0\"}}}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: app, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: app}}}}\n  template:\n    metadata: {{labels: {{app: app}}}}\n    spec:\n      containers: [{{name: app, image: example.invalid/app:1}}]\n"
+            ),
+        )?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (_, reasons, _) = self.cluster.kubectl(&[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={.items[*].reason}",
+            ])?;
+            if reasons.contains("FailedCreate") {
+                return Ok(());
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "no FailedCreate in {ns}: {reasons:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+    }
+
+    /// `kars-gitops-agent --once` for this repository, with `crash` as the crash point.
+    fn agent_once(&self, crash: Option<&str>) -> Result<std::process::Output> {
+        let mut c = Command::new(workspace_root().join("target/debug/kars-gitops-agent"));
+        c.arg("--repo")
+            .arg(format!("{}/alice/{}.git", self.forge.url(), self.name))
+            .args([
+                "--branch",
+                "main",
+                "--name",
+                &self.name,
+                "--namespace",
+                &format!("{}-status", self.name),
+            ])
+            .arg("--kubeconfig")
+            .arg(self.cluster.kubeconfig())
+            .arg("--trust")
+            .arg(&self.trust)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("agent-cache"))
+            .args([
+                "--health-timeout",
+                "0s",
+                "--enforcement",
+                "best-effort",
+                "--once",
+            ])
+            .env_remove(kars_gitops_agent::sre::CRASH_POINT_ENV);
+        if let Some(point) = crash {
+            c.env(kars_gitops_agent::sre::CRASH_POINT_ENV, point);
+        }
+        Ok(c.output()?)
+    }
+}
+
+fn ours(v: &Value) -> Vec<Value> {
+    v["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["manager"] == "kars-gitops/sre-action")
+        .cloned()
+        .collect()
+}
+
+/// The agent process dies (abort, as under SIGKILL) right after running an action and before
+/// recording it, and in another case right after recording the intent: on restart the first is
+/// found in the cluster and recorded Applied without running again, the second is recorded
+/// ExecutionInterrupted and never runs.
+fn agent_killed_mid_action() -> Result<()> {
+    let s = Setup::new("sre-crash")?;
+    s.propose_and_approve("after", 2)?;
+    let out = s.agent_once(Some("sre-after-execute"))?;
+    ensure!(
+        !out.status.success(),
+        "the crash point did not stop the agent"
+    );
+    block_on(async {
+        let client = s.cluster.client().await?;
+        let web = s.web(&client).await?;
+        ensure!(
+            web["spec"]["replicas"] == 2,
+            "the action did not run before the crash: {}",
+            web["spec"]
+        );
+        let rec = record(&s.ledger(&client).await?, "after")?.clone();
+        ensure!(
+            rec.phase == SrePhase::Executing,
+            "the intent was not recorded first: {rec:?}"
+        );
+        let written = ours(&web);
+        let out = s.agent_once(None)?;
+        ensure!(
+            out.status.success(),
+            "restart: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rec = record(&s.ledger(&client).await?, "after")?.clone();
+        ensure!(
+            matches!(rec.phase, SrePhase::Applied | SrePhase::Recovered)
+                && rec.message.contains("not run again"),
+            "{rec:?}"
+        );
+        ensure!(
+            ours(&s.web(&client).await?) == written,
+            "the action ran twice"
+        );
+        Ok(())
+    })?;
+    s.propose_and_approve("before", 4)?;
+    let out = s.agent_once(Some("sre-before-execute"))?;
+    ensure!(
+        !out.status.success(),
+        "the crash point did not stop the agent"
+    );
+    block_on(async {
+        let client = s.cluster.client().await?;
+        ensure!(record(&s.ledger(&client).await?, "before")?.phase == SrePhase::Executing);
+        let out = s.agent_once(None)?;
+        ensure!(
+            out.status.success(),
+            "restart: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rec = record(&s.ledger(&client).await?, "before")?.clone();
+        ensure!(
+            rec.phase == SrePhase::Failed && rec.reason == "ExecutionInterrupted",
+            "{rec:?}"
+        );
+        let web = s.web(&client).await?;
+        ensure!(
+            web["spec"]["replicas"] == 2,
+            "an interrupted action ran after the restart: {}",
+            web["spec"]
+        );
+        Ok(())
+    })
+}
+
+/// DeleteResourceQuota on a quota that blocks a ReplicaSet: the quota goes, the pod is created
+/// (this control plane has no node, so the test reports the pod Ready as a kubelet would), the
+/// FailedCreate Events stop, and after 30 quiet seconds the action is Recovered (here past the
+/// 5 s deadline, so through Failed to LateRecovery). A RolloutRestart
+/// where the quota stays does not help: Failed (RecoveryFailed) at the deadline (5 s here).
+fn recovery_observer() -> Result<()> {
+    let s = Setup::new("sre-recover")?;
+    let (fixed, stuck) = (format!("{}-fixed", s.name), format!("{}-stuck", s.name));
+    s.blocked_namespace(&fixed)?;
+    s.blocked_namespace(&stuck)?;
+    s.propose_and_approve_action(
+        "unblock",
+        "DeleteResourceQuota",
+        &format!("{{namespace: {fixed}, name: pods-zero}}"),
+    )?;
+    s.propose_and_approve_action(
+        "restart",
+        "RolloutRestart",
+        &format!("{{namespace: {stuck}, name: app}}"),
+    )?;
+    block_on(async {
+        let client = s.cluster.client().await?;
+        let mut cfg = s.config(&client).await?;
+        cfg.sre.recovery_deadline_secs = 5;
+        let never = || false;
+        let outcome = sync_once(client.clone(), &cfg, None, &never)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync: {e}"))?;
+        ensure!(
+            outcome.sre_observing,
+            "the agent does not know it is observing"
+        );
+        let (_, quotas, _) =
+            s.cluster
+                .kubectl(&["get", "resourcequotas", "-n", &fixed, "-o", "name"])?;
+        ensure!(
+            quotas.trim().is_empty(),
+            "the quota is still there: {quotas}"
+        );
+        let ledger = s.ledger(&client).await?;
+        ensure!(
+            record(&ledger, "unblock")?.phase == SrePhase::Applied,
+            "{ledger:?}"
+        );
+        // Be the kubelet: report the ReplicaSet's new pod Running and Ready.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let pod = loop {
+            let (_, pods, _) = s.cluster.kubectl(&[
+                "get",
+                "pods",
+                "-n",
+                &fixed,
+                "-o",
+                "jsonpath={.items[0].metadata.name}",
+            ])?;
+            if !pods.trim().is_empty() {
+                break pods.trim().to_string();
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the ReplicaSet created no pod after the quota went"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        };
+        let now = kars_contract::time::now_rfc3339();
+        s.cluster.kubectl(&["patch", "pod", &pod, "-n", &fixed, "--subresource=status", "--type=merge", "-p",
+            &format!("{{\"status\":{{\"phase\":\"Running\",\"conditions\":[{{\"type\":\"Ready\",\"status\":\"True\",\"lastTransitionTime\":\"{now}\"}},{{\"type\":\"ContainersReady\",\"status\":\"True\",\"lastTransitionTime\":\"{now}\"}}]}}}}")])?;
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        let (unblock, restart) = loop {
+            sync_once(client.clone(), &cfg, None, &never)
+                .await
+                .map_err(|e| anyhow::anyhow!("sync: {e}"))?;
+            let ledger = s.ledger(&client).await?;
+            let (u, r) = (
+                record(&ledger, "unblock")?.clone(),
+                record(&ledger, "restart")?.clone(),
+            );
+            if u.phase == SrePhase::Recovered && r.phase == SrePhase::Failed {
+                break (u, r);
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "not settled: {u:?} / {r:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        };
+        // 30 quiet seconds are longer than this test's 5 s deadline: the fix went through
+        // Failed and came back as a late recovery (upstream's lane, up to 30 minutes).
+        ensure!(
+            unblock.reason == "LateRecovery"
+                && unblock.message.contains("every Deployment available"),
+            "{unblock:?}"
+        );
+        ensure!(
+            restart.reason == "RecoveryFailed"
+                && (restart.message.contains("FailedCreate")
+                    || restart.message.contains("0/1 available")),
+            "{restart:?}"
+        );
+        let (_, phase, _) = s.cluster.kubectl(&[
+            "get",
+            "karssreactions.kars.azure.com",
+            "unblock",
+            "-n",
+            "kars-sre",
+            "-o",
+            "jsonpath={.status.phase}",
+        ])?;
+        ensure!(phase == "Recovered", "CR phase {phase:?}");
+        Ok(())
+    })
 }
 
 fn json_of(out: &Out) -> Result<Value> {

@@ -40,6 +40,18 @@ pub const STATUS_CONTEXT: &str = "kars-gitops/sre";
 /// Where action files live in the repository.
 pub const ACTIONS_DIR: &str = "sre/actions";
 
+/// Environment variable naming a crash point, for the crash-consistency tests only: the agent
+/// aborts (as a SIGKILL would stop it) at `sre-before-execute` (intent recorded, nothing run)
+/// or `sre-after-execute` (run, result not recorded).
+pub const CRASH_POINT_ENV: &str = "KARS_TEST_CRASH_POINT";
+
+fn crash_point(name: &str) {
+    if std::env::var(CRASH_POINT_ENV).is_ok_and(|v| v == name) {
+        eprintln!("{CRASH_POINT_ENV}={name}: aborting here");
+        std::process::abort();
+    }
+}
+
 /// What the SRE step needs besides the cluster.
 #[derive(Clone, Debug)]
 pub struct SreSettings {
@@ -485,7 +497,9 @@ async fn run_once(
         tracing::warn!(action = %action.name, error = %e, "could not record the SRE intent; not running it");
         return None;
     }
+    crash_point("sre-before-execute");
     let result = executor.run(&action.name, op, marker.as_deref()).await;
+    crash_point("sre-after-execute");
     let mut rec = intent;
     match result {
         Ok(()) => {

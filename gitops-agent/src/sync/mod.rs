@@ -142,6 +142,9 @@ pub struct SyncOutcome {
     pub not_enforced: Vec<String>,
     /// Status patches written on kars CRs after the enforce step (0 when nothing changed).
     pub kars_status_patched: usize,
+    /// True while an SRE action's recovery is being observed (the agent looks again within
+    /// 10 s).
+    pub sre_observing: bool,
     /// The reason word of the Ready condition (`Synced` when converged).
     pub ready: Reason,
 }

@@ -281,6 +281,7 @@ impl Run {
                 .collect(),
             not_enforced,
             kars_status_patched: self.kars_status.patched,
+            sre_observing: self.sre.as_ref().is_some_and(|s| s.observing),
             ready,
         })
     }
