@@ -65,6 +65,9 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "kars-gitops.serviceAc
 {{- define "kars-gitops.webhookSecret" -}}
 {{- default (printf "%s-webhook" (include "kars-gitops.fullname" .)) .Values.webhook.existingSecret -}}
 {{- end -}}
+{{- define "kars-gitops.forgeSecret" -}}
+{{- default (printf "%s-forge" (include "kars-gitops.fullname" .)) .Values.forge.existingSecret -}}
+{{- end -}}
 {{- define "kars-gitops.hasCredentials" -}}
 {{- if or .Values.repository.credentials.existingSecret .Values.repository.credentials.token .Values.repository.credentials.sshPrivateKey -}}true{{- end -}}
 {{- end -}}
@@ -74,14 +77,20 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "kars-gitops.serviceAc
 {{- if not .Values.repository.url -}}
 {{- fail "repository.url is required: the Git URL of the policy repository (e.g. --set repository.url=https://git.example.com/org/policies.git)" -}}
 {{- end -}}
-{{- if not (or .Values.trust.existingSecret .Values.trust.allowedSigners .Values.trust.openpgpKeyring) -}}
-{{- fail "no trust root: set trust.allowedSigners (git allowed_signers lines), trust.openpgpKeyring (an armored keyring) or trust.existingSecret; the agent applies only commits signed by these keys" -}}
+{{- if not (or .Values.trust.existingSecret .Values.trust.allowedSigners .Values.trust.openpgpKeyring .Values.trust.trustPolicy) -}}
+{{- fail "no trust root: set trust.allowedSigners (git allowed_signers lines), trust.openpgpKeyring (an armored keyring), trust.trustPolicy (a TrustPolicy with its signers) or trust.existingSecret; the agent applies only commits signed by these keys" -}}
 {{- end -}}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) -}}
 {{- fail "replicaCount > 1 needs leaderElection.enabled=true: two agents must never apply at once" -}}
 {{- end -}}
 {{- if and .Values.uninstall.prune (not .Values.repository.name) -}}
 {{- fail "uninstall.prune=true needs repository.name: the uninstall hook deletes that PolicyRepo's objects" -}}
+{{- end -}}
+{{- if and .Values.forge.url (not .Values.forge.repository) -}}
+{{- fail "forge.url needs forge.repository (OWNER/NAME of the policy repository on the forge)" -}}
+{{- end -}}
+{{- if and .Values.forge.url (not (or .Values.forge.existingSecret .Values.forge.token)) -}}
+{{- fail "forge.url needs a token: forge.existingSecret (a Secret with key token) or forge.token" -}}
 {{- end -}}
 {{- if and .Values.bundles.identities (not .Values.bundles.certificateRoots) -}}
 {{- fail "bundles.identities needs bundles.certificateRoots (the roots their certificates chain to)" -}}

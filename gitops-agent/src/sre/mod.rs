@@ -432,7 +432,16 @@ pub async fn step(
         tracing::warn!(error = %e, "could not record the SRE ledger");
     }
     for a in actions {
-        if a.spec.approval.state == "Pending" && ledger::find(&out.records, &a.name).is_none() {
+        let live = live_before.get(&format!(
+            "KarsSREAction/{}/{}",
+            kars_renderer::sre::SRE_NAMESPACE,
+            a.name
+        ));
+        let shown = live.is_some_and(|l| l["status"]["phase"] == SrePhase::Proposed.as_str());
+        if a.spec.approval.state == "Pending"
+            && ledger::find(&out.records, &a.name).is_none()
+            && !shown
+        {
             write_cr_status(client, &proposed_record(a)).await;
         }
     }

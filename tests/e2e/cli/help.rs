@@ -16,7 +16,7 @@ pub fn tests() -> Vec<Trial> {
     ]
 }
 
-const COMMANDS: [&[&str]; 26] = [
+const COMMANDS: [&[&str]; 32] = [
     &[],
     &["init"],
     &["validate"],
@@ -40,6 +40,12 @@ const COMMANDS: [&[&str]; 26] = [
     &["policy", "kinds"],
     &["audit"],
     &["audit", "verify"],
+    &["sre"],
+    &["sre", "propose"],
+    &["sre", "actions"],
+    &["sre", "show"],
+    &["sre", "approve"],
+    &["sre", "reject"],
     &["version"],
     &["completion"],
     &["help"],

@@ -26,6 +26,8 @@ struct Installed<'a> {
     /// The PolicyRepo's name.
     name: String,
     values: std::path::PathBuf,
+    /// The key of the signer who approves SRE actions.
+    approver: std::path::PathBuf,
 }
 
 impl Installed<'_> {
@@ -231,7 +233,13 @@ pub fn helm_installed_agent(node: &NodeCluster, images: &Images) -> Result<()> {
 
     let agent_image = images.get("KARS_IMAGE_GITOPS_AGENT")?;
     let (image_repo, digest) = agent_image.split_once('@').context("image by digest")?;
-    let signers = std::fs::read_to_string(&repo.allowed_signers)?;
+    // A second trusted signer approves SRE actions the first one proposes.
+    let approver = repo.keys.ssh("approver", "ed25519", "approver@kars.test")?;
+    let signers = format!(
+        "{}approver@kars.test namespaces=\"git\" {}\n",
+        std::fs::read_to_string(&repo.allowed_signers)?,
+        repo.keys.ssh_public(&approver)?.trim()
+    );
     let values = repo.path().join("values.yaml");
     std::fs::write(
         &values,
@@ -245,6 +253,7 @@ pub fn helm_installed_agent(node: &NodeCluster, images: &Images) -> Result<()> {
         repo,
         name,
         values,
+        approver,
     };
     let t0 = Instant::now();
     i.install(&[])?;
@@ -318,6 +327,7 @@ pub fn helm_installed_agent(node: &NodeCluster, images: &Images) -> Result<()> {
     );
 
     webhook_push_is_applied(&i)?;
+    sre_action_runs_with_the_charts_rights(&i)?;
     upgrade_rolls_without_reapplying(&i)?;
     killed_mid_sync_loses_nothing(&i)?;
     uninstall_keeps_or_prunes(&i)?;
@@ -347,6 +357,91 @@ fn webhook_push_is_applied(i: &Installed) -> Result<()> {
     eprintln!(
         "[node] webhook through the Service → applied and enforced in {:.1}s",
         t0.elapsed().as_secs_f64().max(took.as_secs_f64())
+    );
+    Ok(())
+}
+
+/// An SRE action proposed by one signer and approved by another runs once in the cluster, by
+/// the helm-installed agent with nothing but the chart's rights (the one-shot RoleBinding, the
+/// impersonated sre-writer, the admission policy), and its namespace recovers for real: the
+/// scaled Deployment's new pod runs on the node.
+fn sre_action_runs_with_the_charts_rights(i: &Installed) -> Result<()> {
+    let ns = "kars-hello-agent";
+    let manifest = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: sre-target, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: sre-target}}}}\n  template:\n    metadata: {{labels: {{app: sre-target}}}}\n    spec:\n      securityContext: {{runAsNonRoot: true, runAsUser: 65535}}\n      containers: [{{name: pause, image: \"kars.local/pause:3.10\", imagePullPolicy: Never}}]\n"
+    );
+    let out = kars_e2e::run_with_stdin(i.node.kubectl().args(["apply", "-f", "-"]), &manifest)?;
+    ensure!(out.success(), "target Deployment: {}", out.combined());
+    let action = |state: &str| {
+        format!(
+            "apiVersion: kars.azure.com/v1alpha1\nkind: KarsSREAction\nmetadata: {{name: scale-target, namespace: kars-sre}}\nspec:\n  action:\n    type: ScaleDeployment\n    params: {{namespace: {ns}, name: sre-target, replicas: 2}}\n  approval: {{state: {state}}}\n  diagnosis: the target needs a second replica\n  rationale: load test\n  ttlMinutes: 30\n"
+        )
+    };
+    i.repo
+        .work
+        .write("sre/actions/scale-target.yaml", &action("Pending"))?;
+    i.repo.commit_and_push("propose scale-target")?;
+    i.repo
+        .work
+        .write("sre/actions/scale-target.yaml", &action("Approved"))?;
+    let commit = i.repo.work.commit(
+        "approve scale-target",
+        "approver@kars.test",
+        &kars_e2e::git::Signing::Ssh(i.approver.clone()),
+    )?;
+    i.repo.work.git(&["push", "-q", "origin", "HEAD:main"])?;
+    let t0 = Instant::now();
+    ensure!(i.push_hook(WEBHOOK_SECRET)? == "202", "webhook refused");
+    let phase = |name: &str| {
+        i.policyrepo(&format!(
+            "{{.status.sreActions[?(@.name==\"{name}\")].phase}}"
+        ))
+    };
+    loop {
+        let p = phase("scale-target")?;
+        if p == "Recovered" {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(120) || p == "Failed" || p == "Refused" {
+            bail!(
+                "the SRE action is {p:?} after {:.0}s (approval {commit}): {}\nagent logs:\n{}",
+                t0.elapsed().as_secs_f64(),
+                i.policyrepo("{.status.sreActions}")?,
+                i.logs().unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "[node] approved SRE action → run by the in-cluster agent and Recovered in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    let deploy: Value = serde_json::from_str(&i.node.kubectl_ok(&[
+        "-n",
+        ns,
+        "get",
+        "deploy",
+        "sre-target",
+        "-o",
+        "json",
+    ])?)?;
+    ensure!(
+        deploy["spec"]["replicas"] == 2 && deploy["status"]["availableReplicas"] == 2,
+        "not scaled and running: {}",
+        deploy["status"]
+    );
+    ensure!(
+        deploy["metadata"]["managedFields"]
+            .to_string()
+            .contains("kars-gitops/sre-action"),
+        "not written by the executor"
+    );
+    let bindings = i
+        .node
+        .kubectl_ok(&["-n", ns, "get", "rolebindings", "-o", "name"])?;
+    ensure!(
+        !bindings.contains("kars-sre-write"),
+        "the one-shot binding is still there: {bindings}"
     );
     Ok(())
 }
