@@ -273,7 +273,9 @@ pub fn render_cluster(
 }
 
 /// A Namespace for every namespace the repository's objects live in that the repository does
-/// not declare itself (and that `kars.yaml` does not name as external).
+/// not declare itself (and that `kars.yaml` does not name as external). The SRE namespace
+/// (`kars-sre`) is the installation's, never the repository's: the chart creates it with the
+/// identity SRE actions run as, and a repository that rendered it would fight the chart over it.
 fn repository_namespaces(ctx: &mut Ctx<'_>, view: &ClusterView<'_>) {
     let declared: BTreeSet<&str> = view
         .objects
@@ -288,7 +290,10 @@ fn repository_namespaces(ctx: &mut Ctx<'_>, view: &ClusterView<'_>) {
         }
     }
     for (ns, first_file) in used {
-        if declared.contains(ns) || view.config.spec.external_namespaces.iter().any(|e| e == ns) {
+        if declared.contains(ns)
+            || ns == crate::sre::SRE_NAMESPACE
+            || view.config.spec.external_namespaces.iter().any(|e| e == ns)
+        {
             continue;
         }
         let labels = ctx.labels(&[]);
