@@ -2,9 +2,10 @@
 # Installs what kars GitOps needs on a fresh machine of this kind (Debian with Go and Rust):
 # Debian packages (git, gnupg, openssh-client, openssl, curl, python3; for the node iproute2,
 # iptables and libseccomp-dev, which runc links statically) when missing, then the pinned
-# Go-built tools (ci/build-tools.sh). Safe to run again: everything is cached.
+# Go-built tools (ci/build-tools.sh; the forge is Gitea, for the pull-request tests). Safe to
+# run again: everything is cached.
 #
-#   ci/setup.sh [tool sets...]   default: control-plane helm oci node
+#   ci/setup.sh [tool sets...]   default: control-plane helm oci node forge
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 log() { printf '[setup] %s\n' "$*" >&2; }
@@ -27,6 +28,6 @@ fi
 for cmd in go cargo; do
   command -v "$cmd" >/dev/null 2>&1 || { log "$cmd is required and ships with this machine kind; install it first"; exit 1; }
 done
-[ $# -gt 0 ] || set -- control-plane helm oci node
+[ $# -gt 0 ] || set -- control-plane helm oci node forge
 "$here/build-tools.sh" "$@" >/dev/null
 log "tools ready: $("$here/build-tools.sh" print-dir control-plane)"

@@ -44,6 +44,10 @@ pub fn tests() -> Vec<Trial> {
             "sre::quota_deleted_recovery_observed_and_failed_when_it_does_not_help",
             recovery_observer,
         ),
+        trial(
+            "sre::invalid_actions_in_git_stop_the_sync_naming_them",
+            invalid_actions_in_git,
+        ),
     ]
 }
 
@@ -254,6 +258,16 @@ impl Setup {
             .map_err(|e| anyhow::anyhow!("{e}"))?,
         );
         Ok(cfg)
+    }
+
+    /// GET `/repos/alice/<name><path>` as alice.
+    fn repo_get(&self, path: &str) -> Result<(u16, Value)> {
+        self.forge.api(
+            "alice",
+            "GET",
+            &format!("/repos/alice/{}{path}", self.name),
+            None,
+        )
     }
 
     async fn ledger(&self, client: &kube::Client) -> Result<Vec<SreRecord>> {
@@ -582,6 +596,53 @@ fn recovery_observer() -> Result<()> {
     })
 }
 
+/// Actions outside the closed set that reach Git anyway (committed by hand, approved by
+/// someone else): the render refuses the commit, naming each file and rule; nothing is applied,
+/// nothing runs.
+fn invalid_actions_in_git() -> Result<()> {
+    let s = Setup::new("sre-invalid")?;
+    let t = s.target_ns.clone();
+    s.propose_and_approve_action(
+        "too-many",
+        "ScaleDeployment",
+        &format!("{{namespace: {t}, name: web, replicas: 51}}"),
+    )?;
+    s.propose_and_approve_action(
+        "system",
+        "DeletePod",
+        "{namespace: kube-system, name: etcd-0}",
+    )?;
+    s.propose_and_approve_action("reboot", "RebootNode", "{name: node-1}")?;
+    block_on(async {
+        let client = s.cluster.client().await?;
+        let cfg = s.config(&client).await?;
+        let err = match sync_once(client.clone(), &cfg, None, &|| false).await {
+            Ok(o) => anyhow::bail!("the commit synced: {:?}", o.ready),
+            Err(e) => e,
+        };
+        ensure!(err.reason().as_str() == "ValidationFailed", "{err}");
+        let text = format!("{err:#}");
+        for want in [
+            "sre/actions/too-many.yaml",
+            "outside 0..=50",
+            "sre/actions/system.yaml",
+            "may not target \"kube-system\"",
+            "sre/actions/reboot.yaml",
+        ] {
+            ensure!(text.contains(want), "{want:?} not in: {text}");
+        }
+        ensure!(s.web(&client).await?["spec"]["replicas"] == 1);
+        let pr =
+            kars_gitops_agent::status::get(&client, &format!("{}-status", s.name), &s.name).await?;
+        ensure!(
+            pr.and_then(|p| p.status)
+                .is_none_or(|st| st.sre_actions.is_empty()),
+            "an invalid action was decided on"
+        );
+        Ok(())
+    })
+}
+
 fn json_of(out: &Out) -> Result<Value> {
     serde_json::from_str(&out.stdout).with_context(|| format!("not JSON: {}", out.combined()))
 }
@@ -697,12 +758,7 @@ fn propose_approve_execute_exactly_once() -> Result<()> {
     let number = proposed["pullRequest"]["number"]
         .as_u64()
         .context("PR number")?;
-    let (code, pr) = s.forge.api(
-        "alice",
-        "GET",
-        &format!("/repos/alice/{}/pulls/{number}", s.name),
-        None,
-    )?;
+    let (code, pr) = s.repo_get(&format!("/pulls/{number}"))?;
     ensure!(code == 200, "PR {number}: {code}");
     let body = pr["body"].as_str().unwrap_or_default();
     ensure!(
@@ -711,12 +767,7 @@ fn propose_approve_execute_exactly_once() -> Result<()> {
             && body.contains("Blast radius"),
         "PR body: {body}"
     );
-    let (_, files) = s.forge.api(
-        "alice",
-        "GET",
-        &format!("/repos/alice/{}/pulls/{number}/files", s.name),
-        None,
-    )?;
+    let (_, files) = s.repo_get(&format!("/pulls/{number}/files"))?;
     ensure!(
         files.to_string().contains("sre/actions/scale-web.yaml"),
         "PR files: {files}"
@@ -814,23 +865,13 @@ fn propose_approve_execute_exactly_once() -> Result<()> {
             "binding left behind: {out}"
         );
         // The PR shows the outcome; the approval commit has a status.
-        let (_, comments) = s.forge.api(
-            "alice",
-            "GET",
-            &format!("/repos/alice/{}/issues/{number}/comments", s.name),
-            None,
-        )?;
+        let (_, comments) = s.repo_get(&format!("/issues/{number}/comments"))?;
         ensure!(
             comments.to_string().contains("kars-gitops:sre:scale-web")
                 && comments.to_string().contains("scale-web"),
             "comments: {comments}"
         );
-        let (_, statuses) = s.forge.api(
-            "alice",
-            "GET",
-            &format!("/repos/alice/{}/commits/{approval_commit}/statuses", s.name),
-            None,
-        )?;
+        let (_, statuses) = s.repo_get(&format!("/commits/{approval_commit}/statuses"))?;
         ensure!(
             statuses.to_string().contains("kars-gitops/sre"),
             "statuses: {statuses}"

@@ -74,19 +74,7 @@ impl Forge {
                 dir.display()
             );
         }
-        let watchdog = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; bash '{script}' down '{dir}' >/dev/null 2>&1",
-            pid = std::process::id(),
-            script = script.display(),
-            dir = dir.display()
-        );
-        Command::new("setsid")
-            .args(["sh", "-c", &watchdog])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting the forge watchdog")?;
+        crate::run_when_this_process_dies(&script, &dir)?;
         let env = parse_env(&std::fs::read_to_string(dir.join("env"))?);
         Ok(Forge { dir, env })
     }

@@ -355,10 +355,16 @@ impl Drop for PrivateCluster {
 /// Starts a watchdog that runs `ci/cluster.sh down DIR` once this process is gone, so a crashed
 /// or killed test run still stops what it started (and, with a node, cleans the machine).
 pub fn down_when_this_process_dies(dir: &Path) -> Result<()> {
+    run_when_this_process_dies(&workspace_root().join("ci/cluster.sh"), dir)
+}
+
+/// Starts a detached watchdog that runs `bash SCRIPT down DIR` once this process is gone (a
+/// crashed or killed test run leaves nothing running).
+pub fn run_when_this_process_dies(script: &Path, dir: &Path) -> Result<()> {
     let watchdog = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 1; done; bash '{script}' down '{dir}' >/dev/null 2>&1",
         pid = std::process::id(),
-        script = workspace_root().join("ci/cluster.sh").display(),
+        script = script.display(),
         dir = dir.display()
     );
     Command::new("setsid")
@@ -367,7 +373,7 @@ pub fn down_when_this_process_dies(dir: &Path) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .context("starting the cluster watchdog")?;
+        .context("starting a watchdog")?;
     Ok(())
 }
 

@@ -424,6 +424,7 @@ fn sre_action_runs_with_the_charts_rights(i: &Installed) -> Result<()> {
         "sre-target",
         "-o",
         "json",
+        "--show-managed-fields",
     ])?)?;
     ensure!(
         deploy["spec"]["replicas"] == 2 && deploy["status"]["availableReplicas"] == 2,
