@@ -18,6 +18,7 @@ use kars_gitops_agent::lease::LeaseConfig;
 use kars_gitops_agent::prune::PruneOptions;
 use kars_gitops_agent::source::Credentials;
 use kars_gitops_agent::sre::execute::Executor;
+use kars_gitops_agent::sre::forward::Proposer;
 use kars_gitops_agent::status::DEFAULT_NAMESPACE;
 use kars_gitops_agent::sync::{SyncConfig, repository_name, sync_once};
 use kars_gitops_agent::verify;
@@ -134,6 +135,17 @@ struct Args {
     /// Do not run approved SRE actions (they are reported, not decided).
     #[arg(long, env = "KARS_NO_SRE_EXECUTOR")]
     no_sre_executor: bool,
+    /// An unencrypted OpenSSH private key: in-cluster SRE proposals (KarsSREActions created in
+    /// kars-sre) are committed with it as pull requests. The trust policy must list its public
+    /// key, with --sre-proposer-email, as a signer (not an approver). Needs the --forge-* flags.
+    #[arg(long, env = "KARS_SRE_PROPOSER_KEY", requires_all = ["sre_proposer_email", "forge_url"])]
+    sre_proposer_key: Option<PathBuf>,
+    /// The committer e-mail of those commits.
+    #[arg(long, env = "KARS_SRE_PROPOSER_EMAIL")]
+    sre_proposer_email: Option<String>,
+    /// The committer name of those commits.
+    #[arg(long, env = "KARS_SRE_PROPOSER_NAME", default_value = "kars-gitops")]
+    sre_proposer_name: String,
     /// Run one sync and exit (0 when the cluster matches the verified head).
     #[arg(long)]
     once: bool,
@@ -303,6 +315,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let token = Token::from_file_or_env(args.forge_token_file.as_deref())
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         sync.sre.forge = Some(Gitea::new(repo, token).map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    if let (Some(key), Some(email)) = (&args.sre_proposer_key, &args.sre_proposer_email) {
+        sync.sre.proposer = Some(
+            Proposer::from_file(key, &args.sre_proposer_name, email)
+                .map_err(|e| anyhow::anyhow!("--sre-proposer-key: {e}"))?,
+        );
     }
     if args.once {
         let result = sync_once(client, &sync, None, &|| false).await;

@@ -423,6 +423,16 @@ pub fn check_proposal_text(p: &Proposal) -> Vec<String> {
 }
 
 impl Proposal {
+    /// The text of `sre/actions/<id>.yaml` for a new proposal (approval Pending): a comment
+    /// saying how to approve or reject, then the manifest (keys sorted).
+    pub fn file_text(&self) -> Result<String, String> {
+        let yaml = crate::output::object_yaml(&self.manifest("Pending", None))?;
+        Ok(format!(
+            "# Proposed with `kars sre propose`. Approve: `kars sre approve {id}` (a signed commit by someone\n# other than the proposer, then the merge). Reject: `kars sre reject {id} --reason …`.\n{yaml}",
+            id = self.id
+        ))
+    }
+
     /// The `KarsSREAction` manifest, approval state `state` (with `note`).
     pub fn manifest(&self, state: &str, note: Option<&str>) -> serde_json::Value {
         let mut approval = serde_json::json!({"state": state});

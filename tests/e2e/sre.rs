@@ -48,6 +48,10 @@ pub fn tests() -> Vec<Trial> {
             "sre::invalid_actions_in_git_stop_the_sync_naming_them",
             invalid_actions_in_git,
         ),
+        trial(
+            "sre::in_cluster_proposal_becomes_a_pull_request_and_runs_after_approval",
+            in_cluster_proposal,
+        ),
     ]
 }
 
@@ -62,6 +66,8 @@ struct Setup {
     keys: Keys,
     trust: PathBuf,
     users: Vec<(String, PathBuf, Repo)>,
+    /// The agent's proposer key (signer `sre-agent`, not an approver).
+    agent_key: PathBuf,
 }
 
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
@@ -84,6 +90,11 @@ impl Setup {
             ));
             keyfiles.push(key);
         }
+        let agent_key = keys.ssh("sre-agent", "ed25519", "sre-agent@forge.test")?;
+        signers.push_str(&format!(
+            "    - name: sre-agent\n      emails: [sre-agent@forge.test]\n      sshKeys: [\"{}\"]\n",
+            keys.ssh_public(&agent_key)?.trim()
+        ));
         let trust = dir.path().join("trust.yaml");
         std::fs::write(
             &trust,
@@ -117,6 +128,7 @@ impl Setup {
             keys,
             trust,
             users,
+            agent_key,
         };
         let alice = s.repo("alice");
         alice.write(
@@ -638,6 +650,170 @@ fn invalid_actions_in_git() -> Result<()> {
             pr.and_then(|p| p.status)
                 .is_none_or(|st| st.sre_actions.is_empty()),
             "an invalid action was decided on"
+        );
+        Ok(())
+    })
+}
+
+/// Upstream's SRE agent proposes in the cluster (a KarsSREAction created in kars-sre): the
+/// agent commits it, signed with its proposer key, as a pull request (once), links it on the CR,
+/// refuses an invalid one, ignores a kubectl-patched approval; after bob's signed approval and the
+/// merge, the Git copy supersedes the in-cluster CR and runs once.
+fn in_cluster_proposal() -> Result<()> {
+    let s = Setup::new("sre-incluster")?;
+    let cr = |name: &str, replicas: i64| {
+        format!(
+            "apiVersion: kars.azure.com/v1alpha1\nkind: KarsSREAction\nmetadata: {{name: {name}, namespace: kars-sre}}\nspec:\n  action:\n    type: ScaleDeployment\n    params: {{namespace: {}, name: web, replicas: {replicas}}}\n  approval: {{state: Pending}}\n  diagnosis: queue depth above 1000 for 10 minutes\n  rationale: more consumers drain it\n  ttlMinutes: 30\n",
+            s.target_ns
+        )
+    };
+    let (good, bad) = (format!("{}-scale", s.name), format!("{}-toomany", s.name));
+    s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &format!("{}---\n{}", cr(&good, 5), cr(&bad, 99)),
+    )?;
+    let cr_field = |name: &str, path: &str| -> Result<String> {
+        let (_, out, _) = s.cluster.kubectl(&[
+            "get",
+            "karssreactions.kars.azure.com",
+            name,
+            "-n",
+            "kars-sre",
+            "-o",
+            &format!("jsonpath={path}"),
+        ])?;
+        Ok(out)
+    };
+    block_on(async {
+        let client = s.cluster.client().await?;
+        let mut cfg = s.config(&client).await?;
+        cfg.sre.proposer = Some(
+            kars_gitops_agent::sre::forward::Proposer::from_file(
+                &s.agent_key,
+                "kars-gitops",
+                "sre-agent@forge.test",
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        let never = || false;
+        sync_once(client.clone(), &cfg, None, &never)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync: {e}"))?;
+        let (_, pulls) = s.repo_get("/pulls?state=open")?;
+        let ours: Vec<&Value> = pulls
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["head"]["ref"] == format!("kars-sre/{good}"))
+            .collect();
+        ensure!(ours.len() == 1, "pull requests: {pulls}");
+        let url = ours[0]["html_url"].as_str().unwrap_or_default().to_string();
+        ensure!(
+            ours[0]["body"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("Proposed in the cluster"),
+            "{}",
+            ours[0]["body"]
+        );
+        ensure!(
+            cr_field(
+                &good,
+                "{.metadata.annotations.gitops\\.kars\\.io/pull-request}"
+            )? == url,
+            "the CR does not link {url}"
+        );
+        ensure!(
+            cr_field(&good, "{.status.phase}")? == "Proposed",
+            "status {}",
+            cr_field(&good, "{.status}")?
+        );
+        ensure!(
+            cr_field(
+                &bad,
+                "{.metadata.annotations.gitops\\.kars\\.io/proposal-refused}"
+            )?
+            .contains("outside 0..=50"),
+            "the invalid proposal: {}",
+            cr_field(&bad, "{.metadata}")?
+        );
+        ensure!(
+            !pulls.to_string().contains(&format!("kars-sre/{bad}")),
+            "the invalid proposal became a PR"
+        );
+        // Approved in the cluster: a warning, nothing runs, no second pull request.
+        s.cluster.kubectl(&[
+            "patch",
+            "karssreactions.kars.azure.com",
+            &good,
+            "-n",
+            "kars-sre",
+            "--type=merge",
+            "-p",
+            "{\"spec\":{\"approval\":{\"state\":\"Approved\"}}}",
+        ])?;
+        sync_once(client.clone(), &cfg, None, &never)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync 2: {e}"))?;
+        ensure!(
+            s.web(&client).await?["spec"]["replicas"] == 1,
+            "an in-cluster approval ran"
+        );
+        let (_, events, _) = s.cluster.kubectl(&[
+            "get",
+            "events",
+            "-n",
+            "kars-sre",
+            "--field-selector",
+            &format!("involvedObject.name={good}"),
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ])?;
+        ensure!(
+            events.contains("ApprovalNotFromGit") && events.contains("Proposed"),
+            "events: {events}"
+        );
+        let (_, pulls) = s.repo_get("/pulls?state=all")?;
+        ensure!(
+            pulls.as_array().map_or(0, |a| a
+                .iter()
+                .filter(|p| p["head"]["ref"] == format!("kars-sre/{good}"))
+                .count())
+                == 1,
+            "a second pull request"
+        );
+        Ok(())
+    })?;
+    s.pull("bob")?;
+    let out = s.kars("bob", &["approve", &good, "--note", "drain it"])?;
+    ensure!(out.success(), "approve: {}", out.combined());
+    block_on(async {
+        let client = s.cluster.client().await?;
+        let mut cfg = s.config(&client).await?;
+        cfg.sre.proposer = Some(
+            kars_gitops_agent::sre::forward::Proposer::from_file(
+                &s.agent_key,
+                "kars-gitops",
+                "sre-agent@forge.test",
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
+        sync_once(client.clone(), &cfg, None, &|| false)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync after merge: {e}"))?;
+        ensure!(
+            s.web(&client).await?["spec"]["replicas"] == 5,
+            "not run after the merge"
+        );
+        let rec = record(&s.ledger(&client).await?, &good)?.clone();
+        ensure!(
+            rec.proposers == vec!["sre-agent".to_string()]
+                && rec.approvers == vec!["bob".to_string()],
+            "{rec:?}"
+        );
+        ensure!(
+            !cr_field(&good, "{.metadata.labels.gitops\\.kars\\.io/repository}")?.is_empty(),
+            "the CR is not the Git copy"
         );
         Ok(())
     })

@@ -123,6 +123,31 @@ impl Gitea {
         &self.repo
     }
 
+    /// Creates branch `branch` at `commit` on the forge's repository, sending `objects` (Git's
+    /// smart HTTP push, authenticated with the token).
+    pub async fn push_new_branch(
+        &self,
+        branch: &str,
+        commit: &str,
+        objects: &[super::push::PackObject],
+    ) -> Result<(), ForgeError> {
+        let user = self.whoami().await?;
+        let git_url = format!(
+            "{}/{}/{}.git",
+            self.repo.url, self.repo.owner, self.repo.name
+        );
+        super::push::create_branch(
+            &self.http,
+            &git_url,
+            &user,
+            &self.token,
+            branch,
+            commit,
+            objects,
+        )
+        .await
+    }
+
     fn repo_url(&self, rest: &str) -> String {
         format!(
             "{}/api/v1/repos/{}/{}{rest}",

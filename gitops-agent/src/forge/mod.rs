@@ -7,6 +7,7 @@
 //! `Display` print `***`).
 
 mod gitea;
+pub mod push;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -12,6 +12,7 @@
 
 pub mod approval;
 pub mod execute;
+pub mod forward;
 pub mod ledger;
 pub mod observe;
 
@@ -40,6 +41,11 @@ pub const STATUS_CONTEXT: &str = "kars-gitops/sre";
 /// Where action files live in the repository.
 pub const ACTIONS_DIR: &str = "sre/actions";
 
+/// The repository file of action `id`.
+pub fn file_of(id: &str) -> String {
+    format!("{ACTIONS_DIR}/{id}.yaml")
+}
+
 /// Environment variable naming a crash point, for the crash-consistency tests only: the agent
 /// aborts (as a SIGKILL would stop it) at `sre-before-execute` (intent recorded, nothing run)
 /// or `sre-after-execute` (run, result not recorded).
@@ -62,6 +68,9 @@ pub struct SreSettings {
     pub forge: Option<Gitea>,
     /// Applied → Failed when the namespace has not recovered after this long (upstream: 600 s).
     pub recovery_deadline_secs: i64,
+    /// Commits in-cluster proposals as pull requests (needs `forge` too; `None`: they are left
+    /// alone, never run).
+    pub proposer: Option<forward::Proposer>,
 }
 
 impl Default for SreSettings {
@@ -70,6 +79,7 @@ impl Default for SreSettings {
             executor: None,
             forge: None,
             recovery_deadline_secs: observe::RECOVERY_DEADLINE_SECS,
+            proposer: None,
         }
     }
 }
@@ -261,6 +271,8 @@ pub async fn step(
     actions: &[ActionInGit],
     evidence: &BTreeMap<String, Result<ApprovalEvidence, ApprovalRefusal>>,
     live_before: &BTreeMap<String, Value>,
+    repo_at_head: Option<(gix::ThreadSafeRepository, gix::ObjectId)>,
+    base_branch: &str,
     dry_run: bool,
 ) -> SreOutcome {
     let mut out = SreOutcome {
@@ -430,6 +442,21 @@ pub async fn step(
         && let Err(e) = ledger::write(client, status_ns, status_name, &out.records).await
     {
         tracing::warn!(error = %e, "could not record the SRE ledger");
+    }
+    if let (Some(forge), Some(proposer), Some((repo, head))) =
+        (&settings.forge, &settings.proposer, &repo_at_head)
+    {
+        forward::forward(
+            client,
+            &recorder,
+            forge,
+            proposer,
+            repo,
+            *head,
+            base_branch,
+            actions,
+        )
+        .await;
     }
     for a in actions {
         let live = live_before.get(&format!(
@@ -723,6 +750,38 @@ async fn publish(recorder: &Recorder, name: &str, type_: EventType, reason: Reas
     if let Err(e) = recorder.publish(&ev, &reference).await {
         tracing::warn!(error = %e, action = name, "could not record an SRE event");
     }
+}
+
+/// The body of an action's pull request: diagnosis, rationale, the exact change, the rights it
+/// runs with, its blast radius, how to approve or reject, and the file. `origin` says where the
+/// proposal came from when it was not `kars sre propose` (an in-cluster proposal).
+pub fn pull_request_body(
+    p: &kars_renderer::sre::Proposal,
+    op: &SreOperation,
+    file: &str,
+    text: &str,
+    origin: Option<&str>,
+) -> String {
+    format!(
+        "## SRE action `{id}`\n\n{origin}**Diagnosis.** {diagnosis}\n\n**Rationale.** {rationale}\n\n\
+         **The exact change.** {change}. It runs once, after this pull request merges and the agent \
+         verifies the approval, as `kars-sre/sre-writer` bound to `{role}` in namespace `{ns}` only \
+         for the duration of the action.\n\n**Blast radius.** {radius}. If the target is managed by this \
+         repository, the next sync re-applies Git's value: change it in Git instead.\n\n\
+         **Expiry.** The approval must reach the cluster within {ttl} minutes of this proposal, or the \
+         action expires unrun.\n\n**Approve** with a signed commit by someone other than the proposer \
+         (`kars sre approve {id} --note …`); merging without it does nothing. **Reject** with \
+         `kars sre reject {id} --reason …`.\n\n`{file}`:\n\n```yaml\n{text}```\n",
+        id = p.id,
+        origin = origin.map(|o| format!("*{o}*\n\n")).unwrap_or_default(),
+        diagnosis = p.diagnosis,
+        rationale = p.rationale,
+        change = op.change(),
+        role = op.writer_role(),
+        ns = op.namespace(),
+        radius = op.blast_radius(),
+        ttl = p.ttl_minutes,
+    )
 }
 
 /// The comment marker of an action's outcome comment on its pull request.

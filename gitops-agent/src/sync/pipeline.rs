@@ -456,6 +456,10 @@ pub async fn run(
     lap("verify+render", &mut run);
 
     cfg.progress.emit(Event::Step("apply"));
+    if !cfg.apply.dry_run && cfg.sre.executor.is_some() {
+        // A merged in-cluster proposal's Git copy replaces the in-cluster CR of the same name.
+        crate::sre::forward::supersede(cluster.client(), &crate::sre::actions_in(&rendered)).await;
+    }
     let mut apply_options = cfg.apply.clone();
     apply_options.owner = Some(owner.clone());
     apply_options.progress = cfg.progress.clone();
@@ -571,10 +575,10 @@ async fn sre_step(
     live_before: &std::collections::BTreeMap<String, serde_json::Value>,
 ) -> crate::sre::SreOutcome {
     let actions = crate::sre::actions_in(rendered);
-    if actions.is_empty() && before.sre_actions.is_empty() {
+    if actions.is_empty() && before.sre_actions.is_empty() && cfg.sre.proposer.is_none() {
         return crate::sre::SreOutcome::default();
     }
-    let evidence = match repo_at_head {
+    let evidence = match repo_at_head.clone() {
         Some((repo, head)) => {
             let (policy, acts, records) = (
                 cfg.trust.clone(),
@@ -598,6 +602,8 @@ async fn sre_step(
         &actions,
         &evidence,
         live_before,
+        repo_at_head.map(|(r, h)| (r.into_sync(), h)),
+        &cfg.effective_branch(),
         cfg.apply.dry_run,
     )
     .await

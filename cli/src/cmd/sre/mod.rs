@@ -216,10 +216,7 @@ pub fn branch_of(id: &str) -> String {
     format!("{}{id}", kars_gitops_agent::sre::BRANCH_PREFIX)
 }
 
-/// The file of action `id`.
-pub fn file_of(id: &str) -> String {
-    format!("{}/{id}.yaml", kars_gitops_agent::sre::ACTIONS_DIR)
-}
+pub use kars_gitops_agent::sre::file_of;
 
 /// Checks an action id (a DNS label, it names the CR).
 pub fn check_id(id: &str) -> Result<(), Failure> {

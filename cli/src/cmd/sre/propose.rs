@@ -124,12 +124,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
     args.forge.check_repo()?;
     receives_sre(&args.forge.repo)?;
     let file = file_of(&proposal.id);
-    let yaml = kars_renderer::output::object_yaml(&proposal.manifest("Pending", None))
-        .map_err(|e| Failure::msg(CHECK, e))?;
-    let body = format!(
-        "# Proposed with `kars sre propose`. Approve: `kars sre approve {id}` (a signed commit by someone\n# other than the proposer, then the merge). Reject: `kars sre reject {id} --reason …`.\n{yaml}",
-        id = proposal.id
-    );
+    let body = proposal.file_text().map_err(|e| Failure::msg(CHECK, e))?;
     super::super::block_on(async move {
         let conn = args.forge.connect().await?;
         let base = git::fetch(&conn.repo, &conn.remote, &conn.base)?;
@@ -172,7 +167,7 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
                 &branch,
                 &conn.base,
                 &title,
-                &pull_body(&proposal, &op, &file, &body),
+                &kars_gitops_agent::sre::pull_request_body(&proposal, &op, &file, &body, None),
             )
             .await
             .map_err(forge_failure)?;
@@ -230,26 +225,4 @@ fn receives_sre(repo: &std::path::Path) -> Result<(), Failure> {
         )
         .hint("add sre (or sre/actions) to the paths of the cluster the action is for"))
     }
-}
-
-fn pull_body(p: &Proposal, op: &SreOperation, file: &str, yaml: &str) -> String {
-    format!(
-        "## SRE action `{id}`\n\n**Diagnosis.** {diagnosis}\n\n**Rationale.** {rationale}\n\n\
-         **The exact change.** {change}. It runs once, after this pull request merges and the agent \
-         verifies the approval, as `kars-sre/sre-writer` bound to `{role}` in namespace `{ns}` only \
-         for the duration of the action.\n\n**Blast radius.** {radius}. If the target is managed by this \
-         repository, the next sync re-applies Git's value: change it in Git instead.\n\n\
-         **Expiry.** The approval must reach the cluster within {ttl} minutes of this proposal, or the \
-         action expires unrun.\n\n**Approve** with a signed commit by someone other than the proposer \
-         (`kars sre approve {id} --note …`); merging without it does nothing. **Reject** with \
-         `kars sre reject {id} --reason …`.\n\n`{file}`:\n\n```yaml\n{yaml}```\n",
-        id = p.id,
-        diagnosis = p.diagnosis,
-        rationale = p.rationale,
-        change = op.change(),
-        role = op.writer_role(),
-        ns = op.namespace(),
-        radius = op.blast_radius(),
-        ttl = p.ttl_minutes,
-    )
 }
