@@ -63,6 +63,8 @@ fn rendered_sets_are_accepted() -> Result<()> {
         root.join("renderer/testdata/repos/multi-cluster"),
         Some("prod"),
     ));
+    // The SRE namespace is the installation's (the chart creates it); repositories never render it.
+    crate::sre::install_sre_identities(cluster)?;
     let mut failures = Vec::new();
     for (name, path, cluster_name) in &cases {
         let yaml = render_file(path, *cluster_name).with_context(|| format!("rendering {name}"))?;

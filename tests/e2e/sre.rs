@@ -138,30 +138,16 @@ impl Setup {
                 s.name, s.name, forge.url(), s.name
             ),
         )?;
-        alice.write("agents/README.md", "agents\n")?;
+        // A few ordinary objects, so that pruning one action later stays under the default
+        // prune threshold (30 %).
+        let cms: Vec<String> = (0..4)
+            .map(|i| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings-{i}}}\ndata: {{k: v}}\n"))
+            .collect();
+        alice.write("agents/settings.yaml", &cms.join("---\n"))?;
         s.commit("alice", "initial policy repository")?;
         s.push("alice", "main")?;
         forge.protect_main("alice", &s.name, 1)?;
-        // The SRE identities exactly as the chart installs them.
-        let rendered = run_to_end(
-            crate::chart::helm()?
-                .args(["template", "kars-gitops"])
-                .arg(workspace_root().join("charts/kars-gitops"))
-                .args(["-f"])
-                .arg(workspace_root().join("tests/golden/chart/values.yaml"))
-                .args([
-                    "--show-only",
-                    "templates/sre.yaml",
-                    "--kube-version",
-                    "v1.37.2",
-                ]),
-        )?;
-        ensure!(
-            rendered.success(),
-            "helm template sre.yaml: {}",
-            rendered.combined()
-        );
-        s.kubectl_stdin(&["apply", "-f", "-"], &rendered.stdout)?;
+        install_sre_identities(cluster)?;
         s.kubectl_stdin(
             &["apply", "-f", "-"],
             &format!(
@@ -270,6 +256,16 @@ impl Setup {
             .map_err(|e| anyhow::anyhow!("{e}"))?,
         );
         Ok(cfg)
+    }
+
+    /// The agent's proposer (key `sre-agent`).
+    fn proposer(&self) -> Result<kars_gitops_agent::sre::forward::Proposer> {
+        kars_gitops_agent::sre::forward::Proposer::from_file(
+            &self.agent_key,
+            "kars-gitops",
+            "sre-agent@forge.test",
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// GET `/repos/alice/<name><path>` as alice.
@@ -687,14 +683,7 @@ fn in_cluster_proposal() -> Result<()> {
     block_on(async {
         let client = s.cluster.client().await?;
         let mut cfg = s.config(&client).await?;
-        cfg.sre.proposer = Some(
-            kars_gitops_agent::sre::forward::Proposer::from_file(
-                &s.agent_key,
-                "kars-gitops",
-                "sre-agent@forge.test",
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        );
+        cfg.sre.proposer = Some(s.proposer()?);
         let never = || false;
         sync_once(client.clone(), &cfg, None, &never)
             .await
@@ -790,14 +779,7 @@ fn in_cluster_proposal() -> Result<()> {
     block_on(async {
         let client = s.cluster.client().await?;
         let mut cfg = s.config(&client).await?;
-        cfg.sre.proposer = Some(
-            kars_gitops_agent::sre::forward::Proposer::from_file(
-                &s.agent_key,
-                "kars-gitops",
-                "sre-agent@forge.test",
-            )
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-        );
+        cfg.sre.proposer = Some(s.proposer()?);
         sync_once(client.clone(), &cfg, None, &|| false)
             .await
             .map_err(|e| anyhow::anyhow!("sync after merge: {e}"))?;
@@ -815,8 +797,134 @@ fn in_cluster_proposal() -> Result<()> {
             !cr_field(&good, "{.metadata.labels.gitops\\.kars\\.io/repository}")?.is_empty(),
             "the CR is not the Git copy"
         );
+
+        // Reaping (deadlines shortened: upstream's are 10 minutes and an hour). The action did
+        // not recover (no node runs its pods): Failed. Its file is proposed for removal in one
+        // pull request signed by the agent; the refused in-cluster proposal is deleted.
+        cfg.sre.recovery_deadline_secs = 0;
+        cfg.sre.reap_after_secs = 0;
+        sync_once(client.clone(), &cfg, None, &|| false)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync: {e}"))?;
+        ensure!(record(&s.ledger(&client).await?, &good)?.phase == SrePhase::Failed);
+        let (ok, _, _) = s.cluster.kubectl(&[
+            "get",
+            "karssreactions.kars.azure.com",
+            &bad,
+            "-n",
+            "kars-sre",
+        ])?;
+        ensure!(!ok, "the refused in-cluster proposal was not reaped");
+        let reaps = |pulls: &Value| -> Vec<Value> {
+            pulls
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| {
+                    p["head"]["ref"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("kars-sre/reap-"))
+                })
+                .cloned()
+                .collect()
+        };
+        let (_, pulls) = s.repo_get("/pulls?state=open")?;
+        let reap = reaps(&pulls);
+        ensure!(reap.len() == 1, "removal pull requests: {pulls}");
+        let number = reap[0]["number"].as_u64().unwrap_or_default();
+        let (_, files) = s.repo_get(&format!("/pulls/{number}/files"))?;
+        ensure!(
+            files
+                .to_string()
+                .contains(&format!("sre/actions/{good}.yaml")),
+            "{files}"
+        );
+        sync_once(client.clone(), &cfg, None, &|| false)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync: {e}"))?;
+        let (_, pulls) = s.repo_get("/pulls?state=open")?;
+        ensure!(reaps(&pulls).len() == 1, "a second removal pull request");
+        // bob reviews and merges it: the CR is pruned, the record stays, nothing runs again.
+        let path = format!("/repos/alice/{}/pulls/{number}", s.name);
+        let (code, _) = s.forge.api(
+            "bob",
+            "POST",
+            &format!("{path}/reviews"),
+            Some(serde_json::json!({"event": "APPROVED", "body": "tidy"})),
+        )?;
+        ensure!(code == 200, "review {code}");
+        let (code, body) = s.forge.api(
+            "bob",
+            "POST",
+            &format!("{path}/merge"),
+            Some(serde_json::json!({"Do": "fast-forward-only"})),
+        )?;
+        ensure!(code == 200, "merge {code} {body}");
+        s.cluster.kubectl(&[
+            "scale",
+            "deployment/web",
+            "-n",
+            &s.target_ns,
+            "--replicas=1",
+        ])?;
+        sync_once(client.clone(), &cfg, None, &|| false)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync after the removal: {e}"))?;
+        let (ok, _, _) = s.cluster.kubectl(&[
+            "get",
+            "karssreactions.kars.azure.com",
+            &good,
+            "-n",
+            "kars-sre",
+        ])?;
+        ensure!(!ok, "the reaped action's CR was not pruned");
+        ensure!(
+            record(&s.ledger(&client).await?, &good).is_ok(),
+            "the ledger forgot the reaped action"
+        );
+        ensure!(
+            s.web(&client).await?["spec"]["replicas"] == 1,
+            "the reaped action ran again"
+        );
         Ok(())
     })
+}
+
+/// The SRE identities exactly as the chart installs them (`templates/sre.yaml`), once per run:
+/// the tests run in parallel and share the namespace.
+pub fn install_sre_identities(cluster: &'static Cluster) -> Result<()> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let run = || -> Result<()> {
+            let rendered = run_to_end(
+                crate::chart::helm()?
+                    .args(["template", "kars-gitops"])
+                    .arg(workspace_root().join("charts/kars-gitops"))
+                    .args(["-f"])
+                    .arg(workspace_root().join("tests/golden/chart/values.yaml"))
+                    .args([
+                        "--show-only",
+                        "templates/sre.yaml",
+                        "--kube-version",
+                        "v1.37.2",
+                    ]),
+            )?;
+            ensure!(
+                rendered.success(),
+                "helm template sre.yaml: {}",
+                rendered.combined()
+            );
+            let out = run_with_stdin(
+                cluster.kubectl_command().args(["apply", "-f", "-"]),
+                &rendered.stdout,
+            )?;
+            ensure!(out.success(), "applying sre.yaml: {}", out.combined());
+            Ok(())
+        };
+        run().map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn json_of(out: &Out) -> Result<Value> {

@@ -68,6 +68,12 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "kars-gitops.serviceAc
 {{- define "kars-gitops.forgeSecret" -}}
 {{- default (printf "%s-forge" (include "kars-gitops.fullname" .)) .Values.forge.existingSecret -}}
 {{- end -}}
+{{- define "kars-gitops.proposerSecret" -}}
+{{- default (printf "%s-sre-proposer" (include "kars-gitops.fullname" .)) .Values.sre.proposer.existingSecret -}}
+{{- end -}}
+{{- define "kars-gitops.hasProposer" -}}
+{{- if and .Values.sre.create .Values.sre.executor .Values.forge.url .Values.sre.proposer.email -}}true{{- end -}}
+{{- end -}}
 {{- define "kars-gitops.hasCredentials" -}}
 {{- if or .Values.repository.credentials.existingSecret .Values.repository.credentials.token .Values.repository.credentials.sshPrivateKey -}}true{{- end -}}
 {{- end -}}
@@ -91,6 +97,12 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "kars-gitops.serviceAc
 {{- end -}}
 {{- if and .Values.forge.url (not (or .Values.forge.existingSecret .Values.forge.token)) -}}
 {{- fail "forge.url needs a token: forge.existingSecret (a Secret with key token) or forge.token" -}}
+{{- end -}}
+{{- if and .Values.sre.proposer.email (not .Values.forge.url) -}}
+{{- fail "sre.proposer.email needs forge.url (in-cluster proposals become pull requests on that forge)" -}}
+{{- end -}}
+{{- if and .Values.sre.proposer.email (not (or .Values.sre.proposer.existingSecret .Values.sre.proposer.sshPrivateKey)) -}}
+{{- fail "sre.proposer.email needs a key: sre.proposer.existingSecret (a Secret with key ssh-privatekey) or sre.proposer.sshPrivateKey" -}}
 {{- end -}}
 {{- if and .Values.bundles.identities (not .Values.bundles.certificateRoots) -}}
 {{- fail "bundles.identities needs bundles.certificateRoots (the roots their certificates chain to)" -}}

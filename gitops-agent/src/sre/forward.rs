@@ -160,6 +160,15 @@ fn proposal_of(o: &DynamicObject) -> Proposal {
     }
 }
 
+/// One change of a commit the agent makes.
+#[derive(Clone, Debug)]
+pub enum Edit {
+    /// Write `path` with this text.
+    Write(String, String),
+    /// Remove `path`.
+    Remove(String),
+}
+
 /// The signed proposal commit on `head`: writes the blob, the changed trees and the commit into
 /// `repo` and returns the commit and the objects a push must carry (blocking).
 pub fn proposal_commit(
@@ -171,24 +180,36 @@ pub fn proposal_commit(
     proposer: &Proposer,
     now: i64,
 ) -> Result<(ObjectId, Vec<PackObject>), String> {
+    signed_commit(
+        repo,
+        head,
+        &[Edit::Write(file.to_string(), text.to_string())],
+        message,
+        proposer,
+        now,
+    )
+}
+
+/// A commit on `head` with `edits`, signed with the proposer key: writes the blobs, the
+/// changed trees and the commit into `repo` and returns the commit and the objects a push must
+/// carry (blocking).
+pub fn signed_commit(
+    repo: &gix::Repository,
+    head: ObjectId,
+    edits: &[Edit],
+    message: &str,
+    proposer: &Proposer,
+    now: i64,
+) -> Result<(ObjectId, Vec<PackObject>), String> {
     fn e(what: &'static str) -> impl Fn(gix::Error) -> String {
         move |err| format!("{what}: {err}")
     }
-    let blob = repo
-        .write_blob(text.as_bytes())
-        .map_err(e("writing the blob"))?
-        .detach();
     let base_tree = repo
         .find_commit(head)
         .map_err(|err| format!("reading {head}: {err}"))?
         .tree_id()
         .map_err(|err| format!("reading the tree of {head}: {err}"))?
         .detach();
-    let mut editor = repo.edit_tree(base_tree).map_err(e("editing the tree"))?;
-    editor
-        .upsert(file, gix::object::tree::EntryKind::Blob, blob)
-        .map_err(e("adding the action file"))?;
-    let tree = editor.write().map_err(e("writing the trees"))?.detach();
     let raw = |id: ObjectId| -> Result<PackObject, String> {
         let o = repo
             .find_object(id)
@@ -198,18 +219,49 @@ pub fn proposal_commit(
             data: o.data.clone(),
         })
     };
-    let mut objects = vec![raw(blob)?, raw(tree)?];
+    let mut objects = Vec::new();
+    let mut editor = repo.edit_tree(base_tree).map_err(e("editing the tree"))?;
+    for edit in edits {
+        match edit {
+            Edit::Write(path, text) => {
+                let blob = repo
+                    .write_blob(text.as_bytes())
+                    .map_err(e("writing a blob"))?
+                    .detach();
+                objects.push(raw(blob)?);
+                editor
+                    .upsert(path.as_str(), gix::object::tree::EntryKind::Blob, blob)
+                    .map_err(e("adding a file"))?;
+            }
+            Edit::Remove(path) => {
+                editor.remove(path.as_str()).map_err(e("removing a file"))?;
+            }
+        }
+    }
+    let tree = editor.write().map_err(e("writing the trees"))?.detach();
+    objects.push(raw(tree)?);
     let root = repo
         .find_tree(tree)
         .map_err(|err| format!("reading {tree}: {err}"))?;
-    let parts: Vec<&str> = file.split('/').collect();
-    for depth in 1..parts.len() {
-        let dir = parts[..depth].join("/");
-        let entry = root
+    // Every directory an edit touched that still exists (a directory left empty is gone).
+    let mut dirs: Vec<String> = Vec::new();
+    for edit in edits {
+        let (Edit::Write(path, _) | Edit::Remove(path)) = edit;
+        let parts: Vec<&str> = path.split('/').collect();
+        for depth in 1..parts.len() {
+            let dir = parts[..depth].join("/");
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+    }
+    for dir in dirs {
+        if let Some(entry) = root
             .lookup_entry_by_path(&dir)
             .map_err(|err| format!("reading {dir}: {err}"))?
-            .ok_or_else(|| format!("{dir} missing from the new tree"))?;
-        objects.push(raw(entry.object_id())?);
+        {
+            objects.push(raw(entry.object_id())?);
+        }
     }
     let who = gix::actor::Signature {
         name: proposer.name.as_str().into(),
@@ -272,8 +324,10 @@ pub async fn forward(
     head: ObjectId,
     base: &str,
     in_git: &[ActionInGit],
+    reap_after: i64,
 ) {
     let api = sre_api(client);
+    let now = kars_contract::time::unix_now();
     let list = match api.list(&ListParams::default()).await {
         Ok(l) => l.items,
         Err(e) => {
@@ -286,6 +340,11 @@ pub async fn forward(
         .filter(|o| !from_git(o) && o.metadata.deletion_timestamp.is_none())
     {
         let name = o.metadata.name.clone().unwrap_or_default();
+        let age = o
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| now - t.0.as_second());
         if let Some(url) = annotation(o, PULL_REQUEST_ANNOTATION) {
             let approved = o.data["spec"]["approval"]["state"] == "Approved";
             let generation = o.metadata.generation.unwrap_or(0).to_string();
@@ -300,9 +359,50 @@ pub async fn forward(
                 .await;
                 annotate(&api, &name, IGNORED_APPROVAL_ANNOTATION, &generation).await;
             }
+            let closed = match forge
+                .pull_for_branch(&format!("{BRANCH_PREFIX}{name}"))
+                .await
+            {
+                Ok(Some(pr)) => pr.state == crate::forge::PullState::Closed,
+                Ok(None) => false,
+                Err(e) => {
+                    tracing::warn!(action = %name, error = %e, "could not read the proposal's pull request");
+                    false
+                }
+            };
+            let rejected = o.data["status"]["phase"] == "Rejected";
+            match super::reap::in_cluster_fate(closed, false, rejected, age, reap_after) {
+                super::reap::InClusterFate::Keep => {}
+                super::reap::InClusterFate::Delete => super::reap::delete_in_cluster(&api, o).await,
+                super::reap::InClusterFate::Rejected => {
+                    let rec = record(
+                        &name,
+                        SrePhase::Rejected,
+                        Reason::Rejected,
+                        format!("its pull request {url} was closed without a merge"),
+                    );
+                    super::write_cr_status(client, &rec).await;
+                    super::publish(
+                        recorder,
+                        &name,
+                        EventType::Normal,
+                        Reason::Rejected,
+                        rec.message,
+                    )
+                    .await;
+                }
+            }
             continue;
         }
-        if annotation(o, REFUSED_ANNOTATION).is_some() || in_git.iter().any(|a| a.name == name) {
+        if annotation(o, REFUSED_ANNOTATION).is_some() {
+            if super::reap::in_cluster_fate(false, true, false, age, reap_after)
+                == super::reap::InClusterFate::Delete
+            {
+                super::reap::delete_in_cluster(&api, o).await;
+            }
+            continue;
+        }
+        if in_git.iter().any(|a| a.name == name) {
             continue;
         }
         let proposal = proposal_of(o);
@@ -374,23 +474,7 @@ pub async fn forward(
 }
 
 fn record(name: &str, phase: SrePhase, reason: Reason, message: String) -> SreRecord {
-    SreRecord {
-        name: name.to_string(),
-        phase,
-        reason: reason.as_str().into(),
-        message,
-        operation: String::new(),
-        file: String::new(),
-        approval_commit: None,
-        approvers: Vec::new(),
-        proposers: Vec::new(),
-        decided_at: kars_contract::time::now_rfc3339(),
-        applied_at: None,
-        finished_at: None,
-        effect_marker: None,
-        pull_request: None,
-        reported_phase: None,
-    }
+    SreRecord::new(name, phase, reason, message)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -121,6 +121,34 @@ pub struct SreRecord {
     pub reported_phase: Option<SrePhase>,
 }
 
+impl SreRecord {
+    /// A record of `name` decided now, with nothing else known yet.
+    pub fn new(
+        name: &str,
+        phase: SrePhase,
+        reason: kars_contract::Reason,
+        message: String,
+    ) -> SreRecord {
+        SreRecord {
+            name: name.to_string(),
+            phase,
+            reason: reason.as_str().to_string(),
+            message,
+            operation: String::new(),
+            file: String::new(),
+            approval_commit: None,
+            approvers: Vec::new(),
+            proposers: Vec::new(),
+            decided_at: kars_contract::time::now_rfc3339(),
+            applied_at: None,
+            finished_at: None,
+            effect_marker: None,
+            pull_request: None,
+            reported_phase: None,
+        }
+    }
+}
+
 /// Finds the record of `name`.
 pub fn find<'a>(records: &'a [SreRecord], name: &str) -> Option<&'a SreRecord> {
     records.iter().find(|r| r.name == name)
@@ -174,21 +202,8 @@ mod tests {
 
     fn rec(name: &str, phase: SrePhase, at: &str) -> SreRecord {
         SreRecord {
-            name: name.into(),
-            phase,
-            reason: String::new(),
-            message: String::new(),
-            operation: String::new(),
-            file: String::new(),
-            approval_commit: None,
-            approvers: vec![],
-            proposers: vec![],
             decided_at: at.into(),
-            applied_at: None,
-            finished_at: None,
-            effect_marker: None,
-            pull_request: None,
-            reported_phase: None,
+            ..SreRecord::new(name, phase, kars_contract::Reason::Executed, String::new())
         }
     }
 

@@ -15,6 +15,7 @@ pub mod execute;
 pub mod forward;
 pub mod ledger;
 pub mod observe;
+pub mod reap;
 
 use std::collections::BTreeMap;
 
@@ -71,6 +72,8 @@ pub struct SreSettings {
     /// Commits in-cluster proposals as pull requests (needs `forge` too; `None`: they are left
     /// alone, never run).
     pub proposer: Option<forward::Proposer>,
+    /// Finished actions are reaped this long after they finished (upstream: an hour).
+    pub reap_after_secs: i64,
 }
 
 impl Default for SreSettings {
@@ -80,6 +83,7 @@ impl Default for SreSettings {
             forge: None,
             recovery_deadline_secs: observe::RECOVERY_DEADLINE_SECS,
             proposer: None,
+            reap_after_secs: reap::REAP_AFTER_SECS,
         }
     }
 }
@@ -232,21 +236,12 @@ fn new_record(
     ev: Option<&ApprovalEvidence>,
 ) -> SreRecord {
     SreRecord {
-        name: action.name.clone(),
-        phase,
-        reason: reason.as_str().to_string(),
-        message,
         operation: op.to_string(),
         file: action.file.clone(),
         approval_commit: ev.map(|e| e.approval_commit.clone()),
         approvers: ev.map(|e| e.approvers.clone()).unwrap_or_default(),
         proposers: ev.map(|e| e.proposers.clone()).unwrap_or_default(),
-        decided_at: format_rfc3339(unix_now()),
-        applied_at: None,
-        finished_at: None,
-        effect_marker: None,
-        pull_request: None,
-        reported_phase: None,
+        ..SreRecord::new(&action.name, phase, reason, message)
     }
 }
 
@@ -455,8 +450,27 @@ pub async fn step(
             *head,
             base_branch,
             actions,
+            settings.reap_after_secs,
         )
         .await;
+        match reap::propose_removal(
+            forge,
+            proposer,
+            repo,
+            *head,
+            base_branch,
+            &out.records,
+            actions,
+            settings.reap_after_secs,
+        )
+        .await
+        {
+            Ok(Some(url)) => tracing::info!(%url, "proposed the removal of finished SRE actions"),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not propose the removal of finished SRE actions")
+            }
+        }
     }
     for a in actions {
         let live = live_before.get(&format!(
@@ -638,7 +652,7 @@ async fn observe_record(
         r.finished_at = Some(format_rfc3339(now));
         return Some(r);
     }
-    if !late && now - applied > deadline {
+    if !late && now - applied >= deadline {
         r.phase = SrePhase::Failed;
         r.reason = Reason::RecoveryFailed.as_str().into();
         r.message = format!(
