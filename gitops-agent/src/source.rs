@@ -325,7 +325,24 @@ pub fn fetch(
         .ok()
         .and_then(|r| r.target().try_id().map(ToOwned::to_owned))
         == Some(remote_head);
-    if have_it && local_ref_current {
+    // A new or moved approval tag (a k-of-n co-signature added after its commit was fetched)
+    // is new too, even when the branch did not move.
+    let tag_prefix = format!("refs/tags/{approval_prefix}");
+    let tags_current = prepare.ref_map().remote_refs.iter().all(|r| {
+        let (name, target, _) = r.unpack();
+        if !name.starts_with(tag_prefix.as_bytes()) {
+            return true;
+        }
+        let Ok(name) = std::str::from_utf8(name) else {
+            return true;
+        };
+        let local = repo
+            .find_reference(name)
+            .ok()
+            .and_then(|r| r.target().try_id().map(ToOwned::to_owned));
+        local.is_some() && local.as_deref() == target
+    });
+    if have_it && local_ref_current && tags_current {
         // Nothing new: the connection is dropped without downloading a pack.
         drop(prepare);
         return Ok(Fetched {

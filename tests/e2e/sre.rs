@@ -52,6 +52,10 @@ pub fn tests() -> Vec<Trial> {
             "sre::in_cluster_proposal_becomes_a_pull_request_and_runs_after_approval",
             in_cluster_proposal,
         ),
+        trial(
+            "sre::two_of_n_waits_for_the_second_signed_approval",
+            two_of_n,
+        ),
     ]
 }
 
@@ -74,6 +78,11 @@ const USERS: [&str; 3] = ["alice", "bob", "carol"];
 
 impl Setup {
     fn new(prefix: &str) -> Result<Setup> {
+        Setup::with_approvals(prefix, "[alice, bob]", 1)
+    }
+
+    /// A setup whose trust policy says `sreApprovals: {approvers, minApprovers}`.
+    fn with_approvals(prefix: &str, approvers: &str, min_approvers: usize) -> Result<Setup> {
         let cluster = Cluster::shared()?;
         install_kars_crds(cluster)?;
         let forge = Forge::shared()?;
@@ -99,7 +108,7 @@ impl Setup {
         std::fs::write(
             &trust,
             format!(
-                "apiVersion: gitops.kars.io/v1alpha1\nkind: TrustPolicy\nspec:\n  signers:\n{signers}  sreApprovals:\n    approvers: [alice, bob]\n    minApprovers: 1\n"
+                "apiVersion: gitops.kars.io/v1alpha1\nkind: TrustPolicy\nspec:\n  signers:\n{signers}  sreApprovals:\n    approvers: {approvers}\n    minApprovers: {min_approvers}\n"
             ),
         )?;
         forge.create_repo("alice", &name, &["bob", "carol"])?;
@@ -885,6 +894,90 @@ fn in_cluster_proposal() -> Result<()> {
         ensure!(
             s.web(&client).await?["spec"]["replicas"] == 1,
             "the reaped action ran again"
+        );
+        Ok(())
+    })
+}
+
+/// k-of-n: with `minApprovers: 2`, bob's approval commit alone does not run the action (it
+/// waits, and says so on the CR); carol's signed approval tag on that commit, pushed later,
+/// makes it run, approved by both.
+fn two_of_n() -> Result<()> {
+    let s = Setup::with_approvals("sre-2ofn", "[bob, carol]", 2)?;
+    s.propose_and_approve("needs-two", 3)?;
+    block_on(async {
+        let client = s.cluster.client().await?;
+        let cfg = s.config(&client).await?;
+        sync_once(client.clone(), &cfg, None, &|| false)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync: {e}"))?;
+        ensure!(
+            s.web(&client).await?["spec"]["replicas"] == 1,
+            "ran with one approver"
+        );
+        ensure!(
+            record(&s.ledger(&client).await?, "needs-two").is_err(),
+            "decided with one approver"
+        );
+        let (_, conditions, _) = s.cluster.kubectl(&[
+            "get",
+            "karssreactions.kars.azure.com",
+            "needs-two",
+            "-n",
+            "kars-sre",
+            "-o",
+            "jsonpath={.status.conditions[*].message}",
+        ])?;
+        ensure!(
+            conditions.contains("needs 2"),
+            "the CR does not say it waits: {conditions}"
+        );
+        Ok(())
+    })?;
+    s.pull("carol")?;
+    let approval = s
+        .repo("carol")
+        .git(&["rev-parse", "HEAD"])?
+        .trim()
+        .to_string();
+    s.repo("carol").tag(
+        "approvals/needs-two-carol",
+        &approval,
+        "carol@forge.test",
+        &Signing::Ssh(s.key("carol")),
+    )?;
+    s.repo("carol").git(&[
+        "push",
+        "-q",
+        "origin",
+        "refs/tags/approvals/needs-two-carol",
+    ])?;
+    block_on(async {
+        let client = s.cluster.client().await?;
+        let cfg = s.config(&client).await?;
+        sync_once(client.clone(), &cfg, None, &|| false)
+            .await
+            .map_err(|e| anyhow::anyhow!("sync after the tag: {e}"))?;
+        ensure!(
+            s.web(&client).await?["spec"]["replicas"] == 3,
+            "not run with two approvers: ledger {:?}; CR status {}",
+            s.ledger(&client).await?,
+            s.cluster
+                .kubectl(&[
+                    "get",
+                    "karssreactions.kars.azure.com",
+                    "needs-two",
+                    "-n",
+                    "kars-sre",
+                    "-o",
+                    "jsonpath={.status}"
+                ])?
+                .1
+        );
+        let rec = record(&s.ledger(&client).await?, "needs-two")?.clone();
+        ensure!(
+            rec.approvers == vec!["bob".to_string(), "carol".to_string()],
+            "{rec:?}"
         );
         Ok(())
     })

@@ -128,6 +128,8 @@ pub enum ApprovalRefusal {
         have: usize,
         /// How many are needed.
         need: usize,
+        /// When it was proposed (the TTL counts from here; more approvals may still come).
+        proposed_at: i64,
     },
     /// History could not be read.
     #[error("reading the history of {file}: {message}")]
@@ -341,6 +343,12 @@ pub fn evidence(
             file: file.to_string(),
         });
     }
+    let time_of = |id: ObjectId| {
+        repo.find_commit(id)
+            .ok()
+            .and_then(|c| c.time().ok())
+            .map_or(0, |t| t.seconds)
+    };
     let need = policy.sre_approvals.min_approvers.max(1);
     if approvers.len() < need {
         return Err(ApprovalRefusal::NotEnoughApprovers {
@@ -348,14 +356,9 @@ pub fn evidence(
             approvers: shown(&approvers),
             have: approvers.len(),
             need,
+            proposed_at: time_of(proposal_id),
         });
     }
-    let time_of = |id: ObjectId| {
-        repo.find_commit(id)
-            .ok()
-            .and_then(|c| c.time().ok())
-            .map_or(0, |t| t.seconds)
-    };
     Ok(ApprovalEvidence {
         file: file.to_string(),
         approval_commit: commit,

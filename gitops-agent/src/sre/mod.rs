@@ -122,6 +122,9 @@ pub enum Decision {
     Keep,
     /// Pending in Git: awaiting approval (not recorded).
     Proposed,
+    /// Approved, but by fewer approvers than the trust policy needs: not decided yet (more
+    /// signed approval tags may come before the TTL).
+    Waiting(String),
     /// Record a final decision without running.
     Record(SrePhase, Reason, String),
     /// Run it.
@@ -170,6 +173,24 @@ pub fn decide(
                         );
                     }
                 };
+            let ttl_secs = i64::from(
+                action
+                    .spec
+                    .ttl_minutes
+                    .unwrap_or(DEFAULT_TTL_MINUTES)
+                    .clamp(1, MAX_TTL_MINUTES),
+            ) * 60;
+            if let Some(Err(r @ ApprovalRefusal::NotEnoughApprovers { proposed_at, .. })) = evidence
+            {
+                if now > proposed_at + ttl_secs {
+                    return Decision::Record(
+                        SrePhase::Expired,
+                        Reason::Expired,
+                        format!("the TTL passed before enough approvers signed: {r}"),
+                    );
+                }
+                return Decision::Waiting(r.to_string());
+            }
             let evidence = match evidence {
                 Some(Ok(e)) => e,
                 Some(Err(r)) => {
@@ -312,6 +333,23 @@ pub async fn step(
         match decision {
             Decision::Keep => {}
             Decision::Proposed => out.proposed.push(action.name.clone()),
+            Decision::Waiting(message) => {
+                out.proposed.push(action.name.clone());
+                let shown = live.is_some_and(|l| {
+                    l["status"]["conditions"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["message"] == message.as_str()))
+                });
+                if !dry_run && !shown {
+                    let rec = SreRecord::new(
+                        &action.name,
+                        SrePhase::Proposed,
+                        Reason::NotEnoughApprovers,
+                        message,
+                    );
+                    write_cr_status(client, &rec).await;
+                }
+            }
             Decision::Record(phase, reason, message) => {
                 if dry_run {
                     out.planned.push(format!(
