@@ -14,6 +14,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod access;
 mod cmd;
 mod failure;
+mod proposal;
 mod template;
 mod ui;
 
@@ -84,6 +85,8 @@ enum Command {
     Audit(cmd::audit::Args),
     /// SRE remediations as pull requests: propose, approve (a signed commit), reject, list.
     Sre(cmd::sre::Args),
+    /// Egress as pull requests: approve/deny hosts, time-boxed grants, what the router learned.
+    Egress(cmd::egress::Args),
     /// Print the version, the commit it was built from and the kars API it supports.
     Version,
     /// Print a shell completion script: bash, zsh or fish.
@@ -152,6 +155,7 @@ fn main() -> ExitCode {
         Command::Policy(a) => cmd::policy::run(a),
         Command::Audit(a) => cmd::audit::run(a),
         Command::Sre(a) => cmd::sre::run(a),
+        Command::Egress(a) => cmd::egress::run(a),
         Command::Version => cmd::version::run(),
         Command::Completion(a) => {
             clap_complete::generate(a.shell, &mut Cli::command(), "kars", &mut std::io::stdout());

@@ -18,6 +18,7 @@ pub mod cel;
 pub mod config;
 pub mod crds;
 pub mod diagnostics;
+pub mod edit;
 pub mod egress;
 pub mod output;
 pub mod render;

@@ -215,7 +215,27 @@ pub const MAX_LEARNED: usize = 4096;
 #[derive(Debug)]
 pub struct Learned {
     hosts: Mutex<BTreeSet<(String, u16)>>,
+    blocked: Mutex<BlockedSet>,
     cap: usize,
+}
+
+/// Refused destinations: `host:port` → how many times, bounded like the learned set.
+#[derive(Debug, Default)]
+struct BlockedSet {
+    counts: std::collections::BTreeMap<(String, u16), u64>,
+    /// Refusals of new destinations not kept because the set was full.
+    dropped: u64,
+}
+
+/// One refused destination and how often it was refused.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct BlockedEntry {
+    /// The host (normalised).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// Refusals since the router started.
+    pub count: u64,
 }
 
 impl Default for Learned {
@@ -229,6 +249,7 @@ impl Learned {
     pub fn with_cap(cap: usize) -> Self {
         Learned {
             hosts: Mutex::default(),
+            blocked: Mutex::default(),
             cap,
         }
     }
@@ -258,6 +279,47 @@ impl Learned {
             .iter()
             .cloned()
             .collect()
+    }
+
+    /// Records a refusal of `host:port` (kept in Strict and Learn mode alike).
+    pub fn record_blocked(&self, host: &str, port: u16) {
+        let mut b = self
+            .blocked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (host.to_string(), port);
+        if let Some(n) = b.counts.get_mut(&key) {
+            *n = n.saturating_add(1);
+        } else if b.counts.len() >= self.cap {
+            b.dropped = b.dropped.saturating_add(1);
+        } else {
+            b.counts.insert(key, 1);
+        }
+    }
+
+    /// Refused destinations, most refused first (then by name), at most `limit`; and how many
+    /// refusals of new destinations were not kept.
+    pub fn blocked(&self, limit: usize) -> (Vec<BlockedEntry>, u64) {
+        let b = self
+            .blocked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut v: Vec<BlockedEntry> = b
+            .counts
+            .iter()
+            .map(|((host, port), count)| BlockedEntry {
+                host: host.clone(),
+                port: *port,
+                count: *count,
+            })
+            .collect();
+        v.sort_by(|x, y| {
+            y.count
+                .cmp(&x.count)
+                .then_with(|| (&x.host, x.port).cmp(&(&y.host, y.port)))
+        });
+        v.truncate(limit);
+        (v, b.dropped)
     }
 
     /// The cap.
@@ -336,6 +398,20 @@ impl EgressPolicy {
     /// Decides a destination at `now` (Unix seconds). `host` is as the client wrote it.
     pub fn decide(&self, host: &str, port: u16, now: i64) -> Result<(String, Allowed), Refusal> {
         let h = checked_host(host)?;
+        let decision = self.decide_normalised(&h, port, now);
+        if decision.is_err() {
+            self.learned.record_blocked(&h, port);
+        }
+        decision
+    }
+
+    fn decide_normalised(
+        &self,
+        host: &str,
+        port: u16,
+        now: i64,
+    ) -> Result<(String, Allowed), Refusal> {
+        let h = host.to_string();
         if let Some(b) = suffixes(&h).find(|s| self.blocklist.contains(*s)) {
             return Err(Refusal::Blocklisted(format!("{h} (blocklist entry {b})")));
         }
@@ -366,6 +442,11 @@ impl EgressPolicy {
     /// The hosts Learn mode allowed so far.
     pub fn learned(&self) -> Vec<(String, u16)> {
         self.learned.list()
+    }
+
+    /// The destinations refused so far (see [`Learned::blocked`]).
+    pub fn blocked(&self, limit: usize) -> (Vec<BlockedEntry>, u64) {
+        self.learned.blocked(limit)
     }
 
     /// Checks one resolved address.
@@ -746,5 +827,45 @@ mod tests {
             Err(Refusal::LearnLimitReached(_))
         ));
         assert_eq!(learn.learned().len(), 3);
+    }
+
+    #[test]
+    fn refusals_are_counted_and_bounded() {
+        let strict = EgressPolicy::new(
+            Mode::Strict,
+            vec![("ok.example".to_string(), 443)],
+            Vec::new(),
+            vec!["bad.example".to_string()],
+            Vec::new(),
+        )
+        .with_learned(Arc::new(Learned::with_cap(2)));
+        assert!(strict.decide("ok.example", 443, 0).is_ok());
+        for _ in 0..3 {
+            assert!(strict.decide("No.Example", 443, 0).is_err());
+        }
+        assert!(strict.decide("x.bad.example", 80, 0).is_err());
+        assert!(strict.decide("third.example", 443, 0).is_err());
+        let (blocked, dropped) = strict.blocked(10);
+        assert_eq!(
+            blocked,
+            vec![
+                BlockedEntry {
+                    host: "no.example".into(),
+                    port: 443,
+                    count: 3
+                },
+                BlockedEntry {
+                    host: "x.bad.example".into(),
+                    port: 80,
+                    count: 1
+                },
+            ]
+        );
+        assert_eq!(
+            dropped, 1,
+            "the third distinct refusal is counted, not kept"
+        );
+        assert_eq!(strict.blocked(1).0.len(), 1);
+        assert!(strict.learned().is_empty(), "refusals are not learned");
     }
 }

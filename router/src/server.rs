@@ -75,6 +75,7 @@ pub fn app(state: AppState) -> Router {
         .route("/internal/policy-status", get(policy_status))
         .route("/internal/audit-head", get(audit_head))
         .route("/egress/learned", get(egress_learned))
+        .route("/egress/learned/blocked", get(egress_blocked))
         .route("/governance/check", post(governance_check))
         .route(
             "/v1/chat/completions",
@@ -146,7 +147,39 @@ async fn egress_learned(State(s): State<AppState>, headers: HeaderMap) -> Respon
         .into_iter()
         .map(|(host, port)| json!({"host": host, "port": port}))
         .collect();
-    Json(json!({"mode": policy.mode, "learned": learned})).into_response()
+    let (blocked, dropped) = policy.blocked(DEFAULT_BLOCKED_LIMIT);
+    Json(json!({"mode": policy.mode, "learned": learned, "blocked": blocked, "blockedDropped": dropped}))
+        .into_response()
+}
+
+/// Refused destinations listed by default (`x-kars-limit` asks for up to [`MAX_BLOCKED_LIMIT`]).
+const DEFAULT_BLOCKED_LIMIT: usize = 256;
+/// The most refused destinations one answer lists.
+const MAX_BLOCKED_LIMIT: usize = 4096;
+
+async fn egress_blocked(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = require_admin(&s, &headers) {
+        return denied;
+    }
+    if !s.egress_proxy {
+        return (StatusCode::NOT_FOUND, "the egress proxy is not running").into_response();
+    }
+    let limit = match headers
+        .get("x-kars-limit")
+        .map(|v| v.to_str().ok().and_then(|t| t.parse::<usize>().ok()))
+    {
+        None => DEFAULT_BLOCKED_LIMIT,
+        Some(Some(n)) if (1..=MAX_BLOCKED_LIMIT).contains(&n) => n,
+        Some(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("x-kars-limit: a number in 1..={MAX_BLOCKED_LIMIT}"),
+            )
+                .into_response();
+        }
+    };
+    let (blocked, dropped) = s.policies.snapshot().egress.blocked(limit);
+    Json(json!({"blocked": blocked, "dropped": dropped})).into_response()
 }
 
 async fn inference(

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod delete;
 pub mod diff;
+pub mod egress;
 pub mod events;
 pub mod get;
 pub mod init;

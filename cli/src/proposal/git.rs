@@ -1,4 +1,4 @@
-//! The Git side of `kars sre`, through the user's own `git` (their signing settings, their
+//! The Git side of proposals, through the user's own `git` (their signing settings, their
 //! credentials): fetch, a temporary worktree, signed commits, push. Remote URLs are never
 //! printed (they may carry credentials).
 
@@ -27,7 +27,7 @@ pub fn run(dir: &Path, what: &str, args: &[&str]) -> Result<String, Failure> {
     let message: String = stderr
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| l.trim_start_matches("remote: ").trim())
+        .map(|l| redact_userinfo(l.trim_start_matches("remote: ").trim()))
         .take(4)
         .collect::<Vec<_>>()
         .join("; ");
@@ -43,6 +43,29 @@ pub fn run(dir: &Path, what: &str, args: &[&str]) -> Result<String, Failure> {
         if unreachable { UNREACHABLE } else { CHECK },
         format!("{what}: {message}"),
     ))
+}
+
+/// `line` with the user information of every URL in it (`scheme://user:secret@`) replaced by
+/// `***`: git quotes remote URLs in its errors, and a remote may carry a token.
+fn redact_userinfo(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(i) = rest.find("://") {
+        let (before, after) = rest.split_at(i + 3);
+        out.push_str(before);
+        let end = after
+            .find(|c: char| c.is_whitespace() || c == '/' || c == '\'' || c == '"')
+            .unwrap_or(after.len());
+        match after[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &after[at..];
+            }
+            None => rest = after,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// True when git succeeds.
@@ -145,7 +168,7 @@ impl Worktree {
     /// Adds a detached worktree at `commit`.
     pub fn at(repo: &Path, commit: &str) -> Result<Worktree, Failure> {
         let base = std::env::temp_dir().join(format!(
-            "kars-sre-{}-{}",
+            "kars-pr-{}-{}",
             std::process::id(),
             &commit[..commit.len().min(12)]
         ));
@@ -172,13 +195,19 @@ impl Worktree {
         std::fs::write(&p, body).map_err(|e| Failure::msg(CHECK, format!("{}: {e}", p.display())))
     }
 
+    /// Removes `rel`.
+    pub fn remove(&self, rel: &str) -> Result<(), Failure> {
+        let p = self.path.join(rel);
+        std::fs::remove_file(&p).map_err(|e| Failure::msg(CHECK, format!("{}: {e}", p.display())))
+    }
+
     /// Commits `paths` with `message`, signed with the user's signing settings.
     pub fn commit_signed(&self, paths: &[&str], message: &str) -> Result<String, Failure> {
         let mut add = vec!["add", "--"];
         add.extend_from_slice(paths);
-        run(&self.path, "staging the action", &add)?;
+        run(&self.path, "staging the change", &add)?;
         run(&self.path, "making a signed commit", &["commit", "-q", "-S", "-m", message]).map_err(|f| {
-            f.hint("kars sre signs its commits with your Git signing key: set user.signingkey (and gpg.format ssh for an SSH key), and user.email to the identity the trust policy lists")
+            f.hint("kars signs the commits it proposes with your Git signing key: set user.signingkey (and gpg.format ssh for an SSH key), and user.email to the identity the trust policy lists")
         })?;
         rev(&self.path, "HEAD")
     }
@@ -217,5 +246,29 @@ impl Drop for Worktree {
         let _ = git(&self.repo, &["worktree", "remove", "--force", &p]).output();
         let _ = std::fs::remove_dir_all(&self.path);
         let _ = git(&self.repo, &["worktree", "prune"]).output();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_userinfo;
+
+    #[test]
+    fn credentials_in_git_messages_are_hidden() {
+        assert_eq!(
+            redact_userinfo(
+                "fatal: unable to access 'http://alice:s3cret@127.0.0.1:3000/a/b.git/': refused"
+            ),
+            "fatal: unable to access 'http://***@127.0.0.1:3000/a/b.git/': refused"
+        );
+        assert_eq!(
+            redact_userinfo("push to https://tok@h/x and http://h2/y"),
+            "push to https://***@h/x and http://h2/y"
+        );
+        assert_eq!(redact_userinfo("no url here"), "no url here");
+        assert_eq!(
+            redact_userinfo("git@host:owner/repo"),
+            "git@host:owner/repo"
+        );
     }
 }

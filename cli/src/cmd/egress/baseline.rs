@@ -1,0 +1,489 @@
+//! `kars egress approve` and `kars egress deny`: a pull request that edits the sandbox's
+//! inline allowlist (`spec.networkPolicy.allowedEndpoints`), keeping every other line of the
+//! file.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+use kars_renderer::yaml::{Node, YamlLimits, parse_documents};
+use serde_json::{Value, json};
+
+use super::{BRANCH_PREFIX, Repo, parse_endpoint, report_proposed, slug};
+use crate::failure::{CHECK, Failure};
+use crate::proposal::{Change, ForgeArgs, suffix};
+
+const PATH: [&str; 3] = ["spec", "networkPolicy", "allowedEndpoints"];
+
+/// Arguments of `kars egress approve`.
+#[derive(clap::Args, Debug)]
+pub struct ApproveArgs {
+    /// The KarsSandbox (metadata.name).
+    sandbox: String,
+    /// The host to allow, `HOST` or `HOST:PORT` (a host without a port means :443).
+    endpoint: String,
+    /// The sandbox's namespace, when the name is used in several.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Why (goes into the commit and the pull request).
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    forge: ForgeArgs,
+}
+
+/// Arguments of `kars egress deny`.
+#[derive(clap::Args, Debug)]
+pub struct DenyArgs {
+    /// The KarsSandbox (metadata.name).
+    sandbox: String,
+    /// `HOST` (every port of it) or `HOST:PORT` (that one).
+    endpoint: String,
+    /// The sandbox's namespace, when the name is used in several.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Why (goes into the commit and the pull request).
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    forge: ForgeArgs,
+}
+
+/// What to do to the allowlist.
+#[derive(Clone, Debug)]
+enum Op {
+    Add(String, u16),
+    Remove(String, Option<u16>),
+}
+
+impl Op {
+    fn describe(&self, sandbox: &str) -> String {
+        match self {
+            Op::Add(h, p) => format!("allow {h}:{p} for {sandbox}"),
+            Op::Remove(h, None) => format!("deny {h} (every port) for {sandbox}"),
+            Op::Remove(h, Some(p)) => format!("deny {h}:{p} for {sandbox}"),
+        }
+    }
+}
+
+/// The endpoints as they are written, normalised (port default 443).
+fn endpoints_of(doc: &Node) -> Vec<(String, u16)> {
+    doc.get_path(&PATH)
+        .and_then(Node::as_seq)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let host = e.get("host")?.as_str()?;
+            let port = e
+                .get("port")
+                .and_then(Node::as_i64)
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(443);
+            let host = kars_renderer::egress::egress_host(host).unwrap_or_else(|_| host.into());
+            Some((host, port))
+        })
+        .collect()
+}
+
+fn as_lines(endpoints: &[(String, u16)]) -> Vec<String> {
+    if endpoints.is_empty() {
+        return vec!["[]".to_string()];
+    }
+    endpoints
+        .iter()
+        .flat_map(|(h, p)| [format!("- host: {h}"), format!("  port: {p}")])
+        .collect()
+}
+
+fn as_json(endpoints: &[(String, u16)]) -> Value {
+    Value::Array(
+        endpoints
+            .iter()
+            .map(|(h, p)| json!({"host": h, "port": p}))
+            .collect(),
+    )
+}
+
+/// The change `op` makes to the repository at `dir` (no files when it is already so).
+fn plan(
+    dir: &Path,
+    sandbox: &str,
+    namespace: Option<&str>,
+    op: &Op,
+    branch: &str,
+    reason: Option<&str>,
+) -> Result<Change, Failure> {
+    let repo = Repo::read(dir)?;
+    let found = repo.find("KarsSandbox", sandbox, namespace)?;
+    let o = found.object;
+    let where_ = format!("{}:{}", o.file, o.pos.line);
+    repo.check_valid(o)?;
+    let sb = o
+        .sandbox()
+        .ok_or_else(|| Failure::msg(CHECK, format!("{where_} is not a KarsSandbox")))?;
+    let np = sb.spec.network_policy.as_ref();
+    if let Some(r) = np.and_then(|n| n.allowlist_ref.as_ref()) {
+        return Err(Failure::msg(
+            CHECK,
+            format!(
+                "KarsSandbox {sandbox} ({where_}) takes its allowlist from a signed bundle (spec.networkPolicy.allowlistRef {}); this version of kars egress edits inline allowedEndpoints only and does not re-sign bundles",
+                r.repository
+            ),
+        )
+        .hint("publish the new allowlist with kars policy sign --kind egress-allowlist and propose the new digest, or grant the host for a while with kars egress allow-extra"));
+    }
+    if np.is_some_and(|n| n.egress_mode == "Learn") {
+        crate::ui::warn(format!(
+            "KarsSandbox {sandbox} is in Learn mode: its router allows every host (and records them) until egressMode is Strict"
+        ));
+    }
+    let current = endpoints_of(&o.node);
+    let next: Vec<(String, u16)> = match op {
+        Op::Add(h, p) => {
+            if current.iter().any(|(ch, cp)| ch == h && cp == p) {
+                return Ok(Change::default());
+            }
+            let mut next = current.clone();
+            next.push((h.clone(), *p));
+            next
+        }
+        Op::Remove(h, port) => {
+            let next: Vec<_> = current
+                .iter()
+                .filter(|(ch, cp)| !(ch == h && port.is_none_or(|p| p == *cp)))
+                .cloned()
+                .collect();
+            if next.len() == current.len() {
+                let granted = repo
+                    .loaded
+                    .objects
+                    .iter()
+                    .filter(|a| a.kind == "EgressApproval")
+                    .filter_map(|a| Some((a, a.kars()?.egress_approval()?)))
+                    .find(|(_, ea)| {
+                        ea.spec.sandbox == sandbox
+                            && ea.spec.hosts.iter().any(|x| x.host.eq_ignore_ascii_case(h))
+                    });
+                let mut f = Failure::msg(
+                    CHECK,
+                    format!(
+                        "{h}{} is not in the allowlist of KarsSandbox {sandbox} ({where_})",
+                        port.map(|p| format!(":{p}")).unwrap_or_default()
+                    ),
+                );
+                if let Some((a, _)) = granted {
+                    f = f.hint(format!(
+                        "EgressApproval {} ({}) grants it: kars egress revoke {}",
+                        a.name, a.file, a.name
+                    ));
+                }
+                return Err(f);
+            }
+            next
+        }
+    };
+    let text = repo.text(&o.file)?;
+    let edited = kars_renderer::edit::set_block(&text, &o.node, &PATH, &as_lines(&next))
+        .map_err(|e| Failure::msg(CHECK, format!("{where_}: {e}")))?;
+    check_edit(&text, &edited, o.pos.line, &as_json(&next)).map_err(|why| {
+        Failure::msg(
+            CHECK,
+            format!(
+                "{where_}: the edit went wrong ({why}); nothing was proposed: edit the file by hand"
+            ),
+        )
+    })?;
+    let what = op.describe(sandbox);
+    let mut body = format!(
+        "**kars egress**: {what}.\n\n`{}` — `spec.networkPolicy.allowedEndpoints`:\n\n| before | after |\n|---|---|\n| {} | {} |\n",
+        o.file,
+        list(&current),
+        list(&next)
+    );
+    if let Some(r) = reason {
+        body.push_str(&format!("\nReason: {r}\n"));
+    }
+    body.push_str("\nNothing changes in the cluster until this is merged: the agent verifies the merge commit's signature, renders, applies, and the sandbox's router loads the new allowlist (the PolicyRepo's Enforced condition says when). The agent's preview comment below shows the exact change to the cluster.\n");
+    Ok(Change {
+        files: BTreeMap::from([(o.file.clone(), Some(edited))]),
+        branch: branch.to_string(),
+        message: format!(
+            "egress: {what}{}",
+            reason.map(|r| format!("\n\n{r}")).unwrap_or_default()
+        ),
+        title: format!("Egress: {what}"),
+        body,
+    })
+}
+
+fn list(endpoints: &[(String, u16)]) -> String {
+    if endpoints.is_empty() {
+        return "(none)".into();
+    }
+    endpoints
+        .iter()
+        .map(|(h, p)| format!("`{h}:{p}`"))
+        .collect::<Vec<_>>()
+        .join("<br>")
+}
+
+/// The edited file parses, its document at `line` has exactly `want` at the path, and every
+/// other document (and every other field of this one) is unchanged.
+fn check_edit(before: &str, after: &str, line: u32, want: &Value) -> Result<(), String> {
+    let parse = |t: &str| {
+        parse_documents(t, YamlLimits::default()).map_err(|e| format!("YAML: {}", e.message))
+    };
+    let (old, new) = (parse(before)?, parse(after)?);
+    if old.len() != new.len() {
+        return Err(format!("{} documents became {}", old.len(), new.len()));
+    }
+    for (o, n) in old.iter().zip(&new) {
+        let (mut oj, mut nj) = (o.to_json(), n.to_json());
+        if o.pos.line == line {
+            let got = nj["spec"]["networkPolicy"]["allowedEndpoints"].clone();
+            if got != *want {
+                return Err(format!("the list reads {got}, not {want}"));
+            }
+            for j in [&mut oj, &mut nj] {
+                if let Some(np) = j["spec"]["networkPolicy"].as_object_mut() {
+                    np.remove("allowedEndpoints");
+                }
+            }
+            // An added networkPolicy mapping counts as the change.
+            if oj["spec"]["networkPolicy"].is_null() {
+                if let Some(s) = nj["spec"].as_object_mut()
+                    && s.get("networkPolicy")
+                        .is_some_and(|v| v.as_object().is_some_and(serde_json::Map::is_empty))
+                {
+                    s.remove("networkPolicy");
+                }
+                if let Some(s) = oj["spec"].as_object_mut() {
+                    s.remove("networkPolicy");
+                }
+            }
+        }
+        if oj != nj {
+            return Err(format!(
+                "another field changed in the document at line {}",
+                o.pos.line
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn run(
+    forge: ForgeArgs,
+    sandbox: String,
+    namespace: Option<String>,
+    op: Op,
+    reason: Option<String>,
+) -> Result<ExitCode, Failure> {
+    let (host, verb) = match &op {
+        Op::Add(h, _) => (h.clone(), "approve"),
+        Op::Remove(h, _) => (h.clone(), "deny"),
+    };
+    let branch = format!(
+        "{BRANCH_PREFIX}{verb}-{}-{}-{}",
+        slug(&sandbox),
+        slug(&host),
+        suffix()
+    );
+    // Offline first, against the local clone.
+    forge.check_repo()?;
+    let local = plan(
+        &forge.repo,
+        &sandbox,
+        namespace.as_deref(),
+        &op,
+        &branch,
+        reason.as_deref(),
+    )?;
+    let what = op.describe(&sandbox);
+    if local.files.is_empty() {
+        crate::ui::note(format!(
+            "the local clone already has it; checking the base branch {}",
+            forge.base
+        ));
+    }
+    super::super::block_on(async move {
+        let conn = forge.connect().await?;
+        let proposed = crate::proposal::propose(&conn, |dir| {
+            plan(
+                dir,
+                &sandbox,
+                namespace.as_deref(),
+                &op,
+                &branch,
+                reason.as_deref(),
+            )
+        })
+        .await?;
+        report_proposed(proposed, &branch, &what)
+    })
+}
+
+/// Runs `kars egress approve`.
+pub fn approve(a: ApproveArgs) -> Result<ExitCode, Failure> {
+    let (host, port) = parse_endpoint(&a.endpoint)?;
+    run(
+        a.forge,
+        a.sandbox,
+        a.namespace,
+        Op::Add(host, port),
+        a.reason,
+    )
+}
+
+/// Runs `kars egress deny`.
+pub fn deny(a: DenyArgs) -> Result<ExitCode, Failure> {
+    let (host, port) = parse_endpoint(&a.endpoint)?;
+    let explicit_port = a.endpoint.trim().rsplit_once(':').is_some();
+    let op = Op::Remove(host, explicit_port.then_some(port));
+    run(a.forge, a.sandbox, a.namespace, op, a.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(sandbox: &str) -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("ok");
+        std::fs::write(
+            d.path().join("kars.yaml"),
+            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {name: t}\nspec:\n  defaultNamespace: team\n  clusters: [{name: c, paths: [agents]}]\n",
+        )
+        .expect("ok");
+        std::fs::create_dir_all(d.path().join("agents/a")).expect("ok");
+        std::fs::write(d.path().join("agents/a/sandbox.yaml"), sandbox).expect("ok");
+        d
+    }
+
+    const SB: &str = "# agent a\napiVersion: kars.azure.com/v1alpha1\nkind: KarsSandbox\nmetadata:\n  name: a\nspec:\n  runtime:\n    kind: OpenClaw\n    openclaw: {}\n  inferenceRef: {name: i}\n  sandbox: {isolation: enhanced}\n  networkPolicy:\n    egressMode: Strict\n    allowedEndpoints:\n      # the API\n      - host: api.github.com\n        port: 443\n";
+
+    #[test]
+    fn approve_appends_and_keeps_the_rest_of_the_file() {
+        let d = repo(SB);
+        let c = plan(
+            d.path(),
+            "a",
+            None,
+            &Op::Add("pypi.org".into(), 443),
+            "b",
+            None,
+        )
+        .expect("ok");
+        let text = c.files["agents/a/sandbox.yaml"].clone().expect("ok");
+        assert!(text.starts_with("# agent a\n"), "{text}");
+        assert!(
+            text.ends_with("    allowedEndpoints:\n      - host: api.github.com\n        port: 443\n      - host: pypi.org\n        port: 443\n"),
+            "{text}"
+        );
+        // Already there: nothing to propose.
+        let c = plan(
+            d.path(),
+            "a",
+            None,
+            &Op::Add("api.github.com".into(), 443),
+            "b",
+            None,
+        )
+        .expect("ok");
+        assert!(c.files.is_empty());
+    }
+
+    #[test]
+    fn deny_removes_every_port_or_one_and_refuses_what_is_not_there() {
+        let d = repo(&SB.replace(
+            "        port: 443\n",
+            "        port: 443\n      - host: api.github.com\n        port: 8443\n",
+        ));
+        let one = plan(
+            d.path(),
+            "a",
+            None,
+            &Op::Remove("api.github.com".into(), Some(8443)),
+            "b",
+            None,
+        )
+        .expect("ok");
+        let text = one.files["agents/a/sandbox.yaml"].clone().expect("ok");
+        assert!(
+            text.contains("port: 443") && !text.contains("8443"),
+            "{text}"
+        );
+        let all = plan(
+            d.path(),
+            "a",
+            None,
+            &Op::Remove("api.github.com".into(), None),
+            "b",
+            None,
+        )
+        .expect("ok");
+        let text = all.files["agents/a/sandbox.yaml"].clone().expect("ok");
+        assert!(text.ends_with("    allowedEndpoints: []\n"), "{text}");
+        let e = plan(
+            d.path(),
+            "a",
+            None,
+            &Op::Remove("pypi.org".into(), None),
+            "b",
+            None,
+        )
+        .expect_err("refused");
+        assert!(
+            e.message().contains("is not in the allowlist"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn unknown_sandboxes_and_bundle_allowlists_are_refused_offline() {
+        let d = repo(SB);
+        let e = plan(
+            d.path(),
+            "b",
+            None,
+            &Op::Add("pypi.org".into(), 443),
+            "b",
+            None,
+        )
+        .expect_err("refused");
+        assert!(
+            e.message().contains("no KarsSandbox \"b\""),
+            "{}",
+            e.message()
+        );
+        let e = plan(
+            d.path(),
+            "a",
+            Some("other"),
+            &Op::Add("pypi.org".into(), 443),
+            "b",
+            None,
+        )
+        .expect_err("refused");
+        assert!(
+            e.message().contains("in namespace other"),
+            "{}",
+            e.message()
+        );
+        let bundle = SB.replace(
+            "    allowedEndpoints:\n      # the API\n      - host: api.github.com\n        port: 443\n",
+            "    allowlistRef:\n      registry: r.example\n      repository: x\n      digest: sha256:0000000000000000000000000000000000000000000000000000000000000000\n      artifactType: application/vnd.kars.egress-allowlist.v1+json\n",
+        );
+        let d = repo(&bundle);
+        let e = plan(
+            d.path(),
+            "a",
+            None,
+            &Op::Add("pypi.org".into(), 443),
+            "b",
+            None,
+        )
+        .expect_err("refused");
+        assert!(e.message().contains("signed bundle"), "{}", e.message());
+    }
+}
