@@ -38,6 +38,8 @@ pub struct AgentConfig {
     pub lease: Option<LeaseConfig>,
     /// Watch a local source repository for new commits.
     pub watch_local: bool,
+    /// Preview open pull requests on the forge (`sync.sre.forge`) after each sync.
+    pub previews: bool,
 }
 
 #[derive(Clone)]
@@ -270,6 +272,7 @@ pub async fn run(
     let mut leader = cfg.lease.is_none();
     // Time to the next sync after a miss (None: the last sync ended Ready).
     let mut retry: Option<Duration> = None;
+    let mut previewed = crate::preview::Previewed::default();
     loop {
         if stopping.load(Ordering::SeqCst) {
             break;
@@ -352,6 +355,10 @@ pub async fn run(
                 let observe = Duration::from_secs(crate::sre::observe::OBSERVE_INTERVAL_SECS);
                 retry = Some(retry.map_or(observe, |r| r.min(observe)));
             }
+            let applied = match &result {
+                Ok(o) if o.converged() => Some(o.commit.clone()),
+                _ => None,
+            };
             match result {
                 Ok(o) => tracing::info!(
                     commit = %o.commit,
@@ -368,6 +375,28 @@ pub async fn run(
                         other => other.to_string(),
                     };
                     tracing::error!(reason = %e.reason(), error = %problem, "sync failed; the cluster keeps its last good state");
+                }
+            }
+            if cfg.previews
+                && !stopping.load(Ordering::SeqCst)
+                && let Some(forge) = &cfg.sync.sre.forge
+            {
+                match crate::preview::preview_open_pulls(
+                    &client,
+                    &cfg.sync,
+                    forge,
+                    &mut previewed,
+                    applied.as_deref(),
+                )
+                .await
+                {
+                    Ok(done) if !done.is_empty() => {
+                        tracing::info!(count = done.len(), "pull requests previewed");
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pull request previews failed; retried next sync")
+                    }
                 }
             }
             ready.store(true, Ordering::Relaxed);

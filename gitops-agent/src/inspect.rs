@@ -37,6 +37,8 @@ pub struct Inspection {
     pub head: String,
     /// Verification of `last applied..head` (`Err` when it fails).
     pub verification: Result<RangeVerdict, String>,
+    /// The verdict on every commit of the range, when verification ran (also when it failed).
+    pub verdict: Option<RangeVerdict>,
     /// The render of the head (`Err` when it cannot be rendered or did not verify).
     pub rendered: Result<Rendered, String>,
     /// Rendered objects and their live copies.
@@ -76,6 +78,7 @@ pub async fn inspect(client: &kube::Client, cfg: &SyncConfig) -> Result<Inspecti
         }));
     };
     let head = fetched.head.to_string();
+    let verdict = verification.clone();
     let verification = match verification {
         Some(v) if v.ok() => Ok(v),
         Some(v) => Err(v.first_problem().unwrap_or_default()),
@@ -143,6 +146,7 @@ pub async fn inspect(client: &kube::Client, cfg: &SyncConfig) -> Result<Inspecti
         policy_repo,
         head,
         verification,
+        verdict,
         rendered,
         objects,
         to_prune,

@@ -132,6 +132,10 @@ struct Args {
     /// File holding the forge API token (else $KARS_FORGE_TOKEN). Never logged.
     #[arg(long, env = "KARS_FORGE_TOKEN_FILE")]
     forge_token_file: Option<PathBuf>,
+    /// Do not comment on open pull requests with what merging them would change (the
+    /// preview needs the --forge-* flags; it never applies anything from a pull request).
+    #[arg(long, env = "KARS_NO_PR_PREVIEWS")]
+    no_pr_previews: bool,
     /// Do not run approved SRE actions (they are reported, not decided).
     #[arg(long, env = "KARS_NO_SRE_EXECUTOR")]
     no_sre_executor: bool,
@@ -356,6 +360,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         webhook_secret,
         lease,
         watch_local: args.watch,
+        previews: !args.no_pr_previews,
     };
     agent::run(client, cfg, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)

@@ -269,9 +269,15 @@ pub fn fetch(
     } else {
         repo
     };
+    // A branch name, or a full ref (`refs/pull/7/head`: a pull request's head, for previews).
+    let wanted = if branch.starts_with("refs/") {
+        branch.to_string()
+    } else {
+        format!("refs/heads/{branch}")
+    };
     let tracking = format!("refs/remotes/origin/{branch}");
     let specs = [
-        format!("+refs/heads/{branch}:{tracking}"),
+        format!("+{wanted}:{tracking}"),
         format!("+refs/tags/{approval_prefix}*:refs/tags/{approval_prefix}*"),
     ];
     let remote = repo
@@ -307,7 +313,6 @@ pub fn fetch(
     let prepare = connection
         .prepare_fetch(gix::progress::Discard, Default::default())
         .map_err(|e| fail(format!("listing remote refs: {e}")))?;
-    let wanted = format!("refs/heads/{branch}");
     let remote_head = prepare
         .ref_map()
         .remote_refs

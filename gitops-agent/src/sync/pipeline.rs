@@ -502,12 +502,37 @@ pub async fn run(
                 cfg,
                 before,
                 &rendered,
-                repo_at_head,
+                repo_at_head.clone(),
                 &apply.live_before,
             )
             .await,
         );
         lap("sre", &mut run);
+        // Expired egress grants: proposed for removal from Git, once.
+        if let (false, Some(forge), Some(proposer), Some((repo, head))) = (
+            cfg.apply.dry_run,
+            &cfg.sre.forge,
+            &cfg.sre.proposer,
+            &repo_at_head,
+        ) {
+            let repo = repo.clone().into_sync();
+            match crate::expired::propose_removal(
+                forge,
+                proposer,
+                &repo,
+                *head,
+                &cfg.effective_branch(),
+                kars_contract::time::unix_now(),
+            )
+            .await
+            {
+                Ok(Some(url)) => tracing::info!(%url, "proposed removing expired EgressApprovals"),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not propose removing expired EgressApprovals")
+                }
+            }
+        }
     }
 
     // Health: wait only when something changed; otherwise one look.
