@@ -9,6 +9,7 @@ mod agent;
 mod bundles;
 mod chart;
 mod cli;
+mod egress;
 mod harness;
 mod node;
 mod render;
@@ -27,6 +28,7 @@ fn main() -> std::process::ExitCode {
     trials.extend(bundles::tests());
     trials.extend(chart::tests());
     trials.extend(cli::tests());
+    trials.extend(egress::tests());
     trials.extend(render::tests());
     trials.extend(router::tests());
     trials.extend(sre::tests());

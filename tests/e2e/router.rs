@@ -47,13 +47,13 @@ pub fn tests() -> Vec<Trial> {
     ]
 }
 
-struct Router {
+pub(crate) struct Router {
     child: Child,
-    port: u16,
-    proxy_port: u16,
+    pub(crate) port: u16,
+    pub(crate) proxy_port: u16,
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -77,7 +77,7 @@ enum Launch<'a> {
     AuditTmpfs { dir: &'a Path, size: &'a str },
 }
 
-fn start_router(dir: &Path, extra: &[&str]) -> Result<Router> {
+pub(crate) fn start_router(dir: &Path, extra: &[&str]) -> Result<Router> {
     start_router_as(dir, extra, Launch::Plain)
 }
 
@@ -140,7 +140,7 @@ fn start_router_as(dir: &Path, extra: &[&str], launch: Launch<'_>) -> Result<Rou
 }
 
 /// A minimal HTTP/1.1 client (one request per connection).
-fn http(
+pub(crate) fn http(
     port: u16,
     method: &str,
     path: &str,
@@ -279,7 +279,7 @@ fn governance_and_audit() -> Result<()> {
 }
 
 /// A loopback upstream answering one fixed response per connection; counts connections.
-fn upstream() -> Result<(u16, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
+pub(crate) fn upstream() -> Result<(u16, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = l.local_addr()?.port();
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -304,7 +304,7 @@ fn upstream() -> Result<(u16, std::sync::Arc<std::sync::atomic::AtomicUsize>)> {
     Ok((port, count))
 }
 
-fn raw(port: u16, request: &str) -> Result<String> {
+pub(crate) fn raw(port: u16, request: &str) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(request.as_bytes())?;
@@ -598,7 +598,7 @@ fn inference_over_https() -> Result<()> {
 }
 
 /// Policy mounts of a started router: (mountPath, directory, annotated digest).
-type Mounts = Vec<(String, std::path::PathBuf, String)>;
+pub(crate) type Mounts = Vec<(String, std::path::PathBuf, String)>;
 
 /// Replaces the mounted egress allowlist with an empty one (a stale or tampered mount); returns
 /// the mount path.
@@ -672,12 +672,25 @@ fn router_configmaps<'a>(deployment: &Value, objects: &[&'a Value]) -> Vec<(Stri
 /// one file per key), writes the admin token, and starts `kars-router` on `address:port` with
 /// the container's rendered environment (paths moved under `d`). Returns the mounts
 /// (mountPath, directory, annotated digest) and the process.
-fn start_rendered_router(
+pub(crate) fn start_rendered_router(
     objects: &[&Value],
     deployment: &Value,
     d: &Path,
     address: &str,
     port: u16,
+    token: &str,
+) -> Result<(Mounts, Router)> {
+    start_rendered_router_with_proxy(objects, deployment, d, address, port, 0, token)
+}
+
+/// [`start_rendered_router`] with its egress proxy on `proxy_port` (0: none).
+pub(crate) fn start_rendered_router_with_proxy(
+    objects: &[&Value],
+    deployment: &Value,
+    d: &Path,
+    address: &str,
+    port: u16,
+    proxy_port: u16,
     token: &str,
 ) -> Result<(Mounts, Router)> {
     let router = router_container(deployment).context("router container")?;
@@ -707,7 +720,7 @@ fn start_rendered_router(
         "--port",
         &port.to_string(),
         "--proxy-port",
-        "0",
+        &proxy_port.to_string(),
     ]);
     for e in router["env"].as_array().into_iter().flatten() {
         let (Some(name), Some(value)) = (e["name"].as_str(), e["value"].as_str()) else {
@@ -726,7 +739,7 @@ fn start_rendered_router(
         Router {
             child,
             port,
-            proxy_port: 0,
+            proxy_port,
         },
     ))
 }

@@ -61,23 +61,23 @@ pub fn tests() -> Vec<Trial> {
 
 /// A policy repository on the forge with clones for alice (the proposer), bob (an approver)
 /// and carol (a signer who may not approve SRE actions).
-struct Setup {
-    dir: tempfile::TempDir,
-    forge: &'static Forge,
-    cluster: &'static Cluster,
-    name: String,
-    target_ns: String,
-    keys: Keys,
-    trust: PathBuf,
-    users: Vec<(String, PathBuf, Repo)>,
+pub(crate) struct Setup {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) forge: &'static Forge,
+    pub(crate) cluster: &'static Cluster,
+    pub(crate) name: String,
+    pub(crate) target_ns: String,
+    pub(crate) keys: Keys,
+    pub(crate) trust: PathBuf,
+    pub(crate) users: Vec<(String, PathBuf, Repo)>,
     /// The agent's proposer key (signer `sre-agent`, not an approver).
-    agent_key: PathBuf,
+    pub(crate) agent_key: PathBuf,
 }
 
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
 
 impl Setup {
-    fn new(prefix: &str) -> Result<Setup> {
+    pub(crate) fn new(prefix: &str) -> Result<Setup> {
         Setup::with_approvals(prefix, "[alice, bob]", 1)
     }
 
@@ -167,7 +167,7 @@ impl Setup {
         Ok(s)
     }
 
-    fn repo(&self, user: &str) -> &Repo {
+    pub(crate) fn repo(&self, user: &str) -> &Repo {
         self.users
             .iter()
             .find(|u| u.0 == user)
@@ -175,7 +175,7 @@ impl Setup {
             .unwrap_or(&self.users[0].2)
     }
 
-    fn key(&self, user: &str) -> PathBuf {
+    pub(crate) fn key(&self, user: &str) -> PathBuf {
         self.users
             .iter()
             .find(|u| u.0 == user)
@@ -183,7 +183,7 @@ impl Setup {
             .unwrap_or_default()
     }
 
-    fn commit(&self, user: &str, message: &str) -> Result<String> {
+    pub(crate) fn commit(&self, user: &str, message: &str) -> Result<String> {
         self.repo(user).commit(
             message,
             &format!("{user}@forge.test"),
@@ -191,20 +191,20 @@ impl Setup {
         )
     }
 
-    fn push(&self, user: &str, branch: &str) -> Result<()> {
+    pub(crate) fn push(&self, user: &str, branch: &str) -> Result<()> {
         self.repo(user)
             .git(&["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")])
             .map(|_| ())
     }
 
-    fn pull(&self, user: &str) -> Result<()> {
+    pub(crate) fn pull(&self, user: &str) -> Result<()> {
         let r = self.repo(user);
         r.git(&["fetch", "-q", "origin", "main"])?;
         r.git(&["checkout", "-q", "-B", "main", "FETCH_HEAD"])
             .map(|_| ())
     }
 
-    fn kubectl_stdin(&self, args: &[&str], input: &str) -> Result<()> {
+    pub(crate) fn kubectl_stdin(&self, args: &[&str], input: &str) -> Result<()> {
         let out = run_with_stdin(self.cluster.kubectl_command().args(args), input)?;
         ensure!(
             out.success(),
@@ -236,9 +236,22 @@ impl Setup {
         run_to_end(&mut c)
     }
 
+    /// `kars ARGS…` as `user`, in their clone, with their forge token and git signing key.
+    pub(crate) fn kars_cli(&self, user: &str, args: &[&str]) -> Result<Out> {
+        let mut c = kars_e2e::kars_command()?;
+        c.current_dir(&self.repo(user).path)
+            .env("HOME", self.dir.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GNUPGHOME", self.keys.gnupg_home())
+            .env("KARS_FORGE_TOKEN_FILE", self.forge.token_file(user))
+            .env("KUBECONFIG", self.cluster.kubeconfig())
+            .args(args);
+        run_to_end(&mut c)
+    }
+
     /// The agent's sync configuration: the forge repository over HTTP, the trust policy, the
     /// executor (impersonating kars-sre/sre-writer) and the forge as the admin user (the bot).
-    async fn config(&self, client: &kube::Client) -> Result<SyncConfig> {
+    pub(crate) async fn config(&self, client: &kube::Client) -> Result<SyncConfig> {
         let text = std::fs::read_to_string(&self.trust)?;
         let trust = kars_gitops_agent::verify::TrustPolicy::parse("trust.yaml", &text)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -268,7 +281,7 @@ impl Setup {
     }
 
     /// The agent's proposer (key `sre-agent`).
-    fn proposer(&self) -> Result<kars_gitops_agent::sre::forward::Proposer> {
+    pub(crate) fn proposer(&self) -> Result<kars_gitops_agent::sre::forward::Proposer> {
         kars_gitops_agent::sre::forward::Proposer::from_file(
             &self.agent_key,
             "kars-gitops",
@@ -278,7 +291,7 @@ impl Setup {
     }
 
     /// GET `/repos/alice/<name><path>` as alice.
-    fn repo_get(&self, path: &str) -> Result<(u16, Value)> {
+    pub(crate) fn repo_get(&self, path: &str) -> Result<(u16, Value)> {
         self.forge.api(
             "alice",
             "GET",

@@ -25,9 +25,13 @@ pub struct Args {
     out: Option<PathBuf>,
     /// Signed bundles (`allowlistRef`, `bundleRef`) are pulled and verified with these keys,
     /// as the agent does. Without keys, objects that need a bundle are held back: listed on
-    /// stderr, left out of the output, and the exit code is 1.
+    /// stderr, left out of the output, and the exit code is 1 (unless --allow-held-back).
     #[command(flatten, next_help_heading = "Signed bundles")]
     bundles: BundleArgs,
+    /// Held-back objects (bundles not verified here, e.g. in a policy repository's CI without
+    /// registry access or keys) are listed on stderr but do not fail the render (exit 0).
+    #[arg(long)]
+    allow_held_back: bool,
 }
 
 /// Maps a render failure to the exit code: invalid input is 1, a bad `--cluster` is 2.
@@ -126,6 +130,13 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
             "{} object(s) need signed bundles: pass --bundle-keys (or --bundle-identity), the agent's signers, to verify and render them",
             rendered.held_back.len()
         );
+    }
+    if args.allow_held_back {
+        eprintln!(
+            "{} object(s) held back, allowed by --allow-held-back: the agent verifies their bundles before applying them",
+            rendered.held_back.len()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     Ok(ExitCode::from(1))
 }

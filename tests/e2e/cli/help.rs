@@ -16,7 +16,7 @@ pub fn tests() -> Vec<Trial> {
     ]
 }
 
-const COMMANDS: [&[&str]; 32] = [
+const COMMANDS: [&[&str]; 39] = [
     &[],
     &["init"],
     &["validate"],
@@ -46,6 +46,13 @@ const COMMANDS: [&[&str]; 32] = [
     &["sre", "show"],
     &["sre", "approve"],
     &["sre", "reject"],
+    &["egress"],
+    &["egress", "learned"],
+    &["egress", "approve"],
+    &["egress", "deny"],
+    &["egress", "allow-extra"],
+    &["egress", "approvals"],
+    &["egress", "revoke"],
     &["version"],
     &["completion"],
     &["help"],

@@ -13,6 +13,7 @@ mod help;
 mod ownership;
 mod progress;
 mod verbs;
+mod workflow;
 
 use std::path::Path;
 
@@ -33,6 +34,7 @@ pub fn tests() -> Vec<Trial> {
     t.extend(errors::tests());
     t.extend(verbs::tests());
     t.extend(progress::tests());
+    t.extend(workflow::tests());
     t
 }
 

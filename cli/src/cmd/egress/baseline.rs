@@ -472,7 +472,7 @@ mod tests {
         );
         let bundle = SB.replace(
             "    allowedEndpoints:\n      # the API\n      - host: api.github.com\n        port: 443\n",
-            "    allowlistRef:\n      registry: r.example\n      repository: x\n      digest: sha256:0000000000000000000000000000000000000000000000000000000000000000\n      artifactType: application/vnd.kars.egress-allowlist.v1+json\n",
+            "    allowlistRef:\n      registry: r.example\n      repository: x\n      digest: sha256:0000000000000000000000000000000000000000000000000000000000000000\n      artifactType: application/vnd.kars.egress-allowlist.v1+yaml\n",
         );
         let d = repo(&bundle);
         let e = plan(
