@@ -517,8 +517,7 @@ fn preview_follows_pushes() -> Result<()> {
     );
     let body = after[0]["body"].as_str().unwrap_or_default();
     ensure!(
-        body.contains("**prune**")
-            && body.contains(&format!("KarsSandbox/{}/{b}", format!("{}-ns", s.name))),
+        body.contains("**prune**") && body.contains(&format!("KarsSandbox/{}-ns/{b}", s.name)),
         "the updated preview does not list b's prune: {body}"
     );
     ensure!(body.contains("mass prune"), "no mass-prune warning: {body}");
