@@ -30,6 +30,10 @@ pub fn tests() -> Vec<Trial> {
             preview_follows_pushes,
         ),
         trial(
+            "egress::approve_re_signs_and_re_pins_a_bundle_allowlist",
+            approve_re_signs_a_bundle,
+        ),
+        trial(
             "egress::learned_shows_what_a_learn_mode_router_recorded",
             learned_from_a_router,
         ),
@@ -621,6 +625,182 @@ fn learned_from_a_router() -> Result<()> {
         out.code == 1 && out.stderr.contains("401"),
         "{}",
         out.combined()
+    );
+    Ok(())
+}
+
+fn approve_re_signs_a_bundle() -> Result<()> {
+    use kars_e2e::oci::{COSIGN_PASSWORD, Registry, cosign_key_pair};
+    use kars_gitops_agent::bundles::{BundleVerifier, RegistryOptions, SignerPolicy};
+    let (s, a, _b) = egress_setup("resign")?;
+    let reg = Registry::start(&s.dir.path().join("registry"))?;
+    let keys = s.dir.path().join("cosign");
+    let (key, public) = cosign_key_pair(&keys, "trusted")?;
+    let (other_key, _) = cosign_key_pair(&keys, "other")?;
+    // a's allowlist becomes a signed bundle (published with kars policy sign).
+    let bundle = s.dir.path().join("allowlist.yaml");
+    std::fs::write(
+        &bundle,
+        "apiVersion: kars.dev/v1alpha1\nkind: EgressAllowlist\nmetadata: {generation: 1}\nspec:\n  endpoints:\n  - {host: api.example.com, port: 443}\n",
+    )?;
+    let repository = format!("policy/egress/{a}");
+    let mut c = kars_e2e::kars_command()?;
+    c.args(["policy", "sign", "--kind", "egress-allowlist", "--file"])
+        .arg(&bundle)
+        .args([
+            "--registry",
+            &reg.host,
+            "--repository",
+            &repository,
+            "--key",
+        ])
+        .arg(&key)
+        .args(["--allow-http-loopback-registry", "-o", "json"])
+        .env("COSIGN_PASSWORD", COSIGN_PASSWORD);
+    let signed = json(&run_to_end(&mut c)?)?;
+    let digest = signed["digest"].as_str().context("digest")?.to_string();
+    let alice = s.repo("alice");
+    s.pull("alice")?;
+    let path = format!("agents/{a}/sandbox.yaml");
+    let text = std::fs::read_to_string(alice.path.join(&path))?;
+    let inline = "    allowedEndpoints:\n      - {host: api.example.com, port: 443}\n";
+    ensure!(text.contains(inline), "fixture changed: {text}");
+    alice.write(
+        &path,
+        &text.replace(
+            inline,
+            &format!(
+                "    allowlistRef:\n      registry: \"{}\"\n      repository: {repository}\n      digest: \"{digest}\"\n      artifactType: application/vnd.kars.egress-allowlist.v1+yaml\n",
+                reg.host
+            ),
+        ),
+    )?;
+    s.commit("alice", "a's allowlist from a signed bundle")?;
+    s.push("alice", "main")?;
+    let mut cfg = agent_config(&s)?;
+    cfg.bundles = BundleVerifier::new(
+        RegistryOptions {
+            allow_http_loopback: true,
+            ..RegistryOptions::default()
+        },
+        SignerPolicy::from_paths(std::slice::from_ref(&public)).map_err(anyhow::Error::msg)?,
+        Some(&s.dir.path().join("bundle-cache")),
+    );
+    let o = sync(&s, &cfg)?;
+    ensure!(o.converged(), "with the bundle: {:?}", o.ready);
+    let (up, _) = upstream()?;
+    let endpoint = format!("localhost:{up}");
+    let approve = |extra: &[&str], key: &std::path::Path| -> Result<Out> {
+        let mut args = vec![
+            "egress",
+            "approve",
+            a.as_str(),
+            endpoint.as_str(),
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let mut c = kars_e2e::kars_command()?;
+        c.current_dir(&alice.path)
+            .env("HOME", s.dir.path())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("KARS_FORGE_TOKEN_FILE", s.forge.token_file("alice"))
+            .env("COSIGN_PASSWORD", COSIGN_PASSWORD)
+            .args(&args)
+            .arg("--sign-key")
+            .arg(key)
+            .arg("--bundle-keys")
+            .arg(&public)
+            .arg("--allow-http-loopback-registry");
+        run_to_end(&mut c)
+    };
+    // Without --sign-key: refused, naming what is needed.
+    let mut c = kars_e2e::kars_command()?;
+    c.current_dir(&alice.path)
+        .args(["egress", "approve", &a, &endpoint]);
+    let out = run_to_end(&mut c)?;
+    ensure!(
+        out.code == 1 && out.stderr.contains("--sign-key"),
+        "without a key: {}",
+        out.combined()
+    );
+    let out = approve(&[], &key)?;
+    ensure!(
+        out.success(),
+        "kars egress approve (bundle): {}",
+        out.combined()
+    );
+    let v = json(&out)?;
+    let number = v["pullRequest"]["number"]
+        .as_u64()
+        .context("pull request")?;
+    let (_, files) = s.repo_get(&format!("/pulls/{number}/files"))?;
+    ensure!(files.to_string().contains(&path), "files: {files}");
+    approve_and_merge(&s, number)?;
+    let o = sync(&s, &cfg)?;
+    ensure!(o.converged(), "after the merge: {:?}", o.ready);
+    let answer = connect_through_live_router(&s, &a, up)?;
+    ensure!(
+        answer.starts_with("HTTP/1.1 200"),
+        "the re-signed allowlist: {answer}"
+    );
+    let after = std::fs::read_to_string({
+        s.pull("alice")?;
+        alice.path.join(&path)
+    })?;
+    ensure!(
+        !after.contains(&digest) && after.contains("digest: sha256:"),
+        "the digest was not re-pinned: {after}"
+    );
+    // Signed with a key the agent does not trust: the proposal is made, but the agent never
+    // renders from it (the sandbox keeps the last verified allowlist) — the preview says so.
+    let (up2, _) = upstream()?;
+    let endpoint2 = format!("localhost:{up2}");
+    let mut c = kars_e2e::kars_command()?;
+    c.current_dir(&alice.path)
+        .env("HOME", s.dir.path())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("KARS_FORGE_TOKEN_FILE", s.forge.token_file("alice"))
+        .env("COSIGN_PASSWORD", COSIGN_PASSWORD)
+        .args([
+            "egress",
+            "approve",
+            &a,
+            &endpoint2,
+            "-o",
+            "json",
+            "--sign-key",
+        ])
+        .arg(&other_key)
+        .arg("--bundle-keys")
+        .arg(&public)
+        .arg("--allow-http-loopback-registry");
+    let out = run_to_end(&mut c)?;
+    ensure!(out.success(), "{}", out.combined());
+    let number = json(&out)?["pullRequest"]["number"]
+        .as_u64()
+        .context("pr")?;
+    let forge = cfg.sre.forge.clone().context("forge")?;
+    let previews = block_on(async {
+        let client = s.cluster.client().await?;
+        kars_gitops_agent::preview::preview_open_pulls(
+            &client,
+            &cfg,
+            &forge,
+            &mut kars_gitops_agent::preview::Previewed::default(),
+            None,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+    })??;
+    let p = previews
+        .iter()
+        .find(|p| p.number == number)
+        .context("no preview of the untrusted re-sign")?;
+    ensure!(
+        p.comment.contains("held back"),
+        "the preview of a bundle signed by an untrusted key: {}",
+        p.comment
     );
     Ok(())
 }
