@@ -278,16 +278,30 @@ fn plan(
 
 /// The change re-pinning `allowlistRef` from `old` to the new digest (no files when the base
 /// already pins it); refuses a base whose reference is not `old`.
+/// A bundle re-pin: the old reference, the new digest, and what changed.
+struct Repin<'a> {
+    old: &'a kars_renderer::api::OciArtifactRef,
+    new_digest: &'a str,
+    what: &'a str,
+    current: &'a [(String, u16)],
+    next: &'a [(String, u16)],
+}
+
 fn plan_repin(
     dir: &Path,
     sandbox: &str,
     namespace: Option<&str>,
-    old: &kars_renderer::api::OciArtifactRef,
-    new_digest: &str,
-    summary: (&str, &[(String, u16)], &[(String, u16)]),
+    repin: &Repin<'_>,
     branch: &str,
     reason: Option<&str>,
 ) -> Result<Change, Failure> {
+    let Repin {
+        old,
+        new_digest,
+        what,
+        current,
+        next,
+    } = *repin;
     let (repo, index, baseline) = locate(dir, sandbox, namespace)?;
     let o = &repo.loaded.objects[index];
     let where_ = format!("{}:{}", o.file, o.pos.line);
@@ -323,7 +337,6 @@ fn plan_repin(
             ),
         )
     })?;
-    let (what, current, next) = summary;
     let mut body = pr_body(
         what,
         &format!(
@@ -622,13 +635,18 @@ fn run_resign(
             old.registry, old.repository
         ));
         let proposed = crate::proposal::propose(&conn, |dir| {
+            let repin = Repin {
+                old: &old,
+                new_digest: &digest,
+                what: &what,
+                current: &endpoints,
+                next: &next,
+            };
             plan_repin(
                 dir,
                 &sandbox,
                 namespace.as_deref(),
-                &old,
-                &digest,
-                (&what, &endpoints, &next),
+                &repin,
                 &branch,
                 reason.as_deref(),
             )
