@@ -14,7 +14,7 @@ use kars_renderer::source::SourceLimits;
 use sha2::Digest;
 
 use crate::forge::{Forge, Gitea};
-use crate::sre::forward::{Edit, Proposer, signed_commit};
+use crate::sre::forward::{AgentPull, Edit, Proposer, open_signed_pull};
 
 /// The branch prefix of these pull requests (the same as `kars egress`'s).
 pub const BRANCH_PREFIX: &str = "kars-egress/expired-";
@@ -112,8 +112,7 @@ pub async fn propose_removal(
     base: &str,
     now: i64,
 ) -> Result<Option<String>, String> {
-    let local = repo.to_thread_local();
-    let tree = crate::source::read_tree(&local, head, SourceLimits::default())
+    let tree = crate::source::read_tree(&repo.to_thread_local(), head, SourceLimits::default())
         .map_err(|e| e.to_string())?;
     let (loaded, _) = kars_renderer::repo::load(&tree);
     let Some(loaded) = loaded else {
@@ -147,25 +146,27 @@ pub async fn propose_removal(
         grants.len(),
         lines.join("\n")
     );
-    let (commit, objects) = signed_commit(&local, head, &edits, &message, proposer, now)?;
-    forge
-        .push_new_branch(&branch, &commit.to_string(), &objects)
-        .await
-        .map_err(|e| e.to_string())?;
     let body = format!(
         "## Expired egress grants\n\nThese EgressApprovals have expired; the routers refuse their hosts already. Merging removes their files (the agent then prunes their CRs and ConfigMap entries). Closing this keeps them: it is not proposed again.\n\n{}\n",
         lines.join("\n")
     );
-    let pr = forge
-        .open_pull(
-            &branch,
+    let title = format!("Egress: remove {} expired grant(s)", grants.len());
+    let url = open_signed_pull(
+        forge,
+        proposer,
+        repo,
+        head,
+        &AgentPull {
+            branch: &branch,
             base,
-            &format!("Egress: remove {} expired grant(s)", grants.len()),
-            &body,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Some(pr.url))
+            edits: &edits,
+            message: &message,
+            title: &title,
+            body: &body,
+        },
+    )
+    .await?;
+    Ok(Some(url))
 }
 
 #[cfg(test)]

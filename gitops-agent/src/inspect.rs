@@ -157,3 +157,23 @@ pub async fn inspect(client: &kube::Client, cfg: &SyncConfig) -> Result<Inspecti
 pub fn comparable_live(rendered: &Value, live: &Value) -> Value {
     project(rendered, live)
 }
+
+/// The unified diff of `o`'s live copy (projected onto the rendered fields; empty when it does
+/// not exist) against the rendered object, headed `live/<key>` and `<label>/<key>`.
+pub fn unified_diff(o: &ObjectView, label: &str) -> String {
+    use kars_renderer::output::object_yaml;
+    let new = object_yaml(&o.rendered.manifest).unwrap_or_default();
+    let old = o
+        .live
+        .as_ref()
+        .map(|l| object_yaml(&comparable_live(&o.rendered.manifest, l)).unwrap_or_default())
+        .unwrap_or_default();
+    similar::TextDiff::from_lines(&old, &new)
+        .unified_diff()
+        .context_radius(3)
+        .header(
+            &format!("live/{}", o.rendered.key()),
+            &format!("{label}/{}", o.rendered.key()),
+        )
+        .to_string()
+}

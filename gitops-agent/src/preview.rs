@@ -8,12 +8,10 @@
 
 use std::collections::HashMap;
 
-use kars_renderer::output::object_yaml;
-
 use crate::apply::{Action, Applier, ApplyOptions};
 use crate::cluster::Cluster;
 use crate::forge::{CommitState, Forge, ForgeError, PullRequest, PullState};
-use crate::inspect::{Inspection, comparable_live, inspect};
+use crate::inspect::{Inspection, inspect};
 use crate::prune;
 use crate::status::{InventoryEntry, entry_of};
 use crate::sync::SyncConfig;
@@ -352,20 +350,7 @@ fn comment(
         }
         s.push('\n');
         for o in changed.iter().filter(|o| o.live.is_some()).take(MAX_DIFFS) {
-            let new = object_yaml(&o.rendered.manifest).unwrap_or_default();
-            let old = o
-                .live
-                .as_ref()
-                .map(|l| object_yaml(&comparable_live(&o.rendered.manifest, l)).unwrap_or_default())
-                .unwrap_or_default();
-            let diff = similar::TextDiff::from_lines(&old, &new)
-                .unified_diff()
-                .context_radius(3)
-                .header(
-                    &format!("live/{}", o.rendered.key()),
-                    &format!("pr/{}", o.rendered.key()),
-                )
-                .to_string();
+            let diff = crate::inspect::unified_diff(o, "pr");
             let lines: Vec<&str> = diff.lines().collect();
             let mut shown = lines
                 .iter()

@@ -456,6 +456,25 @@ fn with_servers(node: &NodeCluster, images: &Images) -> Result<()> {
         denied80["status"] == 403,
         "a denied host on :80 (transparent): {denied80}"
     );
+    // What the router refused, read the way an operator reads it: `kars egress learned`, through
+    // a port-forward of the running pod (API server → kubelet → containerd) with the sandbox's
+    // admin token from its Secret.
+    let mut learned = kars_e2e::kars_command()?;
+    learned
+        .args(["egress", "learned", &agent, "-o", "json", "--kubeconfig"])
+        .arg(node.kubeconfig());
+    let out = kars_e2e::run_to_end(&mut learned)?;
+    let v: Value = serde_json::from_str(&out.stdout)
+        .with_context(|| format!("kars egress learned: {}", out.combined()))?;
+    ensure!(
+        out.success()
+            && v["mode"] == "strict"
+            && v["blocked"].as_array().is_some_and(|b| b
+                .iter()
+                .any(|e| e["host"] == "denied.kars.test" && e["port"] == 8080)),
+        "kars egress learned through a port-forward: {}",
+        out.combined()
+    );
     // The apiserver: neither directly nor through the router (its address is no allowed host).
     let api = format!("{HOST_IP}:{}", node.apiserver_port()?);
     let api_direct = sb.agent(&["tcp", &api])?;

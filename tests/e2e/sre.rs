@@ -218,22 +218,16 @@ impl Setup {
     /// `kars sre …` as `user`, in their clone (the read commands look at this repository's
     /// PolicyRepo in the shared cluster).
     fn kars(&self, user: &str, args: &[&str]) -> Result<Out> {
-        let mut c = kars_e2e::kars_command()?;
-        c.current_dir(&self.repo(user).path)
-            .env("HOME", self.dir.path())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("GNUPGHOME", self.keys.gnupg_home())
-            .env("KARS_FORGE_TOKEN_FILE", self.forge.token_file(user))
-            .env("KUBECONFIG", self.cluster.kubeconfig())
-            .arg("sre")
-            .args(args);
+        let mut full = vec!["sre"];
+        full.extend_from_slice(args);
+        let ns = format!("{}-status", self.name);
         if args
             .first()
             .is_some_and(|a| *a == "actions" || *a == "show")
         {
-            c.args(["-n", &format!("{}-status", self.name)]);
+            full.extend(["-n", ns.as_str()]);
         }
-        run_to_end(&mut c)
+        self.kars_cli(user, &full)
     }
 
     /// `kars ARGS…` as `user`, in their clone, with their forge token and git signing key.

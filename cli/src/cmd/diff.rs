@@ -4,8 +4,7 @@
 
 use std::process::ExitCode;
 
-use kars_gitops_agent::inspect::comparable_live;
-use kars_renderer::output::object_yaml;
+use kars_gitops_agent::inspect::unified_diff;
 
 use super::source::SourceArgs;
 use crate::failure::{CHECK, Failure, USAGE};
@@ -48,25 +47,12 @@ pub fn run(args: Args) -> Result<ExitCode, Failure> {
         let ui = ui::get();
         let mut changes = Vec::new();
         for o in view.objects.iter().filter(|o| !o.in_sync) {
-            let new = object_yaml(&o.rendered.manifest).unwrap_or_default();
-            let old = o
-                .live
-                .as_ref()
-                .map(|l| object_yaml(&comparable_live(&o.rendered.manifest, l)).unwrap_or_default())
-                .unwrap_or_default();
             let title = match (&o.live, &o.foreign) {
                 (_, Some(owner)) => format!("(owned by {owner}: a sync refuses it)"),
                 (None, _) => "(new)".to_string(),
                 (Some(_), None) => "(changed)".to_string(),
             };
-            let diff = similar::TextDiff::from_lines(&old, &new)
-                .unified_diff()
-                .context_radius(3)
-                .header(
-                    &format!("live/{}", o.rendered.key()),
-                    &format!("git/{}", o.rendered.key()),
-                )
-                .to_string();
+            let diff = unified_diff(o, "git");
             changes.push(serde_json::json!({
                 "object": o.rendered.key(),
                 "source": o.rendered.source,

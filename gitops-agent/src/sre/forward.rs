@@ -169,6 +169,53 @@ pub enum Edit {
     Remove(String),
 }
 
+/// A pull request the agent opens with its own signed commit.
+pub struct AgentPull<'a> {
+    /// The new branch.
+    pub branch: &'a str,
+    /// The branch it targets.
+    pub base: &'a str,
+    /// The file edits.
+    pub edits: &'a [Edit],
+    /// The commit message.
+    pub message: &'a str,
+    /// The pull request's title.
+    pub title: &'a str,
+    /// Its body (Markdown).
+    pub body: &'a str,
+}
+
+/// Commits `pull.edits` on `head` signed with the proposer key, pushes the branch and opens
+/// the pull request; returns its URL.
+pub async fn open_signed_pull(
+    forge: &Gitea,
+    proposer: &Proposer,
+    repo: &gix::ThreadSafeRepository,
+    head: ObjectId,
+    pull: &AgentPull<'_>,
+) -> Result<String, String> {
+    let (commit, objects) = {
+        let local = repo.to_thread_local();
+        signed_commit(
+            &local,
+            head,
+            pull.edits,
+            pull.message,
+            proposer,
+            kars_contract::time::unix_now(),
+        )?
+    };
+    forge
+        .push_new_branch(pull.branch, &commit.to_string(), &objects)
+        .await
+        .map_err(|e| e.to_string())?;
+    let pr = forge
+        .open_pull(pull.branch, pull.base, pull.title, pull.body)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(pr.url)
+}
+
 /// The signed proposal commit on `head`: writes the blob, the changed trees and the commit into
 /// `repo` and returns the commit and the objects a push must carry (blocking).
 pub fn proposal_commit(

@@ -10,7 +10,7 @@
 use kars_contract::time::{parse_rfc3339, unix_now};
 use kube::api::{Api, DeleteParams, DynamicObject};
 
-use super::forward::{Edit, Proposer, signed_commit};
+use super::forward::{AgentPull, Edit, Proposer, open_signed_pull};
 use super::ledger::SreRecord;
 use super::{ActionInGit, BRANCH_PREFIX};
 use crate::forge::{Forge, Gitea, PullState};
@@ -95,30 +95,29 @@ pub async fn propose_removal(
         .iter()
         .map(|(_, file)| Edit::Remove(file.clone()))
         .collect();
-    let (commit, objects) = {
-        let local = repo.to_thread_local();
-        signed_commit(&local, head, &edits, &message, proposer, unix_now())?
-    };
     let branch = format!("{prefix}{}", unix_now());
-    forge
-        .push_new_branch(&branch, &commit.to_string(), &objects)
-        .await
-        .map_err(|e| e.to_string())?;
     let body = format!(
         "## Finished SRE actions\n\nThese actions finished more than {} minutes ago; merging removes their files, and the agent prunes their CRs. Their records stay in the ledger (`kars sre actions`), so none of them runs again.\n\n{}\n",
         after / 60,
         lines.join("\n")
     );
-    let pr = forge
-        .open_pull(
-            &branch,
+    let title = format!("SRE: remove {} finished action(s)", due.len());
+    let url = open_signed_pull(
+        forge,
+        proposer,
+        repo,
+        head,
+        &AgentPull {
+            branch: &branch,
             base,
-            &format!("SRE: remove {} finished action(s)", due.len()),
-            &body,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Some(pr.url))
+            edits: &edits,
+            message: &message,
+            title: &title,
+            body: &body,
+        },
+    )
+    .await?;
+    Ok(Some(url))
 }
 
 /// What happens to an in-cluster proposal the agent forwarded or refused, given its pull

@@ -15,12 +15,13 @@ use crate::proposal::{Change, ForgeArgs, suffix};
 
 const PATH: [&str; 3] = ["spec", "networkPolicy", "allowedEndpoints"];
 
-/// Arguments of `kars egress approve`.
+/// Arguments of `kars egress approve` and `kars egress deny`.
 #[derive(clap::Args, Debug)]
-pub struct ApproveArgs {
+pub struct EndpointArgs {
     /// The KarsSandbox (metadata.name).
     sandbox: String,
-    /// The host to allow, `HOST` or `HOST:PORT` (a host without a port means :443).
+    /// `HOST` or `HOST:PORT`. approve: a host without a port means :443; deny: every port of
+    /// the host.
     endpoint: String,
     /// The sandbox's namespace, when the name is used in several.
     #[arg(long, short = 'n')]
@@ -47,25 +48,6 @@ pub struct ResignArgs {
     /// The signers the current bundle must verify against (the agent's), and registry access.
     #[command(flatten)]
     signers: kars_gitops_agent::bundles::BundleArgs,
-}
-
-/// Arguments of `kars egress deny`.
-#[derive(clap::Args, Debug)]
-pub struct DenyArgs {
-    /// The KarsSandbox (metadata.name).
-    sandbox: String,
-    /// `HOST` (every port of it) or `HOST:PORT` (that one).
-    endpoint: String,
-    /// The sandbox's namespace, when the name is used in several.
-    #[arg(long, short = 'n')]
-    namespace: Option<String>,
-    /// Why (goes into the commit and the pull request).
-    #[arg(long)]
-    reason: Option<String>,
-    #[command(flatten)]
-    resign: ResignArgs,
-    #[command(flatten)]
-    forge: ForgeArgs,
 }
 
 /// What to do to the allowlist.
@@ -657,7 +639,7 @@ fn run_resign(
 }
 
 /// Runs `kars egress approve`.
-pub fn approve(a: ApproveArgs) -> Result<ExitCode, Failure> {
+pub fn approve(a: EndpointArgs) -> Result<ExitCode, Failure> {
     let (host, port) = parse_endpoint(&a.endpoint)?;
     run(
         a.forge,
@@ -670,7 +652,7 @@ pub fn approve(a: ApproveArgs) -> Result<ExitCode, Failure> {
 }
 
 /// Runs `kars egress deny`.
-pub fn deny(a: DenyArgs) -> Result<ExitCode, Failure> {
+pub fn deny(a: EndpointArgs) -> Result<ExitCode, Failure> {
     let (host, port) = parse_endpoint(&a.endpoint)?;
     let explicit_port = a.endpoint.trim().rsplit_once(':').is_some();
     let op = Op::Remove(host, explicit_port.then_some(port));

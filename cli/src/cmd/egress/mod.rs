@@ -32,9 +32,9 @@ enum Command {
     /// What the sandbox's router recorded in Learn mode, and the hosts it refused.
     Learned(learned::Args),
     /// Propose adding HOST[:PORT] (default :443) to the sandbox's allowlist (a pull request).
-    Approve(baseline::ApproveArgs),
+    Approve(baseline::EndpointArgs),
     /// Propose removing HOST (every port) or HOST:PORT from the sandbox's allowlist.
-    Deny(baseline::DenyArgs),
+    Deny(baseline::EndpointArgs),
     /// Propose a time-boxed grant (an EgressApproval) on top of the allowlist.
     AllowExtra(grants::AllowExtraArgs),
     /// List the sandbox's EgressApprovals in the repository, active or expired.
