@@ -484,8 +484,12 @@ pub fn forbidden_kind(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => forbidden_v4(v4),
         IpAddr::V6(v6) => {
+            if is_local_use_nat64(v6) {
+                return Some("a local-use NAT64 address (64:ff9b:1::/48)");
+            }
             if let Some(v4) = embedded_v4(v6) {
-                return forbidden_v4(v4).map(|_| "an IPv4-mapped or -translated internal address");
+                return forbidden_v4(v4)
+                    .map(|_| "an IPv4-mapped, -translated or 6to4 form of an internal address");
             }
             let s = v6.segments();
             if v6.is_loopback() {
@@ -509,20 +513,37 @@ pub fn forbidden_kind(ip: IpAddr) -> Option<&'static str> {
     }
 }
 
-/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`)
-/// or NAT64 (`64:ff9b::a.b.c.d`) IPv6 address.
+/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`), IPv4-translated
+/// (`::ffff:0:a.b.c.d`, RFC 6145), IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`),
+/// local-use NAT64 with a /96 prefix (`64:ff9b:1::a.b.c.d`, RFC 8215) or 6to4
+/// (`2002:aabb:ccdd::`, RFC 3056) IPv6 address.
 fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     let s = v6.segments();
-    let tail = Ipv4Addr::new(
-        (s[6] >> 8) as u8,
-        (s[6] & 0xff) as u8,
-        (s[7] >> 8) as u8,
-        (s[7] & 0xff) as u8,
-    );
+    let v4 = |hi: u16, lo: u16| {
+        Ipv4Addr::new(
+            (hi >> 8) as u8,
+            (hi & 0xff) as u8,
+            (lo >> 8) as u8,
+            (lo & 0xff) as u8,
+        )
+    };
     let mapped = s[..5].iter().all(|&x| x == 0) && s[5] == 0xffff;
+    let translated = s[..4].iter().all(|&x| x == 0) && s[4] == 0xffff && s[5] == 0;
     let compatible = s[..6].iter().all(|&x| x == 0) && !v6.is_loopback() && !v6.is_unspecified();
     let nat64 = s[0] == 0x64 && s[1] == 0xff9b && s[2..6].iter().all(|&x| x == 0);
-    (mapped || compatible || nat64).then_some(tail)
+    let local_nat64 =
+        s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 && s[3..6].iter().all(|&x| x == 0);
+    if s[0] == 0x2002 {
+        return Some(v4(s[1], s[2]));
+    }
+    (mapped || translated || compatible || nat64 || local_nat64).then_some(v4(s[6], s[7]))
+}
+
+/// True for the local-use NAT64 prefix `64:ff9b:1::/48` (RFC 8215): it translates to networks
+/// of the operator's choosing, so it is internal whatever IPv4 address it carries.
+fn is_local_use_nat64(v6: Ipv6Addr) -> bool {
+    let s = v6.segments();
+    s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1
 }
 
 fn forbidden_v4(ip: Ipv4Addr) -> Option<&'static str> {
@@ -729,6 +750,15 @@ mod tests {
             "::127.0.0.1",
             "fd00:ec2::254",
             "ff02::1",
+            // IPv4-translated (RFC 6145), 6to4 of internal addresses, local-use NAT64.
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:10.0.0.1",
+            "::ffff:0:a9fe:a9fe",
+            "2002:7f00:1::",
+            "2002:a00:1::1",
+            "2002:a9fe:a9fe::",
+            "64:ff9b:1::8.8.8.8",
+            "64:ff9b:1:abcd::1",
         ] {
             let ip: IpAddr = ip.parse().expect("ip");
             assert!(p.check_address(ip).is_err(), "{ip}");
@@ -739,6 +769,10 @@ mod tests {
             "2606:4700::1111",
             "172.32.0.1",
             "100.128.0.1",
+            // The same families carrying public addresses are not internal.
+            "::ffff:0:8.8.8.8",
+            "2002:808:808::",
+            "64:ff9b::8.8.8.8",
         ] {
             let ip: IpAddr = ip.parse().expect("ip");
             assert!(p.check_address(ip).is_ok(), "{ip}");
@@ -773,6 +807,9 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
             "::169.254.169.254",
+            "::ffff:0:169.254.169.254",
+            "2002:a9fe:a9fe::1",
+            "64:ff9b:1::a9fe:a9fe",
         ] {
             let ip: IpAddr = ip.parse().expect("ip");
             let err = wide.check_address(ip).expect_err("metadata refused");
