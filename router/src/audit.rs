@@ -157,6 +157,14 @@ fn check_line(line: &str) -> Result<(u64, String, String), (Option<u64>, String)
 
 /// Verifies a whole log from a reader.
 pub fn verify_reader(reader: impl Read) -> Result<Summary, ChainError> {
+    verify_reader_with(reader, |_, _| {})
+}
+
+/// [`verify_reader`], calling `each(seq, hash)` for every record that verified.
+pub fn verify_reader_with(
+    reader: impl Read,
+    mut each: impl FnMut(u64, &str),
+) -> Result<Summary, ChainError> {
     let mut expected_seq = 0u64;
     let mut head = GENESIS.to_string();
     let mut lines = BufReader::new(reader);
@@ -206,6 +214,7 @@ pub fn verify_reader(reader: impl Read) -> Result<Summary, ChainError> {
                 reason: "prev does not match the previous record's hash (a record before it was replaced)".into(),
             });
         }
+        each(seq, &hash);
         head = hash;
         expected_seq += 1;
     }

@@ -11,6 +11,7 @@
 //! `main.rs` only reads the settings ([`config`]) and wires these together.
 
 pub mod audit;
+pub mod audit_heads;
 pub mod auth;
 pub mod budget;
 pub mod config;

@@ -59,6 +59,14 @@ struct Args {
     /// an interval such as `100ms`, or `never`.
     #[arg(long, env = env::AUDIT_FSYNC, default_value = "always")]
     audit_fsync: kars_router::audit::Fsync,
+    /// Sign the audit chain's head with this Ed25519 key (PKCS#8 PEM: `openssl genpkey
+    /// -algorithm ed25519`) into `<log>.heads`, every --audit-sign-interval and when stopping;
+    /// `kars audit verify LOG --key PUB` then proves the log was not cut or rewritten.
+    #[arg(long, env = env::AUDIT_SIGNING_KEY_FILE, value_name = "FILE")]
+    audit_signing_key: Option<PathBuf>,
+    /// How often the audit head is signed (when it moved).
+    #[arg(long, env = env::AUDIT_SIGN_INTERVAL, default_value = "60s", value_parser = duration)]
+    audit_sign_interval: Duration,
     /// Port of a second listener serving only /metrics and /healthz (the renderer sets
     /// METRICS_PORT=9090); 0 disables it. /metrics is also on the main port.
     #[arg(long, env = env::METRICS_PORT, default_value_t = 0)]
@@ -135,6 +143,27 @@ async fn main() -> anyhow::Result<()> {
     let summary = audit.summary();
     tracing::info!(records = summary.records, head = %summary.head, recovered = audit.recovered, path = %audit_log.display(), "audit log open");
     let audit = Arc::new(audit);
+    let head_signer = match &args.audit_signing_key {
+        Some(key) => {
+            let key = kars_router::audit_heads::read_signing_key(key)
+                .map_err(|e| anyhow::anyhow!("--audit-signing-key: {e}"))?;
+            let heads = kars_router::audit_heads::heads_path(&audit_log);
+            let signer = Arc::new(kars_router::audit_heads::HeadSigner::new(
+                key,
+                heads.clone(),
+            ));
+            tracing::info!(key = signer.key_id(), heads = %heads.display(), interval = ?args.audit_sign_interval, "signing the audit head");
+            let (s, a, every) = (signer.clone(), audit.clone(), args.audit_sign_interval);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    sign_head(&s, &a);
+                }
+            });
+            Some(signer)
+        }
+        None => None,
+    };
 
     let blocklist = match &args.blocklist_file {
         Some(p) => kars_router::config::parse_blocklist(&read_trimmed(p)?)
@@ -223,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
         let proxy = Arc::new(ProxyState::new(
             policies,
             Resolver::System,
-            Some(audit),
+            Some(audit.clone()),
             ProxyLimits {
                 head_timeout: args.head_timeout,
                 idle_timeout: args.tunnel_idle_timeout,
@@ -241,7 +270,38 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, sandbox = %args.sandbox, "kars-router listening");
     tokio::select! {
         _ = serve_http("api", listener, app(state), args.head_timeout, listeners) => {}
-        _ = tokio::signal::ctrl_c() => tracing::info!("stopping"),
+        _ = stop_signal() => tracing::info!("stopping"),
+    }
+    if let Some(s) = &head_signer {
+        sign_head(s, &audit);
     }
     Ok(())
+}
+
+/// Signs the audit head if it moved; a failure is logged (the chain itself is unaffected).
+fn sign_head(signer: &kars_router::audit_heads::HeadSigner, audit: &kars_router::audit::AuditLog) {
+    let summary = audit.summary();
+    match signer.sign_if_moved(&summary, &kars_contract::time::now_rfc3339()) {
+        Ok(true) => {
+            tracing::info!(records = summary.records, head = %summary.head, "audit head signed")
+        }
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "could not sign the audit head"),
+    }
+}
+
+/// SIGINT or SIGTERM (what Kubernetes sends).
+async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

@@ -44,6 +44,10 @@ pub fn tests() -> Vec<Trial> {
             "router::listeners_survive_running_out_of_file_descriptors",
             out_of_file_descriptors,
         ),
+        trial(
+            "router::signed_audit_heads_prove_cuts_rewrites_and_keys",
+            signed_audit_heads,
+        ),
     ]
 }
 
@@ -1128,5 +1132,147 @@ fn out_of_file_descriptors() -> Result<()> {
     }
     let (code, body) = http(router.port, "GET", "/healthz", "", None)?;
     ensure!(code == 200, "healthz after recovery: {code} {body}");
+    Ok(())
+}
+
+/// An Ed25519 key pair made by openssl (as the docs tell users to): (private, public).
+fn openssl_ed25519(dir: &Path, name: &str) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let key = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl").args(args).output()?;
+        ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-out",
+        &key.to_string_lossy(),
+    ])?;
+    run(&[
+        "pkey",
+        "-in",
+        &key.to_string_lossy(),
+        "-pubout",
+        "-out",
+        &public.to_string_lossy(),
+    ])?;
+    Ok((key, public))
+}
+
+/// The router signs its audit head on an interval and on SIGTERM; `kars audit verify --key`
+/// proves the log, and names a cut after a signed head and a head signed by another key.
+fn signed_audit_heads() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("agt"))?;
+    std::fs::copy(
+        workspace_root().join("router/testdata/kars-default-agt-profile.yaml"),
+        d.join("agt/default.yaml"),
+    )?;
+    let (key, public) = openssl_ed25519(d, "audit")?;
+    let (_, other_public) = openssl_ed25519(d, "other")?;
+    let key_arg = key.to_string_lossy().to_string();
+    let mut router = start_router(
+        d,
+        &[
+            "--audit-signing-key",
+            &key_arg,
+            "--audit-sign-interval",
+            "1s",
+        ],
+    )?;
+    let check = |action: &str| -> Result<()> {
+        let (code, body) = http(
+            router.port,
+            "POST",
+            "/governance/check",
+            &format!(r#"{{"action":"{action}"}}"#),
+            None,
+        )?;
+        ensure!(code == 200, "{action}: {code} {body}");
+        Ok(())
+    };
+    for a in ["shell:ls", "shell:rm", "shell:cat"] {
+        check(a)?;
+    }
+    let log = d.join("audit.jsonl");
+    let heads = d.join("audit.jsonl.heads");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&heads)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 1
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no head signed within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check("shell:pwd")?;
+    // SIGTERM (what Kubernetes sends): the final head is signed before the router exits.
+    let pid = router.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status()?;
+    ensure!(killed.success(), "kill -TERM {pid}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while router.child.try_wait()?.is_none() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the router did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let records = std::fs::read_to_string(&log)?.lines().count();
+    let last: Value = serde_json::from_str(
+        std::fs::read_to_string(&heads)?
+            .lines()
+            .last()
+            .context("a head")?,
+    )?;
+    ensure!(
+        last["records"] == records,
+        "the last signed head ({last}) is not the log's end ({records} records)"
+    );
+    let verify = |key: &Path| -> Result<(i32, String)> {
+        let mut c = kars_e2e::kars_command()?;
+        c.args(["audit", "verify"]).arg(&log).arg("--key").arg(key);
+        let out = kars_e2e::run_to_end(&mut c)?;
+        Ok((out.code, out.combined()))
+    };
+    let (code, out) = verify(&public)?;
+    ensure!(
+        code == 0
+            && out.contains("signed head(s)")
+            && out.contains(&format!("{records} record(s)")),
+        "kars audit verify --key: {code} {out}"
+    );
+    let (code, out) = verify(&other_public)?;
+    ensure!(
+        code == 1 && out.contains("not by the given key"),
+        "another key: {code} {out}"
+    );
+    // Cut the last record: the chain alone still verifies; the signed heads do not.
+    let text = std::fs::read_to_string(&log)?;
+    let kept: String = text
+        .lines()
+        .take(records - 1)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&log, kept)?;
+    let (code, _) = kars_audit(&["verify", &log.to_string_lossy()])?;
+    ensure!(code == 0, "the shorter chain alone verifies");
+    let (code, out) = verify(&public)?;
+    ensure!(
+        code == 1 && out.contains("records were cut"),
+        "a cut log: {code} {out}"
+    );
     Ok(())
 }

@@ -66,6 +66,10 @@ pub mod env {
     pub const AUDIT_LOG: &str = "KARS_AUDIT_LOG";
     /// Router only: when the audit log is synced to disk.
     pub const AUDIT_FSYNC: &str = "KARS_AUDIT_FSYNC";
+    /// A PKCS#8 PEM Ed25519 key the router signs its audit chain's head with.
+    pub const AUDIT_SIGNING_KEY_FILE: &str = "KARS_AUDIT_SIGNING_KEY_FILE";
+    /// How often the head is signed (it is signed on shutdown too).
+    pub const AUDIT_SIGN_INTERVAL: &str = "KARS_AUDIT_SIGN_INTERVAL";
     /// Router only: a file of blocklisted host names.
     pub const EGRESS_BLOCKLIST_FILE: &str = "KARS_EGRESS_BLOCKLIST_FILE";
     /// Router only: internal CIDRs the proxy may connect to.
