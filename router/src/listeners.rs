@@ -137,6 +137,18 @@ pub async fn accept_forever<A: Accept>(
     }
 }
 
+/// The address a request's connection came from (every request served by [`serve_http`]
+/// carries it as an extension).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
+
+impl Peer {
+    /// True when the connection came from this host's loopback (in a pod: the pod itself).
+    pub fn is_loopback(&self) -> bool {
+        self.0.ip().to_canonical().is_loopback()
+    }
+}
+
 /// Serves an axum app on `listener` with HTTP/1: a request head must arrive within
 /// `header_timeout` (slow clients are cut off), connections are accepted by
 /// [`accept_forever`].
@@ -150,7 +162,7 @@ pub async fn serve_http<A: Accept>(
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
     accept_forever(name, listener, health, move |stream, peer| {
-        let service = TowerToHyperService::new(app.clone());
+        let service = TowerToHyperService::new(app.clone().layer(axum::Extension(Peer(peer))));
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder

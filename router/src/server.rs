@@ -66,6 +66,28 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Answers a request only when its connection came from loopback — in a sandbox pod, the pod
+/// itself (the agent container shares the router's network namespace). The decision and
+/// inference routes need no token (upstream's runtimes call them without one), so without this
+/// another pod that can reach port 8443 could spend this sandbox's inference budget and rate
+/// limits or read its decisions. A request without a peer (not from [`serve_http`]) is refused.
+async fn pod_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match req.extensions().get::<crate::listeners::Peer>() {
+        Some(p) if p.is_loopback() => next.run(req).await,
+        peer => {
+            let from = peer.map_or("an unknown peer".to_string(), |p| p.0.ip().to_string());
+            (
+                StatusCode::FORBIDDEN,
+                Json(json!({
+                    "error": format!("{} answers only the sandbox's own pod (loopback), not {from}", req.uri().path()),
+                    "reason": "NotFromThisPod",
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
 /// Builds the router (handlers are testable without sockets).
 pub fn app(state: AppState) -> Router {
     Router::new()
@@ -76,6 +98,13 @@ pub fn app(state: AppState) -> Router {
         .route("/internal/audit-head", get(audit_head))
         .route("/egress/learned", get(egress_learned))
         .route("/egress/learned/blocked", get(egress_blocked))
+        .merge(pod_routes())
+        .with_state(state)
+}
+
+/// The routes only the pod itself may call: governance decisions and inference.
+fn pod_routes() -> Router<AppState> {
+    Router::new()
         .route("/governance/check", post(governance_check))
         .route(
             "/v1/chat/completions",
@@ -93,7 +122,7 @@ pub fn app(state: AppState) -> Router {
                 },
             ),
         )
-        .with_state(state)
+        .route_layer(axum::middleware::from_fn(pod_only))
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
@@ -341,6 +370,7 @@ mod tests {
             .oneshot(
                 Request::post("/governance/check")
                     .header("content-type", "application/json")
+                    .extension(crate::listeners::Peer(([127, 0, 0, 1], 40000).into()))
                     .body(Body::from(body.to_string()))
                     .expect("req"),
             )
@@ -351,6 +381,52 @@ mod tests {
             .await
             .expect("body");
         (status, serde_json::from_slice(&body).expect("json"))
+    }
+
+    #[tokio::test]
+    async fn decisions_and_inference_answer_only_the_pod_itself() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let app = app(state(dir.path()));
+        let ask = |peer: Option<std::net::SocketAddr>, path: &'static str| {
+            let app = app.clone();
+            async move {
+                let mut req = Request::post(path).header("content-type", "application/json");
+                if let Some(p) = peer {
+                    req = req.extension(crate::listeners::Peer(p));
+                }
+                let res = app
+                    .oneshot(
+                        req.body(Body::from(r#"{"action":"shell:ls"}"#))
+                            .expect("req"),
+                    )
+                    .await
+                    .expect("res");
+                let status = res.status();
+                let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+                    .await
+                    .expect("body");
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        for path in ["/governance/check", "/v1/chat/completions", "/v1/responses"] {
+            for peer in [
+                Some(([10, 244, 0, 7], 5000).into()),
+                Some("[fd00::7]:5000".parse().expect("addr")),
+                None,
+            ] {
+                let (status, body) = ask(peer, path).await;
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{path} from {peer:?}: {body}"
+                );
+                assert!(body.contains("NotFromThisPod"), "{body}");
+            }
+            for peer in ["127.0.0.1:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+                let (status, body) = ask(Some(peer.parse().expect("addr")), path).await;
+                assert_ne!(status, StatusCode::FORBIDDEN, "{path} from {peer}: {body}");
+            }
+        }
     }
 
     #[tokio::test]

@@ -475,6 +475,25 @@ fn with_servers(node: &NodeCluster, images: &Images) -> Result<()> {
         "kars egress learned through a port-forward: {}",
         out.combined()
     );
+    // The decision and inference routes answer only the pod itself: a caller from outside the
+    // pod (here the node's host, over the pod network) is refused before any work is done.
+    let pod_ip = pod["status"]["podIP"]
+        .as_str()
+        .context("podIP")?
+        .to_string();
+    let outside = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect((pod_ip.as_str(), 8443))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"POST /governance/check HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\nContent-Length: 21\r\nConnection: close\r\n\r\n{\"action\":\"shell:ls\"}")?;
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    ensure!(
+        outside.starts_with("HTTP/1.1 403") && outside.contains("NotFromThisPod"),
+        "/governance/check from outside the pod: {outside}"
+    );
     // The apiserver: neither directly nor through the router (its address is no allowed host).
     let api = format!("{HOST_IP}:{}", node.apiserver_port()?);
     let api_direct = sb.agent(&["tcp", &api])?;
