@@ -371,6 +371,86 @@ impl Engine {
     }
 }
 
+/// Upstream's per-tool sliding window on `tool:` actions (`TOOL_RATE_LIMIT_MAX` calls per
+/// `TOOL_RATE_LIMIT_WINDOW_SECS`, default 100 per 60 s), checked before the profiles: a runtime
+/// looping on one tool is refused with the seconds until its oldest call leaves the window.
+/// At most [`MAX_TRACKED_TOOLS`] tools get their own window; further names share one, so an
+/// agent inventing tool names cannot grow the router's memory.
+#[derive(Debug)]
+pub struct ToolWindow {
+    max: usize,
+    window: Duration,
+    calls: Mutex<std::collections::HashMap<String, std::collections::VecDeque<Instant>>>,
+}
+
+/// Tools with a window of their own.
+pub const MAX_TRACKED_TOOLS: usize = 1024;
+/// The shared window of tools past [`MAX_TRACKED_TOOLS`].
+const OVERFLOW_TOOL: &str = "\0overflow";
+
+impl Default for ToolWindow {
+    fn default() -> Self {
+        ToolWindow::new(100, Duration::from_secs(60))
+    }
+}
+
+impl ToolWindow {
+    /// `max` calls per `window` per tool (`max` 0: no limit).
+    pub fn new(max: usize, window: Duration) -> ToolWindow {
+        ToolWindow {
+            max,
+            window,
+            calls: Mutex::default(),
+        }
+    }
+
+    /// `max calls per window`, for messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} calls per {} s per tool",
+            self.max,
+            self.window.as_secs()
+        )
+    }
+
+    /// Admits one call of `tool` at `now`, or says how long until it would be admitted.
+    pub fn admit(&self, tool: &str, now: Instant) -> Result<(), Duration> {
+        if self.max == 0 {
+            return Ok(());
+        }
+        let mut calls = self
+            .calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = if calls.contains_key(tool) || calls.len() < MAX_TRACKED_TOOLS {
+            tool
+        } else {
+            OVERFLOW_TOOL
+        };
+        let q = calls.entry(key.to_string()).or_default();
+        while q
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= self.window)
+        {
+            q.pop_front();
+        }
+        if q.len() >= self.max {
+            let oldest = q.front().copied().unwrap_or(now);
+            return Err(self
+                .window
+                .saturating_sub(now.saturating_duration_since(oldest)));
+        }
+        q.push_back(now);
+        Ok(())
+    }
+}
+
+/// The tool of a `tool:<name>[:<arg>]` action.
+pub fn tool_of(action: &str) -> Option<&str> {
+    let rest = action.strip_prefix("tool:")?;
+    Some(rest.split(':').next().unwrap_or(rest)).filter(|t| !t.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,5 +640,39 @@ mod tests {
                 prop_assert_eq!(two.decide(action, now), two_swapped.decide(action, now));
             }
         }
+    }
+
+    #[test]
+    fn the_per_tool_window_refuses_with_the_wait_and_is_bounded() {
+        let w = ToolWindow::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(w.admit("web_fetch", t0).is_ok());
+        assert!(w.admit("web_fetch", t0 + Duration::from_secs(10)).is_ok());
+        let wait = w
+            .admit("web_fetch", t0 + Duration::from_secs(20))
+            .expect_err("third call in the window");
+        assert_eq!(wait, Duration::from_secs(40));
+        assert!(
+            w.admit("read_file", t0 + Duration::from_secs(20)).is_ok(),
+            "per tool"
+        );
+        assert!(
+            w.admit("web_fetch", t0 + Duration::from_secs(60)).is_ok(),
+            "the oldest left"
+        );
+        // Invented names share one window past the cap.
+        let many = ToolWindow::new(1, Duration::from_secs(60));
+        for i in 0..MAX_TRACKED_TOOLS {
+            assert!(many.admit(&format!("t{i}"), t0).is_ok());
+        }
+        assert!(many.admit("new-1", t0).is_ok());
+        assert!(
+            many.admit("new-2", t0).is_err(),
+            "overflow tools share a window"
+        );
+        assert_eq!(tool_of("tool:web_fetch:https://x"), Some("web_fetch"));
+        assert_eq!(tool_of("tool:ls"), Some("ls"));
+        assert_eq!(tool_of("tool::x"), None);
+        assert_eq!(tool_of("shell:ls"), None);
     }
 }

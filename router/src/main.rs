@@ -59,6 +59,13 @@ struct Args {
     /// an interval such as `100ms`, or `never`.
     #[arg(long, env = env::AUDIT_FSYNC, default_value = "always")]
     audit_fsync: kars_router::audit::Fsync,
+    /// Calls per tool (`tool:<name>:…` actions) per --tool-rate-limit-window-secs, checked
+    /// before the AGT profiles; 0 = no limit (upstream's TOOL_RATE_LIMIT_MAX).
+    #[arg(long, env = "TOOL_RATE_LIMIT_MAX", default_value_t = 100)]
+    tool_rate_limit_max: usize,
+    /// The per-tool window in seconds (upstream's TOOL_RATE_LIMIT_WINDOW_SECS).
+    #[arg(long, env = "TOOL_RATE_LIMIT_WINDOW_SECS", default_value_t = 60)]
+    tool_rate_limit_window_secs: u64,
     /// Sign the audit chain's head with this Ed25519 key (PKCS#8 PEM: `openssl genpkey
     /// -algorithm ed25519`) into `<log>.heads`, every --audit-sign-interval and when stopping;
     /// `kars audit verify LOG --key PUB` then proves the log was not cut or rewritten.
@@ -234,6 +241,10 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
         inference,
         listeners: listeners.clone(),
+        tool_window: Arc::new(kars_router::governance::ToolWindow::new(
+            args.tool_rate_limit_max,
+            Duration::from_secs(args.tool_rate_limit_window_secs.max(1)),
+        )),
     };
     if args.metrics_port != 0 {
         let listener = tokio::net::TcpListener::bind((args.address, args.metrics_port)).await?;

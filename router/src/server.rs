@@ -35,6 +35,8 @@ pub struct AppState {
     pub inference: Option<Arc<crate::inference::Inference>>,
     /// The health of every listener (`/healthz`).
     pub listeners: Arc<Listeners>,
+    /// The per-tool sliding window on `tool:` actions.
+    pub tool_window: Arc<crate::governance::ToolWindow>,
 }
 
 /// The metrics listener's routes (`/metrics`, `/healthz`), for the separate metrics port.
@@ -106,6 +108,7 @@ pub fn app(state: AppState) -> Router {
 fn pod_routes() -> Router<AppState> {
     Router::new()
         .route("/governance/check", post(governance_check))
+        .route("/agt/evaluate", post(agt_evaluate))
         .route(
             "/v1/chat/completions",
             post(
@@ -233,21 +236,56 @@ async fn inference(
 /// Longest action string accepted.
 pub const MAX_ACTION_LEN: usize = 1024;
 
+/// The answer format of a decision route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// `POST /governance/check`: `{allowed, verdict, rule, action}`.
+    Kars,
+    /// `POST /agt/evaluate` (upstream's runtimes): `{allowed, action, decision, matched_rule,
+    /// reason, rate_limited, retry_after_secs?}`.
+    Agt,
+}
+
 async fn governance_check(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
-    let action = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["action"].as_str().map(str::to_string));
-    let Some(action) = action
-        .filter(|a| !a.is_empty() && a.len() <= MAX_ACTION_LEN && !a.chars().any(char::is_control))
-    else {
+    decide(&s, &body, Shape::Kars)
+}
+
+async fn agt_evaluate(State(s): State<AppState>, body: axum::body::Bytes) -> Response {
+    decide(&s, &body, Shape::Agt)
+}
+
+fn text_ok(t: &str, max: usize) -> bool {
+    !t.is_empty() && t.len() <= max && !t.chars().any(char::is_control)
+}
+
+/// One decision, for either route: the per-tool window, then the AGT profiles; audited before
+/// it is answered (no record, no decision).
+fn decide(s: &AppState, body: &[u8], shape: Shape) -> Response {
+    use crate::governance::{Decision, Verdict, tool_of};
+    let v = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
+    let action = v["action"].as_str().filter(|a| text_ok(a, MAX_ACTION_LEN));
+    let agent_id = &v["agent_id"];
+    let agent_ok = agent_id.is_null() || agent_id.as_str().is_some_and(|a| text_ok(a, 253));
+    let context_ok = v["context"].is_null() || v["context"].is_object();
+    let (Some(action), true, true) = (action, agent_ok, context_ok) else {
         return (
             StatusCode::BAD_REQUEST,
-            Json(json!({"allowed": false, "error": format!("expected {{\"action\": \"tool:<name>:<arg>\"}}: a non-empty string of at most {MAX_ACTION_LEN} bytes without control characters")})),
+            Json(json!({"allowed": false, "error": format!("expected {{\"action\": \"tool:<name>:<arg>\"}} (a non-empty string of at most {MAX_ACTION_LEN} bytes without control characters), an optional \"agent_id\" string and an optional \"context\" object")})),
         )
             .into_response();
     };
-    let engine = s.policies.snapshot().governance.clone();
-    let decision = engine.decide(&action, std::time::Instant::now());
+    let now = std::time::Instant::now();
+    let (decision, retry_after) = match tool_of(action).map(|t| s.tool_window.admit(t, now)) {
+        Some(Err(wait)) => (
+            Decision {
+                action: action.to_string(),
+                verdict: Verdict::RateLimited,
+                rule: Some(format!("tool rate limit ({})", s.tool_window.describe())),
+            },
+            Some(wait),
+        ),
+        _ => (s.policies.snapshot().governance.decide(action, now), None),
+    };
     s.metrics
         .governance
         .get_or_create(&crate::metrics::VerdictLabel {
@@ -261,6 +299,9 @@ async fn governance_check(State(s): State<AppState>, body: axum::body::Bytes) ->
         let mut fields = serde_json::Map::new();
         fields.insert("event".into(), json!("governance.decision"));
         fields.insert("sandbox".into(), json!(*s.sandbox));
+        if let Some(a) = agent_id.as_str() {
+            fields.insert("agent_id".into(), json!(a));
+        }
         fields.insert("action".into(), json!(decision.action));
         fields.insert("verdict".into(), json!(decision.verdict));
         fields.insert("rule".into(), json!(decision.rule));
@@ -275,13 +316,44 @@ async fn governance_check(State(s): State<AppState>, body: axum::body::Bytes) ->
                 .into_response();
         }
     }
-    Json(json!({
-        "allowed": decision.allowed(),
-        "verdict": decision.verdict,
-        "rule": decision.rule,
-        "action": decision.action,
-    }))
-    .into_response()
+    let retry_secs = retry_after.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+    match shape {
+        Shape::Kars => {
+            let mut out = json!({
+                "allowed": decision.allowed(),
+                "verdict": decision.verdict,
+                "rule": decision.rule,
+                "action": decision.action,
+            });
+            if let Some(r) = retry_secs {
+                out["retry_after_secs"] = json!(r);
+            }
+            Json(out).into_response()
+        }
+        Shape::Agt => {
+            let rule = decision.rule.clone().unwrap_or_else(|| "no rule".into());
+            let (word, reason) = match decision.verdict {
+                Verdict::Allow => ("allow", format!("allowed by {rule}")),
+                Verdict::Deny => ("deny", format!("denied: {rule}")),
+                Verdict::ApprovalRequired => {
+                    ("requires_approval", format!("requires approval: {rule}"))
+                }
+                Verdict::RateLimited => ("deny", format!("rate limited: {rule}")),
+            };
+            let mut out = json!({
+                "allowed": decision.allowed(),
+                "action": decision.action,
+                "decision": word,
+                "matched_rule": decision.rule,
+                "reason": reason,
+                "rate_limited": decision.verdict == Verdict::RateLimited,
+            });
+            if let Some(r) = retry_secs {
+                out["retry_after_secs"] = json!(r);
+            }
+            Json(out).into_response()
+        }
+    }
 }
 
 async fn policy_status(State(s): State<AppState>, headers: HeaderMap) -> Response {
@@ -327,6 +399,7 @@ mod tests {
             metrics: Arc::default(),
             inference: None,
             listeners: Arc::default(),
+            tool_window: Arc::default(),
         }
     }
 
@@ -455,8 +528,88 @@ mod tests {
             metrics: Arc::default(),
             inference: None,
             listeners: Arc::default(),
+            tool_window: Arc::default(),
         };
         let app = app(state.clone());
+        // Upstream's route and body, the same decision: three calls of one tool through a window
+        // of two are allow, allow, then rate limited with the wait.
+        let windowed = super::app(AppState {
+            tool_window: Arc::new(crate::governance::ToolWindow::new(
+                2,
+                std::time::Duration::from_secs(60),
+            )),
+            audit: None,
+            ..state.clone()
+        });
+        let evaluate = |body: &'static str| {
+            let app = windowed.clone();
+            async move {
+                let res = app
+                    .oneshot(
+                        Request::post("/agt/evaluate")
+                            .header("content-type", "application/json")
+                            .extension(crate::listeners::Peer(([127, 0, 0, 1], 40000).into()))
+                            .body(Body::from(body))
+                            .expect("req"),
+                    )
+                    .await
+                    .expect("res");
+                let status = res.status();
+                let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+                    .await
+                    .expect("body");
+                (
+                    status,
+                    serde_json::from_slice::<serde_json::Value>(&body).expect("json"),
+                )
+            }
+        };
+        for _ in 0..2 {
+            let (code, v) = evaluate(
+                r#"{"agent_id":"a","action":"tool:web_fetch:https://x","context":{"k":"v"}}"#,
+            )
+            .await;
+            assert_eq!(code, StatusCode::OK, "{v}");
+            assert_eq!(
+                (
+                    v["allowed"].clone(),
+                    v["decision"].clone(),
+                    v["rate_limited"].clone()
+                ),
+                (json!(true), json!("allow"), json!(false)),
+                "{v}"
+            );
+            assert!(
+                v["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("allowed by")),
+                "{v}"
+            );
+        }
+        let (_, v) = evaluate(r#"{"action":"tool:web_fetch:https://y"}"#).await;
+        assert_eq!(
+            (
+                v["allowed"].clone(),
+                v["decision"].clone(),
+                v["rate_limited"].clone()
+            ),
+            (json!(false), json!("deny"), json!(true)),
+            "{v}"
+        );
+        assert!(
+            v["retry_after_secs"]
+                .as_u64()
+                .is_some_and(|s| (1..=60).contains(&s)),
+            "{v}"
+        );
+        let (_, v) = evaluate(r#"{"action":"shell:rm"}"#).await;
+        assert_eq!(
+            (v["allowed"].clone(), v["decision"].clone()),
+            (json!(false), json!("deny")),
+            "{v}"
+        );
+        let (code, _) = evaluate(r#"{"action":"tool:x","context":"not an object"}"#).await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
         let (code, v) = check(&app, r#"{"action":"tool:web_fetch:x"}"#).await;
         assert_eq!(
             (code, v["allowed"].clone()),

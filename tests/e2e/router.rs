@@ -48,6 +48,10 @@ pub fn tests() -> Vec<Trial> {
             "router::signed_audit_heads_prove_cuts_rewrites_and_keys",
             signed_audit_heads,
         ),
+        trial(
+            "router::agt_evaluate_answers_upstreams_runtimes",
+            agt_evaluate,
+        ),
     ]
 }
 
@@ -1274,5 +1278,97 @@ fn signed_audit_heads() -> Result<()> {
         code == 1 && out.contains("records were cut"),
         "a cut log: {code} {out}"
     );
+    Ok(())
+}
+
+/// `POST /agt/evaluate` with upstream's request and answer, from a real router process: allow,
+/// deny, requires_approval from the default profile, and the per-tool window (here 2 per 60 s;
+/// upstream's TOOL_RATE_LIMIT_* variables set the same flags) with retry_after_secs.
+fn agt_evaluate() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("agt"))?;
+    std::fs::copy(
+        workspace_root().join("router/testdata/kars-default-agt-profile.yaml"),
+        d.join("agt/default.yaml"),
+    )?;
+    let router = start_router(
+        d,
+        &[
+            "--tool-rate-limit-max",
+            "2",
+            "--tool-rate-limit-window-secs",
+            "60",
+        ],
+    )?;
+    let evaluate = |body: &str| -> Result<Value> {
+        let (code, text) = http(router.port, "POST", "/agt/evaluate", body, None)?;
+        ensure!(code == 200, "/agt/evaluate {body}: {code} {text}");
+        Ok(serde_json::from_str(&text)?)
+    };
+    let fields = |v: &Value| {
+        (
+            v["allowed"].clone(),
+            v["decision"].clone(),
+            v["rate_limited"].clone(),
+        )
+    };
+    let v = evaluate(r#"{"agent_id":"e2e","action":"shell:ls","context":{"cwd":"/"}}"#)?;
+    ensure!(
+        fields(&v) == (Value::Bool(true), "allow".into(), Value::Bool(false))
+            && v["action"] == "shell:ls"
+            && v["reason"].is_string(),
+        "allow: {v}"
+    );
+    let v = evaluate(r#"{"action":"shell:rm"}"#)?;
+    ensure!(
+        fields(&v) == (Value::Bool(false), "deny".into(), Value::Bool(false)),
+        "deny: {v}"
+    );
+    let v = evaluate(r#"{"action":"admin:bulk_delete"}"#)?;
+    ensure!(
+        fields(&v)
+            == (
+                Value::Bool(false),
+                "requires_approval".into(),
+                Value::Bool(false)
+            ),
+        "approval: {v}"
+    );
+    for _ in 0..2 {
+        let v = evaluate(r#"{"action":"tool:web_fetch:https://example.com"}"#)?;
+        ensure!(v["allowed"] == true, "within the window: {v}");
+    }
+    let v = evaluate(r#"{"action":"tool:web_fetch:https://example.com"}"#)?;
+    ensure!(
+        fields(&v) == (Value::Bool(false), "deny".into(), Value::Bool(true))
+            && v["retry_after_secs"]
+                .as_u64()
+                .is_some_and(|s| (1..=60).contains(&s)),
+        "over the per-tool window: {v}"
+    );
+    // Another tool has its own window; the kars route gives the same decision.
+    let v = evaluate(r#"{"action":"tool:read_file:/tmp/x"}"#)?;
+    ensure!(v["allowed"] == true, "another tool: {v}");
+    let (code, text) = http(
+        router.port,
+        "POST",
+        "/governance/check",
+        r#"{"action":"shell:ls"}"#,
+        None,
+    )?;
+    let k: Value = serde_json::from_str(&text)?;
+    ensure!(
+        code == 200 && k["allowed"] == true && k["verdict"] == "allow",
+        "{text}"
+    );
+    let (code, _) = http(
+        router.port,
+        "POST",
+        "/agt/evaluate",
+        r#"{"agent_id":7,"action":"x"}"#,
+        None,
+    )?;
+    ensure!(code == 400, "a bad body: {code}");
     Ok(())
 }
