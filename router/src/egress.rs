@@ -281,6 +281,17 @@ impl Learned {
             .collect()
     }
 
+    /// Forgets every recorded host; returns how many there were.
+    pub fn clear(&self) -> usize {
+        let mut set = self
+            .hosts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = set.len();
+        set.clear();
+        n
+    }
+
     /// Records a refusal of `host:port` (kept in Strict and Learn mode alike).
     pub fn record_blocked(&self, host: &str, port: u16) {
         let mut b = self
@@ -442,6 +453,39 @@ impl EgressPolicy {
     /// The hosts Learn mode allowed so far.
     pub fn learned(&self) -> Vec<(String, u16)> {
         self.learned.list()
+    }
+
+    /// The enforced allowlist at `now`: the baseline entries, then each unexpired approval's
+    /// hosts with its name and expiry (sorted).
+    pub fn effective(&self, now: i64) -> serde_json::Value {
+        let mut baseline: Vec<(String, u16)> = self
+            .allow
+            .iter()
+            .flat_map(|(h, ports)| ports.iter().map(move |p| (h.clone(), *p)))
+            .collect();
+        baseline.sort();
+        let approvals: Vec<serde_json::Value> = self
+            .approvals
+            .iter()
+            .filter(|a| a.effective_at <= now && now < a.expires_at)
+            .map(|a| {
+                serde_json::json!({
+                    "name": a.name,
+                    "expiresAt": kars_contract::time::format_rfc3339(a.expires_at),
+                    "hosts": a.hosts.iter().map(|(h, p)| serde_json::json!({"host": h, "port": p})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "mode": self.mode,
+            "endpoints": baseline.iter().map(|(h, p)| serde_json::json!({"host": h, "port": p})).collect::<Vec<_>>(),
+            "approvals": approvals,
+        })
+    }
+
+    /// Forgets what Learn mode recorded (the refusal counts stay).
+    pub fn clear_learned(&self) -> usize {
+        self.learned.clear()
     }
 
     /// The destinations refused so far (see [`Learned::blocked`]).

@@ -1,4 +1,4 @@
-//! The inference proxy: OpenAI-compatible `POST /v1/chat/completions` and `POST /v1/responses`
+//! The inference proxy: OpenAI-compatible `POST /v1/chat/completions`, `/v1/completions` and `/v1/responses`
 //! forwarded to the upstreams of the InferencePolicy (primary, then each fallback in order).
 //!
 //! Per request: the body must be a JSON object; its token cap (`max_tokens`,
@@ -223,7 +223,7 @@ impl Inference {
         }
     }
 
-    /// Handles one request for `api_path` (`chat/completions` or `responses`) with the routes
+    /// Handles one request for `api_path` (`chat/completions`, `completions` or `responses`) with the routes
     /// in force.
     pub async fn handle(
         self: Arc<Self>,

@@ -100,6 +100,9 @@ pub fn app(state: AppState) -> Router {
         .route("/internal/audit-head", get(audit_head))
         .route("/egress/learned", get(egress_learned))
         .route("/egress/learned/blocked", get(egress_blocked))
+        .route("/internal/egress/blocked", get(egress_blocked))
+        .route("/egress/learned/clear", post(egress_learned_clear))
+        .route("/egress/allowlist", get(egress_allowlist))
         .merge(pod_routes())
         .with_state(state)
 }
@@ -117,6 +120,15 @@ fn pod_routes() -> Router<AppState> {
                 },
             ),
         )
+        .route(
+            "/v1/completions",
+            post(
+                |State(s): State<AppState>, h: HeaderMap, b: axum::body::Bytes| async move {
+                    inference(s, "completions", h, b).await
+                },
+            ),
+        )
+        .route("/v1/models", get(models))
         .route(
             "/v1/responses",
             post(
@@ -184,6 +196,25 @@ async fn egress_learned(State(s): State<AppState>, headers: HeaderMap) -> Respon
         .into_response()
 }
 
+async fn egress_allowlist(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = require_admin(&s, &headers) {
+        return denied;
+    }
+    let policy = s.policies.snapshot().egress.clone();
+    Json(policy.effective(kars_contract::time::unix_now())).into_response()
+}
+
+async fn egress_learned_clear(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = require_admin(&s, &headers) {
+        return denied;
+    }
+    if !s.egress_proxy {
+        return (StatusCode::NOT_FOUND, "the egress proxy is not running").into_response();
+    }
+    let cleared = s.policies.snapshot().egress.clear_learned();
+    Json(json!({"cleared": cleared})).into_response()
+}
+
 /// Refused destinations listed by default (`x-kars-limit` asks for up to [`MAX_BLOCKED_LIMIT`]).
 const DEFAULT_BLOCKED_LIMIT: usize = 256;
 /// The most refused destinations one answer lists.
@@ -231,6 +262,20 @@ async fn inference(
         )
             .into_response(),
     }
+}
+
+/// `GET /v1/models`: the deployments this sandbox's InferencePolicy routes to, in OpenAI's list
+/// format (answered here, without calling an upstream).
+async fn models(State(s): State<AppState>) -> Response {
+    let routes = s.policies.snapshot().inference.clone();
+    let mut seen = std::collections::BTreeSet::new();
+    let data: Vec<serde_json::Value> = routes
+        .upstreams
+        .iter()
+        .filter(|u| seen.insert(u.deployment.clone()))
+        .map(|u| json!({"id": u.deployment, "object": "model", "owned_by": u.provider}))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
 }
 
 /// Longest action string accepted.
@@ -457,6 +502,73 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn egress_views_need_the_token_and_models_answer_locally() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let app = app(state(dir.path()));
+        assert_eq!(
+            get(&app, "/egress/allowlist", None).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            get(&app, "/internal/egress/blocked", Some("nope"))
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let res = get(&app, "/egress/allowlist", Some("tok")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            (v["endpoints"].clone(), v["approvals"].clone()),
+            (json!([]), json!([])),
+            "{v}"
+        );
+        let clear = app
+            .clone()
+            .oneshot(
+                Request::post("/egress/learned/clear")
+                    .body(Body::empty())
+                    .expect("req"),
+            )
+            .await
+            .expect("res");
+        assert_eq!(
+            clear.status(),
+            StatusCode::UNAUTHORIZED,
+            "clearing needs the token too"
+        );
+        let models = |peer: std::net::SocketAddr| {
+            let app = app.clone();
+            async move {
+                app.oneshot(
+                    Request::get("/v1/models")
+                        .extension(crate::listeners::Peer(peer))
+                        .body(Body::empty())
+                        .expect("req"),
+                )
+                .await
+                .expect("res")
+            }
+        };
+        let res = models(([127, 0, 0, 1], 1).into()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&body).expect("json"),
+            json!({"object": "list", "data": []})
+        );
+        assert_eq!(
+            models(([10, 0, 0, 9], 1).into()).await.status(),
+            StatusCode::FORBIDDEN
+        );
+    }
+
+    #[tokio::test]
     async fn decisions_and_inference_answer_only_the_pod_itself() {
         let dir = tempfile::tempdir().expect("tmp");
         let app = app(state(dir.path()));
@@ -481,7 +593,13 @@ mod tests {
                 (status, String::from_utf8_lossy(&body).into_owned())
             }
         };
-        for path in ["/governance/check", "/v1/chat/completions", "/v1/responses"] {
+        for path in [
+            "/governance/check",
+            "/agt/evaluate",
+            "/v1/chat/completions",
+            "/v1/completions",
+            "/v1/responses",
+        ] {
             for peer in [
                 Some(([10, 244, 0, 7], 5000).into()),
                 Some("[fd00::7]:5000".parse().expect("addr")),

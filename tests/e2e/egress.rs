@@ -613,6 +613,50 @@ fn learned_from_a_router() -> Result<()> {
         v["learned"][0]["host"] == "localhost" && v["blocked"][0]["host"] == "blocked.localhost",
         "{v}"
     );
+    // The router's other egress views, as upstream's CLI reads them (token from every caller).
+    let (code, body) = crate::router::http(
+        router.port,
+        "GET",
+        "/internal/egress/blocked",
+        "",
+        Some("admin-token"),
+    )?;
+    ensure!(
+        code == 200 && body.contains("blocked.localhost"),
+        "/internal/egress/blocked: {code} {body}"
+    );
+    let (code, body) = crate::router::http(
+        router.port,
+        "GET",
+        "/egress/allowlist",
+        "",
+        Some("admin-token"),
+    )?;
+    ensure!(
+        code == 200 && body.contains("\"mode\":\"learn\""),
+        "/egress/allowlist: {code} {body}"
+    );
+    let (code, _) = crate::router::http(router.port, "GET", "/egress/allowlist", "", None)?;
+    ensure!(code == 401, "/egress/allowlist without the token: {code}");
+    let (code, body) = crate::router::http(
+        router.port,
+        "POST",
+        "/egress/learned/clear",
+        "",
+        Some("admin-token"),
+    )?;
+    ensure!(
+        code == 200 && body.contains("\"cleared\":1"),
+        "clear: {code} {body}"
+    );
+    let (_, body) = crate::router::http(
+        router.port,
+        "GET",
+        "/egress/learned",
+        "",
+        Some("admin-token"),
+    )?;
+    ensure!(body.contains("\"learned\":[]"), "after clearing: {body}");
     // The wrong token: refused, exit 1.
     std::fs::write(d.join("wrong"), "nope")?;
     let mut c = kars_e2e::kars_command()?;
