@@ -409,22 +409,27 @@ impl EgressPolicy {
     /// Decides a destination at `now` (Unix seconds). `host` is as the client wrote it.
     pub fn decide(&self, host: &str, port: u16, now: i64) -> Result<(String, Allowed), Refusal> {
         let h = checked_host(host)?;
-        let decision = self.decide_normalised(&h, port, now);
-        if decision.is_err() {
-            self.learned.record_blocked(&h, port);
-        }
-        decision
+        let refused_host = |r: Refusal, h: &str| {
+            self.learned.record_blocked(h, port);
+            r
+        };
+        self.decide_normalised(h, port, now)
+            .map_err(|(r, h)| refused_host(r, &h))
     }
 
+    /// The decision for the normalised host `h`; a refusal gives `h` back (to be counted).
     fn decide_normalised(
         &self,
-        host: &str,
+        h: String,
         port: u16,
         now: i64,
-    ) -> Result<(String, Allowed), Refusal> {
-        let h = host.to_string();
-        if let Some(b) = suffixes(&h).find(|s| self.blocklist.contains(*s)) {
-            return Err(Refusal::Blocklisted(format!("{h} (blocklist entry {b})")));
+    ) -> Result<(String, Allowed), (Refusal, String)> {
+        let blocked = suffixes(&h)
+            .find(|s| self.blocklist.contains(*s))
+            .map(str::to_string);
+        if let Some(b) = blocked {
+            let r = Refusal::Blocklisted(format!("{h} (blocklist entry {b})"));
+            return Err((r, h));
         }
         if let Some(e) =
             suffixes(&h).find(|s| self.allow.get(*s).is_some_and(|ps| ps.contains(&port)))
@@ -439,14 +444,20 @@ impl EgressPolicy {
             return Ok((h, Allowed::Approval(a.name.clone())));
         }
         match self.mode {
-            Mode::Strict => Err(Refusal::NotAllowed(format!(
-                "{h}:{port} is not in the allowlist or an unexpired approval"
-            ))),
+            Mode::Strict => {
+                let r = Refusal::NotAllowed(format!(
+                    "{h}:{port} is not in the allowlist or an unexpired approval"
+                ));
+                Err((r, h))
+            }
             Mode::Learn if self.learned.record(&h, port) => Ok((h, Allowed::Learned)),
-            Mode::Learn => Err(Refusal::LearnLimitReached(format!(
-                "{h}:{port}: learn mode has recorded {} hosts, its limit; approve what it learned and switch to strict",
-                self.learned.cap()
-            ))),
+            Mode::Learn => {
+                let r = Refusal::LearnLimitReached(format!(
+                    "{h}:{port}: learn mode has recorded {} hosts, its limit; approve what it learned and switch to strict",
+                    self.learned.cap()
+                ));
+                Err((r, h))
+            }
         }
     }
 
