@@ -184,6 +184,32 @@ pub struct PolicyRepoStatus {
     /// each one from running twice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sre_actions: Vec<crate::sre::ledger::SreRecord>,
+    /// Fields the applied commit sets that this version accepts and does not enforce (the
+    /// first [`UNENFORCED_LISTED`]; `kars validate` lists them all), as `kars validate` warns.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unenforced_fields: Vec<UnenforcedField>,
+    /// How many such fields there are in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unenforced_field_count: Option<u32>,
+}
+
+/// How many unenforced fields the status lists (the count covers all of them).
+pub const UNENFORCED_LISTED: usize = 50;
+
+/// One field accepted and not enforced by this version (see docs/feature-maturity.md).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UnenforcedField {
+    /// `file:line` in the repository.
+    pub source: String,
+    /// `kind/namespace/name`.
+    pub object: String,
+    /// The field, e.g. `spec.rateLimit`.
+    pub field: String,
+    /// `rendered only` or `not supported`.
+    pub support: String,
+    /// What happens instead.
+    pub message: String,
 }
 
 /// One signed-bundle reference and what is projected for it.

@@ -64,6 +64,10 @@ pub struct ConfigSpec {
     /// Settings of every rendered router sidecar.
     #[serde(default)]
     pub router: RouterConfig,
+    /// Inference providers every cluster gets, by the name InferencePolicies use
+    /// (`modelPreference.primary.provider`); a cluster's own `providers` entry replaces one.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
     /// Where the repository's pull requests live (`kars sre` reads it; the agent takes its own
     /// `--forge-*` flags). Nothing is rendered from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -160,6 +164,34 @@ pub struct ClusterConfig {
     /// Overrides `spec.defaultNamespace` for this cluster.
     #[serde(default)]
     pub default_namespace: Option<String>,
+    /// Inference providers of this cluster, by name; an entry replaces the `spec.providers`
+    /// entry of the same name.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+/// One inference provider: where the deployments an InferencePolicy names are served, and the
+/// Secret holding its key (never the key itself: a repository holds no credentials).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// OpenAI-compatible base URL the API path is appended to, e.g.
+    /// `https://example.openai.azure.com/openai/v1`.
+    pub endpoint: String,
+    /// The Secret (in each sandbox's namespace `kars-<name>`) holding the provider's API key,
+    /// mounted into the router only and sent upstream as a bearer token.
+    #[serde(default)]
+    pub credentials: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    pub secret_name: String,
+    /// The key in its data.
+    pub key: String,
 }
 
 /// Images of rendered workloads.
@@ -212,6 +244,20 @@ properties:
               minItems: 1
               items: {type: string, minLength: 1}
             defaultNamespace: {type: string, maxLength: 63, pattern: "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"}
+            providers: &providers
+              type: object
+              additionalProperties:
+                type: object
+                required: [endpoint]
+                properties:
+                  endpoint: {type: string, pattern: "^https?://[^/?#@,]+(/[^?#,]*)?$"}
+                  credentials:
+                    type: object
+                    required: [secretName, key]
+                    properties:
+                      secretName: {type: string, maxLength: 253, pattern: "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"}
+                      key: {type: string, maxLength: 253, pattern: "^[-._a-zA-Z0-9]+$"}
+      providers: *providers
       images:
         type: object
         default: {}
@@ -289,6 +335,23 @@ pub fn parse(doc: &Node, diags: &mut Diagnostics) -> Option<RepositoryConfig> {
             diags.error(c.pos, format!("spec.router.allowPrivateCidrs: {e}"));
         }
     }
+    check_providers(
+        defaulted.get_path(&["spec", "providers"]),
+        "spec.providers",
+        diags,
+    );
+    for c in defaulted
+        .get_path(&["spec", "clusters"])
+        .and_then(Node::as_seq)
+        .unwrap_or(&[])
+    {
+        let name = c.get("name").and_then(Node::as_str).unwrap_or("?");
+        check_providers(
+            c.get("providers"),
+            &format!("cluster {name:?} providers"),
+            diags,
+        );
+    }
     if diags.has_errors() && !before {
         return None;
     }
@@ -297,6 +360,41 @@ pub fn parse(doc: &Node, diags: &mut Diagnostics) -> Option<RepositoryConfig> {
         Err(e) => {
             diags.error(doc.pos, format!("RepositoryConfig: {e}"));
             None
+        }
+    }
+}
+
+/// Longest provider name (it names the router's Secret volume `provider-<name>`).
+pub const MAX_PROVIDER_NAME: usize = 54;
+
+/// Provider names are DNS labels (they name volumes); an `http://` endpoint with credentials
+/// would send the key unencrypted.
+fn check_providers(providers: Option<&Node>, what: &str, diags: &mut Diagnostics) {
+    let Some(entries) = providers.and_then(Node::as_map) else {
+        return;
+    };
+    for (k, v) in entries {
+        if !kars_contract::host::is_dns_label(&k.name) || k.name.len() > MAX_PROVIDER_NAME {
+            diags.error(
+                k.pos,
+                format!(
+                    "{what}: {:?} is not a provider name (lower-case letters, digits and '-', at most {MAX_PROVIDER_NAME} characters, like azure-openai)",
+                    k.name
+                ),
+            );
+        }
+        if v.get("credentials").is_some()
+            && v.get("endpoint")
+                .and_then(Node::as_str)
+                .is_some_and(|e| e.starts_with("http://"))
+        {
+            diags.warning(
+                v.pos,
+                format!(
+                    "{what}: {:?} sends its API key over plain http://; use https:// unless the endpoint is inside the node",
+                    k.name
+                ),
+            );
         }
     }
 }
@@ -319,6 +417,14 @@ pub fn is_clean_repo_path(p: &str) -> bool {
 }
 
 impl RepositoryConfig {
+    /// The inference providers `cluster` gets: `spec.providers`, each replaced by the cluster's
+    /// own entry of the same name.
+    pub fn providers_of(&self, cluster: &ClusterConfig) -> BTreeMap<String, ProviderConfig> {
+        let mut all = self.spec.providers.clone();
+        all.extend(cluster.providers.clone());
+        all
+    }
+
     /// The cluster called `name`, or the only cluster when `name` is `None`.
     pub fn cluster(&self, name: Option<&str>) -> Result<&ClusterConfig, String> {
         match name {
@@ -372,6 +478,37 @@ mod tests {
         let mut d = Diagnostics::new(FILE);
         let cfg = parse(&doc, &mut d);
         (cfg, d.into_vec().iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn provider_names_endpoints_and_plain_http_keys_are_checked() {
+        let (cfg, errors) = load(
+            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {name: demo}\nspec:\n  clusters:\n  - name: local\n    paths: [agents]\n    providers:\n      Bad_Name: {endpoint: \"https://x.example/v1\"}\n  providers:\n    ok: {endpoint: \"https://x.example/v1\"}\n    nourl: {endpoint: \"ftp://x\"}\n    commas: {endpoint: \"https://x.example/a,b\"}\n    nokey: {endpoint: \"https://x.example\", credentials: {secretName: s}}\n",
+        );
+        assert!(cfg.is_none());
+        let all = errors.join("\n");
+        assert!(all.contains("\"Bad_Name\" is not a provider name"), "{all}");
+        assert!(all.contains("providers[\"nourl\"].endpoint"), "{all}");
+        assert!(all.contains("providers[\"commas\"].endpoint"), "{all}");
+        assert!(
+            all.contains("providers[\"nokey\"].credentials.key: required field is missing"),
+            "{all}"
+        );
+        assert!(!all.contains("providers[\"ok\"]"), "{all}");
+        let mut d = Diagnostics::new("kars.yaml");
+        let docs = crate::yaml::parse_documents(
+            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {name: demo}\nspec:\n  clusters: [{name: a, paths: [x]}]\n  providers:\n    p: {endpoint: \"http://p.example/v1\", credentials: {secretName: s, key: k}}\n",
+            crate::yaml::YamlLimits::default(),
+        )
+        .expect("yaml");
+        assert!(parse(&docs[0], &mut d).is_some());
+        let warnings: Vec<String> = d.into_vec().into_iter().map(|x| x.to_string()).collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("kars.yaml:7:") && w.contains("plain http://")),
+            "{warnings:?}"
+        );
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod crds;
 pub mod diagnostics;
 pub mod edit;
 pub mod egress;
+pub mod maturity;
 pub mod output;
 pub mod render;
 pub mod rendered;
@@ -99,6 +100,9 @@ pub struct Prepared {
     cluster: String,
     /// Warnings found while validating (errors make [`prepare`] fail).
     pub report: Report,
+    /// The fields set in what this cluster receives that this version does not enforce (also
+    /// among the warnings).
+    pub unenforced: Vec<maturity::Unenforced>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -128,11 +132,13 @@ pub fn prepare(tree: &RepoTree, cluster: Option<&str>) -> Result<Prepared, Rende
         return Err(RenderError::Invalid { report });
     }
     let cluster = view.cluster.name.clone();
+    let unenforced = view.objects.iter().flat_map(maturity::unenforced).collect();
     drop(view);
     Ok(Prepared {
         repo,
         cluster,
         report,
+        unenforced,
     })
 }
 

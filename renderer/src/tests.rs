@@ -699,3 +699,121 @@ fn arb_json(depth: u32) -> impl Strategy<Value = serde_json::Value> {
         ]
     })
 }
+
+/// `kars validate` names every field the template and the upstream examples set that this
+/// version does not enforce, with file and line (pinned in `unenforced-fields.txt`).
+#[test]
+fn golden_unenforced_fields_of_the_template_and_upstream_examples() {
+    let mut repos = vec![(
+        "repo-template".to_string(),
+        manifest_dir().join("../repo-template"),
+    )];
+    for name in upstream_examples() {
+        let path = manifest_dir().join("testdata/repos").join(&name);
+        repos.push((name, path));
+    }
+    let mut out = String::new();
+    for (name, path) in repos {
+        let report = validate_tree(&load(&path));
+        assert!(!report.has_errors(), "{name}: {report}");
+        out.push_str(&format!("== {name}\n"));
+        for d in report
+            .diagnostics
+            .iter()
+            .filter(|d| d.message.contains("accepted, not enforced by this version"))
+        {
+            out.push_str(&format!("{d}\n"));
+        }
+        // The agent's list is the same set.
+        let prepared = crate::prepare(&load(&path), None).expect("prepares");
+        let warned = report
+            .diagnostics
+            .iter()
+            .filter(|d| d.message.contains("accepted, not enforced by this version"))
+            .count();
+        assert_eq!(prepared.unenforced.len(), warned, "{name}");
+    }
+    check_golden("unenforced-fields.txt", &out);
+}
+
+/// Inference configured from Git: a provider without an endpoint for the cluster is refused at
+/// its line; a cluster's entry replaces the repository-wide one; the router gets the endpoints
+/// of the providers its policy names and the key mounted from the Secret.
+#[test]
+fn providers_come_from_kars_yaml_per_cluster() {
+    let cfg = |providers: &str| {
+        format!(
+            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {{name: p}}\nspec:\n  defaultNamespace: agents\n{providers}  clusters:\n  - {{name: staging, paths: [agents], providers: {{b: {{endpoint: \"https://b-staging.example/v1\"}}}}}}\n  - {{name: prod, paths: [agents]}}\n"
+        )
+    };
+    let sandbox = "apiVersion: kars.azure.com/v1alpha1\nkind: KarsSandbox\nmetadata: {name: a}\nspec:\n  runtime: {kind: OpenClaw, openclaw: {}}\n  sandbox: {}\n  inferenceRef: {name: ip}\n  governance: {enabled: false}\n";
+    let policy = "apiVersion: kars.azure.com/v1alpha1\nkind: InferencePolicy\nmetadata: {name: ip}\nspec:\n  appliesTo: {sandboxName: a}\n  modelPreference:\n    primary: {provider: a, deployment: big}\n    fallback:\n    - {provider: b, deployment: small}\n";
+    let tree = |providers: &str| {
+        RepoTree::from_files([
+            ("kars.yaml".to_string(), cfg(providers)),
+            ("agents/a/sandbox.yaml".to_string(), sandbox.to_string()),
+            ("agents/a/inference.yaml".to_string(), policy.to_string()),
+        ])
+    };
+    // No provider anywhere: both targets refused, with their lines, for each cluster.
+    let report = validate_tree(&tree("")).to_string();
+    assert!(
+        report.contains("agents/a/inference.yaml:7:")
+            && report.contains("provider \"a\" has no endpoint for cluster \"prod\""),
+        "{report}"
+    );
+    assert!(
+        report.contains("spec.modelPreference.fallback[0].provider: provider \"b\" has no endpoint for cluster \"prod\""),
+        "{report}"
+    );
+    assert!(
+        !report.contains("provider \"b\" has no endpoint for cluster \"staging\""),
+        "{report}"
+    );
+    // Repository-wide a and b: prod uses both; staging's own b replaces the shared one.
+    let shared = "  providers:\n    a: {endpoint: \"https://a.example/v1\", credentials: {secretName: a-key, key: api-key}}\n    b: {endpoint: \"https://b.example/v1\"}\n";
+    let t = tree(shared);
+    assert!(!validate_tree(&t).has_errors(), "{}", validate_tree(&t));
+    let env_of = |cluster: &str| {
+        let r = render_tree(&t, Some(cluster), &Bundles::none()).expect("renders");
+        let d = r
+            .objects
+            .iter()
+            .find(|o| o.kind() == "Deployment")
+            .expect("deployment")
+            .manifest
+            .clone();
+        let router = d["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == "inference-router").cloned())
+            .expect("router");
+        let env: std::collections::BTreeMap<String, String> = router["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or_default().to_string(),
+                    e["value"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        (d, env)
+    };
+    let (prod, env) = env_of("prod");
+    assert_eq!(
+        env["KARS_INFERENCE_PROVIDERS"],
+        "a=https://a.example/v1,b=https://b.example/v1"
+    );
+    assert_eq!(
+        env["KARS_INFERENCE_PROVIDER_KEY_FILES"],
+        "a=/etc/kars/providers/a/key"
+    );
+    let volumes = prod["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(volumes.contains("\"secretName\":\"a-key\""), "{volumes}");
+    let (_, env) = env_of("staging");
+    assert_eq!(
+        env["KARS_INFERENCE_PROVIDERS"],
+        "a=https://a.example/v1,b=https://b-staging.example/v1"
+    );
+}

@@ -45,6 +45,17 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
         }
     }
 
+    // Fields accepted and not enforced by this version (one list: crate::maturity).
+    for o in &view.objects {
+        for u in crate::maturity::unenforced(o) {
+            let pos = crate::yaml::Pos {
+                line: u.line,
+                column: u.column,
+            };
+            per_file.of(o).warning(pos, u.message());
+        }
+    }
+
     // Unique kind/namespace/name.
     let mut seen: BTreeMap<(String, Option<String>, String), &SourceObject> = BTreeMap::new();
     for o in &view.objects {
@@ -73,6 +84,7 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
     }
 
     let index = Index::new(view.objects.iter());
+    let providers = view.config.providers_of(view.cluster);
     let mut sandbox_namespaces: BTreeMap<String, &SourceObject> = BTreeMap::new();
     let mut sandbox_dirs: BTreeMap<String, &SourceObject> = BTreeMap::new();
     for o in view.objects.iter().filter(|o| o.is_kars()) {
@@ -133,6 +145,14 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
                     }
                     Some(p) => {
                         if let Some(p) = p.kars().and_then(KarsObject::inference_policy) {
+                            if let Some(why) = inference_selector_mismatch(o, &p.spec.applies_to) {
+                                let m = format!(
+                                    "spec.inferenceRef.name: InferencePolicy {ip:?} {why}; reference a policy that applies to this sandbox, or widen its spec.appliesTo"
+                                );
+                                per_file
+                                    .of(o)
+                                    .error(o.pos_of(&["spec", "inferenceRef", "name"]), m);
+                            }
                             let has_model = p
                                 .spec
                                 .model_preference
@@ -238,6 +258,45 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
                     }
                 }
             }
+            "InferencePolicy" => {
+                let Some(ip) = o.kars().and_then(KarsObject::inference_policy) else {
+                    continue;
+                };
+                let Some(pref) = &ip.spec.model_preference else {
+                    continue;
+                };
+                let targets = std::iter::once(("primary".to_string(), &pref.primary)).chain(
+                    pref.fallback
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| (format!("fallback[{i}]"), t)),
+                );
+                for (which, t) in targets {
+                    if !t.provider.is_empty() && !providers.contains_key(&t.provider) {
+                        let pos = match which.as_str() {
+                            "primary" => {
+                                o.pos_of(&["spec", "modelPreference", "primary", "provider"])
+                            }
+                            _ => o.pos_of(&["spec", "modelPreference", "fallback"]),
+                        };
+                        let known = if providers.is_empty() {
+                            "none are configured".to_string()
+                        } else {
+                            format!(
+                                "configured: {}",
+                                providers.keys().cloned().collect::<Vec<_>>().join(", ")
+                            )
+                        };
+                        per_file.of(o).error(
+                            pos,
+                            format!(
+                                "spec.modelPreference.{which}.provider: provider {:?} has no endpoint for cluster {cluster:?} ({known}); add it to kars.yaml spec.providers (or the cluster's providers) with its endpoint and credentials Secret",
+                                t.provider
+                            ),
+                        );
+                    }
+                }
+            }
             "EgressApproval" => {
                 let Some(ea) = o.kars().and_then(KarsObject::egress_approval) else {
                     continue;
@@ -328,6 +387,40 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
     for (_, d) in per_file.0 {
         report.add(d);
     }
+}
+
+/// Why the InferencePolicy selector `applies` does not select sandbox `o`, if it does not
+/// (`sandboxName` empty or absent: any sandbox in the namespace; every `sandboxMatchLabels`
+/// entry must be one of the sandbox's labels).
+fn inference_selector_mismatch(
+    o: &SourceObject,
+    applies: &api::InferenceAppliesTo,
+) -> Option<String> {
+    if let Some(name) = applies.sandbox_name.as_deref().filter(|n| !n.is_empty())
+        && name != o.name
+    {
+        return Some(format!(
+            "applies only to sandbox {name:?} (spec.appliesTo.sandboxName)"
+        ));
+    }
+    let labels = o.node.get_path(&["metadata", "labels"]);
+    let missing: Vec<String> = applies
+        .sandbox_match_labels
+        .iter()
+        .filter(|(k, v)| {
+            labels
+                .and_then(|l| l.get(k))
+                .and_then(crate::yaml::Node::as_str)
+                != Some(v.as_str())
+        })
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "applies only to sandboxes labelled {} (spec.appliesTo.sandboxMatchLabels), and this sandbox is not",
+            missing.join(", ")
+        )
+    })
 }
 
 /// Diagnostics collectors keyed by file.

@@ -34,11 +34,23 @@ pub struct Upstream {
     /// Base URL, e.g. `https://example.openai.azure.com/openai/v1`; the API path is appended.
     pub base_url: String,
     /// Bearer key for the upstream.
-    pub api_key: Option<String>,
+    pub api_key: ProviderKey,
+}
+
+/// Where a provider's API key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProviderKey {
+    /// No key: requests carry no `Authorization`.
+    None,
+    /// A key given when the router started.
+    Value(String),
+    /// A file read for each request (a mounted Secret: a rotated key is used at once; a missing
+    /// or empty file refuses the request instead of calling the provider without a key).
+    File(std::path::PathBuf),
 }
 
 /// Provider name → (base URL, key), from the router's settings (never from the policy).
-pub type Providers = std::collections::BTreeMap<String, (String, Option<String>)>;
+pub type Providers = std::collections::BTreeMap<String, (String, ProviderKey)>;
 
 /// A compiled `inference-policy.json`: the upstreams in order (primary first) and the token
 /// limits.
@@ -290,7 +302,25 @@ impl Inference {
             );
         }
         let mut tried = Vec::new();
+        let mut missing_keys = 0usize;
         for up in upstreams.iter() {
+            let key = match &up.api_key {
+                ProviderKey::None => None,
+                ProviderKey::Value(k) => Some(k.clone()),
+                ProviderKey::File(f) => match tokio::fs::read_to_string(f).await {
+                    Ok(k) if !k.trim().is_empty() => Some(k.trim().to_string()),
+                    _ => {
+                        missing_keys += 1;
+                        tried.push(format!(
+                            "{} ({}): its API key file {} is missing or empty (create the provider's credentials Secret in this sandbox's namespace)",
+                            up.provider,
+                            up.deployment,
+                            f.display()
+                        ));
+                        continue;
+                    }
+                },
+            };
             request.insert("model".into(), Value::from(up.deployment.clone()));
             let url = format!("{}/{api_path}", up.base_url.trim_end_matches('/'));
             let mut req = self
@@ -299,7 +329,7 @@ impl Inference {
                 .header(header::CONTENT_TYPE, "application/json")
                 .header("x-request-id", &id)
                 .body(serde_json::to_vec(&request).unwrap_or_default());
-            if let Some(k) = &up.api_key {
+            if let Some(k) = &key {
                 req = req.bearer_auth(k);
             }
             let res = match req.send().await {
@@ -318,6 +348,14 @@ impl Inference {
                 continue;
             }
             return self.relay(res, id, cap, stream).await;
+        }
+        if missing_keys == upstreams.len() {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "provider_credentials_missing",
+                tried.join("; "),
+                json!({}),
+            );
         }
         error(
             StatusCode::BAD_GATEWAY,
@@ -472,7 +510,7 @@ mod tests {
                 provider: format!("p{i}"),
                 deployment: deployment.into(),
                 base_url: url.into(),
-                api_key: Some(format!("key-{i}")),
+                api_key: ProviderKey::Value(format!("key-{i}")),
             })
             .collect();
         TestProxy {
@@ -643,7 +681,7 @@ mod tests {
                 provider: "p".into(),
                 deployment: "d".into(),
                 base_url: plain,
-                api_key: None,
+                api_key: ProviderKey::None,
             }],
             limits: Limits::default(),
         });
@@ -661,12 +699,18 @@ mod tests {
     fn policy_upstreams_and_limits() {
         let policy = br#"{"modelPreference":{"primary":{"provider":"a","deployment":"gpt"},"fallback":[{"provider":"b","deployment":"small"}]},"tokenBudget":{"perRequestTokens":10,"dailyTokens":100}}"#;
         let mut providers = Providers::new();
-        providers.insert("a".into(), ("https://a.example/v1".into(), None));
+        providers.insert(
+            "a".into(),
+            ("https://a.example/v1".into(), ProviderKey::None),
+        );
         let compile = |p: &Providers| InferenceRoutes::compile("inference-policy.json", policy, p);
         assert!(compile(&providers).is_err(), "provider b has no URL");
         providers.insert(
             "b".into(),
-            ("https://b.example/v1".into(), Some("k".into())),
+            (
+                "https://b.example/v1".into(),
+                ProviderKey::Value("k".into()),
+            ),
         );
         let routes = compile(&providers).expect("ok");
         assert_eq!(

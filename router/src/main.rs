@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use kars_contract::router::{self as contract, env};
-use kars_router::inference::Providers;
+use kars_router::inference::{ProviderKey, Providers};
 use kars_router::listeners::{Listeners, serve_http};
 use kars_router::proxy::{ProxyLimits, ProxyState, Resolver};
 use kars_router::reload::{Policies, Settings, mounts_from_env, reload_forever, watch_mounts};
@@ -96,8 +96,10 @@ struct Args {
     /// repeatable; the InferencePolicy names providers, the router maps them to URLs.
     #[arg(long = "provider", env = env::INFERENCE_PROVIDERS, value_delimiter = ',', value_parser = kars_router::inference::name_value)]
     providers: Vec<(String, String)>,
-    /// A provider's API key file, `NAME=FILE`, repeatable (sent as a bearer token).
-    #[arg(long = "provider-key-file", value_parser = kars_router::inference::name_value)]
+    /// A provider's API key file, `NAME=FILE`, repeatable: read for each request and sent as a
+    /// bearer token; while it is missing or empty, requests to that provider are refused (503
+    /// `provider_credentials_missing` when no other upstream answers).
+    #[arg(long = "provider-key-file", env = env::INFERENCE_PROVIDER_KEY_FILES, value_delimiter = ',', value_parser = kars_router::inference::name_value)]
     provider_key_files: Vec<(String, String)>,
     /// Extra CA certificates (PEM) trusted for inference upstreams.
     #[arg(long, env = env::INFERENCE_CA_FILE)]
@@ -177,14 +179,21 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
         None => Vec::new(),
     };
+    if let Some((name, _)) = args
+        .provider_key_files
+        .iter()
+        .find(|(n, _)| !args.providers.iter().any(|(p, _)| p == n))
+    {
+        anyhow::bail!("--provider-key-file {name}=…: no --provider {name}=URL is configured");
+    }
     let mut providers = Providers::new();
     for (name, url) in &args.providers {
+        // Read for each request: a Secret created or rotated later is used without a restart.
         let key = args
             .provider_key_files
             .iter()
             .find(|(n, _)| n == name)
-            .map(|(_, f)| read_trimmed(std::path::Path::new(f)))
-            .transpose()?;
+            .map_or(ProviderKey::None, |(_, f)| ProviderKey::File(f.into()));
         providers.insert(name.clone(), (url.clone(), key));
     }
     let serve_inference = !providers.is_empty();

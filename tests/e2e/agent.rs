@@ -367,6 +367,15 @@ fn suspend() -> Result<()> {
     let first = f.work.git(&["rev-parse", "HEAD"])?.trim().to_string();
     let _agent = start_agent(cluster, &f, &f.file_url(), &["--interval", "1s"])?;
     wait_applied(&f, cluster, 60, "the first sync", &first)?;
+    // What the commit sets and this version does not enforce is in the status, at its line.
+    let listed = f.policyrepo_jsonpath(
+        cluster,
+        "{.status.unenforcedFields[0].source} {.status.unenforcedFields[0].field} {.status.unenforcedFieldCount}",
+    )?;
+    ensure!(
+        listed == "agents/a/tools.yaml:7 spec.appliesTo 1",
+        "status.unenforcedFields: {listed:?}"
+    );
     set_suspend(cluster, &f, true)?;
     wait_status(
         &f,

@@ -277,7 +277,7 @@ fn with_servers(node: &NodeCluster, images: &Images) -> Result<()> {
     repo.work.write(
         "kars.yaml",
         &format!(
-            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {{name: {prefix}}}\nspec:\n  defaultNamespace: {prefix}-ns\n  clusters: [{{name: test, paths: [agents]}}]\n  images:\n    router: \"{}\"\n    egressGuard: \"{}\"\n  router:\n    allowPrivateCidrs: [10.250.0.0/30, \"fd6b:6172:0:1::/64\"]\n",
+            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {{name: {prefix}}}\nspec:\n  defaultNamespace: {prefix}-ns\n  clusters: [{{name: test, paths: [agents]}}]\n  providers: {{azure-openai: {{endpoint: \"https://example.openai.azure.com/openai/v1\"}}}}\n  images:\n    router: \"{}\"\n    egressGuard: \"{}\"\n  router:\n    allowPrivateCidrs: [10.250.0.0/30, \"fd6b:6172:0:1::/64\"]\n",
             images.get("KARS_IMAGE_ROUTER")?,
             images.get("KARS_IMAGE_EGRESS_GUARD")?,
         ),

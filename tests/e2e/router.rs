@@ -49,6 +49,10 @@ pub fn tests() -> Vec<Trial> {
             signed_audit_heads,
         ),
         trial(
+            "router::rendered_template_answers_a_chat_completion_with_the_secrets_key",
+            rendered_template_chat_completion,
+        ),
+        trial(
             "router::agt_evaluate_answers_upstreams_runtimes",
             agt_evaluate,
         ),
@@ -458,9 +462,10 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 srv = http.server.HTTPServer(("127.0.0.1", 0), H)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(sys.argv[1], sys.argv[2])
-srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+if sys.argv[1] != "-":
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 print(srv.server_address[1], flush=True)
 srv.serve_forever()
 "#;
@@ -480,27 +485,7 @@ fn inference_over_https() -> Result<()> {
     kars_e2e::pki::root_ca(d, "ca")?;
     let (srv_pem, srv_key) =
         kars_e2e::pki::leaf(d, "ca", "srv", "/CN=upstream", kars_e2e::pki::SERVER_127)?;
-    let log = d.join("upstream.log");
-    let mut child = Command::new("python3")
-        .args(["-c", HTTPS_UPSTREAM])
-        .arg(&srv_pem)
-        .arg(&srv_key)
-        .arg(&log)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the HTTPS upstream")?;
-    let mut line = String::new();
-    {
-        use std::io::BufRead;
-        let out = child.stdout.take().context("stdout")?;
-        std::io::BufReader::new(out).read_line(&mut line)?;
-    }
-    let _upstream = Killed(child);
-    let up_port: u16 = line
-        .trim()
-        .parse()
-        .with_context(|| format!("upstream port: {line:?}"))?;
+    let (_upstream, up_port, log) = python_upstream(d, Some((&srv_pem, &srv_key)))?;
     std::fs::create_dir_all(d.join("inference"))?;
     std::fs::write(
         d.join("inference/inference-policy.json"),
@@ -735,7 +720,16 @@ pub(crate) fn start_rendered_router_with_proxy(
             continue;
         };
         // Paths the renderer chose point into the temporary root; ports are ours.
-        if value.starts_with('/') {
+        if name.ends_with("_FILES") {
+            let items: Vec<String> = value
+                .split(',')
+                .map(|item| match item.split_once("=/") {
+                    Some((k, path)) => format!("{k}={}", d.join(path).display()),
+                    None => item.to_string(),
+                })
+                .collect();
+            cmd.env(name, items.join(","));
+        } else if value.starts_with('/') {
             cmd.env(name, d.join(value.trim_start_matches('/')));
         } else if !name.ends_with("_PORT") {
             cmd.env(name, value);
@@ -750,6 +744,163 @@ pub(crate) fn start_rendered_router_with_proxy(
             proxy_port,
         },
     ))
+}
+
+/// The OpenAI-compatible upstream of [`HTTPS_UPSTREAM`] on 127.0.0.1, over TLS with
+/// `tls = (certificate, key)` or plain HTTP: the process, its port, and the file it logs each
+/// request to (path, authorization, body).
+fn python_upstream(
+    d: &Path,
+    tls: Option<(&Path, &Path)>,
+) -> Result<(Killed, u16, std::path::PathBuf)> {
+    let log = d.join("upstream.log");
+    let (cert, key) = tls.unwrap_or((Path::new("-"), Path::new("-")));
+    let mut child = Command::new("python3")
+        .args(["-c", HTTPS_UPSTREAM])
+        .arg(cert)
+        .arg(key)
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the upstream")?;
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        let out = child.stdout.take().context("stdout")?;
+        std::io::BufReader::new(out).read_line(&mut line)?;
+    }
+    let child = Killed(child);
+    let port = line
+        .trim()
+        .parse()
+        .with_context(|| format!("upstream port: {line:?}"))?;
+    Ok((child, port, log))
+}
+
+/// Inference configured from Git: the template with kars.yaml's provider pointed at a local
+/// OpenAI-compatible upstream renders a router (exactly the environment and mounts written in
+/// the Deployment) that answers a chat completion with the deployment as model and the key from
+/// the provider's Secret; before the Secret's file exists, 503 provider_credentials_missing and
+/// the upstream is not called without a key.
+fn rendered_template_chat_completion() -> Result<()> {
+    use kars_renderer::source::SourceLimits;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    let (_upstream, up_port, log) = python_upstream(d, None)?;
+    let template = workspace_root().join("repo-template");
+    let tree = kars_renderer::RepoTree::from_dir(&template, SourceLimits::default())?;
+    let placeholder = "endpoint: https://example.openai.azure.com/openai/v1";
+    let files: Vec<(String, Vec<u8>)> = tree
+        .files()
+        .map(|(p, b)| {
+            let b = if p == "kars.yaml" {
+                String::from_utf8_lossy(b)
+                    .replace(
+                        placeholder,
+                        &format!("endpoint: http://127.0.0.1:{up_port}/v1"),
+                    )
+                    .into_bytes()
+            } else {
+                b.to_vec()
+            };
+            (p.to_string(), b)
+        })
+        .collect();
+    ensure!(
+        files.iter().any(|(p, b)| p == "kars.yaml"
+            && String::from_utf8_lossy(b).contains(&format!("127.0.0.1:{up_port}"))),
+        "the template's kars.yaml no longer has {placeholder:?}"
+    );
+    let tree = kars_renderer::RepoTree::from_files(files);
+    let rendered = kars_renderer::render_tree(&tree, None, &kars_renderer::Bundles::none())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let objects: Vec<&Value> = rendered.objects.iter().map(|o| &o.manifest).collect();
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "hello-agent")
+        .context("the template's Deployment")?;
+    // The key comes from a Secret volume mounted into the router only.
+    let pod = &deployment["spec"]["template"]["spec"];
+    let secret_volume = pod["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == "provider-azure-openai")
+        .context("no Secret volume for the provider")?;
+    ensure!(
+        secret_volume["secret"]["secretName"] == "azure-openai-key"
+            && secret_volume["secret"]["items"][0]["key"] == "api-key",
+        "{secret_volume}"
+    );
+    for c in pod["containers"].as_array().into_iter().flatten() {
+        let mounts_key = c["volumeMounts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["name"] == "provider-azure-openai");
+        ensure!(
+            mounts_key == (c["name"] == "inference-router"),
+            "container {} mounts the key: {mounts_key}",
+            c["name"]
+        );
+    }
+    let root = d.join("root");
+    let port = free_port()?;
+    let (_mounted, router) = start_rendered_router_with_proxy(
+        &objects,
+        deployment,
+        &root,
+        "127.0.0.1",
+        port,
+        free_port()?,
+        "t0k",
+    )?;
+    let body =
+        r#"{"model":"anything","messages":[{"role":"user","content":"hello"}],"max_tokens":100}"#;
+    let chat = || http(router.port, "POST", "/v1/chat/completions", body, None);
+    let mut first = (0, String::new());
+    for _ in 0..100 {
+        match chat() {
+            Ok(r) => {
+                first = r;
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    ensure!(
+        first.0 == 503
+            && first.1.contains("provider_credentials_missing")
+            && first.1.contains("azure-openai"),
+        "without the Secret's key: {first:?}"
+    );
+    ensure!(
+        std::fs::read_to_string(&log).unwrap_or_default().is_empty(),
+        "the upstream was called without a key"
+    );
+    // The Secret appears (kubelet writes the volume): used from the next request on.
+    let key = root.join("etc/kars/providers/azure-openai/key");
+    std::fs::create_dir_all(key.parent().context("key dir")?)?;
+    std::fs::write(&key, "sk-template\n")?;
+    let (status, answer) = chat()?;
+    ensure!(
+        status == 200 && answer.contains("\"hi\""),
+        "{status} {answer}"
+    );
+    let logged: Value = serde_json::from_str(
+        std::fs::read_to_string(&log)?
+            .lines()
+            .next()
+            .context("the upstream saw nothing")?,
+    )?;
+    ensure!(
+        logged["path"] == "/v1/chat/completions"
+            && logged["auth"] == "Bearer sk-template"
+            && logged["body"]["model"] == "gpt-4.1",
+        "upstream saw {logged}"
+    );
+    Ok(())
 }
 
 /// "Ready means enforced": the router, given exactly the ConfigMaps and environment the renderer

@@ -77,6 +77,26 @@ fn print_one(pr: &kars_gitops_agent::status::PolicyRepo, namespace: &str) {
             c.writes
         );
     }
+    if let Some(n) = st.unenforced_field_count {
+        crate::outln!(
+            "  not enforced: {n} field(s) accepted but not enforced by this version (kars validate names each; see docs/feature-maturity.md)"
+        );
+        for u in st.unenforced_fields.iter().take(5) {
+            crate::outln!(
+                "    {} {} ({}): {}",
+                u.source,
+                u.field,
+                u.support,
+                u.message
+            );
+        }
+        if st.unenforced_fields.len() > 5 || n as usize > st.unenforced_fields.len().min(5) {
+            crate::outln!(
+                "    … kubectl get policyrepo -o jsonpath='{{.status.unenforcedFields}}' lists up to {}",
+                kars_gitops_agent::status::UNENFORCED_LISTED
+            );
+        }
+    }
     for c in &st.conditions {
         crate::outln!(
             "  {:<15} {:<7} {:<26} {}",

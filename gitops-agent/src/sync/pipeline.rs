@@ -102,6 +102,9 @@ pub struct Run {
     pub bundles: Vec<BundleStatus>,
     /// The render.
     pub rendered: Option<Rendered>,
+    /// Fields set in the rendered commit that this version does not enforce (`None`: the run
+    /// did not get that far).
+    pub unenforced: Option<Vec<kars_renderer::maturity::Unenforced>>,
     /// The apply.
     pub apply: Option<ApplyReport>,
     /// The prune.
@@ -443,6 +446,7 @@ pub async fn run(
         );
     };
     cfg.progress.emit(Event::Step("render"));
+    run.unenforced = Some(prepared.unenforced.clone());
     let (uses, statuses, rendered) =
         bundles_and_render(prepared, &head.head, &cfg.bundles, &before.bundles).await;
     let mut rendered = match rendered {

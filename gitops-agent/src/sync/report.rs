@@ -36,6 +36,23 @@ pub fn status(
     {
         st.sre_actions = sre.records.clone();
     }
+    if let Some(u) = &run.unenforced
+        && !dry_run
+    {
+        st.unenforced_fields = u
+            .iter()
+            .take(status::UNENFORCED_LISTED)
+            .map(|u| status::UnenforcedField {
+                source: format!("{}:{}", u.file, u.line),
+                object: u.object.clone(),
+                field: u.field.clone(),
+                support: u.support.label().to_string(),
+                message: u.detail.clone(),
+            })
+            .collect();
+        st.unenforced_field_count =
+            (!u.is_empty()).then(|| u32::try_from(u.len()).unwrap_or(u32::MAX));
+    }
     let (ready, message) = ready(&st, run);
     set_condition(
         &mut st.conditions,
@@ -597,6 +614,47 @@ mod tests {
             assert_eq!(st.last_fetched_revision.as_deref(), Some("c0ffee"));
             assert_eq!(st.observed_generation, Some(3));
         }
+    }
+
+    /// The fields accepted and not enforced by this version reach the status (bounded, with
+    /// the full count); a dry run leaves them as they were; a later commit without any clears
+    /// them.
+    #[test]
+    fn unenforced_fields_are_listed_in_the_status() {
+        use kars_renderer::maturity::{Support, Unenforced};
+        let field = |i: u32| Unenforced {
+            file: "agents/a/tools.yaml".into(),
+            line: i,
+            column: 3,
+            object: "ToolPolicy/agents/t".into(),
+            field: "spec.rateLimit".into(),
+            support: Support::RenderedOnly,
+            detail: "not applied".into(),
+        };
+        let run = |n: u32| Run {
+            fetched: Some(FetchedHead {
+                head: "c0ffee".into(),
+                downloaded: false,
+            }),
+            unenforced: Some((1..=n).map(field).collect()),
+            ..Run::default()
+        };
+        let st = status(&PolicyRepoStatus::default(), &run(60), false, None);
+        assert_eq!(st.unenforced_field_count, Some(60));
+        assert_eq!(st.unenforced_fields.len(), crate::status::UNENFORCED_LISTED);
+        let first = &st.unenforced_fields[0];
+        assert_eq!(
+            (
+                first.source.as_str(),
+                first.field.as_str(),
+                first.support.as_str()
+            ),
+            ("agents/a/tools.yaml:1", "spec.rateLimit", "rendered only")
+        );
+        let dry = status(&PolicyRepoStatus::default(), &run(2), true, None);
+        assert!(dry.unenforced_fields.is_empty() && dry.unenforced_field_count.is_none());
+        let cleared = status(&st, &run(0), false, None);
+        assert!(cleared.unenforced_fields.is_empty() && cleared.unenforced_field_count.is_none());
     }
 
     /// A pruned namespace still terminating is on its way out: Ready is False with reason

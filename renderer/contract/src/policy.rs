@@ -35,6 +35,20 @@ pub const APPROVAL_FILE_PREFIX: &str = "approval-";
 pub const AGT_PROFILE_FILE: &str = "agt-profile.yaml";
 /// The ToolPolicy summary beside the AGT profile (not read by the router: not in its digest).
 pub const AGT_SUMMARY_FILE: &str = "profile.json";
+/// The top-level keys of an AGT profile the router reads (`version` is descriptive).
+pub const AGT_PROFILE_KEYS: [&str; 3] = ["version", "agent", "policies"];
+/// The keys of an AGT profile rule the router acts on; any other key is ignored by it, and
+/// `kars validate` reports it (see the renderer's `maturity` module).
+pub const AGT_RULE_KEYS: [&str; 8] = [
+    "name",
+    "type",
+    "allowed_actions",
+    "denied_actions",
+    "actions",
+    "priority",
+    "max_calls",
+    "window",
+];
 /// The inference policy file.
 pub const INFERENCE_POLICY_FILE: &str = "inference-policy.json";
 /// The memory binding file.

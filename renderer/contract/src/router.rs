@@ -74,10 +74,57 @@ pub mod env {
     pub const EGRESS_BLOCKLIST_FILE: &str = "KARS_EGRESS_BLOCKLIST_FILE";
     /// Router only: internal CIDRs the proxy may connect to.
     pub const EGRESS_ALLOW_CIDRS: &str = "KARS_EGRESS_ALLOW_CIDRS";
-    /// Router only: inference providers, `NAME=URL,…`.
+    /// Inference providers, `NAME=URL,…` (rendered from kars.yaml `providers`).
     pub const INFERENCE_PROVIDERS: &str = "KARS_INFERENCE_PROVIDERS";
+    /// Inference providers' API key files, `NAME=FILE,…` (rendered from kars.yaml credentials).
+    pub const INFERENCE_PROVIDER_KEY_FILES: &str = "KARS_INFERENCE_PROVIDER_KEY_FILES";
     /// Router only: extra CA certificates for inference upstreams.
     pub const INFERENCE_CA_FILE: &str = "KARS_INFERENCE_CA_FILE";
+}
+
+/// Prefixes of agent environment names a repository may not set (upstream drops them; the
+/// renderer drops them too and `kars validate` reports each one).
+pub const RESERVED_AGENT_ENV_PREFIXES: [&str; 5] =
+    ["AGT_", "FOUNDRY_AGENT_", "AZURE_", "IMDS_", "KARS_"];
+
+/// Agent environment names the renderer sets itself (a repository's value for them is not used).
+pub const RENDERED_AGENT_ENV: [&str; 3] = ["SANDBOX_NAME", "OPENAI_BASE_URL", "KARS_MODEL"];
+
+/// True for a POSIX-style environment variable name (`[A-Za-z_][A-Za-z0-9_]*`).
+pub fn is_env_name(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// Why the agent environment variable `name` from the repository is not used, if it is not.
+pub fn dropped_agent_env(name: &str) -> Option<String> {
+    if !is_env_name(name) {
+        return Some(format!(
+            "{name:?} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*); dropped"
+        ));
+    }
+    if let Some(p) = RESERVED_AGENT_ENV_PREFIXES
+        .iter()
+        .find(|p| name.starts_with(*p))
+    {
+        return Some(format!(
+            "names starting with {p} are reserved for kars; dropped"
+        ));
+    }
+    if RENDERED_AGENT_ENV.contains(&name) {
+        return Some("the renderer sets this variable; the written value is not used".into());
+    }
+    None
+}
+
+/// Where a provider's API key Secret is mounted in the router (`<dir>/<provider>/key`).
+pub const PROVIDERS_DIR: &str = "/etc/kars/providers";
+
+/// The router's key file for provider `name`.
+pub fn provider_key_file(name: &str) -> String {
+    format!("{PROVIDERS_DIR}/{name}/key")
 }
 
 /// The router's admin token file as the renderer mounts it.

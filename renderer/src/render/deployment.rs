@@ -42,15 +42,6 @@ pub fn runtime_image(images: &crate::config::Images, sb: &KarsSandbox) -> String
     format!("karsacr.azurecr.io/kars-runtime-{slug}:latest")
 }
 
-const RESERVED_ENV_PREFIXES: [&str; 5] = ["AGT_", "FOUNDRY_AGENT_", "AZURE_", "IMDS_", "KARS_"];
-
-fn is_env_name(n: &str) -> bool {
-    let b = n.as_bytes();
-    !b.is_empty()
-        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
-}
-
 fn user_env(sb: &KarsSandbox) -> Vec<Value> {
     let rt = &sb.spec.runtime;
     let extra = rt
@@ -68,7 +59,7 @@ fn user_env(sb: &KarsSandbox) -> Vec<Value> {
         let mut keys: Vec<&String> = m.keys().collect();
         keys.sort();
         for k in keys {
-            if !is_env_name(k) || RESERVED_ENV_PREFIXES.iter().any(|p| k.starts_with(p)) {
+            if router::dropped_agent_env(k).is_some() {
                 continue;
             }
             let v = match &m[k] {
@@ -81,8 +72,7 @@ fn user_env(sb: &KarsSandbox) -> Vec<Value> {
     if let Some(byo) = &rt.byo {
         for e in &byo.env {
             if let Some(n) = e["name"].as_str()
-                && is_env_name(n)
-                && !RESERVED_ENV_PREFIXES.iter().any(|p| n.starts_with(p))
+                && router::dropped_agent_env(n).is_none()
             {
                 out.push(e.clone());
             }
@@ -300,6 +290,33 @@ pub(super) fn sandbox_deployment(
     if let Some(p) = inference.per_request {
         router_env.push((env::TOKEN_BUDGET_PER_REQUEST.into(), p.to_string()));
     }
+    // The providers the InferencePolicy names: endpoints from kars.yaml, keys from Secrets
+    // mounted into the router only.
+    let mut endpoints = Vec::new();
+    let mut key_files = Vec::new();
+    let mut provider_volumes = Vec::new();
+    let mut provider_mounts = Vec::new();
+    for name in &inference.providers {
+        let Some(p) = ctx.providers.get(name) else {
+            continue;
+        };
+        endpoints.push(format!("{name}={}", p.endpoint));
+        if let Some(c) = &p.credentials {
+            let volume = format!("provider-{name}");
+            provider_volumes.push(json!({"name": volume, "secret": {"secretName": c.secret_name, "defaultMode": 0o440, "optional": true, "items": [{"key": c.key, "path": "key"}]}}));
+            provider_mounts.push(json!({"name": volume, "mountPath": format!("{}/{name}", router::PROVIDERS_DIR), "readOnly": true}));
+            key_files.push(format!("{name}={}", router::provider_key_file(name)));
+        }
+    }
+    if !endpoints.is_empty() {
+        router_env.push((env::INFERENCE_PROVIDERS.into(), endpoints.join(",")));
+    }
+    if !key_files.is_empty() {
+        router_env.push((
+            env::INFERENCE_PROVIDER_KEY_FILES.into(),
+            key_files.join(","),
+        ));
+    }
     router_env.extend(m.router_env);
     let mut router_mounts = vec![
         json!({"name": "admin-token", "mountPath": ADMIN_TOKEN_DIR, "readOnly": true}),
@@ -307,6 +324,7 @@ pub(super) fn sandbox_deployment(
         json!({"name": "router-audit", "mountPath": LOG_DIR}),
     ];
     router_mounts.extend(m.router_mounts);
+    router_mounts.extend(provider_mounts);
     let router = json!({
         "name": router::CONTAINER,
         "image": ctx.images.router,
@@ -348,6 +366,7 @@ pub(super) fn sandbox_deployment(
         json!({"name": "admin-token", "secret": {"secretName": ADMIN_TOKEN_SECRET, "optional": true, "items": [{"key": TOKEN_KEY, "path": ADMIN_TOKEN_FILE_NAME}]}}),
     ];
     volumes.extend(m.volumes);
+    volumes.extend(provider_volumes);
 
     let mut pod_spec = json!({
         "serviceAccountName": "sandbox",

@@ -71,6 +71,8 @@ struct Ctx<'a> {
     cluster: &'a str,
     images: &'a crate::config::Images,
     router: &'a crate::config::RouterConfig,
+    /// The cluster's inference providers (kars.yaml).
+    providers: BTreeMap<String, crate::config::ProviderConfig>,
     bundles: &'a Bundles,
     objects: Vec<RenderedObject>,
     secrets: Vec<GeneratedSecret>,
@@ -194,6 +196,7 @@ pub fn render_cluster(
         cluster: &view.cluster.name,
         images: &view.config.spec.images,
         router: &view.config.spec.router,
+        providers: view.config.providers_of(view.cluster),
         bundles,
         objects: Vec::new(),
         secrets: Vec::new(),

@@ -370,6 +370,8 @@ pub(super) struct InferenceSettings {
     pub daily_budget: Option<u64>,
     /// `tokenBudget.perRequestTokens`, if set.
     pub per_request: Option<u64>,
+    /// The providers the policy names (primary and fallbacks), each with an endpoint.
+    pub providers: BTreeSet<String>,
 }
 
 /// The sandbox's InferencePolicy (the verified bundle when referenced).
@@ -407,6 +409,23 @@ pub(super) fn inference(
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let pref = &content["modelPreference"];
+    for t in
+        std::iter::once(&pref["primary"]).chain(pref["fallback"].as_array().into_iter().flatten())
+    {
+        let Some(p) = t["provider"].as_str().filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        if ctx.providers.contains_key(p) {
+            out.providers.insert(p.to_string());
+        } else {
+            // Only a bundle gets here (validation refuses inline policies like this).
+            ctx.problem(
+                ip_obj,
+                format!("provider {p:?} of the InferencePolicy has no endpoint for cluster {:?}; add it to kars.yaml spec.providers", ctx.cluster),
+            );
+        }
+    }
     out.daily_budget = content["tokenBudget"]["dailyTokens"].as_u64();
     out.per_request = content["tokenBudget"]["perRequestTokens"].as_u64();
     let files = one_file(contract::INFERENCE_POLICY_FILE, canonical::json(&content));

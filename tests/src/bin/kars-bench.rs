@@ -51,7 +51,7 @@ pub fn generated_repo_named(n: usize, repo: &str, prefix: &str) -> Vec<(String, 
     let mut files = vec![(
         "kars.yaml".to_string(),
         format!(
-            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {{name: {repo}}}\nspec:\n  defaultNamespace: {repo}-agents\n  clusters: [{{name: bench, paths: [agents]}}]\n"
+            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {{name: {repo}}}\nspec:\n  defaultNamespace: {repo}-agents\n  clusters: [{{name: bench, paths: [agents]}}]\n  providers: {{azure-openai: {{endpoint: \"https://example.openai.azure.com/openai/v1\"}}}}\n"
         ),
     )];
     for i in 0..n {
