@@ -172,10 +172,13 @@ pub const FIELDS: &[FieldSupport] = &[
     f(IP, "spec.displayName", Descriptive, "a name for people"),
     // ---- ToolPolicy ---------------------------------------------------------------------------
     f(TP, "spec.agtProfile", Enforced, "the router decides every /agt/evaluate call with the profile (rule keys it does not act on are reported)"),
-    f(TP, "spec.appliesTo", NotSupported, "a policy applies through KarsSandbox spec.governance.toolPolicyRef; appliesTo selectors are not evaluated"),
-    f(TP, "spec.approval", RenderedOnly, "written to the router's profile.json; the router does not answer requires_approval from it (use an approval rule in the AGT profile)"),
-    f(TP, "spec.commerce", RenderedOnly, "written to the router's profile.json; no transfer caps are applied"),
-    f(TP, "spec.rateLimit", RenderedOnly, "written to the router's profile.json; not applied (use a rate_limit rule in the AGT profile, or the router's per-tool window)"),
+    f(TP, "spec.appliesTo.tool", Enforced, "the ToolPolicy's rateLimit, commerce and approval govern tool:<name>:… calls of this tool (`*`: every tool)"),
+    f(TP, "spec.appliesTo.mcpServer", NotSupported, "calls do not say which MCP server a tool comes from; the policy applies to the tool whatever the server"),
+    f(TP, "spec.appliesTo.sandboxMatchLabels", NotSupported, "a policy applies through KarsSandbox spec.governance.toolPolicyRef; the selector is not evaluated"),
+    f(TP, "spec.approval.channel", NotSupported, "no approval request is sent anywhere; the runtime gets requires_approval"),
+    f(TP, "spec.approval", Enforced, "always, or aboveThreshold (default with commerce) for an amount over threshold: /agt/evaluate answers requires_approval"),
+    f(TP, "spec.commerce", Enforced, "every governed call is a transfer: denied without an amount, to a counterparty not listed (empty list: all), over perTransferCap, or past the UTC day's/month's cap; the spend survives restarts"),
+    f(TP, "spec.rateLimit", Enforced, "a token bucket per ToolPolicy: burst calls (default rps), refilled rps per window (default 1s); over it /agt/evaluate answers 429 with retry_after_secs"),
     f(TP, "spec.displayName", Descriptive, "a name for people"),
     // ---- EgressApproval -----------------------------------------------------------------------
     f(EA, "spec.sandbox", Enforced, "the sandbox whose router adds the hosts"),
@@ -680,10 +683,9 @@ mod tests {
             "agents/a/sandbox.yaml:9 spec.runtime.openclaw.extraEnv.AZURE_CLIENT_ID: accepted, not enforced by this version (not supported): names starting with AZURE_ are reserved",
             "agents/a/sandbox.yaml:9 spec.runtime.openclaw.extraEnv.SANDBOX_NAME",
             "agents/a/sandbox.yaml:11 spec.sandbox.seccompProfile",
-            "policies/p.yaml:12 spec.appliesTo: accepted, not enforced by this version (not supported)",
+            "policies/p.yaml:12 spec.appliesTo.sandboxMatchLabels: accepted, not enforced by this version (not supported)",
             "policies/p.yaml:20 spec.agtProfile.inline: policies[r].min_approvals",
             "policies/p.yaml:21 spec.agtProfile.inline: policies[r].conditions",
-            "policies/p.yaml:22 spec.rateLimit: accepted, not enforced by this version (rendered only)",
         ] {
             assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
         }
@@ -691,7 +693,7 @@ mod tests {
         for absent in ["egressMode", "defaultDeny", "displayName", "GOOD", "rps"] {
             assert!(!joined.contains(absent), "{absent} reported:\n{joined}");
         }
-        assert_eq!(got.len(), 8, "{joined}");
+        assert_eq!(got.len(), 7, "{joined}");
     }
 
     #[test]

@@ -817,3 +817,54 @@ fn providers_come_from_kars_yaml_per_cluster() {
         "a=https://a.example/v1,b=https://b-staging.example/v1"
     );
 }
+
+/// What the router enforces from a ToolPolicy is checked before it gets there: the currency
+/// syntax and `monthlyCap >= dailyCap` the CRD's descriptions promise, the approval mode, a
+/// positive rate and a window of 1 s to 24 h — each at its line.
+#[test]
+fn tool_policy_amounts_caps_modes_and_rates_are_validated() {
+    let cfg = "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {name: p}\nspec:\n  defaultNamespace: agents\n  clusters: [{name: c, paths: [policies]}]\n";
+    let tp = |spec: &str| {
+        format!(
+            "apiVersion: kars.azure.com/v1alpha1\nkind: ToolPolicy\nmetadata: {{name: t}}\nspec:\n  appliesTo: {{tool: pay, sandboxMatchLabels: {{team: a}}}}\n  agtProfile: {{inline: 'policies: []'}}\n{spec}"
+        )
+    };
+    let report = |spec: &str| {
+        validate_tree(&RepoTree::from_files([
+            ("kars.yaml".to_string(), cfg.to_string()),
+            ("policies/t.yaml".to_string(), tp(spec)),
+        ]))
+        .to_string()
+    };
+    let ok = report(
+        "  commerce: {dailyCap: USD 100.00, monthlyCap: USD 1000.00, perTransferCap: USD 50.00, counterpartyAllowlist: [acme.example]}\n  approval: {mode: aboveThreshold, threshold: USD 20.00}\n  rateLimit: {rps: 5, burst: 10, window: 1m}\n",
+    );
+    assert!(ok.lines().all(|l| l.contains(": warning: ")), "{ok}");
+    let bad = report(
+        "  commerce:\n    dailyCap: USD 100.00\n    monthlyCap: USD 10.00\n    perTransferCap: 50 USD\n  approval: {mode: sometimes, threshold: USD 1}\n  rateLimit: {rps: 0, window: 25h}\n",
+    );
+    for want in [
+        "policies/t.yaml:9:",
+        "spec.commerce.monthlyCap must be at least dailyCap",
+        "policies/t.yaml:10:",
+        "spec.commerce.perTransferCap: \"50 USD\" is not an amount like \"USD 100.00\"",
+        "spec.approval.mode: \"sometimes\" is not never",
+        "spec.approval.threshold: \"USD 1\" is not an amount",
+        "spec.rateLimit.rps must be a positive number",
+        "spec.rateLimit.window: \"25h\" is not a duration from 1s to 24h",
+    ] {
+        assert!(bad.contains(want), "missing {want:?} in:\n{bad}");
+    }
+    let mixed = report("  commerce: {dailyCap: USD 100.00, monthlyCap: EUR 1000.00}\n");
+    assert!(
+        mixed.contains("monthlyCap is in EUR and dailyCap in USD"),
+        "{mixed}"
+    );
+    let no_threshold = report("  commerce: {counterpartyAllowlist: [a.example]}\n");
+    assert!(
+        no_threshold.contains(
+            "warning: spec.approval: aboveThreshold (the default with commerce) without a threshold"
+        ),
+        "{no_threshold}"
+    );
+}

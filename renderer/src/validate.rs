@@ -297,6 +297,12 @@ pub fn validate_cluster(view: &ClusterView<'_>, report: &mut Report) {
                     }
                 }
             }
+            "ToolPolicy" => {
+                let Some(tp) = o.kars().and_then(KarsObject::tool_policy) else {
+                    continue;
+                };
+                check_tool_policy(o, tp, per_file.of(o));
+            }
             "EgressApproval" => {
                 let Some(ea) = o.kars().and_then(KarsObject::egress_approval) else {
                     continue;
@@ -421,6 +427,124 @@ fn inference_selector_mismatch(
             missing.join(", ")
         )
     })
+}
+
+/// An amount as the router reads it: an ISO-4217 code, a space, digits with two decimals; the
+/// currency and minor units.
+pub fn parse_money(s: &str) -> Result<(String, u64), String> {
+    let bad = || {
+        format!(
+            "{s:?} is not an amount like \"USD 100.00\" (ISO-4217 code, one space, two decimals)"
+        )
+    };
+    let (code, number) = s.split_once(' ').ok_or_else(bad)?;
+    let (units, cents) = number.split_once('.').ok_or_else(bad)?;
+    if code.len() != 3
+        || !code.bytes().all(|b| b.is_ascii_uppercase())
+        || units.is_empty()
+        || units.len() > 15
+        || cents.len() != 2
+        || !units
+            .bytes()
+            .chain(cents.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let units: u64 = units.parse().map_err(|_| bad())?;
+    let cents: u64 = cents.parse().map_err(|_| bad())?;
+    Ok((code.to_string(), units * 100 + cents))
+}
+
+/// The rules the CRD's descriptions promise for a ToolPolicy and its router enforces: amounts
+/// in the strict currency syntax, `monthlyCap >= dailyCap` in one currency, a known approval
+/// mode, a positive rate and a window the router parses.
+fn check_tool_policy(o: &SourceObject, tp: &api::ToolPolicy, diags: &mut Diagnostics) {
+    let money =
+        |diags: &mut Diagnostics, field: &str, v: Option<&String>| -> Option<(String, u64)> {
+            let v = v?;
+            let mut full = vec!["spec"];
+            full.extend(field.split('.'));
+            match parse_money(v) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    diags.error(o.pos_of(&full), format!("spec.{field}: {e}"));
+                    None
+                }
+            }
+        };
+    if let Some(c) = &tp.spec.commerce {
+        let _ = money(
+            diags,
+            "commerce.perTransferCap",
+            c.per_transfer_cap.as_ref(),
+        );
+        let daily = money(diags, "commerce.dailyCap", c.daily_cap.as_ref());
+        let monthly = money(diags, "commerce.monthlyCap", c.monthly_cap.as_ref());
+        if let (Some((dc, d)), Some((mc, m))) = (daily, monthly) {
+            if dc != mc {
+                diags.error(o.pos_of(&["spec", "commerce", "monthlyCap"]), format!("spec.commerce.monthlyCap is in {mc} and dailyCap in {dc}; use one currency (amounts are never converted)"));
+            } else if m < d {
+                diags.error(
+                    o.pos_of(&["spec", "commerce", "monthlyCap"]),
+                    "spec.commerce.monthlyCap must be at least dailyCap".to_string(),
+                );
+            }
+        }
+    }
+    if let Some(a) = &tp.spec.approval {
+        let _ = money(diags, "approval.threshold", a.threshold.as_ref());
+        match a.mode.as_deref() {
+            // auto and human: the spellings of upstream's full-stack example (never, always).
+            None | Some("never" | "always" | "aboveThreshold" | "auto" | "human") => {}
+            Some(other) => diags.error(
+                o.pos_of(&["spec", "approval", "mode"]),
+                format!("spec.approval.mode: {other:?} is not never, always or aboveThreshold (or auto/human)"),
+            ),
+        }
+    }
+    // Without a mode, commerce means aboveThreshold (the CRD's default).
+    let approval = tp.spec.approval.as_ref();
+    let mode = approval.and_then(|a| a.mode.as_deref());
+    let above = mode == Some("aboveThreshold") || (mode.is_none() && tp.spec.commerce.is_some());
+    if above && approval.and_then(|a| a.threshold.as_ref()).is_none() {
+        diags.warning(
+            o.pos_of(&["spec", "approval"]),
+            "spec.approval: aboveThreshold (the default with commerce) without a threshold asks for approval of every amount; set spec.approval.threshold",
+        );
+    }
+    if let Some(r) = &tp.spec.rate_limit {
+        if r.rps.is_none_or(|n| n == 0) {
+            diags.error(
+                o.pos_of(&["spec", "rateLimit"]),
+                "spec.rateLimit.rps must be a positive number of calls per window",
+            );
+        }
+        if let Some(w) = &r.window
+            && !is_window(w)
+        {
+            diags.error(o.pos_of(&["spec", "rateLimit", "window"]), format!("spec.rateLimit.window: {w:?} is not a duration from 1s to 24h such as 30s, 1m, 1h or 24h"));
+        }
+    }
+}
+
+/// A `<digits><ms|s|m|h>` duration of at least 1 s and at most 24 h, as the router takes
+/// rate-limit windows.
+fn is_window(w: &str) -> bool {
+    let digits = w.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &w[digits.len()..];
+    let ms_per = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return false,
+    };
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits
+            .parse::<u64>()
+            .is_ok_and(|n| (1_000..=86_400_000).contains(&n.saturating_mul(ms_per)))
 }
 
 /// Diagnostics collectors keyed by file.

@@ -8,7 +8,6 @@
 //! 00:00 UTC by the router's clock.
 
 use std::collections::VecDeque;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -202,22 +201,8 @@ impl Budget {
             path: self.path.display().to_string(),
             message: e.to_string(),
         };
-        let dir = self
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
         let bytes = serde_json::to_vec(l).map_err(|e| io(std::io::Error::other(e)))?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::state_file::replace(&self.path, &bytes).map_err(io)
     }
 }
 

@@ -24,3 +24,5 @@ pub mod policy_file;
 pub mod proxy;
 pub mod reload;
 pub mod server;
+pub mod state_file;
+pub mod tool_policy;

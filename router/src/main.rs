@@ -108,6 +108,10 @@ struct Args {
     /// sets TOKEN_BUDGET_PERSIST_PATH.
     #[arg(long, env = env::TOKEN_BUDGET_PERSIST_PATH, default_value = contract::BUDGET_FILE)]
     budget_file: PathBuf,
+    /// The commerce ledger: what each ToolPolicy's transfers spent today and this month (kept
+    /// across restarts; a damaged ledger stops the router).
+    #[arg(long, env = env::COMMERCE_LEDGER, default_value = contract::COMMERCE_LEDGER_FILE)]
+    commerce_ledger: PathBuf,
 }
 
 fn duration(s: &str) -> Result<Duration, kars_router::config::SettingError> {
@@ -250,6 +254,10 @@ async fn main() -> anyhow::Result<()> {
         metrics: metrics.clone(),
         inference,
         listeners: listeners.clone(),
+        tool_state: Arc::new(
+            kars_router::tool_policy::ToolState::open(&args.commerce_ledger)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
         tool_window: Arc::new(kars_router::governance::ToolWindow::new(
             args.tool_rate_limit_max,
             Duration::from_secs(args.tool_rate_limit_window_secs.max(1)),

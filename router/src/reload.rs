@@ -76,8 +76,8 @@ pub enum Compiled {
     EgressAllowlist(Vec<(String, u16)>),
     /// Time-limited approvals.
     EgressApproval(Vec<Approval>),
-    /// AGT profiles, one per file.
-    AgtProfile(Vec<Profile>),
+    /// AGT profiles, one per file, and the ToolPolicy's own rules (`profile.json`).
+    AgtProfile(Vec<Profile>, Vec<crate::tool_policy::ToolRules>),
     /// Upstreams and token limits.
     InferencePolicy(InferenceRoutes),
     /// The memory binding (validated JSON; the router does not act on it).
@@ -101,12 +101,21 @@ pub fn compile(
                 .map(|(name, body)| crate::egress::parse_approval(name, body))
                 .collect::<Result<_, _>>()?,
         ),
-        PolicyKind::AgtProfile => Compiled::AgtProfile(
-            files
+        PolicyKind::AgtProfile => {
+            let (summaries, profiles): (Vec<_>, Vec<_>) = files
                 .iter()
-                .map(|(name, body)| Profile::parse(name, PolicyFileError::text(name, body)?))
-                .collect::<Result<_, _>>()?,
-        ),
+                .partition(|(name, _)| name == kars_contract::policy::AGT_SUMMARY_FILE);
+            Compiled::AgtProfile(
+                profiles
+                    .iter()
+                    .map(|(name, body)| Profile::parse(name, PolicyFileError::text(name, body)?))
+                    .collect::<Result<_, _>>()?,
+                summaries
+                    .iter()
+                    .map(|(name, body)| crate::tool_policy::ToolRules::parse(name, body))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
         PolicyKind::InferencePolicy => Compiled::InferencePolicy(match files.first() {
             Some((name, body)) => InferenceRoutes::compile(name, body, &settings.providers)?,
             None => InferenceRoutes::default(),
@@ -162,6 +171,8 @@ pub struct Snapshot {
     pub governance: Arc<Engine>,
     /// Upstreams and token limits.
     pub inference: Arc<InferenceRoutes>,
+    /// The ToolPolicy's own rules (rate limit, commerce caps, approval).
+    pub tools: Arc<Vec<crate::tool_policy::ToolRules>>,
 }
 
 impl Snapshot {
@@ -172,6 +183,7 @@ impl Snapshot {
             egress: Arc::new(egress),
             governance: Arc::default(),
             inference: Arc::default(),
+            tools: Arc::default(),
         }
     }
 
@@ -199,6 +211,7 @@ impl Policies {
             egress: Arc::new(egress_policy(&settings, &[], &[])),
             governance: Arc::default(),
             inference: Arc::default(),
+            tools: Arc::default(),
         };
         Policies {
             mounts,
@@ -295,6 +308,7 @@ impl Policies {
             egress: previous.egress.clone(),
             governance: previous.governance.clone(),
             inference: previous.inference.clone(),
+            tools: previous.tools.clone(),
         };
         let egress_changed = changed
             .iter()
@@ -311,11 +325,12 @@ impl Policies {
             next.egress = Arc::new(egress_policy(&self.settings, &allow, &approvals));
         }
         if changed.contains(&PolicyKind::AgtProfile) {
-            let profiles = match next.compiled(PolicyKind::AgtProfile) {
-                Some(Compiled::AgtProfile(p)) => p.clone(),
-                _ => Vec::new(),
+            let (profiles, tools) = match next.compiled(PolicyKind::AgtProfile) {
+                Some(Compiled::AgtProfile(p, t)) => (p.clone(), t.clone()),
+                _ => (Vec::new(), Vec::new()),
             };
             next.governance = Arc::new(previous.governance.successor(profiles));
+            next.tools = Arc::new(tools);
         }
         if changed.contains(&PolicyKind::InferencePolicy)
             && let Some(Compiled::InferencePolicy(r)) = next.compiled(PolicyKind::InferencePolicy)

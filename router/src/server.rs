@@ -37,6 +37,8 @@ pub struct AppState {
     pub listeners: Arc<Listeners>,
     /// The per-tool sliding window on `tool:` actions.
     pub tool_window: Arc<crate::governance::ToolWindow>,
+    /// The ToolPolicy rules' rate buckets and commerce ledger.
+    pub tool_state: Arc<crate::tool_policy::ToolState>,
 }
 
 /// The metrics listener's routes (`/metrics`, `/healthz`), for the separate metrics port.
@@ -329,7 +331,32 @@ fn decide(s: &AppState, body: &[u8], shape: Shape) -> Response {
             },
             Some(wait),
         ),
-        _ => (s.policies.snapshot().governance.decide(action, now), None),
+        _ => {
+            let snapshot = s.policies.snapshot();
+            let decision = snapshot.governance.decide(action, now);
+            // What the AGT profile allows, the ToolPolicy's own rules may still limit.
+            match decision.verdict {
+                Verdict::Allow => match crate::tool_policy::decide(
+                    &snapshot.tools,
+                    &s.tool_state,
+                    action,
+                    &v["context"],
+                    now,
+                    kars_contract::time::unix_now(),
+                ) {
+                    Some(t) if t.verdict != Verdict::Allow => (
+                        Decision {
+                            action: action.to_string(),
+                            verdict: t.verdict,
+                            rule: Some(t.rule),
+                        },
+                        t.retry_after,
+                    ),
+                    _ => (decision, None),
+                },
+                _ => (decision, None),
+            }
+        }
     };
     s.metrics
         .governance
@@ -362,6 +389,20 @@ fn decide(s: &AppState, body: &[u8], shape: Shape) -> Response {
         }
     }
     let retry_secs = retry_after.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+    // A rate-limited decision is a 429 with Retry-After; the body says the same as for 200s.
+    let answer = |out: serde_json::Value| -> Response {
+        if decision.verdict == Verdict::RateLimited {
+            let mut r = (StatusCode::TOO_MANY_REQUESTS, Json(out)).into_response();
+            if let Some(secs) = retry_secs
+                && let Ok(v) = axum::http::HeaderValue::from_str(&secs.to_string())
+            {
+                r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+            r
+        } else {
+            Json(out).into_response()
+        }
+    };
     match shape {
         Shape::Kars => {
             let mut out = json!({
@@ -373,7 +414,7 @@ fn decide(s: &AppState, body: &[u8], shape: Shape) -> Response {
             if let Some(r) = retry_secs {
                 out["retry_after_secs"] = json!(r);
             }
-            Json(out).into_response()
+            answer(out)
         }
         Shape::Agt => {
             let rule = decision.rule.clone().unwrap_or_else(|| "no rule".into());
@@ -396,7 +437,7 @@ fn decide(s: &AppState, body: &[u8], shape: Shape) -> Response {
             if let Some(r) = retry_secs {
                 out["retry_after_secs"] = json!(r);
             }
-            Json(out).into_response()
+            answer(out)
         }
     }
 }
@@ -445,6 +486,7 @@ mod tests {
             inference: None,
             listeners: Arc::default(),
             tool_window: Arc::default(),
+            tool_state: Arc::default(),
         }
     }
 
@@ -647,11 +689,13 @@ mod tests {
             inference: None,
             listeners: Arc::default(),
             tool_window: Arc::default(),
+            tool_state: Arc::default(),
         };
         let app = app(state.clone());
         // Upstream's route and body, the same decision: three calls of one tool through a window
         // of two are allow, allow, then rate limited with the wait.
         let windowed = super::app(AppState {
+            tool_state: Arc::default(),
             tool_window: Arc::new(crate::governance::ToolWindow::new(
                 2,
                 std::time::Duration::from_secs(60),
@@ -704,7 +748,8 @@ mod tests {
                 "{v}"
             );
         }
-        let (_, v) = evaluate(r#"{"action":"tool:web_fetch:https://y"}"#).await;
+        let (code, v) = evaluate(r#"{"action":"tool:web_fetch:https://y"}"#).await;
+        assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "{v}");
         assert_eq!(
             (
                 v["allowed"].clone(),

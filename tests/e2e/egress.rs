@@ -49,7 +49,7 @@ fn egress_setup(prefix: &str) -> Result<(Setup, String, String)> {
     alice.write(
         "kars.yaml",
         &format!(
-            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {{name: {}}}\nspec:\n  defaultNamespace: {ns}\n  clusters: [{{name: test, paths: [agents, egress, sre]}}]\n  forge: {{url: \"{}\", repository: alice/{}}}\n  router:\n    allowPrivateCidrs: [127.0.0.0/8]\n",
+            "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {{name: {}}}\nspec:\n  defaultNamespace: {ns}\n  clusters: [{{name: test, paths: [agents, egress, sre]}}]\n  providers: {{azure-openai: {{endpoint: \"https://example.openai.azure.com/openai/v1\"}}}}\n  forge: {{url: \"{}\", repository: alice/{}}}\n  router:\n    allowPrivateCidrs: [127.0.0.0/8]\n",
             s.name,
             s.forge.url(),
             s.name
@@ -199,7 +199,7 @@ fn commands_refuse_bad_input_offline() -> Result<()> {
     std::fs::create_dir_all(work.join("agents/x"))?;
     std::fs::write(
         work.join("kars.yaml"),
-        "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {name: t}\nspec:\n  defaultNamespace: team\n  clusters: [{name: c, paths: [agents, egress]}]\n",
+        "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {name: t}\nspec:\n  defaultNamespace: team\n  clusters: [{name: c, paths: [agents, egress]}]\n  providers: {azure-openai: {endpoint: \"https://example.openai.azure.com/openai/v1\"}}\n",
     )?;
     for (path, body) in kars_e2e::fixture::agent_files("x", "team", &["api.example.com"]) {
         let p = work.join(&path);

@@ -53,6 +53,10 @@ pub fn tests() -> Vec<Trial> {
             rendered_template_chat_completion,
         ),
         trial(
+            "router::tool_policy_caps_transfers_asks_approval_and_rate_limits",
+            tool_policy_enforced,
+        ),
+        trial(
             "router::agt_evaluate_answers_upstreams_runtimes",
             agt_evaluate,
         ),
@@ -132,6 +136,7 @@ fn start_router_as(dir: &Path, extra: &[&str], launch: Launch<'_>) -> Result<Rou
         .arg("--admin-token-file")
         .arg(dir.join("token"))
         .env("AGT_POLICY_DIR", dir.join("agt"))
+        .env("KARS_COMMERCE_LEDGER", dir.join("commerce-ledger.json"))
         .env("SANDBOX_NAME", "e2e")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -776,6 +781,99 @@ fn python_upstream(
         .parse()
         .with_context(|| format!("upstream port: {line:?}"))?;
     Ok((child, port, log))
+}
+
+/// The ToolPolicy's own fields on the real router process: a transfer within the caps is
+/// allowed, one over the threshold needs approval, over the per-transfer cap or to an unlisted
+/// counterparty is denied and audited; the day's spend survives a restart (the cap still
+/// holds); a burst of calls ends in 429 with retry_after_secs.
+fn tool_policy_enforced() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("agt"))?;
+    std::fs::write(
+        d.join("agt/profile.yaml"),
+        "agent: e2e\npolicies:\n- {name: tools, allowed_actions: ['tool:*'], priority: 1}\n",
+    )?;
+    std::fs::write(
+        d.join("agt/profile.json"),
+        r#"{"appliesTo":{"tool":"pay","sandboxMatchLabels":{"team":"a"}},"commerce":{"counterpartyAllowlist":["acme.example"],"perTransferCap":"USD 100.00","dailyCap":"USD 150.00","monthlyCap":"USD 1000.00"},"approval":{"mode":"aboveThreshold","threshold":"USD 50.00"},"rateLimit":{"rps":1,"burst":20},"displayName":null}"#,
+    )?;
+    let evaluate = |r: &Router, action: &str| -> Result<(u16, Value)> {
+        let body = serde_json::to_string(&serde_json::json!({"action": action}))?;
+        let (code, text) = http(r.port, "POST", "/agt/evaluate", &body, None)?;
+        Ok((code, serde_json::from_str(&text)?))
+    };
+    let decision = |r: &Router, action: &str| -> Result<(String, String)> {
+        let (code, v) = evaluate(r, action)?;
+        ensure!(code == 200, "{action}: {code} {v}");
+        Ok((
+            v["decision"].as_str().unwrap_or_default().to_string(),
+            v["reason"].as_str().unwrap_or_default().to_string(),
+        ))
+    };
+    let router = start_router(d, &[])?;
+    let (word, why) = decision(&router, "tool:pay:USD 40.00 acme.example")?;
+    ensure!(word == "allow", "within the caps: {word} {why}");
+    let (word, why) = decision(&router, "tool:pay:USD 60.00 acme.example")?;
+    ensure!(
+        word == "requires_approval" && why.contains("above the threshold USD 50.00"),
+        "over the threshold: {word} {why}"
+    );
+    let (word, why) = decision(&router, "tool:pay:USD 120.00 acme.example")?;
+    ensure!(
+        word == "deny" && why.contains("over perTransferCap USD 100.00"),
+        "over the per-transfer cap: {word} {why}"
+    );
+    let (word, why) = decision(&router, "tool:pay:USD 10.00 evil.example")?;
+    ensure!(
+        word == "deny" && why.contains("counterparty"),
+        "unlisted counterparty: {word} {why}"
+    );
+    for _ in 0..2 {
+        let (word, why) = decision(&router, "tool:pay:USD 45.00 acme.example")?;
+        ensure!(word == "allow", "{word} {why}");
+    }
+    drop(router);
+    // 130.00 allowed today, across a restart: 30.00 more would pass the 150.00 daily cap.
+    let router = start_router(d, &[])?;
+    let (word, why) = decision(&router, "tool:pay:USD 30.00 acme.example")?;
+    ensure!(
+        word == "deny" && why.contains("on top of USD 130.00 would pass dailyCap USD 150.00"),
+        "after a restart: {word} {why}"
+    );
+    let audit = std::fs::read_to_string(d.join("audit.jsonl"))?;
+    ensure!(
+        audit
+            .lines()
+            .filter(|l| l.contains("governance.decision"))
+            .any(|l| l.contains("over perTransferCap"))
+            && audit
+                .lines()
+                .any(|l| l.contains("no counterparty of counterpartyAllowlist"))
+            && audit.lines().any(|l| l.contains("would pass dailyCap")),
+        "the refusals are audited: {audit}"
+    );
+    // A burst of calls (1 per second, 20 at once) ends in 429 with the time to wait.
+    let mut limited = None;
+    for _ in 0..30 {
+        let (code, v) = evaluate(&router, "tool:pay:USD 0.01 acme.example")?;
+        if code == 429 {
+            limited = Some(v);
+            break;
+        }
+    }
+    let v = limited.context("no 429 after 30 quick calls")?;
+    ensure!(
+        v["rate_limited"] == true
+            && v["allowed"] == false
+            && v["retry_after_secs"].as_u64() == Some(1)
+            && v["matched_rule"]
+                .as_str()
+                .is_some_and(|r| r.contains("rateLimit")),
+        "rate limited: {v}"
+    );
+    Ok(())
 }
 
 /// Inference configured from Git: the template with kars.yaml's provider pointed at a local
@@ -1454,8 +1552,13 @@ fn agt_evaluate() -> Result<()> {
     )?;
     let evaluate = |body: &str| -> Result<Value> {
         let (code, text) = http(router.port, "POST", "/agt/evaluate", body, None)?;
-        ensure!(code == 200, "/agt/evaluate {body}: {code} {text}");
-        Ok(serde_json::from_str(&text)?)
+        let v: Value = serde_json::from_str(&text)?;
+        // 429 exactly when rate limited.
+        ensure!(
+            code == if v["rate_limited"] == true { 429 } else { 200 },
+            "/agt/evaluate {body}: {code} {text}"
+        );
+        Ok(v)
     };
     let fields = |v: &Value| {
         (

@@ -143,7 +143,7 @@ impl Setup {
         alice.write(
             "kars.yaml",
             &format!(
-                "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {{name: {}}}\nspec:\n  defaultNamespace: {}-ns\n  clusters: [{{name: test, paths: [agents, sre]}}]\n  forge: {{url: \"{}\", repository: alice/{}}}\n",
+                "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {{name: {}}}\nspec:\n  defaultNamespace: {}-ns\n  clusters: [{{name: test, paths: [agents, sre]}}]\n  providers: {{azure-openai: {{endpoint: \"https://example.openai.azure.com/openai/v1\"}}}}\n  forge: {{url: \"{}\", repository: alice/{}}}\n",
                 s.name, s.name, forge.url(), s.name
             ),
         )?;

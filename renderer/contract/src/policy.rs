@@ -33,7 +33,8 @@ pub const ALLOWLIST_FILE: &str = "allowlist.json";
 pub const APPROVAL_FILE_PREFIX: &str = "approval-";
 /// The compiled AGT profile file.
 pub const AGT_PROFILE_FILE: &str = "agt-profile.yaml";
-/// The ToolPolicy summary beside the AGT profile (not read by the router: not in its digest).
+/// The ToolPolicy's own fields beside the AGT profile (`appliesTo`, `approval`, `commerce`,
+/// `rateLimit`), enforced by the router on the tool calls they apply to (in its digest).
 pub const AGT_SUMMARY_FILE: &str = "profile.json";
 /// The top-level keys of an AGT profile the router reads (`version` is descriptive).
 pub const AGT_PROFILE_KEYS: [&str; 3] = ["version", "agent", "policies"];
@@ -171,7 +172,9 @@ impl PolicyKind {
             PolicyKind::EgressApproval => {
                 file.starts_with(APPROVAL_FILE_PREFIX) && file.ends_with(".json")
             }
-            PolicyKind::AgtProfile => file.ends_with(".yaml") || file.ends_with(".yml"),
+            PolicyKind::AgtProfile => {
+                file.ends_with(".yaml") || file.ends_with(".yml") || file == AGT_SUMMARY_FILE
+            }
             PolicyKind::InferencePolicy => file == INFERENCE_POLICY_FILE,
             PolicyKind::Memory => file == MEMORY_BINDING_FILE,
         }

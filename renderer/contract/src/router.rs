@@ -26,6 +26,8 @@ pub const ADMIN_TOKEN_DIR: &str = "/etc/kars/secrets";
 pub const ADMIN_TOKEN_FILE_NAME: &str = "admin-token";
 /// The router's state volume (token-budget ledger).
 pub const STATE_DIR: &str = "/var/lib/kars";
+/// The commerce ledger (what ToolPolicy transfers spent; survives restarts).
+pub const COMMERCE_LEDGER_FILE: &str = "/var/lib/kars/commerce-ledger.json";
 /// The token-budget ledger.
 pub const BUDGET_FILE: &str = "/var/lib/kars/token-budgets.json";
 /// The router's log volume.
@@ -54,6 +56,8 @@ pub mod env {
     pub const EGRESS_MODE: &str = "EGRESS_MODE";
     /// The token-budget ledger file.
     pub const TOKEN_BUDGET_PERSIST_PATH: &str = "TOKEN_BUDGET_PERSIST_PATH";
+    /// The commerce ledger file.
+    pub const COMMERCE_LEDGER: &str = "KARS_COMMERCE_LEDGER";
     /// The audit log directory.
     pub const AUDIT_DIR: &str = "KARS_AUDIT_DIR";
     /// `true` when the sandbox's governance is enabled.

@@ -275,6 +275,10 @@ pub(super) fn sandbox_deployment(
         (env::METRICS_PORT.into(), METRICS_PORT.to_string()),
         (env::ADMIN_TOKEN_FILE.into(), router::admin_token_file()),
         (env::TOKEN_BUDGET_PERSIST_PATH.into(), BUDGET_FILE.into()),
+        (
+            env::COMMERCE_LEDGER.into(),
+            router::COMMERCE_LEDGER_FILE.into(),
+        ),
         (env::AUDIT_DIR.into(), AUDIT_DIR.into()),
         (env::GOVERNANCE_ENABLED.into(), governance_on.to_string()),
     ];

@@ -92,6 +92,19 @@ impl Compiled {
         self
     }
 
+    /// Upstream's digest annotation: for the AGT profile, of the profile bytes only (upstream's
+    /// router ignores `profile.json`); the same as [`Compiled::digest`] for the other kinds.
+    fn upstream_digest(&self) -> String {
+        contract::digest_files(
+            self.files
+                .iter()
+                .filter(|(name, _)| {
+                    self.kind.wants(name) && name.as_str() != contract::AGT_SUMMARY_FILE
+                })
+                .map(|(n, b)| (n.as_bytes(), b.as_bytes())),
+        )
+    }
+
     /// The policy digest of the files the router reads for this kind.
     fn digest(&self) -> String {
         contract::digest_files(
@@ -161,7 +174,7 @@ impl Ctx<'_> {
         let cm_name = kind.configmap_name(sandbox, c.owner.as_deref().unwrap_or_default());
         let mut annotations = json!({CONTENT_DIGEST_ANNOTATION: digest});
         if let Some(a) = kind.upstream_digest_annotation() {
-            annotations[a] = json!(digest);
+            annotations[a] = json!(c.upstream_digest());
         }
         if let (Some(a), Some(owner)) = (kind.owner_annotation(), &c.owner) {
             annotations[a] = json!(owner);
