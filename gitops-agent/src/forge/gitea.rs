@@ -10,6 +10,9 @@ use super::{
     ReviewState, Token,
 };
 
+/// How many times a merge Gitea is not ready for is asked again (every 500 ms).
+const MERGE_RETRIES: u32 = 20;
+
 /// A Gitea repository, through one token.
 #[derive(Clone, Debug)]
 pub struct Gitea {
@@ -380,14 +383,31 @@ impl Forge for Gitea {
             MergeStyle::FastForwardOnly => "fast-forward-only",
             MergeStyle::MergeCommit => "merge",
         };
-        self.call::<serde_json::Value>(
-            &format!("merge #{number} ({style})"),
-            reqwest::Method::POST,
-            self.repo_url(&format!("/pulls/{number}/merge")),
-            Some(json!({"Do": style, "delete_branch_after_merge": false})),
-        )
-        .await
-        .map(|_| ())
+        // Gitea answers 405 "Please try again later" while it is still computing whether the
+        // pull request can merge (right after a push or an approval): wait and ask again, for
+        // at most about ten seconds; any other refusal is final.
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .call::<serde_json::Value>(
+                    &format!("merge #{number} ({style})"),
+                    reqwest::Method::POST,
+                    self.repo_url(&format!("/pulls/{number}/merge")),
+                    Some(json!({"Do": style, "delete_branch_after_merge": false})),
+                )
+                .await;
+            match result {
+                Err(ForgeError::Refused {
+                    status: 405,
+                    ref message,
+                    ..
+                }) if attempt < MERGE_RETRIES && message.contains("try again later") => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                other => return other.map(|_| ()),
+            }
+        }
     }
 
     async fn close(&self, number: u64) -> Result<(), ForgeError> {
