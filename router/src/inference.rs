@@ -158,6 +158,18 @@ fn error(status: StatusCode, kind: &str, message: String, extra: Value) -> Respo
     (status, axum::Json(body)).into_response()
 }
 
+/// Request headers passed on to the upstream as they came: Anthropic's API version and beta
+/// flags (`/v1/messages`).
+fn passthrough_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for name in ["anthropic-version", "anthropic-beta"] {
+        if let Some(v) = headers.get(name) {
+            out.insert(name, v.clone());
+        }
+    }
+    out
+}
+
 /// Total tokens in a usage object (`total_tokens`, else input + output).
 fn usage_tokens(v: &Value) -> Option<u64> {
     let u = &v["usage"];
@@ -268,9 +280,15 @@ impl Inference {
                 json!({}),
             );
         };
-        let cap = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
-            .iter()
-            .find_map(|k| request.get(*k).and_then(Value::as_u64));
+        // Embeddings produce no output tokens: their cap is 0 (the budgets still apply, and the
+        // usage the upstream reports is counted).
+        let cap = if api_path == "embeddings" {
+            Some(0)
+        } else {
+            ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+                .iter()
+                .find_map(|k| request.get(*k).and_then(Value::as_u64))
+        };
         if let Err(refusal) = self.budget.admit(&routes.limits, cap, (self.clock)()) {
             let message = match &refusal {
                 BudgetRefusal::PerRequestCap { requested, cap } => format!(
@@ -284,11 +302,16 @@ impl Inference {
                     "this month's token budget cannot cover this request ({used} of {limit} used, UTC month)"
                 ),
             };
+            // Upstream's bodies: type token_budget_exceeded with its code, plus what was counted.
+            let code = match refusal {
+                BudgetRefusal::PerRequestCap { .. } => "per_request_tokens_exceeded",
+                _ => "budget_exceeded",
+            };
             return error(
                 StatusCode::TOO_MANY_REQUESTS,
-                "budget_exceeded",
+                "token_budget_exceeded",
                 message,
-                json!({"budget": refusal}),
+                json!({"code": code, "budget": refusal}),
             );
         }
         let stream = request.get("stream").and_then(Value::as_bool) == Some(true);
@@ -328,6 +351,7 @@ impl Inference {
                 .post(&url)
                 .header(header::CONTENT_TYPE, "application/json")
                 .header("x-request-id", &id)
+                .headers(passthrough_headers(&headers))
                 .body(serde_json::to_vec(&request).unwrap_or_default());
             if let Some(k) = &key {
                 req = req.bearer_auth(k);
@@ -621,7 +645,8 @@ mod tests {
         ] {
             let (status, v, _) = call(&p, body, None).await;
             assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
-            assert_eq!(v["error"]["type"], "budget_exceeded");
+            assert_eq!(v["error"]["type"], "token_budget_exceeded");
+            assert_eq!(v["error"]["code"], "per_request_tokens_exceeded", "{v}");
         }
         assert_eq!(
             calls.load(Ordering::SeqCst),

@@ -112,6 +112,10 @@ struct Args {
     /// across restarts; a damaged ledger stops the router).
     #[arg(long, env = env::COMMERCE_LEDGER, default_value = contract::COMMERCE_LEDGER_FILE)]
     commerce_ledger: PathBuf,
+    /// Peers that may call the protected routes (comma list); empty: any peer with the token.
+    /// The token is needed from every caller either way, loopback included.
+    #[arg(long, env = "ROUTER_ADMIN_ALLOW_IPS", value_delimiter = ',')]
+    admin_allow_ips: Vec<std::net::IpAddr>,
 }
 
 fn duration(s: &str) -> Result<Duration, kars_router::config::SettingError> {
@@ -248,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
     let state = AppState {
         policies: policies.clone(),
         admin_token: Arc::new(token),
+        admin_allow_ips: Arc::new(args.admin_allow_ips.clone()),
         sandbox: Arc::new(args.sandbox.clone()),
         audit: Some(audit.clone()),
         egress_proxy: args.proxy_port != 0,

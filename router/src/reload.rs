@@ -201,6 +201,9 @@ pub struct Policies {
     mounts: Vec<Mount>,
     settings: Settings,
     current: RwLock<Arc<Snapshot>>,
+    /// Set by `POST /egress/learn {"enabled": false}`: Strict whatever the settings say, until
+    /// turned off again or the router restarts (Git's mode is what a restart brings back).
+    forced_strict: std::sync::atomic::AtomicBool,
 }
 
 impl Policies {
@@ -208,7 +211,12 @@ impl Policies {
     pub fn new(mounts: Vec<Mount>, settings: Settings) -> Policies {
         let empty = Snapshot {
             entries: Vec::new(),
-            egress: Arc::new(egress_policy(&settings, &[], &[])),
+            egress: Arc::new(egress_policy(
+                &settings,
+                settings.mode.unwrap_or(Mode::Strict),
+                &[],
+                &[],
+            )),
             governance: Arc::default(),
             inference: Arc::default(),
             tools: Arc::default(),
@@ -217,6 +225,7 @@ impl Policies {
             mounts,
             settings,
             current: RwLock::new(Arc::new(empty)),
+            forced_strict: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -226,6 +235,7 @@ impl Policies {
             mounts: Vec::new(),
             settings: Settings::default(),
             current: RwLock::new(Arc::new(snapshot)),
+            forced_strict: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -237,6 +247,53 @@ impl Policies {
     /// The settings policies are compiled with.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The egress mode in force: the settings' (from Git), or Strict while forced.
+    pub fn mode(&self) -> Mode {
+        if self.forced_strict.load(std::sync::atomic::Ordering::SeqCst) {
+            Mode::Strict
+        } else {
+            self.settings.mode.unwrap_or(Mode::Strict)
+        }
+    }
+
+    /// `POST /egress/learn`: `learn: false` forces Strict now; `learn: true` returns to the
+    /// settings' mode, and is refused when that is Strict — Learn mode comes only from Git
+    /// (`spec.networkPolicy.egressMode`), never from a request. Returns the mode in force.
+    pub fn set_learn(&self, learn: bool) -> Result<Mode, String> {
+        let configured = self.settings.mode.unwrap_or(Mode::Strict);
+        if learn && configured == Mode::Strict {
+            return Err("this sandbox's egress mode is Strict in Git (spec.networkPolicy.egressMode); Learn mode is changed by a pull request, not a request to the router".into());
+        }
+        self.forced_strict
+            .store(!learn, std::sync::atomic::Ordering::SeqCst);
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let allow = match current.compiled(PolicyKind::EgressAllowlist) {
+            Some(Compiled::EgressAllowlist(a)) => a.clone(),
+            _ => Vec::new(),
+        };
+        let approvals = match current.compiled(PolicyKind::EgressApproval) {
+            Some(Compiled::EgressApproval(a)) => a.clone(),
+            _ => Vec::new(),
+        };
+        let next = Snapshot {
+            entries: current.entries.clone(),
+            egress: Arc::new(egress_policy(
+                &self.settings,
+                self.mode(),
+                &allow,
+                &approvals,
+            )),
+            governance: current.governance.clone(),
+            inference: current.inference.clone(),
+            tools: current.tools.clone(),
+        };
+        *current = Arc::new(next);
+        Ok(self.mode())
     }
 
     /// What is in force now.
@@ -322,7 +379,12 @@ impl Policies {
                 Some(Compiled::EgressApproval(a)) => a.clone(),
                 _ => Vec::new(),
             };
-            next.egress = Arc::new(egress_policy(&self.settings, &allow, &approvals));
+            next.egress = Arc::new(egress_policy(
+                &self.settings,
+                self.mode(),
+                &allow,
+                &approvals,
+            ));
         }
         if changed.contains(&PolicyKind::AgtProfile) {
             let (profiles, tools) = match next.compiled(PolicyKind::AgtProfile) {
@@ -347,11 +409,12 @@ impl Policies {
 
 fn egress_policy(
     settings: &Settings,
+    mode: Mode,
     allow: &[(String, u16)],
     approvals: &[Approval],
 ) -> EgressPolicy {
     EgressPolicy::new(
-        settings.mode.unwrap_or(Mode::Strict),
+        mode,
         allow.iter().cloned(),
         approvals.to_vec(),
         settings.blocklist.clone(),

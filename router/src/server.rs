@@ -23,6 +23,9 @@ pub struct AppState {
     pub policies: Arc<Policies>,
     /// Admin bearer token (empty = protected endpoints refuse everyone).
     pub admin_token: Arc<String>,
+    /// `ROUTER_ADMIN_ALLOW_IPS`: when not empty, protected routes answer only these peers
+    /// (and still need the token).
+    pub admin_allow_ips: Arc<Vec<std::net::IpAddr>>,
     /// Sandbox name.
     pub sandbox: Arc<String>,
     /// The audit log (`None`: decisions are not recorded — tests only).
@@ -92,21 +95,135 @@ async fn pod_only(req: axum::extract::Request, next: axum::middleware::Next) -> 
     }
 }
 
+/// The trace header upstream's router echoes (or generates) on every answer.
+pub const TRACE_HEADER: &str = "x-azureclaw-trace-id";
+
+static TRACE_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Echoes the caller's trace id (1-128 visible ASCII characters) or answers with a new one.
+async fn trace_id(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let given = req
+        .headers()
+        .get(TRACE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string);
+    let id = given.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let n = TRACE_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{nanos:x}-{n:x}")
+    });
+    let mut res = next.run(req).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        res.headers_mut().insert(TRACE_HEADER, v);
+    }
+    res
+}
+
+/// `ROUTER_ADMIN_ALLOW_IPS`: when set, a protected route answers 403 to any other peer before
+/// the token is looked at.
+async fn admin_peer(
+    State(s): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if s.admin_allow_ips.is_empty() {
+        return next.run(req).await;
+    }
+    match req.extensions().get::<crate::listeners::Peer>() {
+        Some(p) if s.admin_allow_ips.contains(&canonical_ip(p.0.ip())) => next.run(req).await,
+        peer => {
+            let from = peer.map_or("an unknown peer".to_string(), |p| p.0.ip().to_string());
+            (
+                StatusCode::FORBIDDEN,
+                Json(json!({
+                    "error": format!("{} is not in ROUTER_ADMIN_ALLOW_IPS", from),
+                    "reason": "NotAllowedPeer",
+                })),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// An IPv4 address written as `::ffff:a.b.c.d` compares as the IPv4 address.
+fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// Builds the router (handlers are testable without sockets).
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(protected_routes(state.clone()))
+        .merge(pod_routes())
+        .layer(axum::middleware::from_fn(trace_id))
+        .with_state(state)
+}
+
+/// The routes that need the admin token from every caller (and, with
+/// `ROUTER_ADMIN_ALLOW_IPS`, a listed peer).
+fn protected_routes(state: AppState) -> Router<AppState> {
+    Router::new()
         .route("/internal/policy-status", get(policy_status))
         .route("/internal/audit-head", get(audit_head))
+        .route("/egress/learn", post(egress_learn))
         .route("/egress/learned", get(egress_learned))
         .route("/egress/learned/blocked", get(egress_blocked))
         .route("/internal/egress/blocked", get(egress_blocked))
         .route("/egress/learned/clear", post(egress_learned_clear))
         .route("/egress/allowlist", get(egress_allowlist))
-        .merge(pod_routes())
-        .with_state(state)
+        .route_layer(axum::middleware::from_fn_with_state(state, admin_peer))
+}
+
+/// `POST /egress/learn {"enabled": bool}` (upstream's toggle): `false` forces Strict until
+/// `true` or a restart; `true` is refused (409) when Git says Strict.
+async fn egress_learn(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if let Some(denied) = require_admin(&s, &headers) {
+        return denied;
+    }
+    let Some(enabled) = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["enabled"].as_bool())
+    else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "expected {\"enabled\": true|false}"})),
+        )
+            .into_response();
+    };
+    match s.policies.set_learn(enabled) {
+        Ok(mode) => {
+            if let Some(log) = &s.audit {
+                let mut fields = serde_json::Map::new();
+                fields.insert("event".into(), json!("egress.mode"));
+                fields.insert("sandbox".into(), json!(*s.sandbox));
+                fields.insert("mode".into(), json!(mode));
+                if let Err(e) = log.append(&kars_contract::time::now_rfc3339(), fields) {
+                    tracing::error!(error = %e, "audit write failed for an egress mode change");
+                }
+            }
+            Json(json!({"mode": mode, "learn": mode == crate::egress::Mode::Learn})).into_response()
+        }
+        Err(why) => (
+            StatusCode::CONFLICT,
+            Json(json!({"error": why, "reason": "ModeFromGit"})),
+        )
+            .into_response(),
+    }
 }
 
 /// The routes only the pod itself may call: governance decisions and inference.
@@ -131,6 +248,30 @@ fn pod_routes() -> Router<AppState> {
             ),
         )
         .route("/v1/models", get(models))
+        .route(
+            "/v1/embeddings",
+            post(
+                |State(s): State<AppState>, h: HeaderMap, b: axum::body::Bytes| async move {
+                    inference(s, "embeddings", h, b).await
+                },
+            ),
+        )
+        .route(
+            "/v1/messages",
+            post(
+                |State(s): State<AppState>, h: HeaderMap, b: axum::body::Bytes| async move {
+                    inference(s, "messages", h, b).await
+                },
+            ),
+        )
+        .route(
+            "/anthropic/v1/messages",
+            post(
+                |State(s): State<AppState>, h: HeaderMap, b: axum::body::Bytes| async move {
+                    inference(s, "messages", h, b).await
+                },
+            ),
+        )
         .route(
             "/v1/responses",
             post(
@@ -479,6 +620,7 @@ mod tests {
         AppState {
             policies: Arc::new(store),
             admin_token: Arc::new("tok".into()),
+            admin_allow_ips: Arc::default(),
             sandbox: Arc::new("a".into()),
             audit: None,
             egress_proxy: false,
@@ -682,6 +824,7 @@ mod tests {
         let state = AppState {
             policies: Arc::new(store),
             admin_token: Arc::new("tok".into()),
+            admin_allow_ips: Arc::default(),
             sandbox: Arc::new("a".into()),
             audit: Some(Arc::new(log)),
             egress_proxy: false,

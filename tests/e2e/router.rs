@@ -14,8 +14,11 @@ use serde_json::Value;
 
 use crate::trial;
 
+mod contract;
+
 pub fn tests() -> Vec<Trial> {
-    vec![
+    let mut trials = contract::tests();
+    trials.extend(vec![
         trial(
             "router::governance_decisions_are_audited_and_tampering_is_detected",
             governance_and_audit,
@@ -60,7 +63,8 @@ pub fn tests() -> Vec<Trial> {
             "router::agt_evaluate_answers_upstreams_runtimes",
             agt_evaluate,
         ),
-    ]
+    ]);
+    trials
 }
 
 pub(crate) struct Router {
