@@ -868,3 +868,40 @@ fn tool_policy_amounts_caps_modes_and_rates_are_validated() {
         "{no_threshold}"
     );
 }
+
+/// Who may reach a sandbox is explicit: the kars system on the router port, other sandboxes
+/// only on the runtime gateway ports (never the router's 8443), and a sandbox reaches other
+/// sandboxes only on those gateway ports too.
+#[test]
+fn other_sandboxes_reach_only_the_runtime_gateway_ports() {
+    let tree = load(&manifest_dir().join("../repo-template"));
+    let r = render_tree(&tree, None, &Bundles::none()).expect("renders");
+    let np = &r
+        .objects
+        .iter()
+        .find(|o| o.kind() == "NetworkPolicy")
+        .expect("a NetworkPolicy")
+        .manifest["spec"];
+    let from_sandboxes = |rules: &serde_json::Value, side: &str| -> Vec<u64> {
+        rules
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| {
+                r[side]
+                    .to_string()
+                    .contains("\"kars.azure.com/role\":\"sandbox\"")
+            })
+            .flat_map(|r| r["ports"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["port"].as_u64())
+            .collect()
+    };
+    assert_eq!(from_sandboxes(&np["ingress"], "from"), [18789, 18791]);
+    assert_eq!(from_sandboxes(&np["egress"], "to"), [18789, 18791]);
+    let system_ingress = np["ingress"][0].to_string();
+    assert!(
+        system_ingress.contains("\"app.kubernetes.io/component\":\"system\"")
+            && system_ingress.contains("8443"),
+        "{system_ingress}"
+    );
+}

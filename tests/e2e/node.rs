@@ -145,6 +145,11 @@ impl Sandbox<'_> {
 
     /// Runs the test agent in the agent container and returns its JSON report.
     fn agent(&self, args: &[&str]) -> Result<Value> {
+        self.agent_in("agent", args)
+    }
+
+    /// Runs the test agent in `container` (`openclaw` for an OpenClaw runtime).
+    fn agent_in(&self, container: &str, args: &[&str]) -> Result<Value> {
         let pod = self.pod()?;
         let name = pod["metadata"]["name"]
             .as_str()
@@ -156,7 +161,7 @@ impl Sandbox<'_> {
             "exec",
             &name,
             "-c",
-            "agent",
+            container,
             "--",
             "kars-test-agent",
         ];

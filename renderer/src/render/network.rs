@@ -1,6 +1,13 @@
 //! The sandbox NetworkPolicy: default deny, with the egress the pod needs (DNS, the metadata
-//! endpoint for workload identity, HTTPS to public addresses, other sandboxes' routers, the mesh,
-//! the kars system) plus the ports the allowlist and approvals name, and ingress to the router.
+//! endpoint for workload identity, HTTPS to public addresses, other sandboxes' runtime gateways,
+//! the mesh, the kars system) plus the ports the allowlist and approvals name, and ingress to
+//! the router from the kars system only.
+//!
+//! Who may reach a sandbox, explicitly: the kars system namespaces on the router port (the
+//! agent's enforcement probe, with the admin token) and, with governance on, other sandboxes
+//! on the runtime's gateway ports (18789, 18791) only. Upstream also admits other sandboxes to
+//! the router port 8443; here nothing on it is meant for them — its decision and inference
+//! routes answer only the pod itself and the rest needs the admin token — so it is not opened.
 
 use std::collections::BTreeSet;
 
@@ -9,6 +16,9 @@ use kars_contract::router::PORT as ROUTER_PORT;
 use serde_json::{Value, json};
 
 use super::Ctx;
+
+/// The runtime gateway ports other sandboxes may reach (OpenClaw's and Hermes' agent gateway).
+pub const GATEWAY_PORTS: [u16; 2] = [18789, 18791];
 
 fn tcp_ports(ports: &[u16]) -> Vec<Value> {
     ports
@@ -32,7 +42,7 @@ pub(super) fn network_policy(
         json!({"to": [{"ipBlock": {"cidr": "169.254.169.254/32"}}], "ports": [{"protocol": "TCP", "port": 80}]}),
         json!({"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]}}],
                "ports": [{"protocol": "TCP", "port": 443}]}),
-        json!({"to": [{"namespaceSelector": {"matchLabels": {"kars.azure.com/role": "sandbox"}}}], "ports": [{"protocol": "TCP", "port": ROUTER_PORT}]}),
+        json!({"to": [{"namespaceSelector": {"matchLabels": {"kars.azure.com/role": "sandbox"}}}], "ports": tcp_ports(&GATEWAY_PORTS)}),
         json!({"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "agentmesh"}}}],
                "ports": tcp_ports(&[8765, 8080, 8083, 8082])}),
         json!({"to": [{"namespaceSelector": {"matchLabels": {"app.kubernetes.io/name": "kars", "app.kubernetes.io/component": "system"}}}],
@@ -46,7 +56,7 @@ pub(super) fn network_policy(
         vec![json!({"from": [system_ns], "ports": [{"protocol": "TCP", "port": ROUTER_PORT}]})];
     if governance_on {
         ingress.push(json!({"from": [{"namespaceSelector": {"matchLabels": {"kars.azure.com/role": "sandbox"}}}],
-            "ports": tcp_ports(&[ROUTER_PORT, 18789, 18791])}));
+            "ports": tcp_ports(&GATEWAY_PORTS)}));
     }
     let labels = ctx.labels(&[(SANDBOX_LABEL, name)]);
     ctx.push(

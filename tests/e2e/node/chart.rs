@@ -326,6 +326,7 @@ pub fn helm_installed_agent(node: &NodeCluster, images: &Images) -> Result<()> {
         "the sandbox Deployment was not applied by the agent: managers {applied_by}"
     );
 
+    another_sandbox_cannot_reach_its_router(node, &sb)?;
     webhook_push_is_applied(&i)?;
     sre_action_runs_with_the_charts_rights(&i)?;
     upgrade_rolls_without_reapplying(&i)?;
@@ -680,5 +681,73 @@ fn uninstall_keeps_or_prunes(i: &Installed) -> Result<()> {
     ] {
         ensure!(gone(&what)?, "uninstall.prune=true left {what:?}");
     }
+    Ok(())
+}
+
+/// Who may call a sandbox's router, from a second sandbox's pod: the first scenario's sandbox
+/// still runs, and from the template sandbox's agent container neither its router port directly
+/// (the egress guard drops it) nor through this sandbox's own router (an internal address) is
+/// reachable; the rendered NetworkPolicy admits other sandboxes only to the runtime's gateway
+/// ports, not to 8443.
+fn another_sandbox_cannot_reach_its_router(node: &NodeCluster, sb: &Sandbox<'_>) -> Result<()> {
+    let pods: Value = serde_json::from_str(&node.kubectl_ok(&[
+        "get",
+        "pods",
+        "-A",
+        "-l",
+        "kars.azure.com/component=sandbox",
+        "-o",
+        "json",
+    ])?)?;
+    let other = pods["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| {
+            p["metadata"]["namespace"] != "kars-hello-agent" && p["status"]["podIP"].is_string()
+        })
+        .context("no second sandbox pod runs")?;
+    let ip = other["status"]["podIP"].as_str().unwrap_or_default();
+    let target = if ip.contains(':') {
+        format!("[{ip}]:8443")
+    } else {
+        format!("{ip}:8443")
+    };
+    let direct = sb.agent_in("openclaw", &["tcp", &target])?;
+    ensure!(
+        direct["ok"] != true,
+        "the other sandbox's router was reachable directly: {direct}"
+    );
+    let proxied = sb.agent_in("openclaw", &["connect", "127.0.0.1:8444", &target])?;
+    ensure!(
+        proxied["ok"] != true,
+        "the other sandbox's router was reachable through this router: {proxied}"
+    );
+    let np: Value = serde_json::from_str(&node.kubectl_ok(&[
+        "-n",
+        "kars-hello-agent",
+        "get",
+        "networkpolicy",
+        "sandbox-policy",
+        "-o",
+        "json",
+    ])?)?;
+    let from_sandboxes: Vec<&Value> = np["spec"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| {
+            r.to_string()
+                .contains("\"kars.azure.com/role\":\"sandbox\"")
+        })
+        .flat_map(|r| r["ports"].as_array().into_iter().flatten())
+        .collect();
+    ensure!(
+        !from_sandboxes.is_empty() && from_sandboxes.iter().all(|p| p["port"] != 8443),
+        "other sandboxes may reach: {from_sandboxes:?}"
+    );
+    eprintln!(
+        "[node] a second sandbox's pod reaches neither this router's port nor, through its own router, this one"
+    );
     Ok(())
 }
