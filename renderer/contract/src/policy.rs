@@ -254,7 +254,9 @@ mod tests {
         assert!(PolicyKind::EgressAllowlist.wants(ALLOWLIST_FILE));
         assert!(PolicyKind::EgressApproval.wants(&approval_file("a")));
         assert!(PolicyKind::AgtProfile.wants(AGT_PROFILE_FILE));
-        assert!(!PolicyKind::AgtProfile.wants(AGT_SUMMARY_FILE));
+        // The ToolPolicy's own rules are enforced by the router, so they are in the digest.
+        assert!(PolicyKind::AgtProfile.wants(AGT_SUMMARY_FILE));
+        assert!(!PolicyKind::AgtProfile.wants("notes.json"));
         assert!(PolicyKind::InferencePolicy.wants(INFERENCE_POLICY_FILE));
         assert!(PolicyKind::Memory.wants(MEMORY_BINDING_FILE));
         assert!(!PolicyKind::EgressApproval.wants("approval-a.yaml"));
