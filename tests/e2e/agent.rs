@@ -373,7 +373,8 @@ fn suspend() -> Result<()> {
         "{.status.unenforcedFields[0].source} {.status.unenforcedFields[0].field} {.status.unenforcedFieldCount}",
     )?;
     ensure!(
-        listed.starts_with("agents/") && listed.ends_with("-a/tools.yaml:7 spec.appliesTo 1"),
+        listed.starts_with("agents/")
+            && listed.ends_with("-a/tools.yaml:8 spec.appliesTo.sandboxMatchLabels 1"),
         "status.unenforcedFields: {listed:?}"
     );
     set_suspend(cluster, &f, true)?;
