@@ -178,7 +178,7 @@ pub const FIELDS: &[FieldSupport] = &[
     f(TP, "spec.approval.channel", NotSupported, "no approval request is sent anywhere; the runtime gets requires_approval"),
     f(TP, "spec.approval", Enforced, "always, or aboveThreshold (default with commerce) for an amount over threshold: /agt/evaluate answers requires_approval"),
     f(TP, "spec.commerce", Enforced, "every governed call is a transfer: denied without an amount, to a counterparty not listed (empty list: all), over perTransferCap, or past the UTC day's/month's cap; the spend survives restarts"),
-    f(TP, "spec.rateLimit", Enforced, "a token bucket per ToolPolicy: burst calls (default rps), refilled rps per window (default 1s); over it /agt/evaluate answers 429 with retry_after_secs"),
+    f(TP, "spec.rateLimit", Enforced, "a token bucket per ToolPolicy of burst calls (default rps) refilled rps per second; with window, at most rps × window calls in any such window (1s to 24h); over either /agt/evaluate answers 429 with retry_after_secs"),
     f(TP, "spec.displayName", Descriptive, "a name for people"),
     // ---- EgressApproval -----------------------------------------------------------------------
     f(EA, "spec.sandbox", Enforced, "the sandbox whose router adds the hosts"),
