@@ -429,33 +429,6 @@ fn inference_selector_mismatch(
     })
 }
 
-/// An amount as the router reads it: an ISO-4217 code, a space, digits with two decimals; the
-/// currency and minor units.
-pub fn parse_money(s: &str) -> Result<(String, u64), String> {
-    let bad = || {
-        format!(
-            "{s:?} is not an amount like \"USD 100.00\" (ISO-4217 code, one space, two decimals)"
-        )
-    };
-    let (code, number) = s.split_once(' ').ok_or_else(bad)?;
-    let (units, cents) = number.split_once('.').ok_or_else(bad)?;
-    if code.len() != 3
-        || !code.bytes().all(|b| b.is_ascii_uppercase())
-        || units.is_empty()
-        || units.len() > 15
-        || cents.len() != 2
-        || !units
-            .bytes()
-            .chain(cents.bytes())
-            .all(|b| b.is_ascii_digit())
-    {
-        return Err(bad());
-    }
-    let units: u64 = units.parse().map_err(|_| bad())?;
-    let cents: u64 = cents.parse().map_err(|_| bad())?;
-    Ok((code.to_string(), units * 100 + cents))
-}
-
 /// The rules the CRD's descriptions promise for a ToolPolicy and its router enforces: amounts
 /// in the strict currency syntax, `monthlyCap >= dailyCap` in one currency, a known approval
 /// mode, a positive rate and a window the router parses.
@@ -465,8 +438,8 @@ fn check_tool_policy(o: &SourceObject, tp: &api::ToolPolicy, diags: &mut Diagnos
             let v = v?;
             let mut full = vec!["spec"];
             full.extend(field.split('.'));
-            match parse_money(v) {
-                Ok(m) => Some(m),
+            match kars_contract::money::Money::parse(v) {
+                Ok(m) => Some((m.code().to_string(), m.minor)),
                 Err(e) => {
                     diags.error(o.pos_of(&full), format!("spec.{field}: {e}"));
                     None

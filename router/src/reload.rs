@@ -187,6 +187,19 @@ impl Snapshot {
         }
     }
 
+    /// The compiled allowlist and approvals the egress policy is built from.
+    fn egress_inputs(&self) -> (Vec<(String, u16)>, Vec<Approval>) {
+        let allow = match self.compiled(PolicyKind::EgressAllowlist) {
+            Some(Compiled::EgressAllowlist(a)) => a.clone(),
+            _ => Vec::new(),
+        };
+        let approvals = match self.compiled(PolicyKind::EgressApproval) {
+            Some(Compiled::EgressApproval(a)) => a.clone(),
+            _ => Vec::new(),
+        };
+        (allow, approvals)
+    }
+
     fn compiled(&self, kind: PolicyKind) -> Option<&Compiled> {
         self.entries
             .iter()
@@ -272,14 +285,7 @@ impl Policies {
             .current
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let allow = match current.compiled(PolicyKind::EgressAllowlist) {
-            Some(Compiled::EgressAllowlist(a)) => a.clone(),
-            _ => Vec::new(),
-        };
-        let approvals = match current.compiled(PolicyKind::EgressApproval) {
-            Some(Compiled::EgressApproval(a)) => a.clone(),
-            _ => Vec::new(),
-        };
+        let (allow, approvals) = current.egress_inputs();
         let next = Snapshot {
             entries: current.entries.clone(),
             egress: Arc::new(egress_policy(
@@ -371,14 +377,7 @@ impl Policies {
             .iter()
             .any(|k| matches!(k, PolicyKind::EgressAllowlist | PolicyKind::EgressApproval));
         if egress_changed {
-            let allow = match next.compiled(PolicyKind::EgressAllowlist) {
-                Some(Compiled::EgressAllowlist(a)) => a.clone(),
-                _ => Vec::new(),
-            };
-            let approvals = match next.compiled(PolicyKind::EgressApproval) {
-                Some(Compiled::EgressApproval(a)) => a.clone(),
-                _ => Vec::new(),
-            };
+            let (allow, approvals) = next.egress_inputs();
             next.egress = Arc::new(egress_policy(
                 &self.settings,
                 self.mode(),

@@ -226,60 +226,27 @@ async fn egress_learn(
     }
 }
 
+/// `POST` of one inference API (`chat/completions`, `messages`, …) to the policy's upstreams.
+fn inference_route(api_path: &'static str) -> axum::routing::MethodRouter<AppState> {
+    post(
+        move |State(s): State<AppState>, h: HeaderMap, b: axum::body::Bytes| async move {
+            inference(s, api_path, h, b).await
+        },
+    )
+}
+
 /// The routes only the pod itself may call: governance decisions and inference.
 fn pod_routes() -> Router<AppState> {
     Router::new()
         .route("/governance/check", post(governance_check))
         .route("/agt/evaluate", post(agt_evaluate))
-        .route(
-            "/v1/chat/completions",
-            post(
-                |State(s): State<AppState>, h: HeaderMap, b: axum::body::Bytes| async move {
-                    inference(s, "chat/completions", h, b).await
-                },
-            ),
-        )
-        .route(
-            "/v1/completions",
-            post(
-                |State(s): State<AppState>, h: HeaderMap, b: axum::body::Bytes| async move {
-                    inference(s, "completions", h, b).await
-                },
-            ),
-        )
+        .route("/v1/chat/completions", inference_route("chat/completions"))
+        .route("/v1/completions", inference_route("completions"))
         .route("/v1/models", get(models))
-        .route(
-            "/v1/embeddings",
-            post(
-                |State(s): State<AppState>, h: HeaderMap, b: axum::body::Bytes| async move {
-                    inference(s, "embeddings", h, b).await
-                },
-            ),
-        )
-        .route(
-            "/v1/messages",
-            post(
-                |State(s): State<AppState>, h: HeaderMap, b: axum::body::Bytes| async move {
-                    inference(s, "messages", h, b).await
-                },
-            ),
-        )
-        .route(
-            "/anthropic/v1/messages",
-            post(
-                |State(s): State<AppState>, h: HeaderMap, b: axum::body::Bytes| async move {
-                    inference(s, "messages", h, b).await
-                },
-            ),
-        )
-        .route(
-            "/v1/responses",
-            post(
-                |State(s): State<AppState>, h: HeaderMap, b: axum::body::Bytes| async move {
-                    inference(s, "responses", h, b).await
-                },
-            ),
-        )
+        .route("/v1/embeddings", inference_route("embeddings"))
+        .route("/v1/messages", inference_route("messages"))
+        .route("/anthropic/v1/messages", inference_route("messages"))
+        .route("/v1/responses", inference_route("responses"))
         .route_layer(axum::middleware::from_fn(pod_only))
 }
 

@@ -892,14 +892,14 @@ fn rendered_template_chat_completion() -> Result<()> {
     let (_upstream, up_port, log) = python_upstream(d, None)?;
     let template = workspace_root().join("repo-template");
     let tree = kars_renderer::RepoTree::from_dir(&template, SourceLimits::default())?;
-    let placeholder = "endpoint: https://example.openai.azure.com/openai/v1";
+    let template_endpoint = "endpoint: https://example.openai.azure.com/openai/v1";
     let files: Vec<(String, Vec<u8>)> = tree
         .files()
         .map(|(p, b)| {
             let b = if p == "kars.yaml" {
                 String::from_utf8_lossy(b)
                     .replace(
-                        placeholder,
+                        template_endpoint,
                         &format!("endpoint: http://127.0.0.1:{up_port}/v1"),
                     )
                     .into_bytes()
@@ -912,7 +912,7 @@ fn rendered_template_chat_completion() -> Result<()> {
     ensure!(
         files.iter().any(|(p, b)| p == "kars.yaml"
             && String::from_utf8_lossy(b).contains(&format!("127.0.0.1:{up_port}"))),
-        "the template's kars.yaml no longer has {placeholder:?}"
+        "the template's kars.yaml no longer has {template_endpoint:?}"
     );
     let tree = kars_renderer::RepoTree::from_files(files);
     let rendered = kars_renderer::render_tree(&tree, None, &kars_renderer::Bundles::none())

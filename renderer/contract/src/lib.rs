@@ -13,6 +13,7 @@
 
 pub mod host;
 pub mod labels;
+pub mod money;
 pub mod policy;
 pub mod reason;
 pub mod router;

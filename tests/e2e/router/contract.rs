@@ -440,28 +440,21 @@ fn allow_ips() -> Result<()> {
     Ok(())
 }
 
+/// `POST /egress/learn` with the admin token.
+fn learn(f: &Fixture, body: &str) -> Result<(u16, String)> {
+    http(f.router.port, "POST", "/egress/learn", body, Some(TOKEN))
+}
+
 fn egress_learn() -> Result<()> {
     let (allowed, _) = upstream()?;
     // Git says Strict: Learn cannot be switched on by a request.
     let f = fixture(&["--egress-mode", "strict"], Some(allowed), "null")?;
-    let (code, text) = http(
-        f.router.port,
-        "POST",
-        "/egress/learn",
-        r#"{"enabled":true}"#,
-        Some(TOKEN),
-    )?;
+    let (code, text) = learn(&f, r#"{"enabled":true}"#)?;
     ensure!(
         code == 409 && json_of(&text)?["reason"] == "ModeFromGit",
         "Learn over Git's Strict: {code} {text}"
     );
-    let (code, text) = http(
-        f.router.port,
-        "POST",
-        "/egress/learn",
-        r#"{"on":1}"#,
-        Some(TOKEN),
-    )?;
+    let (code, text) = learn(&f, r#"{"on":1}"#)?;
     ensure!(code == 400, "a body without enabled: {code} {text}");
     drop(f);
     // Git says Learn: a request may tighten to Strict (an unlisted host is refused) and back.
@@ -474,13 +467,7 @@ fn egress_learn() -> Result<()> {
     };
     let (other, _) = upstream()?;
     ensure!(connect(other)?.starts_with("HTTP/1.1 200"), "Learn allows");
-    let (code, text) = http(
-        f.router.port,
-        "POST",
-        "/egress/learn",
-        r#"{"enabled":false}"#,
-        Some(TOKEN),
-    )?;
+    let (code, text) = learn(&f, r#"{"enabled":false}"#)?;
     ensure!(
         code == 200 && json_of(&text)?["mode"] == "strict",
         "tighten: {code} {text}"
@@ -493,13 +480,7 @@ fn egress_learn() -> Result<()> {
         connect(allowed)?.starts_with("HTTP/1.1 200"),
         "the allowlist still works"
     );
-    let (code, text) = http(
-        f.router.port,
-        "POST",
-        "/egress/learn",
-        r#"{"enabled":true}"#,
-        Some(TOKEN),
-    )?;
+    let (code, text) = learn(&f, r#"{"enabled":true}"#)?;
     ensure!(
         code == 200 && json_of(&text)?["mode"] == "learn",
         "back to Git's Learn: {code} {text}"
