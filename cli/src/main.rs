@@ -81,7 +81,8 @@ enum Command {
     Delete(cmd::delete::Args),
     /// Signed OCI policy bundles: sign and push, verify, canonicalise, list kinds.
     Policy(cmd::policy::Args),
-    /// Router audit logs: verify the hash chain.
+    /// Audit chains: verify a router's log and its signed heads, print a router's public key,
+    /// show and verify the agent's signed log of what each sync applied.
     Audit(cmd::audit::Args),
     /// SRE remediations as pull requests: propose, approve (a signed commit), reject, list.
     Sre(cmd::sre::Args),

@@ -8,7 +8,8 @@
 //! as a pipeline of typed step outcomes and a pure status report; [`inspect`] runs the same
 //! steps read-only. Around it: the long-running [`agent`] with push [`webhook`]s, [`lease`]
 //! election and [`metrics`]. [`sre`] runs the SRE actions approved through Git after the apply
-//! step; [`forge`] talks to the pull requests they come through.
+//! step; [`forge`] talks to the pull requests they come through; [`sync_log`] keeps a signed
+//! hash chain of what each sync applied.
 
 pub mod agent;
 pub mod apply;
@@ -30,6 +31,7 @@ pub mod source;
 pub mod sre;
 pub mod status;
 pub mod sync;
+pub mod sync_log;
 pub mod verify;
 pub mod webhook;
 

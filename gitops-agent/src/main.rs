@@ -150,6 +150,11 @@ struct Args {
     /// The committer name of those commits.
     #[arg(long, env = "KARS_SRE_PROPOSER_NAME", default_value = "kars-gitops")]
     sre_proposer_name: String,
+    /// Keep a signed log of what each sync applied (commit, signers, rendered digest, objects
+    /// written and pruned) in ConfigMaps `<name>-sync-log-NNNN` beside the PolicyRepo,
+    /// signed with the Ed25519 seed (64 hex digits) in this file. `kars audit syncs` checks it.
+    #[arg(long, env = "KARS_SYNC_LOG_KEY", value_name = "FILE")]
+    sync_log_key: Option<PathBuf>,
     /// Run one sync and exit (0 when the cluster matches the verified head).
     #[arg(long)]
     once: bool,
@@ -304,6 +309,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         progress: Default::default(),
         enforcement: args.enforcement,
         sre: Default::default(),
+        sync_log: None,
     };
     if sync.name.is_empty() {
         sync.name = name_from_repository(&sync, args.once).await?;
@@ -311,6 +317,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let kube_config = kube_config(args.kubeconfig.as_deref()).await?;
     let client = kube::Client::try_from(kube_config.clone())?;
+    if let Some(key) = &args.sync_log_key {
+        let key = kars_gitops_agent::sync_log::read_key(key)
+            .map_err(|e| anyhow::anyhow!("--sync-log-key: {e}"))?;
+        let log = kars_gitops_agent::sync_log::SyncLog::new(
+            client.clone(),
+            &sync.status_namespace,
+            &sync.name,
+            key,
+        );
+        tracing::info!(key = log.key_id(), configmaps = %format!("{}/{}", sync.status_namespace, kars_gitops_agent::sync_log::segment_name(&sync.name, 0)), "keeping a signed sync log");
+        sync.sync_log = Some(std::sync::Arc::new(log));
+    }
     if !args.no_sre_executor {
         sync.sre.executor = Some(Executor::new(client.clone(), Some(kube_config)));
     }

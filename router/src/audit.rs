@@ -1,13 +1,8 @@
-//! The audit log: append-only JSON lines, each record chained to the one before it.
-//!
-//! A record is one JSON object on one line. Its last two fields are always
-//! `"prev":"<hex>"` — the `hash` of the record before it (64 zeros for the first record) — and
-//! `"hash":"<hex>"` — SHA-256 of the line's bytes up to (not including) `,"hash":`, followed by
-//! `}`. `seq` counts from 0 without gaps. So an edited record no longer matches its own hash, a
-//! record rewritten with a fresh hash no longer matches the next record's `prev`, and a deleted
-//! or moved record breaks `seq` and `prev`; [`verify`] names the first record that fails.
-//! Deleting records at the end leaves a valid shorter chain: compare the head
-//! ([`Summary::head`]) with one kept elsewhere (`kars audit verify --expect-head`).
+//! The audit log: append-only JSON lines, each record chained to the one before it, in the
+//! format of [`kars_contract::chain`] (shared with the agent's sync log): an edited, deleted or
+//! moved record is named by [`verify`]. Deleting records at the end leaves a valid shorter
+//! chain: compare the head ([`Summary::head`]) with one kept elsewhere (`kars audit verify
+//! --expect-head`), or sign heads ([`crate::audit_heads`]).
 //!
 //! Durability ([`Fsync`]): `Always` syncs the file after every record before the caller gets
 //! its answer (a decision is never acknowledged without its record on disk); `Interval` syncs at
@@ -27,7 +22,7 @@
 //! hosts or actions (see also [`Throttle`] for refusal floods).
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -35,8 +30,11 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-/// `prev` of the first record.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+pub use kars_contract::chain::{ChainError, GENESIS, Summary, verify_reader, verify_reader_with};
 
 /// When the log file is synced to disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,137 +89,6 @@ pub enum AuditError {
         /// The earlier failure.
         reason: String,
     },
-}
-
-/// The first record that breaks the chain.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ChainError {
-    /// 1-based line number.
-    pub line: usize,
-    /// The record's `seq`, when it could be read.
-    pub seq: Option<u64>,
-    /// What is wrong.
-    pub reason: String,
-}
-
-impl std::fmt::Display for ChainError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.seq {
-            Some(s) => write!(f, "line {} (seq {s}): {}", self.line, self.reason),
-            None => write!(f, "line {}: {}", self.line, self.reason),
-        }
-    }
-}
-
-/// A verified chain.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Summary {
-    /// Number of records.
-    pub records: u64,
-    /// `hash` of the last record (`GENESIS` when empty).
-    pub head: String,
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-const HASH_MARK: &str = ",\"hash\":\"";
-
-/// Checks one line on its own: returns (seq, prev, hash).
-fn check_line(line: &str) -> Result<(u64, String, String), (Option<u64>, String)> {
-    let v: Value = serde_json::from_str(line).map_err(|e| (None, format!("not JSON: {e}")))?;
-    let seq = v["seq"].as_u64();
-    let Some(at) = line.rfind(HASH_MARK) else {
-        return Err((seq, "no hash field at the end of the record".into()));
-    };
-    let hash = &line[at + HASH_MARK.len()..];
-    let hash = hash
-        .strip_suffix("\"}")
-        .filter(|h| h.len() == 64 && h.bytes().all(|c| c.is_ascii_hexdigit()))
-        .ok_or((seq, "the hash field must be the last field".to_string()))?;
-    let mut body = line[..at].to_string();
-    body.push('}');
-    if sha256_hex(body.as_bytes()) != hash {
-        return Err((
-            seq,
-            "the record was changed after it was written (its hash does not match)".into(),
-        ));
-    }
-    let seq = seq.ok_or((None, "no seq".to_string()))?;
-    let prev = v["prev"]
-        .as_str()
-        .ok_or((Some(seq), "no prev field".to_string()))?;
-    Ok((seq, prev.to_string(), hash.to_string()))
-}
-
-/// Verifies a whole log from a reader.
-pub fn verify_reader(reader: impl Read) -> Result<Summary, ChainError> {
-    verify_reader_with(reader, |_, _| {})
-}
-
-/// [`verify_reader`], calling `each(seq, hash)` for every record that verified.
-pub fn verify_reader_with(
-    reader: impl Read,
-    mut each: impl FnMut(u64, &str),
-) -> Result<Summary, ChainError> {
-    let mut expected_seq = 0u64;
-    let mut head = GENESIS.to_string();
-    let mut lines = BufReader::new(reader);
-    let mut buf = String::new();
-    let mut line_no = 0usize;
-    loop {
-        buf.clear();
-        let n = lines.read_line(&mut buf).map_err(|e| ChainError {
-            line: line_no + 1,
-            seq: None,
-            reason: format!("unreadable: {e}"),
-        })?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        let Some(line) = buf.strip_suffix('\n') else {
-            return Err(ChainError {
-                line: line_no,
-                seq: None,
-                reason: "the last line is incomplete (a torn write)".into(),
-            });
-        };
-        let (seq, prev, hash) = check_line(line).map_err(|(seq, reason)| ChainError {
-            line: line_no,
-            seq,
-            reason,
-        })?;
-        if seq != expected_seq {
-            return Err(ChainError {
-                line: line_no,
-                seq: Some(seq),
-                reason: if seq > expected_seq {
-                    format!(
-                        "seq {expected_seq} expected: record(s) {expected_seq}..{} are missing or moved",
-                        seq - 1
-                    )
-                } else {
-                    format!("seq {expected_seq} expected: records are out of order or repeated")
-                },
-            });
-        }
-        if prev != head {
-            return Err(ChainError {
-                line: line_no,
-                seq: Some(seq),
-                reason: "prev does not match the previous record's hash (a record before it was replaced)".into(),
-            });
-        }
-        each(seq, &hash);
-        head = hash;
-        expected_seq += 1;
-    }
-    Ok(Summary {
-        records: expected_seq,
-        head,
-    })
 }
 
 /// Verifies the log file at `path`.
@@ -374,7 +241,7 @@ impl AuditLog {
     /// are [`bounded`]) with the time `ts`. Returns the record's hash. On error nothing of the
     /// record stays in the file.
     pub fn append(&self, ts: &str, fields: Map<String, Value>) -> Result<String, AuditError> {
-        for reserved in ["seq", "ts", "prev", "hash"] {
+        for reserved in kars_contract::chain::RESERVED_FIELDS {
             if fields.contains_key(reserved) {
                 return Err(AuditError::InvalidRecord(format!(
                     "{reserved} is set by the log"
@@ -391,19 +258,9 @@ impl AuditLog {
                 reason: reason.clone(),
             });
         }
-        let mut record = Map::new();
-        record.insert("seq".into(), Value::from(inner.next_seq));
-        record.insert("ts".into(), Value::from(ts));
-        record.extend(fields.into_iter().map(|(k, v)| (k, bounded(v))));
-        record.insert("prev".into(), Value::from(inner.head.clone()));
-        let body = serde_json::to_string(&Value::Object(record))
-            .map_err(|e| AuditError::InvalidRecord(e.to_string()))?;
-        let hash = sha256_hex(body.as_bytes());
-        let mut line = body;
-        line.pop(); // the closing brace
-        line.push_str(HASH_MARK);
-        line.push_str(&hash);
-        line.push_str("\"}\n");
+        let bounded_fields = fields.into_iter().map(|(k, v)| (k, bounded(v))).collect();
+        let (line, hash) =
+            kars_contract::chain::seal(inner.next_seq, ts, bounded_fields, &inner.head);
         let sync = match self.fsync {
             Fsync::Always => true,
             Fsync::Interval(d) => inner.last_sync.elapsed() >= d,
@@ -525,6 +382,8 @@ impl Throttle {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    const HASH_MARK: &str = ",\"hash\":\"";
 
     fn fields(i: u64) -> Map<String, Value> {
         let Value::Object(m) = json!({"event": "governance.decision", "action": format!("tool:x:{i}"), "allowed": i.is_multiple_of(2)})

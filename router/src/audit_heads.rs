@@ -24,7 +24,6 @@ use std::sync::Mutex;
 use base64::Engine;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use sha2::{Digest, Sha256};
 
 use crate::audit::{ChainError, Summary, verify_reader_with};
 
@@ -139,44 +138,69 @@ pub enum HeadsFailure {
     },
 }
 
-/// One signed head.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SignedHead {
-    /// Records in the chain when signed.
-    pub records: u64,
-    /// The hash of record `records - 1` (the genesis value when empty).
-    pub head: String,
-    /// When (RFC 3339).
-    pub at: String,
-    /// The signing key's id ([`key_id`]).
-    pub key: String,
-    /// The Ed25519 signature of [`message`], base64.
-    pub sig: String,
-}
+pub use kars_contract::chain::SignedHead;
 
 /// The bytes a head signature covers.
-pub fn message(records: u64, head: &str, at: &str) -> Vec<u8> {
-    format!("kars-audit-head-v1\n{records}\n{head}\n{at}\n").into_bytes()
-}
+pub use kars_contract::chain::head_message as message;
 
 /// A public key's id: the first 16 hex digits of SHA-256 of its 32 bytes.
 pub fn key_id(key: &VerifyingKey) -> String {
-    hex::encode(&Sha256::digest(key.as_bytes())[..8])
+    kars_contract::chain::key_id(key.as_bytes())
 }
 
-/// Reads a PKCS#8 PEM Ed25519 private key.
+/// Reads an Ed25519 private key: PKCS#8 PEM (`openssl genpkey -algorithm ed25519`), or a
+/// 32-byte seed as 64 hex digits (what the generated `router-audit-key` Secret holds).
 pub fn read_signing_key(path: &Path) -> Result<SigningKey, HeadError> {
+    match try_read_signing_key(path)? {
+        Some(key) => Ok(key),
+        None => Err(HeadError::Key {
+            path: path.display().to_string(),
+            message: "no such file".into(),
+        }),
+    }
+}
+
+/// [`read_signing_key`], or `None` when the file does not exist (yet: a Secret volume the
+/// kubelet has not written).
+pub fn try_read_signing_key(path: &Path) -> Result<Option<SigningKey>, HeadError> {
     let err = |message: String| HeadError::Key {
         path: path.display().to_string(),
         message,
     };
-    let pem = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    SigningKey::from_pkcs8_pem(&pem).map_err(|e| {
-        err(format!(
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    signing_key_from_text(&text).map(Some).map_err(err)
+}
+
+/// An Ed25519 private key from the text of a key file (PKCS#8 PEM or a hex seed).
+pub fn signing_key_from_text(text: &str) -> Result<SigningKey, String> {
+    let trimmed = text.trim();
+    if !trimmed.starts_with("-----") {
+        let mut seed = [0u8; 32];
+        return match hex::decode_to_slice(trimmed, &mut seed) {
+            Ok(()) => Ok(SigningKey::from_bytes(&seed)),
+            Err(_) => Err(format!(
+                "neither a PKCS#8 PEM Ed25519 private key nor a 32-byte seed in hex ({} characters); create one with: openssl genpkey -algorithm ed25519 -out audit.key",
+                trimmed.len()
+            )),
+        };
+    }
+    SigningKey::from_pkcs8_pem(trimmed).map_err(|e| {
+        format!(
             "not a PKCS#8 PEM Ed25519 private key ({e}); create one with: openssl genpkey -algorithm ed25519 -out audit.key"
-        ))
+        )
     })
+}
+
+/// The PEM (SubjectPublicKeyInfo) text of a public key, as `openssl pkey -pubout` writes it and
+/// `kars audit verify --key` reads it.
+pub fn public_key_pem(key: &VerifyingKey) -> String {
+    use ed25519_dalek::pkcs8::EncodePublicKey;
+    key.to_public_key_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+        .unwrap_or_default()
 }
 
 /// Reads a PEM (SubjectPublicKeyInfo) Ed25519 public key.
@@ -216,6 +240,24 @@ impl HeadSigner {
     /// The key id.
     pub fn key_id(&self) -> &str {
         &self.id
+    }
+
+    /// The public key, PEM.
+    pub fn public_key_pem(&self) -> String {
+        public_key_pem(&self.key.verifying_key())
+    }
+
+    /// The heads file.
+    pub fn heads_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The last head this signer wrote (records, head).
+    pub fn last_signed(&self) -> Option<(u64, String)> {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Signs `summary` at `at` unless it was the last head signed; returns whether it wrote.
@@ -276,6 +318,21 @@ pub fn verify_heads(
     let hp = heads.display().to_string();
     let text = std::fs::read_to_string(heads)
         .map_err(|e| HeadsFailure::Unreadable(format!("{hp}: {e}")))?;
+    let f =
+        File::open(log).map_err(|e| HeadsFailure::Unreadable(format!("{}: {e}", log.display())))?;
+    verify_heads_in(BufReader::new(f), &text, &hp, key)
+}
+
+/// [`verify_heads`] of a chain read from `log` and heads given as text (`heads_name` names
+/// them in errors): the agent's sync log, read from the cluster.
+pub fn verify_heads_in(
+    log: impl std::io::Read,
+    heads_text: &str,
+    heads_name: &str,
+    key: &VerifyingKey,
+) -> Result<HeadsSummary, HeadsFailure> {
+    let hp = heads_name.to_string();
+    let text = heads_text;
     let want_id = key_id(key);
     let mut signed: Vec<(usize, SignedHead)> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
@@ -322,9 +379,7 @@ pub fn verify_heads(
         .map(|(_, h)| h.records - 1)
         .collect();
     let mut at_seq: std::collections::BTreeMap<u64, String> = std::collections::BTreeMap::new();
-    let f =
-        File::open(log).map_err(|e| HeadsFailure::Unreadable(format!("{}: {e}", log.display())))?;
-    let chain = verify_reader_with(BufReader::new(f), |seq, hash| {
+    let chain = verify_reader_with(log, |seq, hash| {
         if wanted.contains(&seq) {
             at_seq.insert(seq, hash.to_string());
         }
@@ -390,6 +445,35 @@ mod tests {
             log.append("2026-01-01T00:00:00Z", m).expect("append");
         }
         (path, log)
+    }
+
+    #[test]
+    fn keys_are_read_from_a_hex_seed_or_pkcs8_and_a_missing_file_is_not_an_error() {
+        let d = tempfile::tempdir().expect("dir");
+        let seed = d.path().join("seed");
+        assert!(
+            try_read_signing_key(&seed)
+                .expect("missing is fine")
+                .is_none(),
+            "a Secret volume not written yet"
+        );
+        std::fs::write(&seed, format!("{}\n", "01".repeat(32))).expect("w");
+        let k = read_signing_key(&seed).expect("hex seed");
+        assert_eq!(k.to_bytes(), [1u8; 32]);
+        for bad in [
+            "01".repeat(31),
+            "zz".repeat(32),
+            String::new(),
+            "-----BEGIN nonsense".into(),
+        ] {
+            std::fs::write(&seed, &bad).expect("w");
+            let e = read_signing_key(&seed).expect_err(&bad).to_string();
+            assert!(e.contains("seed") || e.contains("PKCS#8"), "{bad}: {e}");
+        }
+        // The PEM public key round-trips through what `kars audit verify --key` reads.
+        let pem = d.path().join("pub");
+        std::fs::write(&pem, public_key_pem(&k.verifying_key())).expect("w");
+        assert_eq!(read_verifying_key(&pem).expect("pem"), k.verifying_key());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,8 +67,9 @@ struct Args {
     #[arg(long, env = "TOOL_RATE_LIMIT_WINDOW_SECS", default_value_t = 60)]
     tool_rate_limit_window_secs: u64,
     /// Sign the audit chain's head with this Ed25519 key (PKCS#8 PEM: `openssl genpkey
-    /// -algorithm ed25519`) into `<log>.heads`, every --audit-sign-interval and when stopping;
-    /// `kars audit verify LOG --key PUB` then proves the log was not cut or rewritten.
+    /// -algorithm ed25519`, or a 32-byte seed in hex) into `<log>.heads`, every
+    /// --audit-sign-interval and when stopping; `kars audit verify LOG --key PUB` then proves
+    /// the log was not cut or rewritten. A file not there yet is read once it appears.
     #[arg(long, env = env::AUDIT_SIGNING_KEY_FILE, value_name = "FILE")]
     audit_signing_key: Option<PathBuf>,
     /// How often the audit head is signed (when it moved).
@@ -160,27 +161,40 @@ async fn main() -> anyhow::Result<()> {
     let summary = audit.summary();
     tracing::info!(records = summary.records, head = %summary.head, recovered = audit.recovered, path = %audit_log.display(), "audit log open");
     let audit = Arc::new(audit);
-    let head_signer = match &args.audit_signing_key {
-        Some(key) => {
-            let key = kars_router::audit_heads::read_signing_key(key)
-                .map_err(|e| anyhow::anyhow!("--audit-signing-key: {e}"))?;
-            let heads = kars_router::audit_heads::heads_path(&audit_log);
-            let signer = Arc::new(kars_router::audit_heads::HeadSigner::new(
-                key,
-                heads.clone(),
-            ));
-            tracing::info!(key = signer.key_id(), heads = %heads.display(), interval = ?args.audit_sign_interval, "signing the audit head");
-            let (s, a, every) = (signer.clone(), audit.clone(), args.audit_sign_interval);
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(every).await;
-                    sign_head(&s, &a);
-                }
-            });
-            Some(signer)
+    // The signer: its key read now, or — a Secret volume the kubelet has not written yet — at
+    // every interval until it appears. A key file that exists but is not a key stops the router.
+    let head_signer: Arc<std::sync::OnceLock<kars_router::audit_heads::HeadSigner>> =
+        Arc::default();
+    let heads = kars_router::audit_heads::heads_path(&audit_log);
+    if let Some(key_file) = args.audit_signing_key.clone() {
+        if !load_signer(&head_signer, &key_file, &heads)
+            .map_err(|e| anyhow::anyhow!("--audit-signing-key: {e}"))?
+        {
+            tracing::warn!(key = %key_file.display(), "the audit signing key is not there yet: heads are signed once it appears");
         }
-        None => None,
-    };
+        let (s, a, every, heads) = (
+            head_signer.clone(),
+            audit.clone(),
+            args.audit_sign_interval,
+            heads.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                match load_signer(&s, &key_file, &heads) {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the audit signing key cannot be read");
+                        continue;
+                    }
+                }
+                if let Some(signer) = s.get() {
+                    sign_head(signer, &a);
+                }
+            }
+        });
+    }
 
     let blocklist = match &args.blocklist_file {
         Some(p) => kars_router::config::parse_blocklist(&read_trimmed(p)?)
@@ -267,6 +281,7 @@ async fn main() -> anyhow::Result<()> {
             args.tool_rate_limit_max,
             Duration::from_secs(args.tool_rate_limit_window_secs.max(1)),
         )),
+        audit_signer: head_signer.clone(),
     };
     if args.metrics_port != 0 {
         let listener = tokio::net::TcpListener::bind((args.address, args.metrics_port)).await?;
@@ -305,10 +320,35 @@ async fn main() -> anyhow::Result<()> {
         _ = serve_http("api", listener, app(state), args.head_timeout, listeners) => {}
         _ = stop_signal() => tracing::info!("stopping"),
     }
-    if let Some(s) = &head_signer {
+    if let Some(key_file) = &args.audit_signing_key {
+        // A key that appeared since the last interval still signs the final head.
+        if let Err(e) = load_signer(&head_signer, key_file, &heads) {
+            tracing::error!(error = %e, "the audit signing key cannot be read");
+        }
+    }
+    if let Some(s) = head_signer.get() {
         sign_head(s, &audit);
     }
     Ok(())
+}
+
+/// Reads the signing key into `signer` unless it is there already; `false` while the file does
+/// not exist.
+fn load_signer(
+    signer: &std::sync::OnceLock<kars_router::audit_heads::HeadSigner>,
+    key_file: &Path,
+    heads: &Path,
+) -> Result<bool, kars_router::audit_heads::HeadError> {
+    if signer.get().is_some() {
+        return Ok(true);
+    }
+    let Some(key) = kars_router::audit_heads::try_read_signing_key(key_file)? else {
+        return Ok(false);
+    };
+    let s = kars_router::audit_heads::HeadSigner::new(key, heads.to_path_buf());
+    tracing::info!(key = s.key_id(), heads = %heads.display(), "signing the audit head");
+    let _ = signer.set(s);
+    Ok(true)
 }
 
 /// Signs the audit head if it moved; a failure is logged (the chain itself is unaffected).

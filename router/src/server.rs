@@ -42,6 +42,8 @@ pub struct AppState {
     pub tool_window: Arc<crate::governance::ToolWindow>,
     /// The ToolPolicy rules' rate buckets and commerce ledger.
     pub tool_state: Arc<crate::tool_policy::ToolState>,
+    /// The audit head signer, once its key was read (`/internal/audit-head` shows it).
+    pub audit_signer: Arc<std::sync::OnceLock<crate::audit_heads::HeadSigner>>,
 }
 
 /// The metrics listener's routes (`/metrics`, `/healthz`), for the separate metrics port.
@@ -282,10 +284,22 @@ async fn audit_head(State(s): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(denied) = require_admin(&s, &headers) {
         return denied;
     }
-    match &s.audit {
-        Some(log) => Json(json!(log.summary())).into_response(),
-        None => (StatusCode::NOT_FOUND, "no audit log").into_response(),
-    }
+    let Some(log) = &s.audit else {
+        return (StatusCode::NOT_FOUND, "no audit log").into_response();
+    };
+    let summary = log.summary();
+    let signing = s.audit_signer.get().map(|signer| {
+        let last = signer.last_signed();
+        json!({
+            "key": signer.key_id(),
+            "publicKey": signer.public_key_pem(),
+            "heads": signer.heads_path().display().to_string(),
+            "lastSignedRecords": last.as_ref().map(|(n, _)| *n),
+            "lastSignedHead": last.map(|(_, h)| h),
+        })
+    });
+    Json(json!({"records": summary.records, "head": summary.head, "signing": signing}))
+        .into_response()
 }
 
 async fn egress_learned(State(s): State<AppState>, headers: HeaderMap) -> Response {
@@ -596,6 +610,7 @@ mod tests {
             listeners: Arc::default(),
             tool_window: Arc::default(),
             tool_state: Arc::default(),
+            audit_signer: Arc::default(),
         }
     }
 
@@ -800,12 +815,14 @@ mod tests {
             listeners: Arc::default(),
             tool_window: Arc::default(),
             tool_state: Arc::default(),
+            audit_signer: Arc::default(),
         };
         let app = app(state.clone());
         // Upstream's route and body, the same decision: three calls of one tool through a window
         // of two are allow, allow, then rate limited with the wait.
         let windowed = super::app(AppState {
             tool_state: Arc::default(),
+            audit_signer: Arc::default(),
             tool_window: Arc::new(crate::governance::ToolWindow::new(
                 2,
                 std::time::Duration::from_secs(60),

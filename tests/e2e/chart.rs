@@ -323,6 +323,30 @@ fn as_the_agent(
         whoami.combined()
     );
 
+    // The sync log's signing seed, from the Secret the chart generated (the agent's pod
+    // mounts it; here the agent runs on the host).
+    let seed_file = repo.path().join("sync-log-seed");
+    let (ok, seed, err) = cluster.kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "secret",
+        &format!("{release}-kars-gitops-sync-log-key"),
+        "-o",
+        "jsonpath={.data.ed25519-seed}",
+    ])?;
+    ensure!(ok, "the chart generated no sync log key: {err}");
+    {
+        use base64::Engine;
+        let seed = base64::engine::general_purpose::STANDARD.decode(seed.trim())?;
+        ensure!(
+            seed.len() == 64 && seed.iter().all(u8::is_ascii_hexdigit),
+            "the generated seed is not 64 hex digits"
+        );
+        std::fs::write(&seed_file, seed)?;
+    }
+    let seed_arg = seed_file.display().to_string();
+
     // A real sync as this identity: two sandboxes applied (namespaces, bindings to the
     // spawner role, generated token Secrets, policies), then one pruned.
     let agent = |extra: &[&str]| -> Result<Out> {
@@ -343,6 +367,7 @@ fn as_the_agent(
         .arg(&repo.allowed_signers)
         .arg("--cache-dir")
         .arg(repo.path().join("cache"))
+        .args(["--sync-log-key", &seed_arg])
         .args(extra);
         run_to_end(&mut c)
     };
@@ -380,6 +405,20 @@ fn as_the_agent(
         ok && !token.trim().is_empty(),
         "no generated router token in {sandbox_ns}"
     );
+    let (ok, audit_seed, _) = cluster.kubectl(&[
+        "-n",
+        &sandbox_ns,
+        "get",
+        "secret",
+        "router-audit-key",
+        "-o",
+        "jsonpath={.data.ed25519-seed}",
+    ])?;
+    ensure!(
+        ok && !audit_seed.trim().is_empty(),
+        "no generated router audit key in {sandbox_ns}"
+    );
+    let first_commit = repo.head()?;
     sync_ok("a second sync", &[])?;
     repo.remove_agent("b")?;
     repo.commit_and_push("remove b")?;
@@ -411,6 +450,7 @@ fn as_the_agent(
         !gone,
         "the removed sandbox was not pruned by the agent's identity"
     );
+    sync_log_proves_what_was_applied(cluster, repo, release, ns, &first_commit, &sandbox_ns)?;
 
     // Allowed on purpose (positive controls, so the refusals below mean something).
     let own_secret = as_agent(&[
@@ -642,5 +682,195 @@ fn as_the_agent(
         .arg(cluster.kubeconfig())
         .output()
         .context("kars delete --prune")?;
+    Ok(())
+}
+
+/// The sync log the agent kept (as the chart's identity, in the release namespace): what each
+/// sync applied, checked by `kars audit syncs`; an edited record, a cut tail, another key and a
+/// missing segment are each named.
+fn sync_log_proves_what_was_applied(
+    cluster: &Cluster,
+    repo: &PolicyRepoFixture,
+    release: &str,
+    ns: &str,
+    first_commit: &str,
+    sandbox_ns: &str,
+) -> Result<()> {
+    let kars = |args: &[&str]| -> Result<Out> {
+        let mut c = kars_e2e::kars_command()?;
+        c.args(["audit", "syncs", release, "-n", ns, "--kubeconfig"])
+            .arg(cluster.kubeconfig())
+            .args(args);
+        run_to_end(&mut c)
+    };
+    let shown = kars(&[])?;
+    ensure!(shown.success(), "kars audit syncs: {}", shown.combined());
+    ensure!(
+        shown.stdout.contains("chain intact") && shown.stdout.contains("pin yours with --key"),
+        "{}",
+        shown.stdout
+    );
+    let json = kars(&["-o", "json"])?;
+    ensure!(json.success(), "{}", json.combined());
+    let v: serde_json::Value = serde_json::from_str(&json.stdout)?;
+    let records = v["records"].as_array().context("records")?;
+    // The first sync created the sandboxes from the first commit, signed by the fixture's
+    // signer; the second changed nothing (no record); a later one pruned b at the new head.
+    let first = records.first().context("no record")?;
+    ensure!(
+        first["commit"] == first_commit
+            && first["written"]["count"].as_u64().unwrap_or_default() > 0
+            && first["written"]["objects"].as_array().is_some_and(|o| o
+                .iter()
+                .any(|x| x.as_str().is_some_and(|x| x.contains(sandbox_ns))))
+            && first["signers"].as_array().is_some_and(|s| !s.is_empty())
+            && first["rendered"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("sha256:")),
+        "first record: {first}"
+    );
+    let head = repo.head()?;
+    ensure!(
+        records.iter().any(|r| r["commit"] == head.as_str()
+            && r["previousCommit"] == first_commit
+            && r["pruned"]["count"].as_u64().unwrap_or_default() > 0),
+        "no record of the pruning sync at {head}: {records:?}"
+    );
+    ensure!(
+        records
+            .iter()
+            .filter(|r| r["commit"] == first_commit)
+            .count()
+            == 1,
+        "the sync that changed nothing was recorded: {records:?}"
+    );
+    let dir = repo.path();
+    let public = dir.join("agent-sync-log.pub");
+    std::fs::write(&public, v["publicKey"].as_str().context("publicKey")?)?;
+    let public_arg = public.display().to_string();
+    let pinned = kars(&["--key", &public_arg])?;
+    ensure!(
+        pinned.success() && !pinned.stdout.contains("pin yours"),
+        "{}",
+        pinned.combined()
+    );
+    let good_head = v["head"].as_str().context("head")?.to_string();
+
+    // Another key: refused, named.
+    let other = dir.join("other.pub");
+    let gen_key = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(dir.join("other.key"))
+        .status()?;
+    let pub_key = Command::new("openssl")
+        .arg("pkey")
+        .arg("-in")
+        .arg(dir.join("other.key"))
+        .args(["-pubout", "-out"])
+        .arg(&other)
+        .status()?;
+    ensure!(gen_key.success() && pub_key.success(), "openssl");
+    let out = kars(&["--key", &other.display().to_string()])?;
+    ensure!(
+        out.code == 1 && out.stderr.contains("not by the given key"),
+        "another key: {}",
+        out.combined()
+    );
+
+    // Tampering as a cluster admin, through the ConfigMap.
+    let segment = format!("{release}-sync-log-0000");
+    let (ok, original, err) =
+        cluster.kubectl(&["-n", ns, "get", "configmap", &segment, "-o", "json"])?;
+    ensure!(ok, "{segment}: {err}");
+    let replace_with = |cm: &serde_json::Value| -> Result<()> {
+        let file = dir.join("segment.json");
+        std::fs::write(&file, cm.to_string())?;
+        let (ok, _, err) = cluster.kubectl(&["replace", "-f", &file.display().to_string()])?;
+        ensure!(ok, "kubectl replace {segment}: {err}");
+        Ok(())
+    };
+    let fresh = || -> Result<serde_json::Value> {
+        let (_, now, _) =
+            cluster.kubectl(&["-n", ns, "get", "configmap", &segment, "-o", "json"])?;
+        Ok(serde_json::from_str(&now)?)
+    };
+    let original: serde_json::Value = serde_json::from_str(&original)?;
+    let records_text = original["data"]["records"]
+        .as_str()
+        .context("records")?
+        .to_string();
+    let heads_text = original["data"]["heads"]
+        .as_str()
+        .context("heads")?
+        .to_string();
+    let set = |records: &str, heads: &str| -> Result<()> {
+        let mut cm = fresh()?;
+        cm["data"]["records"] = serde_json::json!(records);
+        cm["data"]["heads"] = serde_json::json!(heads);
+        replace_with(&cm)
+    };
+    // An edited record: its hash no longer matches.
+    let edited = records_text.replacen(first_commit, &"0".repeat(first_commit.len()), 1);
+    ensure!(
+        edited != records_text,
+        "the first commit is not in the segment"
+    );
+    set(&edited, &heads_text)?;
+    let out = kars(&[])?;
+    ensure!(
+        out.code == 1 && out.stderr.contains("line 1 (seq 0)") && out.stderr.contains("changed"),
+        "an edited record: {}",
+        out.combined()
+    );
+    // The last record and its head cut: the chain alone cannot tell, the kept head can.
+    let keep = |text: &str| -> String {
+        let lines: Vec<&str> = text.lines().collect();
+        lines[..lines.len() - 1]
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    set(&keep(&records_text), &keep(&heads_text))?;
+    let out = kars(&["--expect-head", &good_head])?;
+    ensure!(
+        out.code == 1 && out.stderr.contains("records were cut from the end"),
+        "a cut tail: {}",
+        out.combined()
+    );
+    // The last record cut but its head kept: the signed head names the cut.
+    set(&keep(&records_text), &heads_text)?;
+    let out = kars(&[])?;
+    ensure!(
+        out.code == 1
+            && out
+                .stderr
+                .contains("records were cut after that head was signed"),
+        "a record cut under its signed head: {}",
+        out.combined()
+    );
+    // A record appended by someone else (sealed, but no head the agent signed).
+    let mut forged = records_text.clone();
+    let last: serde_json::Value =
+        serde_json::from_str(records_text.lines().last().context("last")?)?;
+    let mut m = serde_json::Map::new();
+    m.insert("commit".into(), serde_json::json!("f".repeat(40)));
+    let (line, _) = kars_contract::chain::seal(
+        last["seq"].as_u64().context("seq")? + 1,
+        "2026-01-01T00:00:00Z",
+        m,
+        last["hash"].as_str().context("hash")?,
+    );
+    forged.push_str(&line);
+    set(&forged, &heads_text)?;
+    let out = kars(&[])?;
+    ensure!(
+        out.code == 1 && out.stderr.contains("written by something else"),
+        "an appended unsigned record: {}",
+        out.combined()
+    );
+    // Restored: it verifies again.
+    set(&records_text, &heads_text)?;
+    let out = kars(&["--key", &public_arg, "--expect-head", &good_head])?;
+    ensure!(out.success(), "restored: {}", out.combined());
     Ok(())
 }

@@ -723,6 +723,9 @@ pub(crate) fn start_rendered_router_with_proxy(
         &port.to_string(),
         "--proxy-port",
         &proxy_port.to_string(),
+        // The rendered router signs its audit head every 60 s; tests do not wait that long.
+        "--audit-sign-interval",
+        "1s",
     ]);
     for e in router["env"].as_array().into_iter().flatten() {
         let (Some(name), Some(value)) = (e["name"].as_str(), e["value"].as_str()) else {
@@ -1001,6 +1004,68 @@ fn rendered_template_chat_completion() -> Result<()> {
             && logged["auth"] == "Bearer sk-template"
             && logged["body"]["model"] == "gpt-4.1",
         "upstream saw {logged}"
+    );
+    rendered_router_signs_its_audit_head(&root, router)
+}
+
+/// The rendered router's audit signing seed (the generated Secret `router-audit-key`, mounted
+/// into the router only) appears after the router started: the router picks it up, shows its
+/// public key on `/internal/audit-head`, signs the head when stopped, and `kars audit verify
+/// --key` proves the log with it.
+fn rendered_router_signs_its_audit_head(root: &Path, mut router: Router) -> Result<()> {
+    let seed = root.join(kars_contract::router::audit_key_file().trim_start_matches('/'));
+    std::fs::create_dir_all(seed.parent().context("seed dir")?)?;
+    std::fs::write(&seed, format!("{}\n", "5a".repeat(32)))?;
+    let key = kars_router::audit_heads::signing_key_from_text(&"5a".repeat(32))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let public = key.verifying_key();
+    let id = kars_router::audit_heads::key_id(&public);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let shown = loop {
+        let (code, body) = http(router.port, "GET", "/internal/audit-head", "", Some("t0k"))?;
+        ensure!(code == 200, "/internal/audit-head: {code} {body}");
+        let v: Value = serde_json::from_str(&body)?;
+        if !v["signing"].is_null() {
+            break v;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the router did not pick up its signing key within 10 s: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    ensure!(
+        shown["signing"]["key"] == id.as_str()
+            && shown["signing"]["publicKey"]
+                == kars_router::audit_heads::public_key_pem(&public).as_str(),
+        "{shown}"
+    );
+    let pid = router.child.id().to_string();
+    ensure!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?
+            .success(),
+        "kill -TERM {pid}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while router.child.try_wait()?.is_none() {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the router did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = root.join("var/log/kars/audit/audit.jsonl");
+    let pem = root.join("router-audit.pub");
+    std::fs::write(&pem, kars_router::audit_heads::public_key_pem(&public))?;
+    let mut c = kars_e2e::kars_command()?;
+    c.args(["audit", "verify"]).arg(&log).arg("--key").arg(&pem);
+    let out = kars_e2e::run_to_end(&mut c)?;
+    ensure!(
+        out.success() && out.stdout.contains(&format!("by key {id} verify")),
+        "kars audit verify --key: {}",
+        out.combined()
     );
     Ok(())
 }

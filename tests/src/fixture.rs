@@ -193,6 +193,11 @@ impl PolicyRepoFixture {
         Ok(id)
     }
 
+    /// The commit id of the working repository's HEAD.
+    pub fn head(&self) -> Result<String> {
+        Ok(self.work.git(&["rev-parse", "HEAD"])?.trim().to_string())
+    }
+
     /// Commits unsigned and pushes.
     pub fn commit_unsigned_and_push(&self, message: &str) -> Result<String> {
         let id = self.work.commit(message, "ops@kars.test", &Signing::None)?;
@@ -252,6 +257,7 @@ pub fn sync_config(
         progress: Default::default(),
         enforcement: kars_gitops_agent::enforcement::Mode::BestEffort,
         sre: Default::default(),
+        sync_log: None,
     }
 }
 

@@ -65,6 +65,9 @@ system:serviceaccount:{{ .Release.Namespace }}:{{ include "kars-gitops.serviceAc
 {{- define "kars-gitops.webhookSecret" -}}
 {{- default (printf "%s-webhook" (include "kars-gitops.fullname" .)) .Values.webhook.existingSecret -}}
 {{- end -}}
+{{- define "kars-gitops.syncLogSecret" -}}
+{{- default (printf "%s-sync-log-key" (include "kars-gitops.fullname" .)) .Values.syncLog.existingSecret -}}
+{{- end -}}
 {{- define "kars-gitops.forgeSecret" -}}
 {{- default (printf "%s-forge" (include "kars-gitops.fullname" .)) .Values.forge.existingSecret -}}
 {{- end -}}

@@ -124,6 +124,7 @@ impl SourceArgs {
             progress: Default::default(),
             enforcement: Default::default(),
             sre: Default::default(),
+            sync_log: None,
         })
     }
 

@@ -72,6 +72,8 @@ pub struct SyncConfig {
     pub enforcement: crate::enforcement::Mode,
     /// How SRE actions run and where they are reported.
     pub sre: crate::sre::SreSettings,
+    /// The agent's signed log of what each sync applied (`None`: not kept, as in `kars sync`).
+    pub sync_log: Option<std::sync::Arc<crate::sync_log::SyncLog>>,
 }
 
 impl SyncConfig {
@@ -276,6 +278,18 @@ pub async fn sync_once(
         status::write_status(&client, &cfg.status_namespace, &cfg.name, &after)
             .await
             .map_err(|e| SyncError::Status(cfg.owner(), e))?;
+    }
+    if let (Some(log), Ok(outcome)) = (&cfg.sync_log, &result) {
+        match log
+            .record(outcome, before.last_applied_revision.as_deref())
+            .await
+        {
+            Ok(Some(seq)) => {
+                tracing::info!(seq, commit = %outcome.commit, "recorded in the sync log")
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "the sync was not recorded in the sync log"),
+        }
     }
     events::publish(&client, &pr, &before, &after, &result).await;
     if let Some(m) = metrics {

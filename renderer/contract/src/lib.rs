@@ -7,10 +7,12 @@
 //! names, paths, ports, labels and the digest framing are this crate ([`policy`], [`router`],
 //! [`labels`]), together with the rules all three must apply the same way: the normal form of an
 //! egress host ([`host`]), RFC 3339 instants and durations ([`time`]), and the stable reason
-//! words the agent writes into status, Events, metrics and CLI output ([`reason`]).
+//! words the agent writes into status, Events, metrics and CLI output ([`reason`]), and the
+//! hash-chained record format of the router's audit log and the agent's sync log ([`chain`]).
 //!
-//! No I/O, no clock reads except [`time::unix_now`], no heavy dependencies.
+//! No I/O (beyond reading a chain from a reader), no clock reads except [`time::unix_now`], no heavy dependencies.
 
+pub mod chain;
 pub mod host;
 pub mod labels;
 pub mod money;

@@ -20,6 +20,13 @@ pub const ADMIN_TOKEN_SECRET: &str = "router-admin-token";
 pub const GATEWAY_TOKEN_SECRET: &str = "gateway-token";
 /// The data key of both generated Secrets.
 pub const TOKEN_KEY: &str = "token";
+/// The Secret holding the Ed25519 seed the router signs its audit chain's head with
+/// (generated in the cluster: 32 random bytes, hex).
+pub const AUDIT_KEY_SECRET: &str = "router-audit-key";
+/// The data key of [`AUDIT_KEY_SECRET`].
+pub const AUDIT_KEY_DATA: &str = "ed25519-seed";
+/// Where [`AUDIT_KEY_SECRET`] is mounted in the router container (the agent never sees it).
+pub const AUDIT_KEY_DIR: &str = "/etc/kars/audit-key";
 /// Where the admin token Secret is mounted in the router container.
 pub const ADMIN_TOKEN_DIR: &str = "/etc/kars/secrets";
 /// The admin token file inside [`ADMIN_TOKEN_DIR`].
@@ -70,7 +77,8 @@ pub mod env {
     pub const AUDIT_LOG: &str = "KARS_AUDIT_LOG";
     /// Router only: when the audit log is synced to disk.
     pub const AUDIT_FSYNC: &str = "KARS_AUDIT_FSYNC";
-    /// A PKCS#8 PEM Ed25519 key the router signs its audit chain's head with.
+    /// An Ed25519 key the router signs its audit chain's head with (PKCS#8 PEM, or a 32-byte
+    /// seed in hex as the generated `router-audit-key` Secret holds).
     pub const AUDIT_SIGNING_KEY_FILE: &str = "KARS_AUDIT_SIGNING_KEY_FILE";
     /// How often the head is signed (it is signed on shutdown too).
     pub const AUDIT_SIGN_INTERVAL: &str = "KARS_AUDIT_SIGN_INTERVAL";
@@ -129,6 +137,11 @@ pub const PROVIDERS_DIR: &str = "/etc/kars/providers";
 /// The router's key file for provider `name`.
 pub fn provider_key_file(name: &str) -> String {
     format!("{PROVIDERS_DIR}/{name}/key")
+}
+
+/// The router's audit signing key file as the renderer mounts it.
+pub fn audit_key_file() -> String {
+    format!("{AUDIT_KEY_DIR}/{AUDIT_KEY_DATA}")
 }
 
 /// The router's admin token file as the renderer mounts it.

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use kars_contract::labels::{COMPONENT_LABEL, SANDBOX_LABEL};
 use kars_contract::router::{
     self, ADMIN_TOKEN_DIR, ADMIN_TOKEN_FILE_NAME, ADMIN_TOKEN_SECRET, AGENT_UID, AUDIT_DIR,
-    BUDGET_FILE, FORWARD_PROXY_PORT, LOG_DIR, METRICS_PORT, PORT as ROUTER_PORT, ROUTER_UID,
-    STATE_DIR, TOKEN_KEY, env,
+    AUDIT_KEY_DATA, AUDIT_KEY_DIR, AUDIT_KEY_SECRET, BUDGET_FILE, FORWARD_PROXY_PORT, LOG_DIR,
+    METRICS_PORT, PORT as ROUTER_PORT, ROUTER_UID, STATE_DIR, TOKEN_KEY, env,
 };
 use serde_json::{Value, json};
 
@@ -280,6 +280,7 @@ pub(super) fn sandbox_deployment(
             router::COMMERCE_LEDGER_FILE.into(),
         ),
         (env::AUDIT_DIR.into(), AUDIT_DIR.into()),
+        (env::AUDIT_SIGNING_KEY_FILE.into(), router::audit_key_file()),
         (env::GOVERNANCE_ENABLED.into(), governance_on.to_string()),
     ];
     if !ctx.router.allow_private_cidrs.is_empty() {
@@ -326,6 +327,7 @@ pub(super) fn sandbox_deployment(
         json!({"name": "admin-token", "mountPath": ADMIN_TOKEN_DIR, "readOnly": true}),
         json!({"name": "router-state", "mountPath": STATE_DIR}),
         json!({"name": "router-audit", "mountPath": LOG_DIR}),
+        json!({"name": "audit-key", "mountPath": AUDIT_KEY_DIR, "readOnly": true}),
     ];
     router_mounts.extend(m.router_mounts);
     router_mounts.extend(provider_mounts);
@@ -368,6 +370,9 @@ pub(super) fn sandbox_deployment(
         json!({"name": "router-state", "emptyDir": {"sizeLimit": "16Mi"}}),
         json!({"name": "router-audit", "emptyDir": {"sizeLimit": "256Mi"}}),
         json!({"name": "admin-token", "secret": {"secretName": ADMIN_TOKEN_SECRET, "optional": true, "items": [{"key": TOKEN_KEY, "path": ADMIN_TOKEN_FILE_NAME}]}}),
+        // The router's audit signing seed: the router only (the agent could otherwise sign a
+        // forged chain); 0440 with the pod's fsGroup, like the provider keys.
+        json!({"name": "audit-key", "secret": {"secretName": AUDIT_KEY_SECRET, "defaultMode": 0o440, "optional": true, "items": [{"key": AUDIT_KEY_DATA, "path": AUDIT_KEY_DATA}]}}),
     ];
     volumes.extend(m.volumes);
     volumes.extend(provider_volumes);

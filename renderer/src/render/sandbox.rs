@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 
 use kars_contract::labels::SANDBOX_LABEL;
-use kars_contract::router::{ADMIN_TOKEN_SECRET, GATEWAY_TOKEN_SECRET, TOKEN_KEY};
+use kars_contract::router::{
+    ADMIN_TOKEN_SECRET, AUDIT_KEY_DATA, AUDIT_KEY_SECRET, GATEWAY_TOKEN_SECRET, TOKEN_KEY,
+};
 use serde_json::{Map, json};
 
 use super::policies::{self, ApprovalsBySandbox, PodPolicies, Sandbox};
@@ -134,11 +136,15 @@ fn identity(ctx: &mut Ctx<'_>, o: &SourceObject, sb: &KarsSandbox, ns: &str) {
         }),
         src,
     );
-    for (secret, bytes) in [(GATEWAY_TOKEN_SECRET, 16), (ADMIN_TOKEN_SECRET, 32)] {
+    for (secret, key, bytes) in [
+        (GATEWAY_TOKEN_SECRET, TOKEN_KEY, 16),
+        (ADMIN_TOKEN_SECRET, TOKEN_KEY, 32),
+        (AUDIT_KEY_SECRET, AUDIT_KEY_DATA, 32),
+    ] {
         ctx.secrets.push(GeneratedSecret {
             namespace: ns.to_string(),
             name: secret.to_string(),
-            key: TOKEN_KEY.to_string(),
+            key: key.to_string(),
             random_bytes: bytes,
             source: src.to_string(),
         });

@@ -336,6 +336,7 @@ fn bench_sync(args: &[String]) -> Result<()> {
         // The bench's control plane has no node: no router pod can confirm anything.
         enforcement: kars_gitops_agent::enforcement::Mode::BestEffort,
         sre: Default::default(),
+        sync_log: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
