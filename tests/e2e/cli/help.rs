@@ -16,7 +16,7 @@ pub fn tests() -> Vec<Trial> {
     ]
 }
 
-const COMMANDS: [&[&str]; 39] = [
+const COMMANDS: [&[&str]; 41] = [
     &[],
     &["init"],
     &["validate"],
@@ -40,6 +40,8 @@ const COMMANDS: [&[&str]; 39] = [
     &["policy", "kinds"],
     &["audit"],
     &["audit", "verify"],
+    &["audit", "key"],
+    &["audit", "syncs"],
     &["sre"],
     &["sre", "propose"],
     &["sre", "actions"],
