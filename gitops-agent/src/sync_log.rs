@@ -12,8 +12,9 @@
 //! the ConfigMap's resourceVersion.
 //!
 //! `kars audit syncs [--key PUB]` reads the segments back and checks the chain and every
-//! signed head. A chain that no longer verifies when the agent starts is never appended to
-//! (that would bury the break): the agent logs why on every sync until an operator moves the
+//! signed head. A chain that no longer verifies when the agent starts, or that another key
+//! signed, is never appended to (that would bury the break, or leave heads no one key
+//! verifies): the agent logs why on every sync until an operator restores the key or moves the
 //! segments aside.
 
 use std::collections::BTreeMap;
@@ -67,6 +68,19 @@ pub enum SyncLogError {
         /// The error.
         #[source]
         source: kube::Error,
+    },
+    /// The log was signed with another key than this agent's: appending would leave heads
+    /// no single key verifies.
+    #[error(
+        "the sync log in ConfigMaps {name}-sync-log-* is signed by key {stored}, but this agent's key is {ours}: restore the key Secret (the chart keeps it across uninstalls), or move the segments aside to start a new log"
+    )]
+    KeyChanged {
+        /// The PolicyRepo.
+        name: String,
+        /// The key id of the stored public key.
+        stored: String,
+        /// This agent's key id.
+        ours: String,
     },
     /// The stored chain does not verify: nothing is appended after a break.
     #[error(
@@ -242,6 +256,17 @@ impl SyncLog {
         let summary =
             chain::verify_reader(records.as_bytes()).map_err(|e| broken(format!("records {e}")))?;
         let last = segments.last().cloned().unwrap_or_default();
+        if !last.public_key.is_empty() && last.public_key != self.public_key {
+            use ed25519_dalek::pkcs8::DecodePublicKey;
+            let stored = ed25519_dalek::VerifyingKey::from_public_key_pem(&last.public_key)
+                .map(|k| chain::key_id(k.as_bytes()))
+                .unwrap_or_else(|_| "(unreadable)".into());
+            return Err(SyncLogError::KeyChanged {
+                name: format!("{}/{}", self.namespace, self.name),
+                stored,
+                ours: self.key_id.clone(),
+            });
+        }
         Ok(Loaded {
             next_seq: summary.records,
             head: summary.head,

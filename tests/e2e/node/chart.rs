@@ -331,6 +331,7 @@ pub fn helm_installed_agent(node: &NodeCluster, images: &Images) -> Result<()> {
     sre_action_runs_with_the_charts_rights(&i)?;
     upgrade_rolls_without_reapplying(&i)?;
     killed_mid_sync_loses_nothing(&i)?;
+    audit_chains_are_signed_in_the_pods(&i, &sb)?;
     uninstall_keeps_or_prunes(&i)?;
     drop(daemon);
     Ok(())
@@ -643,9 +644,85 @@ fn killed_mid_sync_loses_nothing(i: &Installed) -> Result<()> {
     Ok(())
 }
 
+/// Both audit chains, as installed: the agent pod's sync log (signed with the seed the chart
+/// generated and mounted) checks with `kars audit syncs`, and the template sandbox's router
+/// (signing with the generated `router-audit-key` Secret, mounted into it only) signs its head
+/// at its interval; its log and heads, copied off the node, check with the public key `kars
+/// audit key` prints.
+fn audit_chains_are_signed_in_the_pods(i: &Installed, sb: &Sandbox<'_>) -> Result<()> {
+    let kars = |args: &[&str]| -> Result<Out> {
+        let mut c = kars_e2e::kars_command()?;
+        c.args(args).arg("--kubeconfig").arg(i.node.kubeconfig());
+        run_to_end(&mut c)
+    };
+    let syncs = kars(&["audit", "syncs", &i.name, "-n", NAMESPACE, "-o", "json"])?;
+    ensure!(syncs.success(), "kars audit syncs: {}", syncs.combined());
+    let v: Value = serde_json::from_str(&syncs.stdout)?;
+    let head = i.head()?;
+    ensure!(
+        v["records"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["commit"] == head.as_str())),
+        "the agent pod did not record the applied head {head}: {v}"
+    );
+
+    // The router signs every 60 s (and when it stops): wait for its first head.
+    let pod = sb.pod()?;
+    let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+    let dir = i.node.dir().join(format!(
+        "node/kubelet/pods/{uid}/volumes/kubernetes.io~empty-dir/router-audit/audit"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(75);
+    while !dir.join("audit.jsonl.heads").exists() {
+        ensure!(
+            Instant::now() < deadline,
+            "the template sandbox's router signed no audit head within 75 s ({})",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let copy = i.repo.path().join("router-audit");
+    std::fs::create_dir_all(&copy)?;
+    // The heads first: the log copied after them holds at least what they signed.
+    std::fs::copy(
+        dir.join("audit.jsonl.heads"),
+        copy.join("audit.jsonl.heads"),
+    )?;
+    std::fs::copy(dir.join("audit.jsonl"), copy.join("audit.jsonl"))?;
+    let key = kars(&["audit", "key", &sb.name])?;
+    ensure!(
+        key.success() && key.stdout.starts_with("-----BEGIN PUBLIC KEY-----"),
+        "kars audit key: {}",
+        key.combined()
+    );
+    std::fs::write(copy.join("router.pub"), &key.stdout)?;
+    let log = copy.join("audit.jsonl").display().to_string();
+    let public = copy.join("router.pub").display().to_string();
+    let verified =
+        run_to_end(kars_e2e::kars_command()?.args(["audit", "verify", &log, "--key", &public]))?;
+    ensure!(
+        verified.success() && verified.stdout.contains("signed head(s) by key"),
+        "kars audit verify --key: {}",
+        verified.combined()
+    );
+    Ok(())
+}
+
 /// `helm uninstall` removes the chart's objects and keeps what the agent applied; reinstalled
 /// with `uninstall.prune=true`, the next `helm uninstall` deletes that too.
 fn uninstall_keeps_or_prunes(i: &Installed) -> Result<()> {
+    let sync_log_key = || {
+        i.node.kubectl_ok(&[
+            "-n",
+            NAMESPACE,
+            "get",
+            "secret",
+            &format!("{RELEASE}-sync-log-key"),
+            "-o",
+            "jsonpath={.data.ed25519-seed}",
+        ])
+    };
+    let seed_before = sync_log_key()?;
     let out = i.helm(&["uninstall", RELEASE, "--wait", "--timeout", "2m"])?;
     ensure!(out.success(), "helm uninstall: {}", out.combined());
     let gone = |args: &[&str]| -> Result<bool> {
@@ -668,9 +745,14 @@ fn uninstall_keeps_or_prunes(i: &Installed) -> Result<()> {
         ensure!(!gone(&kept)?, "helm uninstall deleted {kept:?}");
     }
 
-    // Installed again, it adopts what is there (same PolicyRepo, nothing re-created).
+    // Installed again, it adopts what is there (same PolicyRepo, nothing re-created), and
+    // signs its sync log with the same key (the chart keeps that Secret).
     i.install(&["--set", "uninstall.prune=true"])?;
     i.wait_ready_at(&i.head()?, 180)?;
+    ensure!(
+        !seed_before.trim().is_empty() && sync_log_key()? == seed_before,
+        "the sync log key changed across helm uninstall and install"
+    );
     let out = i.helm(&["uninstall", RELEASE, "--wait", "--timeout", "4m"])?;
     ensure!(out.success(), "helm uninstall (prune): {}", out.combined());
     for what in [
