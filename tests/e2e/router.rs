@@ -79,6 +79,24 @@ pub(crate) fn free_port() -> Result<u16> {
         .port())
 }
 
+impl Router {
+    /// SIGTERM (what Kubernetes sends), then waits up to 10 s for the router to exit.
+    pub(crate) fn terminate(&mut self) -> Result<()> {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status()?;
+        ensure!(killed.success(), "kill -TERM {pid}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait()?.is_none() {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "the router did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Router {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -1040,22 +1058,7 @@ fn rendered_router_signs_its_audit_head(root: &Path, mut router: Router) -> Resu
                 == kars_router::audit_heads::public_key_pem(&public).as_str(),
         "{shown}"
     );
-    let pid = router.child.id().to_string();
-    ensure!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()?
-            .success(),
-        "kill -TERM {pid}"
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while router.child.try_wait()?.is_none() {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the router did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    router.terminate()?;
     let log = root.join("var/log/kars/audit/audit.jsonl");
     let pem = root.join("router-audit.pub");
     std::fs::write(&pem, kars_router::audit_heads::public_key_pem(&public))?;
@@ -1541,17 +1544,7 @@ fn signed_audit_heads() -> Result<()> {
     }
     check("shell:pwd")?;
     // SIGTERM (what Kubernetes sends): the final head is signed before the router exits.
-    let pid = router.child.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status()?;
-    ensure!(killed.success(), "kill -TERM {pid}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while router.child.try_wait()?.is_none() {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the router did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    router.terminate()?;
     let records = std::fs::read_to_string(&log)?.lines().count();
     let last: Value = serde_json::from_str(
         std::fs::read_to_string(&heads)?
