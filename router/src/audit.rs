@@ -5,9 +5,11 @@
 //! --expect-head`), or sign heads ([`crate::audit_heads`]).
 //!
 //! Durability ([`Fsync`]): `Always` syncs the file after every record before the caller gets
-//! its answer (a decision is never acknowledged without its record on disk); `Interval` syncs at
-//! most every given duration (faster, can lose the last records on power loss, never reorders);
-//! `Never` leaves it to the kernel.
+//! its answer (a decision is never acknowledged without its record on disk); `Interval` syncs
+//! every given duration from a background thread when records were written, so no request
+//! waits for a flush (faster, can lose the last interval's records on power loss, never
+//! reorders; a sync that fails makes the log refuse every further record, so egress fails
+//! closed); `Never` leaves it to the kernel.
 //!
 //! Failures never leave a broken chain behind: a write that fails (a full disk) is cut back to
 //! the last whole record before the error is returned, so a later record is never appended
@@ -24,7 +26,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -106,7 +109,6 @@ struct Inner {
     len: u64,
     next_seq: u64,
     head: String,
-    last_sync: Instant,
     /// Set when a failed write could not be cut back.
     unusable: Option<String>,
     /// Tests: the next write stops after this many bytes with ENOSPC.
@@ -159,11 +161,77 @@ pub fn bounded(value: Value) -> Value {
     }
 }
 
+/// Syncs an `Interval` log in the background: a second handle of the same file, so the sync
+/// never holds the append lock.
+struct Syncer {
+    file: File,
+    /// Records were written since the last sync.
+    dirty: AtomicBool,
+    /// Why the last sync failed (the log then refuses records).
+    failed: Mutex<Option<String>>,
+    /// Syncs done (tests).
+    syncs: AtomicU64,
+    /// Tests: the next sync fails with EIO.
+    #[cfg(test)]
+    fail_next: AtomicBool,
+}
+
+impl Syncer {
+    fn sync_if_dirty(&self) {
+        if !self.dirty.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        #[cfg(test)]
+        let injected = self
+            .fail_next
+            .swap(false, Ordering::SeqCst)
+            .then(|| std::io::Error::from_raw_os_error(5));
+        #[cfg(not(test))]
+        let injected: Option<std::io::Error> = None;
+        match injected.map_or_else(|| self.file.sync_data(), Err) {
+            Ok(()) => {
+                self.syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the audit log could not be synced to disk; refusing further records");
+                *self
+                    .failed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Starts the thread syncing every `every`; it ends when the log is dropped.
+    fn start(file: File, every: Duration) -> std::io::Result<Arc<Syncer>> {
+        let syncer = Arc::new(Syncer {
+            file,
+            dirty: AtomicBool::new(false),
+            failed: Mutex::new(None),
+            syncs: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_next: AtomicBool::new(false),
+        });
+        let weak = Arc::downgrade(&syncer);
+        std::thread::Builder::new()
+            .name("audit-fsync".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    let Some(s) = weak.upgrade() else { return };
+                    s.sync_if_dirty();
+                }
+            })?;
+        Ok(syncer)
+    }
+}
+
 /// An open audit log (safe to share between tasks).
 pub struct AuditLog {
     path: PathBuf,
     fsync: Fsync,
     inner: Mutex<Inner>,
+    syncer: Option<Arc<Syncer>>,
     /// Bytes cut from a torn last line when the log was opened (0 when none).
     pub recovered: u64,
 }
@@ -220,15 +288,21 @@ impl AuditLog {
             file.seek(SeekFrom::End(0)).map_err(io)?;
             tracing::warn!(path = %path.display(), bytes = recovered, saved_to = %aside.display(), saved = saved.is_ok(), "cut a torn audit tail");
         }
+        let syncer = match fsync {
+            Fsync::Interval(every) => {
+                Some(Syncer::start(file.try_clone().map_err(io)?, every).map_err(io)?)
+            }
+            _ => None,
+        };
         Ok(AuditLog {
             path: path.to_path_buf(),
             fsync,
+            syncer,
             inner: Mutex::new(Inner {
                 file,
                 len: complete as u64,
                 next_seq: summary.records,
                 head: summary.head,
-                last_sync: Instant::now(),
                 unusable: None,
                 #[cfg(test)]
                 fail_after: None,
@@ -258,14 +332,16 @@ impl AuditLog {
                 reason: reason.clone(),
             });
         }
+        if let Some(reason) = self.sync_failure() {
+            return Err(AuditError::Unusable {
+                path: self.path.display().to_string(),
+                reason: format!("syncing to disk failed: {reason}"),
+            });
+        }
         let bounded_fields = fields.into_iter().map(|(k, v)| (k, bounded(v))).collect();
         let (line, hash) =
             kars_contract::chain::seal(inner.next_seq, ts, bounded_fields, &inner.head);
-        let sync = match self.fsync {
-            Fsync::Always => true,
-            Fsync::Interval(d) => inner.last_sync.elapsed() >= d,
-            Fsync::Never => false,
-        };
+        let sync = self.fsync == Fsync::Always;
         let written = inner.write_line(line.as_bytes(), sync);
         if let Err(source) = written {
             // Cut back to the last whole record: a later record must never follow torn bytes.
@@ -282,8 +358,8 @@ impl AuditLog {
                 source,
             });
         }
-        if sync {
-            inner.last_sync = Instant::now();
+        if let Some(s) = &self.syncer {
+            s.dirty.store(true, Ordering::SeqCst);
         }
         inner.len += line.len() as u64;
         inner.next_seq += 1;
@@ -298,6 +374,30 @@ impl AuditLog {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .fail_after = Some(bytes);
+    }
+
+    fn sync_failure(&self) -> Option<String> {
+        self.syncer.as_ref().and_then(|s| {
+            s.failed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        })
+    }
+
+    /// Syncs what an `Interval` log wrote since its last sync now (the router calls it when
+    /// stopping); `Always` and `Never` logs have nothing to do.
+    pub fn flush(&self) {
+        if let Some(s) = &self.syncer {
+            s.sync_if_dirty();
+        }
+    }
+
+    /// Background syncs done so far (an `Interval` log; 0 otherwise).
+    pub fn background_syncs(&self) -> u64 {
+        self.syncer
+            .as_ref()
+            .map_or(0, |s| s.syncs.load(Ordering::Relaxed))
     }
 
     /// Number of records and the head hash.
@@ -505,6 +605,45 @@ mod tests {
             log.append("t", f),
             Err(AuditError::InvalidRecord(_))
         ));
+    }
+
+    #[test]
+    fn an_interval_log_syncs_in_the_background_and_refuses_records_after_a_failed_sync() {
+        let d = tempfile::tempdir().expect("dir");
+        let path = d.path().join("audit.jsonl");
+        let log = AuditLog::open(&path, Fsync::Interval(Duration::from_millis(20))).expect("open");
+        assert_eq!(log.background_syncs(), 0);
+        log.append("2026-01-01T00:00:00Z", Map::new())
+            .expect("append");
+        let t0 = Instant::now();
+        while log.background_syncs() == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(5), "never synced");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Nothing written since: no further sync.
+        let n = log.background_syncs();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(log.background_syncs(), n, "synced with nothing to sync");
+        // A failed sync: every later record is refused (egress fails closed), nothing torn.
+        if let Some(s) = &log.syncer {
+            s.fail_next.store(true, Ordering::SeqCst);
+        }
+        log.append("2026-01-01T00:00:01Z", Map::new())
+            .expect("append before the sync");
+        let t0 = Instant::now();
+        loop {
+            match log.append("2026-01-01T00:00:02Z", Map::new()) {
+                Err(AuditError::Unusable { reason, .. }) => {
+                    assert!(reason.contains("syncing to disk failed"), "{reason}");
+                    break;
+                }
+                Ok(_) => assert!(t0.elapsed() < Duration::from_secs(5), "never refused"),
+                Err(e) => panic!("{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(log);
+        assert!(verify(&path).is_ok(), "the chain stays whole");
     }
 
     #[test]

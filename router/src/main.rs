@@ -320,6 +320,8 @@ async fn main() -> anyhow::Result<()> {
         _ = serve_http("api", listener, app(state), args.head_timeout, listeners) => {}
         _ = stop_signal() => tracing::info!("stopping"),
     }
+    // What an interval log wrote since its last background sync reaches the disk now.
+    audit.flush();
     if let Some(key_file) = &args.audit_signing_key {
         // A key that appeared since the last interval still signs the final head.
         if let Err(e) = load_signer(&head_signer, key_file, &heads) {

@@ -268,6 +268,8 @@ fn decisions() -> Result<()> {
         }
     }
     let per = t.elapsed().as_nanos() as f64 / (rounds * asks.len()) as f64;
+    figure("router.egress_decision", per / 1000.0, "us");
+    figure("router.egress_policy_rss", added as f64 / 1024.0, "MiB");
     println!(
         "egress decision, 10,000-entry allowlist: {:.2} µs/decision mean over {} decisions ({} allowed), policy RSS +{:.1} MiB",
         per / 1000.0,
@@ -295,17 +297,37 @@ fn decisions() -> Result<()> {
     for i in 0..n {
         std::hint::black_box(engine.decide(actions[i % actions.len()], now));
     }
+    let per = t.elapsed().as_nanos() as f64 / n as f64 / 1000.0;
+    figure("router.governance_decision", per, "us");
     println!(
-        "governance decision, upstream default AGT profile (18 rules): {:.2} µs/decision mean over {n}",
-        t.elapsed().as_nanos() as f64 / n as f64 / 1000.0
+        "governance decision, upstream default AGT profile (18 rules): {per:.2} µs/decision mean over {n}"
     );
     Ok(())
+}
+
+/// A row's name as a figure name: lowercase letters and digits, `_` between words.
+fn slug(name: &str) -> String {
+    name.to_ascii_lowercase()
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("_")
+}
+
+/// The machine-readable line of one figure: `name value unit`.
+pub fn figure(name: &str, value: f64, unit: &str) {
+    println!("{name} {value:.3} {unit}");
 }
 
 fn row(name: &str, (lat, errors): &(Vec<Duration>, u64), direct: &(Vec<Duration>, u64)) {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let (p50, p99) = (percentile(lat, 0.5), percentile(lat, 0.99));
     let (d50, d99) = (percentile(&direct.0, 0.5), percentile(&direct.0, 0.99));
+    let key = format!("router.latency.{}", slug(name));
+    figure(&format!("{key}.p50"), us(p50), "us");
+    figure(&format!("{key}.p99"), us(p99), "us");
+    figure(&format!("{key}.p99_added"), us(p99) - us(d99), "us");
+    figure(&format!("{key}.failed"), *errors as f64, "requests");
     println!(
         "  {name:<34} p50 {:>7.0} µs  p99 {:>7.0} µs  added p50 {:>+6.0} µs  p99 {:>+6.0} µs  ({} ok, {errors} failed)",
         us(p50),
@@ -492,6 +514,12 @@ pub fn run(seconds: u64, rate: u64, conns: usize) -> Result<()> {
             // USER_HZ (the unit of /proc/PID/stat times) is 100 on Linux.
             let cpu = (proc_cpu_ticks(pid_small) - ticks) as f64 / 100.0 / t.elapsed().as_secs_f64();
             row("kars-router process CONNECT (audit fsync 100ms, system resolver)", &run, &direct);
+            figure("router.process.vcpu", cpu, "vCPU");
+            figure(
+                "router.process.rss",
+                proc_field_kib(pid_small, "VmRSS:") as f64 / 1024.0,
+                "MiB",
+            );
             println!(
                 "  kars-router process at {rate} req/s: {:.3} vCPU, RSS {:.1} MiB (peak {:.1} MiB)",
                 cpu,
@@ -511,10 +539,9 @@ pub fn run(seconds: u64, rate: u64, conns: usize) -> Result<()> {
                 Via::Connect,
             ),
         ] {
-            println!(
-                "  {name:<34} {:>8.0} requests/s",
-                saturate(t, v, p, conns, seconds).await
-            );
+            let rps = saturate(t, v, p, conns, seconds).await;
+            figure(&format!("router.saturation.{}", slug(name)), rps, "requests/s");
+            println!("  {name:<34} {rps:>8.0} requests/s");
         }
         anyhow::Ok(())
     })
