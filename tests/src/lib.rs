@@ -60,6 +60,12 @@ pub fn kars_command() -> Result<Command> {
     Ok(c)
 }
 
+/// A benchmark figure's machine-readable line on stdout: `name value unit` (`kars-bench`
+/// prints one after its text for every figure it measured).
+pub fn figure(name: &str, value: f64, unit: &str) {
+    println!("{name} {value:.3} {unit}");
+}
+
 /// Runs `cmd` to the end and keeps what it printed.
 pub fn run_to_end(cmd: &mut Command) -> Result<Out> {
     let out = cmd.output().context("running a command")?;

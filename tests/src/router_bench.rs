@@ -314,10 +314,7 @@ fn slug(name: &str) -> String {
         .join("_")
 }
 
-/// The machine-readable line of one figure: `name value unit`.
-pub fn figure(name: &str, value: f64, unit: &str) {
-    println!("{name} {value:.3} {unit}");
-}
+use crate::figure;
 
 fn row(name: &str, (lat, errors): &(Vec<Duration>, u64), direct: &(Vec<Duration>, u64)) {
     let us = |d: Duration| d.as_secs_f64() * 1e6;

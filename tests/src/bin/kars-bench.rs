@@ -186,6 +186,12 @@ fn bench_render(args: &[String]) -> Result<()> {
         render_kib as f64 / 1024.0
     );
     println!("  ratio to floor: {:.2}x", render_s / floor_s);
+    use kars_e2e::figure;
+    figure("render.floor", floor_s * 1e3, "ms");
+    figure("render.kars", render_s * 1e3, "ms");
+    figure("render.objects", objects as f64, "objects");
+    figure("render.ratio_to_floor", render_s / floor_s, "x");
+    figure("render.peak_rss", render_kib as f64 / 1024.0, "MiB");
     Ok(())
 }
 
@@ -268,6 +274,9 @@ fn bench_verify(args: &[String]) -> Result<()> {
         commits as f64 / git.as_secs_f64()
     );
     println!("  speed-up: {:.1}x", git.as_secs_f64() / ours.as_secs_f64());
+    kars_e2e::figure("verify.kars", ours.as_secs_f64() * 1e3, "ms");
+    kars_e2e::figure("verify.git_verify_commit", git.as_secs_f64() * 1e3, "ms");
+    kars_e2e::figure("verify.commits", commits as f64, "commits");
     Ok(())
 }
 
@@ -598,6 +607,27 @@ fn bench_sync(args: &[String]) -> Result<()> {
         hook_rss as f64 / 1024.0,
         hook_hwm as f64 / 1024.0
     );
+    // Every figure, and its ratio to the kubectl run of this same benchmark run (the machine's
+    // speed varies from day to day; the ratios do not).
+    let kubectl_s = kubectl_time.as_secs_f64();
+    let sync_figures = [
+        ("sync.first_full", first_time.as_secs_f64()),
+        ("sync.noop", noop_time.as_secs_f64()),
+        ("sync.push_to_applied.webhook", hook_latency.as_secs_f64()),
+        (
+            "sync.push_to_applied.path_watch",
+            watch_latency.as_secs_f64(),
+        ),
+    ];
+    kars_e2e::figure("sync.kubectl_apply", kubectl_s, "s");
+    for (name, secs) in sync_figures {
+        kars_e2e::figure(name, secs, "s");
+        kars_e2e::figure(&format!("{name}.ratio_to_kubectl"), secs / kubectl_s, "x");
+    }
+    kars_e2e::figure("sync.objects", first.apply.objects.len() as f64, "objects");
+    kars_e2e::figure("sync.noop.writes", noop.apply.writes as f64, "requests");
+    kars_e2e::figure("sync.agent_rss", hook_rss as f64 / 1024.0, "MiB");
+    kars_e2e::figure("sync.agent_peak_rss", hook_hwm as f64 / 1024.0, "MiB");
     Ok(())
 }
 
