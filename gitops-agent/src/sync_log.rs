@@ -193,11 +193,6 @@ pub fn public_key_pem(key: &SigningKey) -> String {
         .unwrap_or_default()
 }
 
-struct State {
-    /// `None` until the stored chain was read and verified.
-    loaded: Option<Loaded>,
-}
-
 struct Loaded {
     next_seq: u64,
     head: String,
@@ -212,7 +207,8 @@ pub struct SyncLog {
     key: SigningKey,
     key_id: String,
     public_key: String,
-    state: Mutex<State>,
+    /// `None` until the stored chain was read and verified (and again after a failed write).
+    state: Mutex<Option<Loaded>>,
 }
 
 impl std::fmt::Debug for SyncLog {
@@ -237,7 +233,7 @@ impl SyncLog {
             key,
             key_id,
             public_key,
-            state: Mutex::new(State { loaded: None }),
+            state: Mutex::new(None),
         }
     }
 
@@ -286,64 +282,67 @@ impl SyncLog {
             return Ok(None);
         };
         let mut state = self.state.lock().await;
-        for attempt in 0..2 {
-            if state.loaded.is_none() || attempt > 0 {
-                state.loaded = Some(self.load().await?);
+        let mut loaded = match state.take() {
+            Some(l) => l,
+            None => self.load().await?,
+        };
+        let appended = match self.append(&mut loaded, &fields).await {
+            // Someone else wrote (another agent replica before a lease handover): read the
+            // chain again and append after what is there, once.
+            Err(SyncLogError::Api {
+                source: kube::Error::Api(e),
+                ..
+            }) if e.code == 409 => {
+                loaded = self.load().await?;
+                self.append(&mut loaded, &fields).await
             }
-            let Some(loaded) = state.loaded.as_mut() else {
-                continue;
-            };
-            let ts = kars_contract::time::now_rfc3339();
-            let (line, hash) = chain::seal(loaded.next_seq, &ts, fields.clone(), &loaded.head);
-            let records = loaded.next_seq + 1;
-            let sig = self.key.sign(&chain::head_message(records, &hash, &ts));
-            let head = SignedHead {
-                records,
-                head: hash.clone(),
-                at: ts,
-                key: self.key_id.clone(),
-                sig: base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()),
-            };
-            let mut head_line = serde_json::to_string(&head).unwrap_or_default();
-            head_line.push('\n');
-            let fresh = loaded.next_seq == 0 || loaded.last.record_count() >= RECORDS_PER_SEGMENT;
-            let mut segment = if fresh {
-                Segment {
-                    index: if loaded.next_seq == 0 {
-                        0
-                    } else {
-                        loaded.last.index + 1
-                    },
-                    ..Segment::default()
-                }
-            } else {
-                loaded.last.clone()
-            };
-            segment.records.push_str(&line);
-            segment.heads.push_str(&head_line);
-            segment.public_key = self.public_key.clone();
-            match self.write(&segment).await {
-                Ok(rv) => {
-                    segment.resource_version = rv;
-                    let seq = loaded.next_seq;
-                    loaded.next_seq += 1;
-                    loaded.head = hash;
-                    loaded.last = segment;
-                    return Ok(Some(seq));
-                }
-                // Someone else wrote (another agent replica before a lease handover): read
-                // the chain again and append after what is there.
-                Err(SyncLogError::Api {
-                    source: kube::Error::Api(e),
-                    ..
-                }) if e.code == 409 && attempt == 0 => continue,
-                Err(e) => {
-                    state.loaded = None;
-                    return Err(e);
-                }
-            }
+            other => other,
+        };
+        // After a failure the chain is read again before the next record.
+        if appended.is_ok() {
+            *state = Some(loaded);
         }
-        Ok(None)
+        appended.map(Some)
+    }
+
+    /// Writes the next record after `loaded` with its signed head; returns its seq.
+    async fn append(
+        &self,
+        loaded: &mut Loaded,
+        fields: &Map<String, Value>,
+    ) -> Result<u64, SyncLogError> {
+        let ts = kars_contract::time::now_rfc3339();
+        let (line, hash) = chain::seal(loaded.next_seq, &ts, fields.clone(), &loaded.head);
+        let records = loaded.next_seq + 1;
+        let sig = self.key.sign(&chain::head_message(records, &hash, &ts));
+        let head = SignedHead {
+            records,
+            head: hash.clone(),
+            at: ts,
+            key: self.key_id.clone(),
+            sig: base64::engine::general_purpose::STANDARD.encode(sig.to_bytes()),
+        };
+        let mut head_line = serde_json::to_string(&head).unwrap_or_default();
+        head_line.push('\n');
+        let mut segment = if loaded.next_seq == 0 {
+            Segment::default()
+        } else if loaded.last.record_count() >= RECORDS_PER_SEGMENT {
+            Segment {
+                index: loaded.last.index + 1,
+                ..Segment::default()
+            }
+        } else {
+            loaded.last.clone()
+        };
+        segment.records.push_str(&line);
+        segment.heads.push_str(&head_line);
+        segment.public_key = self.public_key.clone();
+        segment.resource_version = self.write(&segment).await?;
+        let seq = loaded.next_seq;
+        loaded.next_seq += 1;
+        loaded.head = hash;
+        loaded.last = segment;
+        Ok(seq)
     }
 
     async fn write(&self, segment: &Segment) -> Result<Option<String>, SyncLogError> {

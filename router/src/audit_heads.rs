@@ -332,10 +332,9 @@ pub fn verify_heads_in(
     key: &VerifyingKey,
 ) -> Result<HeadsSummary, HeadsFailure> {
     let hp = heads_name.to_string();
-    let text = heads_text;
     let want_id = key_id(key);
     let mut signed: Vec<(usize, SignedHead)> = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
+    for (i, raw) in heads_text.lines().enumerate() {
         let line = i + 1;
         if raw.trim().is_empty() {
             continue;
