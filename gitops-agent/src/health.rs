@@ -1,10 +1,12 @@
 //! Health: after an apply, wait (bounded) for what was applied to become ready — Deployments
 //! rolled out, CRDs Established, kars CRs reporting `Ready` when a controller reports at all.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use futures_util::{StreamExt, stream};
 use kars_contract::KARS_API_VERSION;
-use kars_renderer::Rendered;
+use kars_renderer::{Rendered, RenderedObject};
 use serde_json::Value;
 
 use crate::cluster::Cluster;
@@ -127,55 +129,59 @@ fn checked_kind(api_version: &str, kind: &str) -> bool {
     matches!(kind, "Deployment" | "CustomResourceDefinition") || api_version == KARS_API_VERSION
 }
 
+/// A look that must read more objects than this lists their kinds instead of reading each.
+const GET_LIMIT: usize = 64;
+
 /// Waits up to `timeout` for the rendered Deployments, CRDs and kars CRs to be ready; returns
-/// what is still not ready at the end (polling every second, one LIST per kind). `prefetched`
-/// live objects (from a sync that changed nothing) are used for the first look.
+/// what is still not ready at the end (polling every second). `known` holds live objects read
+/// by this sync before it applied (empty: none): an object in `known` and not in `stale` (what
+/// this sync created or changed) is judged from it, so a sync reads only what it changed. Each
+/// later look reads only what was not ready at the one before (one GET each, or one LIST per
+/// kind when more than [`GET_LIMIT`] are to be read).
 pub async fn wait(
     cluster: &Cluster,
     rendered: &Rendered,
     timeout: Duration,
-    prefetched: Option<&std::collections::BTreeMap<String, Value>>,
+    known: &BTreeMap<String, Value>,
+    stale: &BTreeSet<String>,
     progress: &crate::progress::Progress,
 ) -> Result<HealthReport, kube::Error> {
     let deadline = Instant::now() + timeout;
-    let targets: Vec<_> = rendered
+    let targets: Vec<&RenderedObject> = rendered
         .objects
         .iter()
         .filter(|o| checked_kind(o.api_version(), o.kind()))
         .collect();
-    let mut first = true;
+    let mut health: BTreeMap<String, ObjectHealth> = BTreeMap::new();
+    let mut to_read: Vec<&RenderedObject> = Vec::new();
+    for o in &targets {
+        let key = o.key();
+        match known.get(&key).filter(|_| !stale.contains(&key)) {
+            Some(l) => {
+                health.insert(key, judge(o, Some(l)));
+            }
+            None => to_read.push(o),
+        }
+    }
     loop {
+        let fresh = read(cluster, rendered, &to_read).await?;
+        for o in &to_read {
+            let key = o.key();
+            let h = judge(o, fresh.get(&key));
+            health.insert(key, h);
+        }
         let mut report = HealthReport {
             checked: targets.len(),
             ..HealthReport::default()
         };
-        let listed;
-        let live = match prefetched.filter(|_| first) {
-            Some(p) => p,
-            None => {
-                listed = cluster.list_live(rendered, checked_kind).await?;
-                &listed
-            }
-        };
-        first = false;
         for o in &targets {
-            let health = match live.get(&o.key()) {
-                None => {
-                    ObjectHealth::Progressing("not found (or its kind is not served yet)".into())
-                }
-                // A kars object's status written by this agent is not a controller's report.
-                Some(l)
-                    if o.api_version() == KARS_API_VERSION
-                        && crate::kars_status::written_by_us(l) =>
-                {
-                    ObjectHealth::Unreported
-                }
-                Some(l) => assess(o.kind(), o.api_version() == KARS_API_VERSION, l),
-            };
-            match health {
-                ObjectHealth::Ready => {}
-                ObjectHealth::Unreported => report.unreported += 1,
-                other => report.not_ready.push((o.key(), other)),
+            match health.get(&o.key()) {
+                Some(ObjectHealth::Ready) => {}
+                Some(ObjectHealth::Unreported) => report.unreported += 1,
+                Some(other) => report.not_ready.push((o.key(), other.clone())),
+                None => report
+                    .not_ready
+                    .push((o.key(), ObjectHealth::Progressing("not looked at".into()))),
             }
         }
         let now = Instant::now();
@@ -187,13 +193,247 @@ pub async fn wait(
             left: deadline - now,
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let pending: BTreeSet<&str> = report.not_ready.iter().map(|(k, _)| k.as_str()).collect();
+        to_read = targets
+            .iter()
+            .copied()
+            .filter(|o| pending.contains(o.key().as_str()))
+            .collect();
     }
 }
+
+/// The health of `o` from its live copy (`None`: not found).
+fn judge(o: &RenderedObject, live: Option<&Value>) -> ObjectHealth {
+    match live {
+        None => ObjectHealth::Progressing("not found (or its kind is not served yet)".into()),
+        // A kars object's status written by this agent is not a controller's report.
+        Some(l) if o.api_version() == KARS_API_VERSION && crate::kars_status::written_by_us(l) => {
+            ObjectHealth::Unreported
+        }
+        Some(l) => assess(o.kind(), o.api_version() == KARS_API_VERSION, l),
+    }
+}
+
+/// The live copies of `objects` (absent when not found): one GET each, or the LIST of every
+/// checked kind when there are many.
+async fn read(
+    cluster: &Cluster,
+    rendered: &Rendered,
+    objects: &[&RenderedObject],
+) -> Result<BTreeMap<String, Value>, kube::Error> {
+    if objects.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    if objects.len() > GET_LIMIT {
+        return cluster.list_live(rendered, checked_kind).await;
+    }
+    // Owned indices: a closure over references trips higher-ranked lifetime inference when the
+    // sync is spawned.
+    let reads = (0..objects.len()).map(|i| read_one(cluster, objects[i]));
+    let results: Vec<Result<(String, Option<Value>), kube::Error>> = stream::iter(reads)
+        .buffer_unordered(GET_CONCURRENCY)
+        .collect()
+        .await;
+    let mut out = BTreeMap::new();
+    for r in results {
+        if let (key, Some(live)) = r? {
+            out.insert(key, live);
+        }
+    }
+    Ok(out)
+}
+
+/// The live copy of `o`, keyed (a named function, not a closure: the future must not depend on
+/// a higher-ranked lifetime when the sync is spawned).
+async fn read_one(
+    cluster: &Cluster,
+    o: &RenderedObject,
+) -> Result<(String, Option<Value>), kube::Error> {
+    cluster.get_rendered(o).await.map(|live| (o.key(), live))
+}
+
+/// GETs in flight at once in one look.
+const GET_CONCURRENCY: usize = 8;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::sync::{Arc, Mutex};
+
+    /// A Deployment `name` in `ns`, ready or still rolling out.
+    fn deployment(ns: &str, name: &str, ready: bool) -> Value {
+        let available = i64::from(ready);
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": ns, "generation": 1},
+            "spec": {"replicas": 1},
+            "status": {"observedGeneration": 1, "updatedReplicas": 1, "availableReplicas": available}})
+    }
+
+    fn rendered(names: &[&str]) -> Rendered {
+        Rendered {
+            repository: "repo".into(),
+            cluster: "prod".into(),
+            objects: names
+                .iter()
+                .map(|n| RenderedObject {
+                    manifest: deployment("ns", n, true),
+                    source: "agents/x.yaml".into(),
+                    wave: 9,
+                })
+                .collect(),
+            generated_secrets: Vec::new(),
+            routers: Vec::new(),
+            allow_empty_prune: false,
+            digest: String::new(),
+            held_back: Vec::new(),
+        }
+    }
+
+    /// An API server serving apps/v1 Deployments (each ready) that records every request.
+    fn recording_cluster() -> (Cluster, Arc<Mutex<Vec<String>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let path = req.uri().path().to_string();
+            if let Ok(mut l) = log.lock() {
+                l.push(format!("{} {path}", req.method()));
+            }
+            async move {
+                let (code, body) = if path == "/apis/apps/v1" {
+                    (
+                        200,
+                        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "apps/v1",
+                        "resources": [{"name": "deployments", "singularName": "deployment", "namespaced": true,
+                            "kind": "Deployment", "verbs": ["get", "list", "patch"]}]}),
+                    )
+                } else if let Some(name) =
+                    path.strip_prefix("/apis/apps/v1/namespaces/ns/deployments/")
+                {
+                    (200, deployment("ns", name, true))
+                } else {
+                    (
+                        404,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound", "message": "not here"}),
+                    )
+                };
+                let bytes = serde_json::to_vec(&body).unwrap_or_default();
+                http::Response::builder()
+                    .status(code)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(bytes))
+            }
+        });
+        (Cluster::new(kube::Client::new(service, "default")), seen)
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn a_sync_reads_again_only_what_it_changed() {
+        block_on(async {
+            let (cluster, seen) = recording_cluster();
+            let r = rendered(&["a", "b", "c"]);
+            // Listed before the apply: a ready, b (changed by this sync) and c still rolling out.
+            let known: BTreeMap<String, Value> = [
+                ("Deployment/ns/a", deployment("ns", "a", true)),
+                ("Deployment/ns/b", deployment("ns", "b", false)),
+                ("Deployment/ns/c", deployment("ns", "c", false)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            let stale: BTreeSet<String> = ["Deployment/ns/b".to_string()].into();
+            let report = wait(
+                &cluster,
+                &r,
+                Duration::ZERO,
+                &known,
+                &stale,
+                &Default::default(),
+            )
+            .await
+            .expect("health");
+            let requests = seen.lock().expect("log").clone();
+            let gets: Vec<&String> = requests
+                .iter()
+                .filter(|r| r.contains("/deployments"))
+                .collect();
+            assert_eq!(
+                gets,
+                ["GET /apis/apps/v1/namespaces/ns/deployments/b"],
+                "only the changed object is read again: {requests:?}"
+            );
+            // b read again is ready; c is judged from the list before the apply.
+            assert_eq!(report.checked, 3);
+            let not_ready: Vec<&str> = report.not_ready.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(not_ready, ["Deployment/ns/c"]);
+        });
+    }
+
+    #[test]
+    fn without_a_list_every_object_is_read_and_later_looks_read_only_what_is_not_ready() {
+        block_on(async {
+            let (cluster, seen) = recording_cluster();
+            let r = rendered(&["a", "b"]);
+            let report = wait(
+                &cluster,
+                &r,
+                Duration::ZERO,
+                &BTreeMap::new(),
+                &BTreeSet::new(),
+                &Default::default(),
+            )
+            .await
+            .expect("health");
+            assert_eq!(report.healthy(), Some(true));
+            let requests = seen.lock().expect("log").clone();
+            let mut gets: Vec<&String> = requests
+                .iter()
+                .filter(|r| r.contains("/deployments"))
+                .collect();
+            gets.sort();
+            assert_eq!(
+                gets,
+                [
+                    "GET /apis/apps/v1/namespaces/ns/deployments/a",
+                    "GET /apis/apps/v1/namespaces/ns/deployments/b"
+                ]
+            );
+
+            // Known not ready, not changed, with time to wait: the second look reads it (and
+            // finds it ready); the ready one is never read.
+            seen.lock().expect("log").clear();
+            let known: BTreeMap<String, Value> = [
+                ("Deployment/ns/a".to_string(), deployment("ns", "a", true)),
+                ("Deployment/ns/b".to_string(), deployment("ns", "b", false)),
+            ]
+            .into();
+            let report = wait(
+                &cluster,
+                &r,
+                Duration::from_secs(5),
+                &known,
+                &BTreeSet::new(),
+                &Default::default(),
+            )
+            .await
+            .expect("health");
+            assert_eq!(report.healthy(), Some(true));
+            let requests = seen.lock().expect("log").clone();
+            let gets: Vec<&String> = requests
+                .iter()
+                .filter(|r| r.contains("/deployments"))
+                .collect();
+            assert_eq!(gets, ["GET /apis/apps/v1/namespaces/ns/deployments/b"]);
+        });
+    }
 
     #[test]
     fn deployments() {

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use futures_util::{StreamExt, stream};
 use kars_contract::KARS_GROUP;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
@@ -394,12 +395,13 @@ struct Target<'a> {
 
 /// Writes the status of every rendered KarsSandbox and of the policy CRs their routers mount,
 /// from the enforce step's `results` (`namespace/deployment` → result), where it differs from
-/// what the live object says.
+/// what the live object says, `concurrency` patches at a time.
 pub async fn write(
     client: &kube::Client,
     rendered: &Rendered,
     apply: &ApplyReport,
     results: &[(String, Enforcement)],
+    concurrency: usize,
 ) -> Written {
     let by_deployment: BTreeMap<String, &Enforcement> =
         results.iter().map(|(d, e)| (d.clone(), e)).collect();
@@ -503,48 +505,85 @@ pub async fn write(
         .iter()
         .map(|o| (o.object.as_str(), &o.action))
         .collect();
-    let mut out = Written::default();
     let now = kars_contract::time::now_rfc3339();
     let params = PatchParams {
         field_manager: Some(STATUS_MANAGER.to_string()),
         ..PatchParams::default()
     };
-    for t in targets {
-        let key = format!("{}/{}/{}", t.kind, t.namespace, t.name);
-        let api = kars_api(client, &t.namespace, t.kind);
-        // The generation after this sync's apply: the listed one when the apply changed
-        // nothing, else read again.
-        let live = match (actions.get(key.as_str()), apply.live_before.get(&key)) {
-            (Some(Action::Unchanged), Some(l)) => l.clone(),
-            // Created by this sync: generation 1, no status yet.
-            (Some(Action::Created), _) => json!({"metadata": {"generation": 1}}),
-            _ => match api.get(&t.name).await {
-                Ok(obj) => serde_json::to_value(obj).unwrap_or_default(),
-                Err(e) => {
-                    out.failed.push((key, e.to_string()));
-                    continue;
-                }
-            },
-        };
-        // A kars controller runs and reports on this object: its status is not ours to write.
-        let reported = live["status"].as_object().is_some_and(|m| !m.is_empty());
-        if reported && !written_by_us(&live) {
-            continue;
-        }
-        let desired = (t.status)(live["metadata"]["generation"].as_i64());
-        if unchanged(&desired, &live["status"]) {
-            continue;
-        }
-        let desired = with_transition_times(desired, &live["status"], &now);
-        match api
-            .patch_status(&t.name, &params, &Patch::Merge(json!({"status": desired})))
-            .await
-        {
-            Ok(_) => out.patched += 1,
-            Err(e) => out.failed.push((key, e.to_string())),
+    // Owned indices: a closure over references trips higher-ranked lifetime inference when the
+    // sync is spawned.
+    let (targets, actions) = (&targets, &actions);
+    let (now, params) = (now.as_str(), &params);
+    let writes = (0..targets.len())
+        .map(move |i| write_one(client, &targets[i], actions, apply, now, params));
+    // Each CR's status is its own subresource: one patch per object that changed, sent
+    // `concurrency` at a time.
+    let results: Vec<StatusWrite> = stream::iter(writes)
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut out = Written::default();
+    for r in results {
+        match r {
+            StatusWrite::Patched => out.patched += 1,
+            StatusWrite::Failed(key, error) => out.failed.push((key, error)),
+            StatusWrite::Left => {}
         }
     }
+    out.failed.sort();
     out
+}
+
+/// Reads (when needed) and patches the status of one target (a named function, not a closure:
+/// the future must not depend on a higher-ranked lifetime when the sync is spawned).
+async fn write_one(
+    client: &kube::Client,
+    t: &Target<'_>,
+    actions: &BTreeMap<&str, &Action>,
+    apply: &ApplyReport,
+    now: &str,
+    params: &PatchParams,
+) -> StatusWrite {
+    let key = format!("{}/{}/{}", t.kind, t.namespace, t.name);
+    let api = kars_api(client, &t.namespace, t.kind);
+    // The generation after this sync's apply: the listed one when the apply changed nothing,
+    // else read again.
+    let live = match (actions.get(key.as_str()), apply.live_before.get(&key)) {
+        (Some(Action::Unchanged), Some(l)) => l.clone(),
+        // Created by this sync: generation 1, no status yet.
+        (Some(Action::Created), _) => json!({"metadata": {"generation": 1}}),
+        _ => match api.get(&t.name).await {
+            Ok(obj) => serde_json::to_value(obj).unwrap_or_default(),
+            Err(e) => return StatusWrite::Failed(key, e.to_string()),
+        },
+    };
+    // A kars controller runs and reports on this object: its status is not ours to write.
+    let reported = live["status"].as_object().is_some_and(|m| !m.is_empty());
+    if reported && !written_by_us(&live) {
+        return StatusWrite::Left;
+    }
+    let desired = (t.status)(live["metadata"]["generation"].as_i64());
+    if unchanged(&desired, &live["status"]) {
+        return StatusWrite::Left;
+    }
+    let desired = with_transition_times(desired, &live["status"], now);
+    match api
+        .patch_status(&t.name, params, &Patch::Merge(json!({"status": desired})))
+        .await
+    {
+        Ok(_) => StatusWrite::Patched,
+        Err(e) => StatusWrite::Failed(key, e.to_string()),
+    }
+}
+
+/// What happened to one object's status.
+enum StatusWrite {
+    /// Patched.
+    Patched,
+    /// Already so, or reported by a kars controller.
+    Left,
+    /// Could not be read or patched: (object, error).
+    Failed(String, String),
 }
 
 #[cfg(test)]

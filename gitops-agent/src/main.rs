@@ -105,6 +105,11 @@ struct Args {
     /// Do not restore fields changed by hand (drift is then only reported).
     #[arg(long)]
     no_self_heal: bool,
+    /// Objects applied (and kars status patches sent) at once within a wave. The API server's
+    /// own limits (priority and fairness) still apply; the client adds no rate limit of its own.
+    #[arg(long, env = "KARS_APPLY_CONCURRENCY", default_value_t = 8,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    apply_concurrency: u16,
     /// Wait this long for applied objects to become healthy.
     #[arg(long, default_value = "60s", value_parser = duration_arg)]
     health_timeout: Duration,
@@ -293,6 +298,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         status_namespace: args.namespace.clone(),
         apply: ApplyOptions {
             self_heal: !args.no_self_heal,
+            concurrency: usize::from(args.apply_concurrency),
             ..ApplyOptions::default()
         },
         prune: PruneOptions {

@@ -16,7 +16,7 @@ use kars_renderer::source::SourceLimits;
 use kars_renderer::{Prepared, Rendered};
 
 use super::{SyncConfig, SyncError, SyncOutcome};
-use crate::apply::{Applier, ApplyError, ApplyReport};
+use crate::apply::{Action, Applier, ApplyError, ApplyReport};
 use crate::bundles::BundleVerifier;
 use crate::cluster::Cluster;
 use crate::enforcement::{self, Enforcement};
@@ -546,9 +546,24 @@ pub async fn run(
     } else {
         Duration::ZERO
     };
-    let prefetched = (!changed && !apply.live_before.is_empty()).then_some(&apply.live_before);
+    // What this sync created or changed is read again; the rest is judged from the objects
+    // listed before the apply.
+    let stale: std::collections::BTreeSet<String> = apply
+        .objects
+        .iter()
+        .filter(|o| matches!(o.action, Action::Created | Action::Configured))
+        .map(|o| o.object.clone())
+        .collect();
     cfg.progress.emit(Event::Step("health"));
-    let health = health::wait(cluster, &rendered, timeout, prefetched, &cfg.progress).await;
+    let health = health::wait(
+        cluster,
+        &rendered,
+        timeout,
+        &apply.live_before,
+        &stale,
+        &cfg.progress,
+    )
+    .await;
     run.apply = Some(apply);
     match health {
         Ok(h) => run.health = Some(h),
@@ -578,8 +593,14 @@ pub async fn run(
         // The kars CRs' own status (upstream's CLI and consoles read it; no kars controller
         // writes it in a GitOps-only cluster).
         if let Some(apply) = &run.apply {
-            let written =
-                crate::kars_status::write(cluster.client(), &rendered, apply, &results).await;
+            let written = crate::kars_status::write(
+                cluster.client(),
+                &rendered,
+                apply,
+                &results,
+                cfg.apply.concurrency,
+            )
+            .await;
             for (object, error) in &written.failed {
                 tracing::warn!(%object, %error, "could not write the status of a kars object");
             }

@@ -296,6 +296,13 @@ fn bench_sync(args: &[String]) -> Result<()> {
     let agents = arg(args, "--agents", 1000);
     // --quick: only the kars first and no-op syncs (for profiling the phases).
     let quick = args.iter().any(|a| a == "--quick");
+    // --concurrency N: objects applied (and statuses written) at once, as the agent's
+    // --apply-concurrency.
+    let concurrency = arg(
+        args,
+        "--concurrency",
+        kars_gitops_agent::apply::ApplyOptions::default().concurrency,
+    );
     let release = kars_e2e::workspace_root().join("target/release");
     let agent_bin = release.join("kars-gitops-agent");
     if !agent_bin.exists() {
@@ -336,7 +343,10 @@ fn bench_sync(args: &[String]) -> Result<()> {
         cache_dir: dir.path().join("cache"),
         status_namespace: "kars-gitops-system".into(),
         name: "gbench".into(),
-        apply: Default::default(),
+        apply: kars_gitops_agent::apply::ApplyOptions {
+            concurrency,
+            ..Default::default()
+        },
         prune: Default::default(),
         health_timeout: Duration::ZERO,
         since_override: None,
@@ -468,6 +478,7 @@ fn bench_sync(args: &[String]) -> Result<()> {
                 "--health-timeout",
                 "0s",
             ])
+            .args(["--apply-concurrency", &concurrency.to_string()])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--cache-dir")
             .arg(dir.path().join(format!("cache-{label}")))
