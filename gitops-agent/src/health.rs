@@ -132,6 +132,9 @@ fn checked_kind(api_version: &str, kind: &str) -> bool {
 /// A look that must read more objects than this lists their kinds instead of reading each.
 const GET_LIMIT: usize = 64;
 
+/// GETs in flight at once in one look.
+const GET_CONCURRENCY: usize = 8;
+
 /// Waits up to `timeout` for the rendered Deployments, CRDs and kars CRs to be ready; returns
 /// what is still not ready at the end (polling every second). `known` holds live objects read
 /// by this sync before it applied (empty: none): an object in `known` and not in `stale` (what
@@ -152,36 +155,46 @@ pub async fn wait(
         .iter()
         .filter(|o| checked_kind(o.api_version(), o.kind()))
         .collect();
-    let mut health: BTreeMap<String, ObjectHealth> = BTreeMap::new();
-    let mut to_read: Vec<&RenderedObject> = Vec::new();
-    for o in &targets {
-        let key = o.key();
-        match known.get(&key).filter(|_| !stale.contains(&key)) {
-            Some(l) => {
-                health.insert(key, judge(o, Some(l)));
-            }
-            None => to_read.push(o),
-        }
-    }
+    // Per target: judged from `known` now, or read in the loop below.
+    let mut health: Vec<Option<ObjectHealth>> = targets
+        .iter()
+        .map(|o| {
+            let key = o.key();
+            known
+                .get(&key)
+                .filter(|_| !stale.contains(&key))
+                .map(|l| judge(o, Some(l)))
+        })
+        .collect();
+    let mut to_read: Vec<&RenderedObject> = targets
+        .iter()
+        .zip(&health)
+        .filter(|(_, h)| h.is_none())
+        .map(|(o, _)| *o)
+        .collect();
     loop {
         let fresh = read(cluster, rendered, &to_read).await?;
-        for o in &to_read {
-            let key = o.key();
-            let h = judge(o, fresh.get(&key));
-            health.insert(key, h);
+        for (o, h) in targets.iter().zip(health.iter_mut()) {
+            if h.is_none() {
+                *h = Some(judge(o, fresh.get(&o.key())));
+            }
         }
         let mut report = HealthReport {
             checked: targets.len(),
             ..HealthReport::default()
         };
-        for o in &targets {
-            match health.get(&o.key()) {
+        to_read.clear();
+        for (o, h) in targets.iter().zip(health.iter_mut()) {
+            match h {
                 Some(ObjectHealth::Ready) => {}
                 Some(ObjectHealth::Unreported) => report.unreported += 1,
-                Some(other) => report.not_ready.push((o.key(), other.clone())),
-                None => report
-                    .not_ready
-                    .push((o.key(), ObjectHealth::Progressing("not looked at".into()))),
+                // Not ready: reported, and read again at the next look.
+                other => {
+                    if let Some(not_ready) = other.take() {
+                        report.not_ready.push((o.key(), not_ready));
+                    }
+                    to_read.push(o);
+                }
             }
         }
         let now = Instant::now();
@@ -193,12 +206,6 @@ pub async fn wait(
             left: deadline - now,
         });
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let pending: BTreeSet<&str> = report.not_ready.iter().map(|(k, _)| k.as_str()).collect();
-        to_read = targets
-            .iter()
-            .copied()
-            .filter(|o| pending.contains(o.key().as_str()))
-            .collect();
     }
 }
 
@@ -251,9 +258,6 @@ async fn read_one(
 ) -> Result<(String, Option<Value>), kube::Error> {
     cluster.get_rendered(o).await.map(|live| (o.key(), live))
 }
-
-/// GETs in flight at once in one look.
-const GET_CONCURRENCY: usize = 8;
 
 #[cfg(test)]
 mod tests {
