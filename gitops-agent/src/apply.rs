@@ -14,7 +14,8 @@
 //! Conflicts with other field managers are reported per object and not forced unless
 //! [`ApplyOptions::force_conflicts`] is set.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, stream};
@@ -30,6 +31,7 @@ use serde_json::{Value, json};
 
 use crate::cluster::{Cluster, Ownership, gvk, is_not_found, ownership};
 use crate::compare::{first_difference, is_subset};
+use crate::live::{LiveView, Seen};
 use crate::progress::{Event, Progress};
 
 /// The field manager name kars GitOps applies with.
@@ -153,8 +155,12 @@ pub struct ApplyReport {
     pub writes: usize,
     /// Secrets created in the cluster.
     pub generated_secrets_created: Vec<String>,
-    /// The live objects listed before applying (`kind/namespace/name` → object): a sync that
-    /// changed nothing reuses them for its health look instead of listing again.
+    /// GET and LIST requests sent to learn the live state (0 in a no-op sync whose live view
+    /// is current).
+    pub reads: usize,
+    /// The live objects read before applying (`kind/namespace/name` → object): later steps
+    /// judge what this sync did not change from them instead of reading again. With a live
+    /// view, objects it knew to be unchanged were not read and are not here.
     #[serde(skip)]
     pub live_before: BTreeMap<String, Value>,
 }
@@ -249,22 +255,48 @@ fn status_message(e: &kube::Error) -> String {
 pub struct Applier<'c> {
     cluster: &'c Cluster,
     options: ApplyOptions,
+    view: Option<Arc<LiveView>>,
 }
+
+/// A kind whose objects more than this are to be read is listed instead of read one by one.
+const GET_LIMIT: usize = 64;
 
 impl<'c> Applier<'c> {
     /// An applier for `cluster`.
     pub fn new(cluster: &'c Cluster, options: ApplyOptions) -> Self {
-        Applier { cluster, options }
+        Applier {
+            cluster,
+            options,
+            view: None,
+        }
+    }
+
+    /// Compares with (and keeps up to date) the agent's live view: objects it knows to hold
+    /// their render are not read (see [`crate::live`]).
+    pub fn with_view(mut self, view: Option<Arc<LiveView>>) -> Self {
+        self.view = view;
+        self
     }
 
     /// Applies `rendered`. Per-object failures are in the report; `Err` means the apply could not
     /// run (API server unreachable, wait timed out).
     pub async fn apply(&self, rendered: &Rendered) -> Result<ApplyReport, ApplyError> {
-        let live = self.cluster.list_live(rendered, |_, _| true).await?;
+        let before = self.cluster.reads();
+        let mut report = self.plan_and_apply(rendered).await?;
+        report.reads += self.cluster.reads().saturating_sub(before);
+        Ok(report)
+    }
+
+    async fn plan_and_apply(&self, rendered: &Rendered) -> Result<ApplyReport, ApplyError> {
+        let (live, held) = self.read_live(rendered).await?;
         let mut report = ApplyReport::default();
         let mut changed: Vec<(usize, bool)> = Vec::new(); // (index, exists)
         let mut foreign = false;
         for (i, o) in rendered.objects.iter().enumerate() {
+            if held[i] {
+                report.objects.push(outcome(o, Action::Unchanged));
+                continue;
+            }
             let current = live.get(&o.key());
             if let Some(Ownership::Foreign(owner)) =
                 current.map(|l| ownership(l, rendered, self.options.owner.as_deref()))
@@ -313,8 +345,15 @@ impl<'c> Applier<'c> {
             // Nothing is written while another PolicyRepo owns one of the objects.
             return Ok(report);
         }
+        let existing: HashSet<String> = rendered
+            .objects
+            .iter()
+            .zip(&held)
+            .filter(|(o, held)| **held || live.contains_key(&o.key()))
+            .map(|(o, _)| o.key())
+            .collect();
         let refused = self
-            .dry_run_all(rendered, &live, &changed, &mut report)
+            .dry_run_all(rendered, &existing, &changed, &mut report)
             .await?;
         if refused || self.options.dry_run {
             if self.options.dry_run && !refused {
@@ -332,10 +371,71 @@ impl<'c> Applier<'c> {
         report.live_before = live;
         if !failed {
             report.generated_secrets_created = self
-                .ensure_generated_secrets(rendered, &mut report.writes)
+                .ensure_generated_secrets(rendered, &mut report.writes, &mut report.reads)
                 .await?;
         }
         Ok(report)
+    }
+
+    /// The live objects the compare needs, and per rendered object whether the live view
+    /// already knows it to hold its render (then it is not read). Without a view, or for a kind
+    /// the view does not know, the kind is listed; otherwise what is left is read one by one
+    /// (a kind with more than [`GET_LIMIT`] to read is listed). Every body read is recorded in
+    /// the view.
+    async fn read_live(
+        &self,
+        rendered: &Rendered,
+    ) -> Result<(BTreeMap<String, Value>, Vec<bool>), ApplyError> {
+        let mut held = vec![false; rendered.objects.len()];
+        let Some(view) = &self.view else {
+            return Ok((self.cluster.list_live(rendered, |_, _| true).await?, held));
+        };
+        view.watch_kinds(self.cluster, rendered).await;
+        let owner = self.options.owner.as_deref();
+        let mut listed: HashSet<(String, String)> = HashSet::new();
+        let mut to_get: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+        for (i, o) in rendered.objects.iter().enumerate() {
+            // The SRE step reads its actions' cluster copies (an approval set by hand) from
+            // what this step read.
+            if o.kind() != "KarsSREAction" && view.holds(o, rendered, owner) {
+                held[i] = true;
+                continue;
+            }
+            let kind = (o.api_version().to_string(), o.kind().to_string());
+            if view.seen(&gvk(o.api_version(), o.kind()), &o.key()) == Seen::Unknown {
+                listed.insert(kind);
+            } else {
+                to_get.entry(kind).or_default().push(i);
+            }
+        }
+        let mut gets: Vec<&RenderedObject> = Vec::new();
+        for (kind, members) in to_get {
+            if members.len() > GET_LIMIT || listed.contains(&kind) {
+                listed.insert(kind);
+            } else {
+                gets.extend(members.into_iter().map(|i| &rendered.objects[i]));
+            }
+        }
+        let mut live = if listed.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.cluster
+                .list_live(rendered, move |api_version, kind| {
+                    listed.contains(&(api_version.to_string(), kind.to_string()))
+                })
+                .await?
+        };
+        live.extend(
+            self.cluster
+                .get_many(&gets, self.options.concurrency)
+                .await?,
+        );
+        for (o, held) in rendered.objects.iter().zip(&held) {
+            if let (false, Some(body)) = (*held, live.get(&o.key())) {
+                view.observe(o, body);
+            }
+        }
+        Ok((live, held))
     }
 
     /// Dry-runs every changed object that can be checked now (objects in namespaces this sync
@@ -343,7 +443,7 @@ impl<'c> Applier<'c> {
     async fn dry_run_all(
         &self,
         rendered: &Rendered,
-        live: &BTreeMap<String, Value>,
+        existing: &HashSet<String>,
         changed: &[(usize, bool)],
         report: &mut ApplyReport,
     ) -> Result<bool, ApplyError> {
@@ -351,7 +451,7 @@ impl<'c> Applier<'c> {
             .objects
             .iter()
             .filter(|o| {
-                o.kind() == "Namespace" && o.api_version() == "v1" && !live.contains_key(&o.key())
+                o.kind() == "Namespace" && o.api_version() == "v1" && !existing.contains(&o.key())
             })
             .map(|o| o.name())
             .collect();
@@ -370,7 +470,7 @@ impl<'c> Applier<'c> {
             let o = &rendered.objects[i];
             (i, self.server_apply(o, true).await)
         });
-        let results: Vec<(usize, Result<Option<String>, ApplyFailure>)> = stream::iter(checks)
+        let results: Vec<(usize, Result<Value, ApplyFailure>)> = stream::iter(checks)
             .buffer_unordered(self.options.concurrency.max(1))
             .collect()
             .await;
@@ -427,9 +527,12 @@ impl<'c> Applier<'c> {
             let mut active_namespaces = BTreeSet::new();
             for (i, exists, r) in results {
                 match r {
-                    Ok(phase) => {
-                        if phase.as_deref() == Some("Active") {
+                    Ok(body) => {
+                        if body["status"]["phase"] == "Active" {
                             active_namespaces.insert(i);
+                        }
+                        if let Some(view) = &self.view {
+                            view.observe(&rendered.objects[i], &body);
                         }
                         report.writes += 1;
                         report.objects[i].action = if exists {
@@ -488,13 +591,9 @@ impl<'c> Applier<'c> {
         out
     }
 
-    /// Applies one object; returns the `status.phase` of the object the API server returned.
-    /// A conflict with fields changed by hand is taken back when self-heal is on.
-    async fn server_apply(
-        &self,
-        o: &RenderedObject,
-        dry_run: bool,
-    ) -> Result<Option<String>, ApplyFailure> {
+    /// Applies one object; returns the object the API server returned. A conflict with fields
+    /// changed by hand is taken back when self-heal is on.
+    async fn server_apply(&self, o: &RenderedObject, dry_run: bool) -> Result<Value, ApplyFailure> {
         match self
             .server_apply_with(o, dry_run, self.options.force_conflicts)
             .await
@@ -523,7 +622,7 @@ impl<'c> Applier<'c> {
         o: &RenderedObject,
         dry_run: bool,
         force: bool,
-    ) -> Result<Option<String>, ApplyFailure> {
+    ) -> Result<Value, ApplyFailure> {
         let (ar, namespaced) = match self.cluster.resource(&gvk(o.api_version(), o.kind())).await {
             Ok(r) => r,
             Err(e) if is_not_found(&e) => return Err(ApplyFailure::NotYetResolvable),
@@ -536,7 +635,7 @@ impl<'c> Applier<'c> {
         }
         pp.dry_run = dry_run;
         match api.patch(o.name(), &pp, &Patch::Apply(&o.manifest)).await {
-            Ok(obj) => Ok(obj.data["status"]["phase"].as_str().map(str::to_string)),
+            Ok(obj) => Ok(crate::cluster::as_json(&obj, &ar)),
             // In a dry run, a missing namespace only means the namespace is created by this sync.
             Err(e) if dry_run && is_not_found(&e) => Err(ApplyFailure::NotYetResolvable),
             Err(e @ kube::Error::Api(_)) if matches!(&e, kube::Error::Api(s) if s.code == 409) => {
@@ -617,32 +716,56 @@ impl<'c> Applier<'c> {
         &self,
         rendered: &Rendered,
         writes: &mut usize,
+        reads: &mut usize,
     ) -> Result<Vec<String>, ApplyError> {
         let secrets: &[GeneratedSecret] = &rendered.generated_secrets;
+        if secrets.is_empty() {
+            return Ok(Vec::new());
+        }
         let (ar, _) = self.cluster.resource(&gvk("v1", "Secret")).await?;
-        // One LIST of our secrets instead of a GET per secret.
+        // The live view knows which exist when it may watch Secrets (metadata only).
+        let secret_kind = gvk("v1", "Secret");
+        let known: Option<BTreeSet<(String, String)>> = self.view.as_ref().and_then(|view| {
+            let mut existing = BTreeSet::new();
+            for s in secrets {
+                let k = crate::cluster::key("Secret", Some(&s.namespace), &s.name);
+                if view.exists(&secret_kind, &k)? {
+                    existing.insert((s.namespace.clone(), s.name.clone()));
+                }
+            }
+            Some(existing)
+        });
+        // Else one LIST of our secrets instead of a GET per secret.
         let all: Api<DynamicObject> = Api::all_with(self.cluster.client().clone(), &ar);
         let selector = format!(
             "{REPOSITORY_LABEL}={},{CLUSTER_LABEL}={}",
             rendered.repository, rendered.cluster
         );
-        let existing: BTreeSet<(String, String)> = match all
-            .list_metadata(&ListParams::default().labels(&selector))
-            .await
-        {
-            Ok(list) => list
-                .items
-                .into_iter()
-                .map(|m| {
-                    (
-                        m.metadata.namespace.unwrap_or_default(),
-                        m.metadata.name.unwrap_or_default(),
-                    )
-                })
-                .collect(),
+        let listed = match known {
+            Some(k) => Ok(k),
+            None => {
+                *reads += 1;
+                all.list_metadata(&ListParams::default().labels(&selector))
+                    .await
+                    .map(|list| {
+                        list.items
+                            .into_iter()
+                            .map(|m| {
+                                (
+                                    m.metadata.namespace.unwrap_or_default(),
+                                    m.metadata.name.unwrap_or_default(),
+                                )
+                            })
+                            .collect()
+                    })
+            }
+        };
+        let existing: BTreeSet<(String, String)> = match listed {
+            Ok(existing) => existing,
             // Least privilege (the chart's RBAC): listing Secrets cluster-wide would be
             // reading every Secret, so only `get` of the generated names is granted.
             Err(kube::Error::Api(st)) if st.code == 403 => {
+                *reads += secrets.len();
                 self.existing_generated_secrets(secrets, &ar).await?
             }
             Err(e) => return Err(e.into()),

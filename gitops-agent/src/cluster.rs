@@ -97,6 +97,8 @@ pub fn ownership(live: &Value, rendered: &Rendered, owner: Option<&str>) -> Owne
 pub struct Cluster {
     client: kube::Client,
     resources: Mutex<HashMap<GroupVersionKind, (ApiResource, bool)>>,
+    /// GET and LIST requests sent through [`Cluster::get`] and [`Cluster::list_live`].
+    reads: std::sync::atomic::AtomicUsize,
 }
 
 impl Cluster {
@@ -105,7 +107,19 @@ impl Cluster {
         Cluster {
             client,
             resources: Mutex::new(HashMap::new()),
+            reads: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// GET and LIST requests for objects sent so far through [`Cluster::get`] and
+    /// [`Cluster::list_live`] (a sync reports the difference across its steps).
+    pub fn reads(&self) -> usize {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_read(&self) {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The client.
@@ -165,6 +179,7 @@ impl Cluster {
             Err(e) if is_not_found(&e) => return Ok(None),
             Err(e) => return Err(e),
         };
+        self.count_read();
         match self.api(&ar, namespaced, namespace).get_opt(name).await {
             Ok(Some(live)) => Ok(Some(as_json(&live, &ar))),
             Ok(None) => Ok(None),
@@ -177,6 +192,35 @@ impl Cluster {
     pub async fn get_rendered(&self, o: &RenderedObject) -> Result<Option<Value>, kube::Error> {
         self.get(o.api_version(), o.kind(), o.namespace(), o.name())
             .await
+    }
+
+    /// The live copies of `objects` (absent when not found), one GET each, `concurrency` at a
+    /// time, keyed by `kind/namespace/name`.
+    pub async fn get_many(
+        &self,
+        objects: &[&RenderedObject],
+        concurrency: usize,
+    ) -> Result<BTreeMap<String, Value>, kube::Error> {
+        use futures_util::StreamExt;
+        // Owned indices and a named function: a closure over references trips higher-ranked
+        // lifetime inference when the sync future is spawned.
+        let reads = (0..objects.len()).map(|i| self.get_keyed(objects[i]));
+        let results: Vec<Result<(String, Option<Value>), kube::Error>> =
+            futures_util::stream::iter(reads)
+                .buffer_unordered(concurrency.max(1))
+                .collect()
+                .await;
+        let mut out = BTreeMap::new();
+        for r in results {
+            if let (key, Some(live)) = r? {
+                out.insert(key, live);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn get_keyed(&self, o: &RenderedObject) -> Result<(String, Option<Value>), kube::Error> {
+        self.get_rendered(o).await.map(|live| (o.key(), live))
     }
 
     /// The live objects kars GitOps manages (by the managed-by label, one LIST per kind) of
@@ -211,6 +255,7 @@ impl Cluster {
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &ar);
             let mut params = ListParams::default().labels(&selector).limit(LIST_PAGE);
             loop {
+                self.count_read();
                 let page = match api.list(&params).await {
                     Ok(page) => page,
                     // A kind this identity may not list: nothing of it is seen live, and the
@@ -242,7 +287,7 @@ impl Cluster {
 }
 
 /// A live object as JSON; list items carry no apiVersion/kind of their own, so they are set.
-fn as_json(obj: &DynamicObject, ar: &ApiResource) -> Value {
+pub(crate) fn as_json(obj: &DynamicObject, ar: &ApiResource) -> Value {
     let mut value = serde_json::to_value(obj).unwrap_or(Value::Null);
     value["apiVersion"] = json!(ar.api_version);
     value["kind"] = json!(ar.kind);

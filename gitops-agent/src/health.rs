@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, stream};
 use kars_contract::KARS_API_VERSION;
 use kars_renderer::{Rendered, RenderedObject};
 use serde_json::Value;
 
 use crate::cluster::Cluster;
+use crate::live::LiveView;
 
 /// The health of one object.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -46,6 +46,8 @@ pub struct HealthReport {
     pub checked: usize,
     /// kars objects without any reported status (no kars controller in the cluster?).
     pub unreported: usize,
+    /// GET and LIST requests sent.
+    pub reads: usize,
 }
 
 impl HealthReport {
@@ -125,7 +127,8 @@ pub fn assess(kind: &str, is_kars: bool, live: &Value) -> ObjectHealth {
     }
 }
 
-fn checked_kind(api_version: &str, kind: &str) -> bool {
+/// True for the kinds health looks at: Deployments, CRDs and kars CRs.
+pub(crate) fn is_checked(api_version: &str, kind: &str) -> bool {
     matches!(kind, "Deployment" | "CustomResourceDefinition") || api_version == KARS_API_VERSION
 }
 
@@ -138,7 +141,8 @@ const GET_CONCURRENCY: usize = 8;
 /// Waits up to `timeout` for the rendered Deployments, CRDs and kars CRs to be ready; returns
 /// what is still not ready at the end (polling every second). `known` holds live objects read
 /// by this sync before it applied (empty: none): an object in `known` and not in `stale` (what
-/// this sync created or changed) is judged from it, so a sync reads only what it changed. Each
+/// this sync created or changed) is judged from it, so a sync reads only what it changed; so is
+/// one the live `view` has seen unchanged since its health was last judged. Each
 /// later look reads only what was not ready at the one before (one GET each, or one LIST per
 /// kind when more than [`GET_LIMIT`] are to be read).
 pub async fn wait(
@@ -147,23 +151,28 @@ pub async fn wait(
     timeout: Duration,
     known: &BTreeMap<String, Value>,
     stale: &BTreeSet<String>,
+    view: Option<&LiveView>,
     progress: &crate::progress::Progress,
 ) -> Result<HealthReport, kube::Error> {
     let deadline = Instant::now() + timeout;
+    let reads_before = cluster.reads();
     let targets: Vec<&RenderedObject> = rendered
         .objects
         .iter()
-        .filter(|o| checked_kind(o.api_version(), o.kind()))
+        .filter(|o| is_checked(o.api_version(), o.kind()))
         .collect();
     // Per target: judged from `known` now, or read in the loop below.
     let mut health: Vec<Option<ObjectHealth>> = targets
         .iter()
         .map(|o| {
             let key = o.key();
-            known
-                .get(&key)
-                .filter(|_| !stale.contains(&key))
-                .map(|l| judge(o, Some(l)))
+            if stale.contains(&key) {
+                return None;
+            }
+            match known.get(&key) {
+                Some(l) => Some(judge(o, Some(l))),
+                None => view.and_then(|v| v.health(o)),
+            }
         })
         .collect();
     let mut to_read: Vec<&RenderedObject> = targets
@@ -176,7 +185,11 @@ pub async fn wait(
         let fresh = read(cluster, rendered, &to_read).await?;
         for (o, h) in targets.iter().zip(health.iter_mut()) {
             if h.is_none() {
-                *h = Some(judge(o, fresh.get(&o.key())));
+                let live = fresh.get(&o.key());
+                if let (Some(v), Some(l)) = (view, live) {
+                    v.observe(o, l);
+                }
+                *h = Some(judge(o, live));
             }
         }
         let mut report = HealthReport {
@@ -199,6 +212,7 @@ pub async fn wait(
         }
         let now = Instant::now();
         if report.healthy().is_some() || now >= deadline {
+            report.reads = cluster.reads().saturating_sub(reads_before);
             return Ok(report);
         }
         progress.emit(crate::progress::Event::Waiting {
@@ -210,7 +224,7 @@ pub async fn wait(
 }
 
 /// The health of `o` from its live copy (`None`: not found).
-fn judge(o: &RenderedObject, live: Option<&Value>) -> ObjectHealth {
+pub(crate) fn judge(o: &RenderedObject, live: Option<&Value>) -> ObjectHealth {
     match live {
         None => ObjectHealth::Progressing("not found (or its kind is not served yet)".into()),
         // A kars object's status written by this agent is not a controller's report.
@@ -232,31 +246,9 @@ async fn read(
         return Ok(BTreeMap::new());
     }
     if objects.len() > GET_LIMIT {
-        return cluster.list_live(rendered, checked_kind).await;
+        return cluster.list_live(rendered, is_checked).await;
     }
-    // Owned indices: a closure over references trips higher-ranked lifetime inference when the
-    // sync is spawned.
-    let reads = (0..objects.len()).map(|i| read_one(cluster, objects[i]));
-    let results: Vec<Result<(String, Option<Value>), kube::Error>> = stream::iter(reads)
-        .buffer_unordered(GET_CONCURRENCY)
-        .collect()
-        .await;
-    let mut out = BTreeMap::new();
-    for r in results {
-        if let (key, Some(live)) = r? {
-            out.insert(key, live);
-        }
-    }
-    Ok(out)
-}
-
-/// The live copy of `o`, keyed (a named function, not a closure: the future must not depend on
-/// a higher-ranked lifetime when the sync is spawned).
-async fn read_one(
-    cluster: &Cluster,
-    o: &RenderedObject,
-) -> Result<(String, Option<Value>), kube::Error> {
-    cluster.get_rendered(o).await.map(|live| (o.key(), live))
+    cluster.get_many(objects, GET_CONCURRENCY).await
 }
 
 #[cfg(test)]
@@ -373,6 +365,7 @@ mod tests {
                 Duration::ZERO,
                 &known,
                 &stale,
+                None,
                 &Default::default(),
             )
             .await
@@ -390,6 +383,72 @@ mod tests {
     }
 
     #[test]
+    fn the_live_view_spares_reading_what_has_not_changed_since_it_was_judged() {
+        use crate::live::Change;
+        block_on(async {
+            let (cluster, seen) = recording_cluster();
+            let r = rendered(&["a", "b"]);
+            let view = LiveView::new();
+            let mut a = deployment("ns", "a", false);
+            a["metadata"]["resourceVersion"] = json!("7");
+            view.observe(&r.objects[0], &a);
+            let kind = crate::cluster::gvk("apps/v1", "Deployment");
+            view.apply_change(&kind, Change::Init);
+            view.apply_change(
+                &kind,
+                Change::InitApply("Deployment/ns/a".into(), "7".into()),
+            );
+            view.apply_change(
+                &kind,
+                Change::InitApply("Deployment/ns/b".into(), "3".into()),
+            );
+            view.apply_change(&kind, Change::InitDone);
+            // a: judged not ready at version 7 and still at 7, so not read; b never judged: read.
+            let report = wait(
+                &cluster,
+                &r,
+                Duration::ZERO,
+                &BTreeMap::new(),
+                &BTreeSet::new(),
+                Some(&view),
+                &Default::default(),
+            )
+            .await
+            .expect("health");
+            assert_eq!(
+                deployment_gets(&seen),
+                ["GET /apis/apps/v1/namespaces/ns/deployments/b"]
+            );
+            assert_eq!(report.reads, 1);
+            let not_ready: Vec<&str> = report.not_ready.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(not_ready, ["Deployment/ns/a"]);
+            // a moved on (its rollout progressed): read again.
+            seen.lock().expect("log").clear();
+            view.apply_change(&kind, Change::Apply("Deployment/ns/a".into(), "8".into()));
+            let report = wait(
+                &cluster,
+                &r,
+                Duration::ZERO,
+                &BTreeMap::new(),
+                &BTreeSet::new(),
+                Some(&view),
+                &Default::default(),
+            )
+            .await
+            .expect("health");
+            assert_eq!(
+                deployment_gets(&seen),
+                [
+                    "GET /apis/apps/v1/namespaces/ns/deployments/a",
+                    "GET /apis/apps/v1/namespaces/ns/deployments/b"
+                ],
+                "b's body from the stand-in carries no resourceVersion, so it is never kept"
+            );
+            assert_eq!(report.healthy(), Some(true));
+        });
+    }
+
+    #[test]
     fn without_a_list_every_object_is_read_and_later_looks_read_only_what_is_not_ready() {
         block_on(async {
             let (cluster, seen) = recording_cluster();
@@ -400,6 +459,7 @@ mod tests {
                 Duration::ZERO,
                 &BTreeMap::new(),
                 &BTreeSet::new(),
+                None,
                 &Default::default(),
             )
             .await
@@ -427,6 +487,7 @@ mod tests {
                 Duration::from_secs(5),
                 &known,
                 &BTreeSet::new(),
+                None,
                 &Default::default(),
             )
             .await

@@ -12,7 +12,7 @@
 //! `Ready`/`RouterEnforcing` once every router that mounts them reports it; an EgressApproval
 //! is `Active` once its sandbox's router reports the approvals, `Expired` after its TTL.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use futures_util::{StreamExt, stream};
 use kars_contract::KARS_GROUP;
@@ -22,9 +22,10 @@ use serde_json::{Value, json};
 
 use crate::apply::{Action, ApplyReport};
 use crate::enforcement::Enforcement;
+use crate::live::LiveView;
 use kars_contract::PolicyKind;
-use kars_renderer::Rendered;
 use kars_renderer::rendered::{MountedPolicy, RouterExpectation};
+use kars_renderer::{Rendered, RenderedObject};
 
 /// The field manager of the status the agent writes on kars CRs.
 pub const STATUS_MANAGER: &str = "kars-gitops-status";
@@ -383,6 +384,9 @@ pub struct Written {
     pub patched: usize,
     /// Objects whose status could not be written, with the error.
     pub failed: Vec<(String, String)>,
+    /// Objects read to learn their generation and status (the rest were known from the apply's
+    /// reads or the live view).
+    pub reads: usize,
 }
 
 /// One kars object whose status is written, and how to compute it from its generation.
@@ -402,6 +406,7 @@ pub async fn write(
     apply: &ApplyReport,
     results: &[(String, Enforcement)],
     concurrency: usize,
+    view: Option<&LiveView>,
 ) -> Written {
     let by_deployment: BTreeMap<String, &Enforcement> =
         results.iter().map(|(d, e)| (d.clone(), e)).collect();
@@ -510,20 +515,30 @@ pub async fn write(
         field_manager: Some(STATUS_MANAGER.to_string()),
         ..PatchParams::default()
     };
+    let objects: HashMap<String, &RenderedObject> =
+        rendered.objects.iter().map(|o| (o.key(), o)).collect();
+    let ctx = WriteContext {
+        client,
+        actions: &actions,
+        apply,
+        now: &now,
+        params: &params,
+        view,
+        objects: &objects,
+    };
     // Owned indices: a closure over references trips higher-ranked lifetime inference when the
     // sync is spawned.
-    let (targets, actions) = (&targets, &actions);
-    let (now, params) = (now.as_str(), &params);
-    let writes = (0..targets.len())
-        .map(move |i| write_one(client, &targets[i], actions, apply, now, params));
+    let (targets, ctx) = (&targets, &ctx);
+    let writes = (0..targets.len()).map(move |i| write_one(ctx, &targets[i]));
     // Each CR's status is its own subresource: one patch per object that changed, sent
     // `concurrency` at a time.
-    let results: Vec<StatusWrite> = stream::iter(writes)
+    let results: Vec<(StatusWrite, bool)> = stream::iter(writes)
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
     let mut out = Written::default();
-    for r in results {
+    for (r, read) in results {
+        out.reads += usize::from(read);
         match r {
             StatusWrite::Patched => out.patched += 1,
             StatusWrite::Failed(key, error) => out.failed.push((key, error)),
@@ -534,45 +549,76 @@ pub async fn write(
     out
 }
 
-/// Reads (when needed) and patches the status of one target (a named function, not a closure:
-/// the future must not depend on a higher-ranked lifetime when the sync is spawned).
-async fn write_one(
-    client: &kube::Client,
-    t: &Target<'_>,
-    actions: &BTreeMap<&str, &Action>,
-    apply: &ApplyReport,
-    now: &str,
-    params: &PatchParams,
-) -> StatusWrite {
+/// What every status write of one sync shares.
+struct WriteContext<'a> {
+    client: &'a kube::Client,
+    actions: &'a BTreeMap<&'a str, &'a Action>,
+    apply: &'a ApplyReport,
+    now: &'a str,
+    params: &'a PatchParams,
+    view: Option<&'a LiveView>,
+    objects: &'a HashMap<String, &'a RenderedObject>,
+}
+
+/// Reads (when needed) and patches the status of one target; says whether it read (a named
+/// function, not a closure: the future must not depend on a higher-ranked lifetime when the sync
+/// is spawned).
+async fn write_one(ctx: &WriteContext<'_>, t: &Target<'_>) -> (StatusWrite, bool) {
     let key = format!("{}/{}/{}", t.kind, t.namespace, t.name);
-    let api = kars_api(client, &t.namespace, t.kind);
-    // The generation after this sync's apply: the listed one when the apply changed nothing,
-    // else read again.
-    let live = match (actions.get(key.as_str()), apply.live_before.get(&key)) {
-        (Some(Action::Unchanged), Some(l)) => l.clone(),
+    let api = kars_api(ctx.client, &t.namespace, t.kind);
+    let rendered = ctx.objects.get(&key).copied();
+    // The generation and status after this sync's apply: what the apply read or the live view
+    // knows when the apply changed nothing, else read again.
+    let known = match ctx.actions.get(key.as_str()) {
+        Some(Action::Unchanged) => ctx
+            .apply
+            .live_before
+            .get(&key)
+            .cloned()
+            .or_else(|| ctx.view.zip(rendered).and_then(|(view, o)| view.status(o))),
         // Created by this sync: generation 1, no status yet.
-        (Some(Action::Created), _) => json!({"metadata": {"generation": 1}}),
-        _ => match api.get(&t.name).await {
-            Ok(obj) => serde_json::to_value(obj).unwrap_or_default(),
-            Err(e) => return StatusWrite::Failed(key, e.to_string()),
+        Some(Action::Created) => Some(json!({"metadata": {"generation": 1}})),
+        _ => None,
+    };
+    let read = known.is_none();
+    let live = match known {
+        Some(l) => l,
+        None => match api.get(&t.name).await {
+            Ok(obj) => {
+                let body = serde_json::to_value(obj).unwrap_or_default();
+                if let (Some(view), Some(o)) = (ctx.view, rendered) {
+                    view.observe(o, &body);
+                }
+                body
+            }
+            Err(e) => return (StatusWrite::Failed(key, e.to_string()), read),
         },
     };
     // A kars controller runs and reports on this object: its status is not ours to write.
     let reported = live["status"].as_object().is_some_and(|m| !m.is_empty());
     if reported && !written_by_us(&live) {
-        return StatusWrite::Left;
+        return (StatusWrite::Left, read);
     }
     let desired = (t.status)(live["metadata"]["generation"].as_i64());
     if unchanged(&desired, &live["status"]) {
-        return StatusWrite::Left;
+        return (StatusWrite::Left, read);
     }
-    let desired = with_transition_times(desired, &live["status"], now);
+    let desired = with_transition_times(desired, &live["status"], ctx.now);
     match api
-        .patch_status(&t.name, params, &Patch::Merge(json!({"status": desired})))
+        .patch_status(
+            &t.name,
+            ctx.params,
+            &Patch::Merge(json!({"status": desired})),
+        )
         .await
     {
-        Ok(_) => StatusWrite::Patched,
-        Err(e) => StatusWrite::Failed(key, e.to_string()),
+        Ok(obj) => {
+            if let (Some(view), Some(o)) = (ctx.view, rendered) {
+                view.observe(o, &serde_json::to_value(obj).unwrap_or_default());
+            }
+            (StatusWrite::Patched, read)
+        }
+        Err(e) => (StatusWrite::Failed(key, e.to_string()), read),
     }
 }
 

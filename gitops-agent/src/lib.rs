@@ -23,6 +23,7 @@ pub mod health;
 pub mod inspect;
 pub mod kars_status;
 pub mod lease;
+pub mod live;
 pub mod metrics;
 pub mod preview;
 pub mod progress;

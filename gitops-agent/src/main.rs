@@ -316,6 +316,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         enforcement: args.enforcement,
         sre: Default::default(),
         sync_log: None,
+        live_view: None,
     };
     if sync.name.is_empty() {
         sync.name = name_from_repository(&sync, args.once).await?;
@@ -361,6 +362,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         });
     }
+    // A running agent keeps a live view across its syncs (watches instead of lists).
+    sync.live_view = Some(std::sync::Arc::new(kars_gitops_agent::live::LiveView::new()));
     let webhook_secret = match &args.webhook_secret_file {
         Some(p) => Some(std::fs::read(p)?.trim_ascii().to_vec()),
         None => None,

@@ -37,6 +37,10 @@ pub fn tests() -> Vec<Trial> {
             drift,
         ),
         trial(
+            "sync::live_view_no_op_reads_nothing_hand_edits_and_deletes_are_restored",
+            live_view,
+        ),
+        trial(
             "sync::unreachable_remote_is_reported_and_changes_nothing",
             unreachable_remote,
         ),
@@ -491,6 +495,138 @@ fn drift() -> Result<()> {
     })
 }
 
+/// Syncs until `done` holds for an outcome (the live view sees a change a few milliseconds
+/// after it is made), at most 20 times; returns that outcome.
+async fn sync_until(
+    client: &kube::Client,
+    cfg: &kars_gitops_agent::sync::SyncConfig,
+    what: &str,
+    done: impl Fn(&SyncOutcome) -> bool,
+) -> Result<SyncOutcome> {
+    for _ in 0..20 {
+        let o = synced(client, cfg).await?;
+        if done(&o) {
+            return Ok(o);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("{what}: not so after 20 syncs")
+}
+
+fn live_view() -> Result<()> {
+    let (cluster, f) = fixture("live", &["a", "b"])?;
+    block_on(async {
+        let client = cluster.client().await?;
+        let mut cfg = f.config(&f.file_url())?;
+        let view = std::sync::Arc::new(kars_gitops_agent::live::LiveView::new());
+        cfg.live_view = Some(view.clone());
+        let first = synced(&client, &cfg).await?;
+        ensure!(first.converged(), "first sync: {:?}", first.ready);
+        ensure!(
+            view.wait_current(Duration::from_secs(30)).await,
+            "the live view's watches did not list their kinds within 30 s"
+        );
+        // The first sync's writes and the controllers' status updates are seen; once they
+        // settle a sync reads nothing and writes nothing.
+        let objects = first.apply.objects.len();
+        let noop = sync_until(&client, &cfg, "a no-op sync without reads", |o| {
+            o.reads == 0
+        })
+        .await?;
+        ensure!(
+            noop.apply.writes == 0 && noop.kars_status_patched == 0,
+            "no-op wrote: {} applies, {} status patches",
+            noop.apply.writes,
+            noop.kars_status_patched
+        );
+        ensure!(
+            noop.apply.count(|a| *a == Action::Unchanged) == objects,
+            "every object is known unchanged"
+        );
+        // Health judged from what the view kept (no node here: the Deployments stay Progressing).
+        ensure!(
+            noop.health.checked == first.health.checked
+                && noop.health.not_ready.len() == first.health.not_ready.len(),
+            "health not judged from the view: {:?} (first sync: {:?})",
+            noop.health,
+            first.health
+        );
+
+        // A hand edit of a field we render: the view sees the new version, the sync reads that
+        // object and restores it.
+        let ns = format!("kars-{}", f.agent("a"));
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+        let cm = cms
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .find(|c| {
+                c.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key("app.kubernetes.io/managed-by"))
+                    && c.data.as_ref().is_some_and(|d| !d.is_empty())
+            })
+            .context("a managed ConfigMap with data")?;
+        let name = cm.metadata.name.clone().unwrap_or_default();
+        let key = format!("ConfigMap/{ns}/{name}");
+        let (field, original) = cm
+            .data
+            .as_ref()
+            .and_then(|d| d.iter().next())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .context("data")?;
+        let patch = serde_json::json!({"data": {field.clone(): "edited by hand"}});
+        let (ok, _, err) = cluster.kubectl(&[
+            "-n",
+            &ns,
+            "patch",
+            "configmap",
+            &name,
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ])?;
+        ensure!(ok, "{err}");
+        let restored = sync_until(&client, &cfg, "the hand edit restored", |o| {
+            o.apply
+                .objects
+                .iter()
+                .any(|x| x.object == key && x.action == Action::Configured)
+        })
+        .await?;
+        ensure!(
+            restored.apply.writes == 1,
+            "only the edited object is written: {} writes",
+            restored.apply.writes
+        );
+        let live = cms.get(&name).await?;
+        ensure!(
+            live.data.and_then(|d| d.get(&field).cloned()) == Some(original),
+            "{key}: {field} not restored"
+        );
+
+        // Deleted by hand: absent from the view, read, created again.
+        let (ok, _, err) = cluster.kubectl(&["-n", &ns, "delete", "configmap", &name])?;
+        ensure!(ok, "{err}");
+        sync_until(&client, &cfg, "the deleted object created again", |o| {
+            o.apply
+                .objects
+                .iter()
+                .any(|x| x.object == key && x.action == Action::Created)
+        })
+        .await?;
+        ensure!(cms.get_opt(&name).await?.is_some(), "{key} not recreated");
+        // And quiet again.
+        sync_until(&client, &cfg, "quiet again", |o| {
+            o.reads == 0 && o.apply.writes == 0
+        })
+        .await?;
+        Ok(())
+    })
+}
+
 fn unreachable_remote() -> Result<()> {
     let (cluster, f) = fixture("unreach", &["a"])?;
     block_on(async {
@@ -542,7 +678,10 @@ fn api_server_stopped() -> Result<()> {
     let agents = many_agents("x", 40);
     let refs: Vec<&str> = agents.iter().map(String::as_str).collect();
     let f = PolicyRepoFixture::new(&unique_name("apistop"), &refs)?;
-    let cfg = f.config(&f.file_url())?;
+    let mut cfg = f.config(&f.file_url())?;
+    // With a live view: its watches fail with the API server, and the syncs after it read the
+    // cluster instead of trusting what the view saw before.
+    cfg.live_view = Some(std::sync::Arc::new(kars_gitops_agent::live::LiveView::new()));
     let stop_after = Duration::from_millis(1500);
     // Stop the API server while the sync runs.
     let result = block_on(async {

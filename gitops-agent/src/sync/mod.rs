@@ -74,6 +74,9 @@ pub struct SyncConfig {
     pub sre: crate::sre::SreSettings,
     /// The agent's signed log of what each sync applied (`None`: not kept, as in `kars sync`).
     pub sync_log: Option<std::sync::Arc<crate::sync_log::SyncLog>>,
+    /// The agent's live view, shared by its syncs (`None` in one-shot runs: every sync lists
+    /// what it compares with).
+    pub live_view: Option<std::sync::Arc<crate::live::LiveView>>,
 }
 
 impl SyncConfig {
@@ -144,6 +147,9 @@ pub struct SyncOutcome {
     pub not_enforced: Vec<String>,
     /// Status patches written on kars CRs after the enforce step (0 when nothing changed).
     pub kars_status_patched: usize,
+    /// GET and LIST requests sent to learn live objects: the apply's, the health look's and the
+    /// kars status writer's (0 in a no-op sync of an agent whose live view is current).
+    pub reads: usize,
     /// True while an SRE action's recovery is being observed (the agent looks again within
     /// 10 s).
     pub sre_observing: bool,

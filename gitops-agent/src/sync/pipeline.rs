@@ -265,6 +265,8 @@ impl Run {
             PruneStep::Refused(r) => (Vec::new(), Some(r.to_string())),
             _ => (Vec::new(), None),
         };
+        let reads =
+            apply.reads + self.health.as_ref().map_or(0, |h| h.reads) + self.kars_status.reads;
         Ok(SyncOutcome {
             commit: fetched.head,
             repository: rendered.repository.clone(),
@@ -284,6 +286,7 @@ impl Run {
                 .collect(),
             not_enforced,
             kars_status_patched: self.kars_status.patched,
+            reads,
             sre_observing: self.sre.as_ref().is_some_and(|s| s.observing),
             ready,
         })
@@ -467,7 +470,11 @@ pub async fn run(
     let mut apply_options = cfg.apply.clone();
     apply_options.owner = Some(owner.clone());
     apply_options.progress = cfg.progress.clone();
-    let apply = match Applier::new(cluster, apply_options).apply(&rendered).await {
+    let apply = match Applier::new(cluster, apply_options)
+        .with_view(cfg.live_view.clone())
+        .apply(&rendered)
+        .await
+    {
         Ok(a) => a,
         Err(e) => {
             run.rendered = Some(rendered);
@@ -561,6 +568,7 @@ pub async fn run(
         timeout,
         &apply.live_before,
         &stale,
+        cfg.live_view.as_deref(),
         &cfg.progress,
     )
     .await;
@@ -599,6 +607,7 @@ pub async fn run(
                 apply,
                 &results,
                 cfg.apply.concurrency,
+                cfg.live_view.as_deref(),
             )
             .await;
             for (object, error) in &written.failed {

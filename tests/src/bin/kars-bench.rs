@@ -356,6 +356,7 @@ fn bench_sync(args: &[String]) -> Result<()> {
         enforcement: kars_gitops_agent::enforcement::Mode::BestEffort,
         sre: Default::default(),
         sync_log: None,
+        live_view: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
