@@ -210,7 +210,12 @@ impl LiveView {
                         Err(e) => {
                             if is_forbidden(&e) && !warned {
                                 warned = true;
-                                tracing::warn!(kind = %k.kind, error = %e, "may not watch this kind: every sync reads its objects instead (grant list and watch to keep a live view)");
+                                if k.kind == "Secret" {
+                                    // The chart grants Secrets by name only, on purpose.
+                                    tracing::info!(error = %e, "may not watch Secrets: generated Secrets are looked up by name at each sync");
+                                } else {
+                                    tracing::warn!(kind = %k.kind, error = %e, "may not watch this kind: every sync reads its objects instead (grant list and watch to keep a live view)");
+                                }
                             } else {
                                 tracing::debug!(kind = %k.kind, error = %e, "watch failed; syncs read this kind until the watch is back");
                             }

@@ -356,7 +356,8 @@ fn bench_sync(args: &[String]) -> Result<()> {
         enforcement: kars_gitops_agent::enforcement::Mode::BestEffort,
         sre: Default::default(),
         sync_log: None,
-        live_view: None,
+        // As the running agent: a live view kept by watches across syncs.
+        live_view: Some(std::sync::Arc::new(kars_gitops_agent::live::LiveView::new())),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -428,13 +429,33 @@ fn bench_sync(args: &[String]) -> Result<()> {
         );
     }
 
-    // (2) A no-op sync.
+    // (2) A no-op sync, in the steady state: the live view has listed every kind, and one sync
+    // has read what the controllers changed after the first (Deployment status).
+    let view_current = Instant::now();
+    if let Some(view) = &cfg.live_view
+        && !rt.block_on(view.wait_current(Duration::from_secs(120)))
+    {
+        bail!("the live view did not list every kind within 120 s");
+    }
+    eprintln!(
+        "live view current {:.2} s after the first sync",
+        view_current.elapsed().as_secs_f64()
+    );
+    let (settle, settle_time) = timed_sync()?;
+    eprintln!(
+        "settling sync {:.2} s: {} reads, {} writes",
+        settle_time.as_secs_f64(),
+        settle.reads,
+        settle.apply.writes
+    );
     let (noop, noop_time) = timed_sync()?;
 
     if quick {
         println!(
-            "no-op sync {:.2} s: {}",
+            "no-op sync {:.2} s ({} reads, {} writes): {}",
             noop_time.as_secs_f64(),
+            noop.reads,
+            noop.apply.writes,
             noop.timings
                 .iter()
                 .map(|(n, t)| format!("{n} {t:.2} s"))
@@ -602,9 +623,10 @@ fn bench_sync(args: &[String]) -> Result<()> {
         first.apply.writes
     );
     println!(
-        "  kars no-op sync:                                         {:>9.2} s  ({} write requests)",
+        "  kars no-op sync:                                         {:>9.2} s  ({} write, {} read requests)",
         noop_time.as_secs_f64(),
-        noop.apply.writes
+        noop.apply.writes,
+        noop.reads
     );
     println!(
         "  push → applied, one-file change, webhook:                {:>9.2} s",
@@ -638,6 +660,7 @@ fn bench_sync(args: &[String]) -> Result<()> {
     }
     kars_e2e::figure("sync.objects", first.apply.objects.len() as f64, "objects");
     kars_e2e::figure("sync.noop.writes", noop.apply.writes as f64, "requests");
+    kars_e2e::figure("sync.noop.reads", noop.reads as f64, "requests");
     kars_e2e::figure("sync.agent_rss", hook_rss as f64 / 1024.0, "MiB");
     kars_e2e::figure("sync.agent_peak_rss", hook_hwm as f64 / 1024.0, "MiB");
     Ok(())
