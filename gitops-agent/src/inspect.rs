@@ -69,7 +69,8 @@ pub async fn inspect(client: &kube::Client, cfg: &SyncConfig) -> Result<Inspecti
         verification,
         prepared,
         stopped,
-    } = front_task(cfg, since).await?;
+        ..
+    } = front_task(cfg, since, None).await?;
     let stopped = stopped.map(|s| s.error);
     let Some(fetched) = fetched else {
         return Err(stopped.unwrap_or(SyncError::Crashed {

@@ -316,6 +316,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         enforcement: args.enforcement,
         sre: Default::default(),
         sync_log: None,
+        render_memo: None,
         live_view: None,
     };
     if sync.name.is_empty() {
@@ -364,6 +365,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     // A running agent keeps a live view across its syncs (watches instead of lists).
     sync.live_view = Some(std::sync::Arc::new(kars_gitops_agent::live::LiveView::new()));
+    sync.render_memo = Some(std::sync::Arc::new(
+        kars_gitops_agent::sync::memo::RenderMemo::new(),
+    ));
     let webhook_secret = match &args.webhook_secret_file {
         Some(p) => Some(std::fs::read(p)?.trim_ascii().to_vec()),
         None => None,

@@ -520,7 +520,11 @@ fn live_view() -> Result<()> {
         let mut cfg = f.config(&f.file_url())?;
         let view = std::sync::Arc::new(kars_gitops_agent::live::LiveView::new());
         cfg.live_view = Some(view.clone());
+        cfg.render_memo = Some(std::sync::Arc::new(
+            kars_gitops_agent::sync::memo::RenderMemo::new(),
+        ));
         let first = synced(&client, &cfg).await?;
+        ensure!(!first.render_reused, "nothing to reuse in a first sync");
         ensure!(first.converged(), "first sync: {:?}", first.ready);
         ensure!(
             view.wait_current(Duration::from_secs(30)).await,
@@ -542,6 +546,10 @@ fn live_view() -> Result<()> {
         ensure!(
             noop.apply.count(|a| *a == Action::Unchanged) == objects,
             "every object is known unchanged"
+        );
+        ensure!(
+            noop.render_reused,
+            "the same head tree is not rendered again"
         );
         // Health judged from what the view kept (no node here: the Deployments stay Progressing).
         ensure!(
@@ -623,6 +631,23 @@ fn live_view() -> Result<()> {
             o.reads == 0 && o.apply.writes == 0
         })
         .await?;
+
+        // A new commit adding an agent: a new tree, rendered again (not the memo's) and applied.
+        f.add_agent("c", &["api.example.com"])?;
+        let pushed = f.commit_and_push("add c")?;
+        let changed = synced(&client, &cfg).await?;
+        ensure!(
+            !changed.render_reused && changed.commit == pushed && changed.converged(),
+            "a new tree must be rendered and applied: reused {}, commit {} (pushed {pushed}), ready {:?}, failures {:?}",
+            changed.render_reused,
+            changed.commit,
+            changed.ready,
+            changed.apply.failures().collect::<Vec<_>>()
+        );
+        ensure!(
+            changed.apply.objects.len() > objects,
+            "the new agent's objects are in the render"
+        );
         Ok(())
     })
 }

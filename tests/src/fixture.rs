@@ -258,6 +258,7 @@ pub fn sync_config(
         enforcement: kars_gitops_agent::enforcement::Mode::BestEffort,
         sre: Default::default(),
         sync_log: None,
+        render_memo: None,
         live_view: None,
     }
 }

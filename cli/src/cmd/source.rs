@@ -125,6 +125,7 @@ impl SourceArgs {
             enforcement: Default::default(),
             sre: Default::default(),
             sync_log: None,
+            render_memo: None,
             live_view: None,
         })
     }

@@ -16,6 +16,7 @@
 //! applied. The status says which step failed, why, and for which object.
 
 pub mod events;
+pub mod memo;
 pub mod pipeline;
 pub mod report;
 
@@ -77,6 +78,9 @@ pub struct SyncConfig {
     /// The agent's live view, shared by its syncs (`None` in one-shot runs: every sync lists
     /// what it compares with).
     pub live_view: Option<std::sync::Arc<crate::live::LiveView>>,
+    /// The agent's last render, reused while the head tree and bundles are the same (`None` in
+    /// one-shot runs).
+    pub render_memo: Option<std::sync::Arc<memo::RenderMemo>>,
 }
 
 impl SyncConfig {
@@ -150,6 +154,9 @@ pub struct SyncOutcome {
     /// GET and LIST requests sent to learn live objects: the apply's, the health look's and the
     /// kars status writer's (0 in a no-op sync of an agent whose live view is current).
     pub reads: usize,
+    /// True when the render was the render memo's (same head tree, same bundles): the tree was
+    /// not read, validated or rendered again.
+    pub render_reused: bool,
     /// True while an SRE action's recovery is being observed (the agent looks again within
     /// 10 s).
     pub sre_observing: bool,

@@ -7,6 +7,7 @@
 //! `kars diff` and `kars why` call [`front`] and [`bundles_and_render`] themselves and stop
 //! before anything writes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kars_contract::Reason;
@@ -15,7 +16,7 @@ use kars_renderer::bundle::BundleUse;
 use kars_renderer::source::SourceLimits;
 use kars_renderer::{Prepared, Rendered};
 
-use super::{SyncConfig, SyncError, SyncOutcome};
+use super::{SyncConfig, SyncError, SyncOutcome, memo};
 use crate::apply::{Action, Applier, ApplyError, ApplyReport};
 use crate::bundles::BundleVerifier;
 use crate::cluster::Cluster;
@@ -100,8 +101,10 @@ pub struct Run {
     pub bundle_uses: Vec<BundleUse>,
     /// What each reference resolved to.
     pub bundles: Vec<BundleStatus>,
-    /// The render.
-    pub rendered: Option<Rendered>,
+    /// The render (shared with the render memo).
+    pub rendered: Option<Arc<Rendered>>,
+    /// The render was the memo's.
+    pub render_reused: bool,
     /// Fields set in the rendered commit that this version does not enforce (`None`: the run
     /// did not get that far).
     pub unenforced: Option<Vec<kars_renderer::maturity::Unenforced>>,
@@ -287,6 +290,7 @@ impl Run {
             not_enforced,
             kars_status_patched: self.kars_status.patched,
             reads,
+            render_reused: self.render_reused,
             sre_observing: self.sre.as_ref().is_some_and(|s| s.observing),
             ready,
         })
@@ -300,20 +304,25 @@ pub struct Front {
     pub fetched: Option<Fetched>,
     /// The verification (also when it refused the range).
     pub verification: Option<RangeVerdict>,
-    /// The validated head, ready to render once its bundles are resolved.
+    /// The validated head, ready to render once its bundles are resolved (`None` also when the
+    /// head's tree is the one the caller said it has rendered already).
     pub prepared: Option<Prepared>,
+    /// The head commit's tree.
+    pub tree: Option<gix::ObjectId>,
     /// The step that stopped it.
     pub stopped: Option<Stopped>,
 }
 
 /// Source → verify → prepare, blocking: opens (or fetches) the repository once, verifies from
 /// `since` (the last applied commit) to the head, and validates the head for `cfg.cluster`.
-/// Nothing of the head is read unless every commit verified.
-pub fn front(cfg: &SyncConfig, since: Option<&str>) -> Front {
+/// Nothing of the head is read unless every commit verified. When the head's tree is
+/// `rendered_tree` (the render memo's), it is not read again: `prepared` stays `None`.
+pub fn front(cfg: &SyncConfig, since: Option<&str>, rendered_tree: Option<gix::ObjectId>) -> Front {
     let mut out = Front {
         fetched: None,
         verification: None,
         prepared: None,
+        tree: None,
         stopped: None,
     };
     let stop = |step, error| Some(Stopped { step, error });
@@ -350,7 +359,28 @@ pub fn front(cfg: &SyncConfig, since: Option<&str>) -> Front {
         }
         Ok(v) => out.verification = Some(v),
     }
-    let prepared = source::read_tree(&repo, head, SourceLimits::default())
+    out.tree = repo
+        .find_commit(head)
+        .ok()
+        .and_then(|c| c.tree_id().ok())
+        .map(|t| t.detach());
+    if out.tree.is_some() && out.tree == rendered_tree {
+        return out;
+    }
+    match prepare_head(cfg, &repo, head) {
+        Ok(p) => out.prepared = Some(p),
+        Err(e) => out.stopped = stop(Step::Render, e),
+    }
+    out
+}
+
+/// Reads the tree of `head` and validates it for `cfg.cluster`.
+fn prepare_head(
+    cfg: &SyncConfig,
+    repo: &gix::Repository,
+    head: gix::ObjectId,
+) -> Result<Prepared, SyncError> {
+    source::read_tree(repo, head, SourceLimits::default())
         .map_err(SyncError::from)
         .and_then(|tree| {
             kars_renderer::prepare(&tree, cfg.cluster.as_deref()).map_err(|source| {
@@ -359,23 +389,39 @@ pub fn front(cfg: &SyncConfig, since: Option<&str>) -> Front {
                     source,
                 }
             })
-        });
-    match prepared {
-        Ok(p) => out.prepared = Some(p),
-        Err(e) => out.stopped = stop(Step::Render, e),
-    }
-    out
+        })
 }
 
 /// Runs [`front`] on a blocking thread.
-pub async fn front_task(cfg: &SyncConfig, since: Option<String>) -> Result<Front, SyncError> {
+pub async fn front_task(
+    cfg: &SyncConfig,
+    since: Option<String>,
+    rendered_tree: Option<gix::ObjectId>,
+) -> Result<Front, SyncError> {
     let cfg = cfg.clone();
-    tokio::task::spawn_blocking(move || front(&cfg, since.as_deref()))
+    tokio::task::spawn_blocking(move || front(&cfg, since.as_deref(), rendered_tree))
         .await
         .map_err(|e| SyncError::Crashed {
             step: Step::Source.name(),
             message: e.to_string(),
         })
+}
+
+/// Runs [`prepare_head`] on a blocking thread.
+async fn prepare_task(
+    cfg: &SyncConfig,
+    repo: gix::Repository,
+    head: gix::ObjectId,
+) -> Result<Prepared, SyncError> {
+    // Owned and thread-safe: a reference to a repository held across the await would make the
+    // sync future not Send.
+    let (cfg, repo) = (cfg.clone(), repo.into_sync());
+    tokio::task::spawn_blocking(move || prepare_head(&cfg, &repo.to_thread_local(), head))
+        .await
+        .map_err(|e| SyncError::Crashed {
+            step: Step::Render.name(),
+            message: e.to_string(),
+        })?
 }
 
 /// Resolves every signed-bundle reference of `prepared` (a failed one falls back to the bundle
@@ -425,7 +471,12 @@ pub async fn run(
         .clone()
         .or_else(|| before.last_applied_revision.clone());
     cfg.progress.emit(Event::Step("fetch"));
-    let front = match front_task(cfg, since).await {
+    let owner = cfg.owner();
+    let memo = cfg
+        .render_memo
+        .as_ref()
+        .and_then(|m| m.get(cfg.cluster.as_deref(), &owner));
+    let front = match front_task(cfg, since, memo.as_ref().map(|m| m.tree)).await {
         Ok(f) => f,
         Err(e) => return run.stop(Step::Source, e),
     };
@@ -439,27 +490,77 @@ pub async fn run(
     if let Some(s) = front.stopped {
         return run.stop(s.step, s.error);
     }
-    let (Some(prepared), Some(head)) = (front.prepared, run.fetched.clone()) else {
+    let (Some(head), Some((repo, head_id))) = (run.fetched.clone(), repo_at_head.clone()) else {
         return run.stop(
             Step::Render,
             SyncError::Crashed {
                 step: Step::Render.name(),
-                message: "nothing prepared".into(),
+                message: "no head".into(),
             },
         );
     };
     cfg.progress.emit(Event::Step("render"));
-    run.unenforced = Some(prepared.unenforced.clone());
-    let (uses, statuses, rendered) =
-        bundles_and_render(prepared, &head.head, &cfg.bundles, &before.bundles).await;
-    let mut rendered = match rendered {
-        Ok(r) => r,
-        Err(e) => return run.stop(Step::Render, e),
+    // The memo's render, when the head tree is the one it was made from and every bundle
+    // reference resolves to the same bundle as then.
+    let mut prepared = front.prepared;
+    let mut reused = None;
+    if let (None, Some(m)) = (&prepared, &memo) {
+        let (_, statuses) = cfg.bundles.resolve(&m.uses, &before.bundles).await;
+        if memo::bundles_fingerprint(&statuses) == m.bundles {
+            reused = Some((m.uses.clone(), statuses, m.rendered.clone()));
+        } else {
+            prepared = match prepare_task(cfg, repo.clone(), head_id).await {
+                Ok(p) => Some(p),
+                Err(e) => return run.stop(Step::Render, e),
+            };
+        }
+    }
+    let rendered = match (reused, prepared) {
+        (Some((uses, statuses, rendered)), _) => {
+            run.render_reused = true;
+            if let Some(m) = &memo {
+                run.unenforced = Some(m.unenforced.clone());
+            }
+            run.bundle_uses = uses;
+            run.bundles = statuses;
+            rendered
+        }
+        (None, Some(prepared)) => {
+            let unenforced = prepared.unenforced.clone();
+            run.unenforced = Some(unenforced.clone());
+            let (uses, statuses, rendered) =
+                bundles_and_render(prepared, &head.head, &cfg.bundles, &before.bundles).await;
+            let mut rendered = match rendered {
+                Ok(r) => r,
+                Err(e) => return run.stop(Step::Render, e),
+            };
+            stamp_owner(&mut rendered, &owner);
+            let rendered = Arc::new(rendered);
+            if let (Some(m), Some(tree)) = (&cfg.render_memo, front.tree) {
+                m.remember(memo::Remembered {
+                    tree,
+                    cluster: cfg.cluster.clone(),
+                    owner: owner.clone(),
+                    uses: uses.clone(),
+                    unenforced,
+                    bundles: memo::bundles_fingerprint(&statuses),
+                    rendered: rendered.clone(),
+                });
+            }
+            run.bundle_uses = uses;
+            run.bundles = statuses;
+            rendered
+        }
+        (None, None) => {
+            return run.stop(
+                Step::Render,
+                SyncError::Crashed {
+                    step: Step::Render.name(),
+                    message: "nothing prepared".into(),
+                },
+            );
+        }
     };
-    let owner = cfg.owner();
-    stamp_owner(&mut rendered, &owner);
-    run.bundle_uses = uses;
-    run.bundles = statuses;
     lap("verify+render", &mut run);
 
     cfg.progress.emit(Event::Step("apply"));

@@ -356,6 +356,9 @@ fn bench_sync(args: &[String]) -> Result<()> {
         enforcement: kars_gitops_agent::enforcement::Mode::BestEffort,
         sre: Default::default(),
         sync_log: None,
+        render_memo: Some(std::sync::Arc::new(
+            kars_gitops_agent::sync::memo::RenderMemo::new(),
+        )),
         // As the running agent: a live view kept by watches across syncs.
         live_view: Some(std::sync::Arc::new(kars_gitops_agent::live::LiveView::new())),
     };
