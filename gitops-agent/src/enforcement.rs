@@ -13,6 +13,8 @@ use kars_contract::PolicyKind;
 use kars_contract::labels::SANDBOX_LABEL;
 use kars_contract::router::{ADMIN_TOKEN_SECRET, TOKEN_KEY};
 use kars_renderer::RouterExpectation;
+
+use crate::live::{LiveView, PodSummary};
 use serde_json::Value;
 
 /// The router port the renderer gives every sandbox.
@@ -128,56 +130,77 @@ pub enum Enforcement {
     NoRunningPods,
 }
 
-/// Checks every rendered sandbox router against its running pods. Returns
-/// (`namespace/deployment`, result) per sandbox.
+/// Asks the routers of every rendered sandbox that should run what they enforce; returns the
+/// result per router Deployment (`namespace/name`) and the requests sent to the API server.
+/// With a live view, the sandbox pods come from its pod watch, and a router pod that already
+/// reported the expected digests and has not changed since (same resourceVersion: a restart
+/// or a new pod moves it) is not asked again.
 pub async fn check_all(
     kube: &kube::Client,
     http: &reqwest::Client,
     routers: &[RouterExpectation],
-) -> Vec<(String, Enforcement)> {
+    view: Option<&LiveView>,
+) -> (Vec<(String, Enforcement)>, usize) {
     use k8s_openapi::api::core::v1::{Pod, Secret};
     let mut out = Vec::new();
+    let mut reads = 0;
     if routers.is_empty() {
-        return out;
+        return (out, reads);
     }
     let key = |r: &RouterExpectation| format!("{}/{}", r.namespace, r.deployment);
-    // One list for all sandboxes (every sandbox pod carries this label), not one per sandbox.
-    let all: kube::Api<Pod> = kube::Api::all(kube.clone());
-    let pods = match all
-        .list(&kube::api::ListParams::default().labels(SANDBOX_LABEL))
-        .await
-    {
-        Ok(l) => l.items,
-        Err(e) => {
-            let why = format!("cannot list pods to ask their routers: {e}");
-            return routers
-                .iter()
-                .map(|r| (key(r), Enforcement::NotEnforced(vec![why.clone()])))
-                .collect();
+    let watched = view.and_then(|v| {
+        v.watch_pods(kube);
+        v.pods()
+    });
+    let pods = match watched {
+        Some(pods) => pods,
+        None => {
+            // One list for all sandboxes (every sandbox pod carries this label), not one per
+            // sandbox.
+            reads += 1;
+            let all: kube::Api<Pod> = kube::Api::all(kube.clone());
+            match all
+                .list(&kube::api::ListParams::default().labels(SANDBOX_LABEL))
+                .await
+            {
+                Ok(l) => l.items.iter().map(PodSummary::of).collect(),
+                Err(e) => {
+                    let why = format!("cannot list pods to ask their routers: {e}");
+                    let out = routers
+                        .iter()
+                        .map(|r| (key(r), Enforcement::NotEnforced(vec![why.clone()])))
+                        .collect();
+                    return (out, reads);
+                }
+            }
         }
     };
     for r in routers.iter().filter(|r| r.should_run) {
         let expected = expected_digests(r);
-        let running: Vec<(String, String)> = pods
+        let fingerprint = format!("{expected:?}");
+        let mut running: Vec<&PodSummary> = pods
             .iter()
-            .filter(|p| p.metadata.namespace.as_deref() == Some(r.namespace.as_str()))
+            .filter(|p| p.namespace == r.namespace && p.running_ip.is_some())
             .filter(|p| {
-                let labels = p.metadata.labels.clone().unwrap_or_default();
                 !r.pod_selector.is_empty()
-                    && r.pod_selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-            })
-            .filter_map(|p| {
-                let st = p.status.as_ref()?;
-                let ip = (st.phase.as_deref() == Some("Running"))
-                    .then(|| st.pod_ip.clone())
-                    .flatten()?;
-                Some((p.metadata.name.clone().unwrap_or_default(), ip))
+                    && r.pod_selector
+                        .iter()
+                        .all(|(k, v)| p.labels.get(k) == Some(v))
             })
             .collect();
+        running.sort_by(|a, b| a.name.cmp(&b.name));
         if running.is_empty() {
             out.push((key(r), Enforcement::NoRunningPods));
             continue;
         }
+        let names = || running.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        if let Some(v) = view
+            && running.iter().all(|p| v.enforced(p, &fingerprint))
+        {
+            out.push((key(r), Enforcement::Enforced { pods: names() }));
+            continue;
+        }
+        reads += 1;
         let secrets: kube::Api<Secret> = kube::Api::namespaced(kube.clone(), &r.namespace);
         let token = match secrets.get(ADMIN_TOKEN_SECRET).await {
             Ok(s) => s
@@ -196,13 +219,14 @@ pub async fn check_all(
             }
         };
         let mut problems = Vec::new();
-        for (_, ip) in &running {
+        for p in &running {
+            let ip = p.running_ip.clone().unwrap_or_default();
             let host = if ip.contains(':') {
                 format!("[{ip}]")
             } else {
                 ip.clone()
             };
-            if let Err(p) = probe(
+            match probe(
                 http,
                 &format!("http://{host}:{ROUTER_PORT}"),
                 &token,
@@ -210,21 +234,24 @@ pub async fn check_all(
             )
             .await
             {
-                problems.extend(p.into_iter().map(|x| format!("pod {ip}: {x}")));
+                Ok(()) => {
+                    if let Some(v) = view {
+                        v.confirm_enforced(p, &fingerprint);
+                    }
+                }
+                Err(e) => problems.extend(e.into_iter().map(|x| format!("pod {ip}: {x}"))),
             }
         }
         out.push((
             key(r),
             if problems.is_empty() {
-                Enforcement::Enforced {
-                    pods: running.into_iter().map(|(name, _)| name).collect(),
-                }
+                Enforcement::Enforced { pods: names() }
             } else {
                 Enforcement::NotEnforced(problems)
             },
         ));
     }
-    out
+    (out, reads)
 }
 
 #[cfg(test)]

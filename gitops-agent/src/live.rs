@@ -54,17 +54,18 @@ pub enum Seen {
     At(String),
 }
 
-/// One change the watch of a kind reported (the watcher's events, reduced to keys).
+/// One change the watch of a kind reported (the watcher's events, reduced to a key and what is
+/// kept: a resourceVersion for managed kinds).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
+pub enum Change<T = String> {
     /// A relist started: the objects that follow replace the kind's view at [`Change::InitDone`].
     Init,
-    /// An object of the relist: (key, resourceVersion).
-    InitApply(String, String),
+    /// An object of the relist: (key, what is kept).
+    InitApply(String, T),
     /// The relist is complete: the kind's view is current.
     InitDone,
-    /// An object was created or changed: (key, resourceVersion).
-    Apply(String, String),
+    /// An object was created or changed: (key, what is kept).
+    Apply(String, T),
     /// An object was deleted.
     Delete(String),
     /// The stream failed (it is retried with backoff): the kind is not trusted until its next
@@ -72,18 +73,89 @@ pub enum Change {
     Failed,
 }
 
-/// The view of one kind.
-#[derive(Default)]
-struct KindView {
+/// The view of one kind: key → what is kept of each object (its resourceVersion, or a
+/// [`PodSummary`]).
+struct KindView<T> {
     /// True from the first completed list until a stream failure (and again after the next
     /// event).
     current: bool,
     /// Set once an initial list completed; a failure before that leaves the kind unknown.
     listed: bool,
-    /// key → resourceVersion.
-    objects: HashMap<String, String>,
+    /// key → what is kept.
+    objects: HashMap<String, T>,
     /// The relist in progress.
-    relist: Option<HashMap<String, String>>,
+    relist: Option<HashMap<String, T>>,
+}
+
+impl<T> Default for KindView<T> {
+    fn default() -> Self {
+        KindView {
+            current: false,
+            listed: false,
+            objects: HashMap::new(),
+            relist: None,
+        }
+    }
+}
+
+impl<T> KindView<T> {
+    fn apply(&mut self, change: Change<T>) {
+        match change {
+            Change::Init => {
+                self.relist = Some(HashMap::new());
+                self.current = false;
+            }
+            Change::InitApply(k, v) => {
+                self.relist.get_or_insert_with(HashMap::new).insert(k, v);
+            }
+            Change::InitDone => {
+                // Objects gone during the gap are not in the relist, so they leave the view.
+                self.objects = self.relist.take().unwrap_or_default();
+                self.listed = true;
+                self.current = true;
+            }
+            Change::Apply(k, v) => {
+                self.objects.insert(k, v);
+                self.current = self.listed && self.relist.is_none();
+            }
+            Change::Delete(k) => {
+                self.objects.remove(&k);
+                self.current = self.listed && self.relist.is_none();
+            }
+            Change::Failed => self.current = false,
+        }
+    }
+}
+
+/// What the enforcement check needs of a sandbox pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodSummary {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The pod IP while the pod is Running.
+    pub running_ip: Option<String>,
+    /// Its resourceVersion (any change to the pod, a container restart included, moves it).
+    pub resource_version: String,
+}
+
+impl PodSummary {
+    /// The summary of a pod.
+    pub fn of(pod: &k8s_openapi::api::core::v1::Pod) -> Self {
+        let status = pod.status.as_ref();
+        PodSummary {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            running_ip: status
+                .filter(|s| s.phase.as_deref() == Some("Running"))
+                .and_then(|s| s.pod_ip.clone()),
+            resource_version: pod.metadata.resource_version.clone().unwrap_or_default(),
+        }
+    }
 }
 
 /// What was learnt from the last body seen of one object.
@@ -105,8 +177,13 @@ struct Facts {
 /// The shared state the watch tasks write into.
 #[derive(Default)]
 struct State {
-    kinds: Mutex<HashMap<GroupVersionKind, KindView>>,
+    kinds: Mutex<HashMap<GroupVersionKind, KindView<String>>>,
     facts: Mutex<HashMap<String, Facts>>,
+    /// Sandbox pods (label `kars.azure.com/sandbox`), for the enforcement check.
+    pods: Mutex<KindView<PodSummary>>,
+    /// Router pods confirmed to enforce: `namespace/name` → (pod resourceVersion, the
+    /// expected digests they reported).
+    enforced: Mutex<HashMap<String, (String, String)>>,
 }
 
 /// The live view of one agent process, shared by its syncs (see the module documentation).
@@ -114,6 +191,8 @@ pub struct LiveView {
     state: Arc<State>,
     /// The kinds a watch was started for, and the tasks running them (aborted on drop).
     watches: Mutex<HashMap<GroupVersionKind, tokio::task::JoinHandle<()>>>,
+    /// The sandbox pods' watch.
+    pod_watch: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for LiveView {
@@ -140,6 +219,9 @@ impl Drop for LiveView {
                 task.abort();
             }
         }
+        if let Ok(Some(task)) = self.pod_watch.lock().as_deref() {
+            task.abort();
+        }
     }
 }
 
@@ -149,6 +231,79 @@ impl LiveView {
         LiveView {
             state: Arc::new(State::default()),
             watches: Mutex::new(HashMap::new()),
+            pod_watch: Mutex::new(None),
+        }
+    }
+
+    /// Starts the watch of sandbox pods (label `kars.azure.com/sandbox`) unless it runs: the
+    /// enforcement check finds the routers to ask in it.
+    pub fn watch_pods(&self, client: &kube::Client) {
+        let Ok(mut slot) = self.pod_watch.lock() else {
+            return;
+        };
+        if slot.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        let api: Api<k8s_openapi::api::core::v1::Pod> = Api::all(client.clone());
+        let config = watcher::Config::default().labels(kars_contract::labels::SANDBOX_LABEL);
+        let state = self.state.clone();
+        *slot = Some(tokio::spawn(async move {
+            let _untrust = Untrust(state.clone(), None);
+            let events = watcher::watcher(api, config).default_backoff();
+            futures_util::pin_mut!(events);
+            let key = |p: &k8s_openapi::api::core::v1::Pod| {
+                key(
+                    "Pod",
+                    p.metadata.namespace.as_deref(),
+                    p.metadata.name.as_deref().unwrap_or_default(),
+                )
+            };
+            while let Some(event) = events.next().await {
+                let change = match event {
+                    Ok(Event::Init) => Change::Init,
+                    Ok(Event::InitApply(p)) => Change::InitApply(key(&p), PodSummary::of(&p)),
+                    Ok(Event::InitDone) => Change::InitDone,
+                    Ok(Event::Apply(p)) => Change::Apply(key(&p), PodSummary::of(&p)),
+                    Ok(Event::Delete(p)) => Change::Delete(key(&p)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "pod watch failed; the enforcement check lists pods until it is back");
+                        Change::Failed
+                    }
+                };
+                state.apply_pod(change);
+            }
+        }));
+    }
+
+    /// Applies one change to the sandbox pods' view (what the watch task calls; public for
+    /// tests).
+    pub fn apply_pod_change(&self, change: Change<PodSummary>) {
+        self.state.apply_pod(change);
+    }
+
+    /// The sandbox pods, when the pod watch is current.
+    pub fn pods(&self) -> Option<Vec<PodSummary>> {
+        let pods = self.state.pods.lock().ok()?;
+        pods.current
+            .then(|| pods.objects.values().cloned().collect())
+    }
+
+    /// True when the router pod `p` was confirmed to enforce `expected` (a fingerprint of the
+    /// expected digests) and has not changed since.
+    pub fn enforced(&self, p: &PodSummary, expected: &str) -> bool {
+        self.state.enforced.lock().is_ok_and(|e| {
+            e.get(&format!("{}/{}", p.namespace, p.name))
+                .is_some_and(|(rv, exp)| *rv == p.resource_version && exp == expected)
+        })
+    }
+
+    /// Records that the router pod `p` reported `expected`.
+    pub fn confirm_enforced(&self, p: &PodSummary, expected: &str) {
+        if let Ok(mut e) = self.state.enforced.lock() {
+            e.insert(
+                format!("{}/{}", p.namespace, p.name),
+                (p.resource_version.clone(), expected.to_string()),
+            );
         }
     }
 
@@ -190,7 +345,7 @@ impl LiveView {
             let (state, k) = (self.state.clone(), kind.clone());
             let task = tokio::spawn(async move {
                 // However the task ends (aborted, its runtime gone), the kind is not trusted.
-                let _untrust = Untrust(state.clone(), k.clone());
+                let _untrust = Untrust(state.clone(), Some(k.clone()));
                 let events = watcher::watcher(api, config).default_backoff();
                 futures_util::pin_mut!(events);
                 let mut warned = false;
@@ -250,8 +405,13 @@ impl LiveView {
         }
     }
 
-    /// True when every watched kind has finished its initial list and is current.
+    /// True when every watched kind (and the sandbox pods, once watched) has finished its
+    /// initial list and is current.
     pub fn is_current(&self) -> bool {
+        let pods_watched = self.pod_watch.lock().is_ok_and(|w| w.is_some());
+        if pods_watched && self.pods().is_none() {
+            return false;
+        }
         let started: Vec<GroupVersionKind> = self
             .watches
             .lock()
@@ -358,43 +518,28 @@ impl LiveView {
 
 impl State {
     fn apply(&self, kind: &GroupVersionKind, change: Change) {
-        let Ok(mut kinds) = self.kinds.lock() else {
-            return;
-        };
-        let v = kinds.entry(kind.clone()).or_default();
-        match change {
-            Change::Init => {
-                v.relist = Some(HashMap::new());
-                v.current = false;
-            }
-            Change::InitApply(k, rv) => {
-                v.relist.get_or_insert_with(HashMap::new).insert(k, rv);
-            }
-            Change::InitDone => {
-                // Objects gone during the gap are not in the relist, so they leave the view.
-                v.objects = v.relist.take().unwrap_or_default();
-                v.listed = true;
-                v.current = true;
-            }
-            Change::Apply(k, rv) => {
-                v.objects.insert(k, rv);
-                v.current = v.listed && v.relist.is_none();
-            }
-            Change::Delete(k) => {
-                v.objects.remove(&k);
-                v.current = v.listed && v.relist.is_none();
-            }
-            Change::Failed => v.current = false,
+        if let Ok(mut kinds) = self.kinds.lock() {
+            kinds.entry(kind.clone()).or_default().apply(change);
+        }
+    }
+
+    fn apply_pod(&self, change: Change<PodSummary>) {
+        if let Ok(mut pods) = self.pods.lock() {
+            pods.apply(change);
         }
     }
 }
 
-/// Marks a kind not current when its watch task ends, however it ends.
-struct Untrust(Arc<State>, GroupVersionKind);
+/// Marks a kind (`None`: the sandbox pods) not current when its watch task ends, however it
+/// ends.
+struct Untrust(Arc<State>, Option<GroupVersionKind>);
 
 impl Drop for Untrust {
     fn drop(&mut self) {
-        self.0.apply(&self.1, Change::Failed);
+        match &self.1 {
+            Some(kind) => self.0.apply(kind, Change::Failed),
+            None => self.0.apply_pod(Change::Failed),
+        }
     }
 }
 
@@ -560,6 +705,38 @@ mod tests {
         fresh.apply_change(&cm(), Change::Failed);
         fresh.apply_change(&cm(), Change::Apply("ConfigMap/ns/a".into(), "10".into()));
         assert_eq!(fresh.seen(&cm(), "ConfigMap/ns/a"), Seen::Unknown);
+    }
+
+    #[test]
+    fn a_router_pod_is_asked_again_when_it_or_what_it_must_enforce_changes() {
+        let view = LiveView::new();
+        let pod = PodSummary {
+            namespace: "kars-a".into(),
+            name: "a-1".into(),
+            labels: Default::default(),
+            running_ip: Some("10.0.0.5".into()),
+            resource_version: "40".into(),
+        };
+        assert!(view.pods().is_none(), "not listed yet");
+        view.apply_pod_change(Change::Init);
+        view.apply_pod_change(Change::InitApply("Pod/kars-a/a-1".into(), pod.clone()));
+        view.apply_pod_change(Change::InitDone);
+        assert_eq!(view.pods(), Some(vec![pod.clone()]));
+        assert!(!view.enforced(&pod, "digests-1"), "never confirmed");
+        view.confirm_enforced(&pod, "digests-1");
+        assert!(view.enforced(&pod, "digests-1"));
+        // New digests to enforce (a policy changed): ask again.
+        assert!(!view.enforced(&pod, "digests-2"));
+        // The pod changed (its container restarted): ask again.
+        let restarted = PodSummary {
+            resource_version: "41".into(),
+            ..pod.clone()
+        };
+        view.apply_pod_change(Change::Apply("Pod/kars-a/a-1".into(), restarted.clone()));
+        assert!(!view.enforced(&restarted, "digests-1"));
+        // A failed pod stream: the pods are not known, the check lists them.
+        view.apply_pod_change(Change::Failed);
+        assert!(view.pods().is_none());
     }
 
     #[test]

@@ -143,13 +143,28 @@ fn signed_push_is_applied() -> Result<()> {
         // A no-op sync sends no writes, not even to its own status (once health has settled:
         // the first look after an apply may see the ReplicaSet appear).
         synced(&client, &cfg).await?;
-        let rv_before = policy_repo(&client, &f).await?.metadata.resource_version;
+        let before = policy_repo(&client, &f).await?;
         let again = synced(&client, &cfg).await?;
-        let rv_after = policy_repo(&client, &f).await?.metadata.resource_version;
-        ensure!(
-            rv_before == rv_after,
-            "a no-op sync rewrote the PolicyRepo status"
-        );
+        let after = policy_repo(&client, &f).await?;
+        if before.metadata.resource_version != after.metadata.resource_version {
+            let (b, a) = (
+                serde_json::to_value(&before.status)?,
+                serde_json::to_value(&after.status)?,
+            );
+            let changed: Vec<String> = a
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+                .map(|(k, v)| {
+                    format!(
+                        "{k}: {} -> {v}",
+                        b.get(k.as_str()).cloned().unwrap_or_default()
+                    )
+                })
+                .collect();
+            bail!("a no-op sync rewrote the PolicyRepo status: {changed:?}");
+        }
         ensure!(
             again.apply.writes == 0,
             "no-op sync sent {} writes",

@@ -151,8 +151,9 @@ pub struct SyncOutcome {
     pub not_enforced: Vec<String>,
     /// Status patches written on kars CRs after the enforce step (0 when nothing changed).
     pub kars_status_patched: usize,
-    /// GET and LIST requests sent to learn live objects: the apply's, the health look's and the
-    /// kars status writer's (0 in a no-op sync of an agent whose live view is current).
+    /// GET and LIST requests sent to learn the live state: the apply's, the health look's, the
+    /// enforcement check's (sandbox pods, router admin tokens) and the kars status writer's (0
+    /// in a no-op sync of an agent whose live view is current).
     pub reads: usize,
     /// True when the render was the render memo's (same head tree, same bundles): the tree was
     /// not read, validated or rendered again.

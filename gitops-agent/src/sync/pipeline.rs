@@ -105,6 +105,8 @@ pub struct Run {
     pub rendered: Option<Arc<Rendered>>,
     /// The render was the memo's.
     pub render_reused: bool,
+    /// API requests of the enforcement check (the pods list, admin-token reads).
+    pub enforce_reads: usize,
     /// Fields set in the rendered commit that this version does not enforce (`None`: the run
     /// did not get that far).
     pub unenforced: Option<Vec<kars_renderer::maturity::Unenforced>>,
@@ -268,8 +270,10 @@ impl Run {
             PruneStep::Refused(r) => (Vec::new(), Some(r.to_string())),
             _ => (Vec::new(), None),
         };
-        let reads =
-            apply.reads + self.health.as_ref().map_or(0, |h| h.reads) + self.kars_status.reads;
+        let reads = apply.reads
+            + self.health.as_ref().map_or(0, |h| h.reads)
+            + self.kars_status.reads
+            + self.enforce_reads;
         Ok(SyncOutcome {
             commit: fetched.head,
             repository: rendered.repository.clone(),
@@ -698,7 +702,14 @@ pub async fn run(
                 );
             }
         };
-        let results = enforcement::check_all(cluster.client(), &http, &rendered.routers).await;
+        let (results, enforce_reads) = enforcement::check_all(
+            cluster.client(),
+            &http,
+            &rendered.routers,
+            cfg.live_view.as_deref(),
+        )
+        .await;
+        run.enforce_reads = enforce_reads;
         // The kars CRs' own status (upstream's CLI and consoles read it; no kars controller
         // writes it in a GitOps-only cluster).
         if let Some(apply) = &run.apply {
