@@ -88,6 +88,10 @@ fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(factor)
 }
 
+/// How long a trigger (push hook, local ref change, `kars reconcile`) waits for the ones that
+/// come with it before the sync starts.
+pub const TRIGGER_DEBOUNCE: Duration = Duration::from_millis(25);
+
 /// Watches `.git` of a local repository; every change to refs wakes the sync loop.
 fn watch_repository(
     path: &std::path::Path,
@@ -430,8 +434,10 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = trigger.notified() => {
-                // Debounce: let a burst of pushes and hooks settle into one sync.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Debounce: hooks and ref updates that arrive together (a push hook and its
+                // twin, a ref's lock file and its rename) make one sync. A trigger during the
+                // sync leaves a permit, so a push never waits for the interval.
+                tokio::time::sleep(TRIGGER_DEBOUNCE).await;
             }
         }
     }

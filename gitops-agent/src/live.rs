@@ -472,38 +472,46 @@ impl LiveView {
         }
     }
 
-    /// The facts about `o`, when the view says it is still at the version they were learnt at.
-    fn current_facts(&self, o: &RenderedObject) -> Option<Facts> {
-        let Seen::At(rv) = self.seen(&gvk(o.api_version(), o.kind()), &o.key()) else {
+    /// `read` of the facts about `o`, when the view says it is still at the version they were
+    /// learnt at (read in place: no copy per object).
+    fn with_current_facts<R>(
+        &self,
+        o: &RenderedObject,
+        read: impl FnOnce(&Facts) -> R,
+    ) -> Option<R> {
+        let key = o.key();
+        let Seen::At(rv) = self.seen(&gvk(o.api_version(), o.kind()), &key) else {
             return None;
         };
         let facts = self.state.facts.lock().ok()?;
         facts
-            .get(&o.key())
+            .get(&key)
             .filter(|f| f.resource_version == rv)
-            .cloned()
+            .map(read)
     }
 
     /// True when the live object is known to hold exactly the rendered `o` and to be owned by
     /// this repository, cluster and PolicyRepo (`owner`), with no read.
     pub fn holds(&self, o: &RenderedObject, rendered: &Rendered, owner: Option<&str>) -> bool {
         let digest = o.manifest["metadata"]["annotations"][OBJECT_DIGEST_ANNOTATION].as_str();
-        self.current_facts(o).is_some_and(|f| {
-            f.holds.as_deref() == digest
-                && digest.is_some()
-                && ownership(&f.owner_meta, rendered, owner) == Ownership::Ours
-        })
+        digest.is_some()
+            && self
+                .with_current_facts(o, |f| {
+                    f.holds.as_deref() == digest
+                        && ownership(&f.owner_meta, rendered, owner) == Ownership::Ours
+                })
+                .unwrap_or(false)
     }
 
     /// The health of `o` as last read, when it has not changed since.
     pub fn health(&self, o: &RenderedObject) -> Option<ObjectHealth> {
-        self.current_facts(o).and_then(|f| f.health)
+        self.with_current_facts(o, |f| f.health.clone()).flatten()
     }
 
     /// A kars CR's generation, status managers and status as last read, when it has not changed
     /// since (a JSON object with `metadata.generation`, `metadata.managedFields` and `status`).
     pub fn status(&self, o: &RenderedObject) -> Option<Value> {
-        self.current_facts(o).and_then(|f| f.status)
+        self.with_current_facts(o, |f| f.status.clone()).flatten()
     }
 
     /// True when the view knows the object `key` of `kind` exists; `None` when it cannot say.
