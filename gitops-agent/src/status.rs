@@ -402,26 +402,56 @@ pub async fn get_or_create(
     }
 }
 
-/// Writes the status (server-side apply on the status subresource, our own field manager).
+/// Writes the status: a merge patch of the status subresource (our own field manager) carrying
+/// only the top-level fields that differ from `before` (a field gone is set to null), so a sync
+/// that changed one object does not send an inventory of thousands again.
 pub async fn write_status(
     client: &kube::Client,
     namespace: &str,
     name: &str,
-    status: &PolicyRepoStatus,
+    before: &PolicyRepoStatus,
+    after: &PolicyRepoStatus,
 ) -> Result<(), kube::Error> {
     let api: Api<PolicyRepo> = Api::namespaced(client.clone(), namespace);
-    let patch = serde_json::json!({
-        "apiVersion": kars_contract::GITOPS_API_VERSION,
-        "kind": "PolicyRepo",
-        "status": status,
-    });
+    let changed = status_patch(
+        &serde_json::to_value(before).map_err(kube::Error::SerdeError)?,
+        &serde_json::to_value(after).map_err(kube::Error::SerdeError)?,
+    );
+    if changed.as_object().is_none_or(|m| m.is_empty()) {
+        return Ok(());
+    }
+    let params = PatchParams {
+        field_manager: Some(STATUS_MANAGER.to_string()),
+        ..PatchParams::default()
+    };
     api.patch_status(
         name,
-        &PatchParams::apply(STATUS_MANAGER).force(),
-        &Patch::Apply(&patch),
+        &params,
+        &Patch::Merge(serde_json::json!({ "status": changed })),
     )
     .await?;
     Ok(())
+}
+
+/// The JSON merge patch turning the status `before` into `after`, top-level fields only.
+fn status_patch(before: &serde_json::Value, after: &serde_json::Value) -> serde_json::Value {
+    let empty = serde_json::Map::new();
+    let (b, a) = (
+        before.as_object().unwrap_or(&empty),
+        after.as_object().unwrap_or(&empty),
+    );
+    let mut patch = serde_json::Map::new();
+    for (k, v) in a {
+        if b.get(k) != Some(v) {
+            patch.insert(k.clone(), v.clone());
+        }
+    }
+    for k in b.keys() {
+        if !a.contains_key(k) {
+            patch.insert(k.clone(), serde_json::Value::Null);
+        }
+    }
+    serde_json::Value::Object(patch)
 }
 
 /// The CRD manifest of PolicyRepo (what `charts/` installs; a test keeps them equal).
@@ -513,5 +543,17 @@ mod tests {
         );
         assert_eq!(c[0].last_transition_time, t);
         assert_eq!(c[0].message, "still ok");
+    }
+
+    #[test]
+    fn the_status_patch_carries_only_what_changed_and_clears_what_is_gone() {
+        let before = serde_json::json!({"lastAppliedRevision": "a", "inventory": [{"kind": "ConfigMap"}], "failures": [{"object": "x"}]});
+        let after =
+            serde_json::json!({"lastAppliedRevision": "b", "inventory": [{"kind": "ConfigMap"}]});
+        assert_eq!(
+            status_patch(&before, &after),
+            serde_json::json!({"lastAppliedRevision": "b", "failures": null})
+        );
+        assert_eq!(status_patch(&after, &after), serde_json::json!({}));
     }
 }

@@ -289,7 +289,7 @@ pub async fn sync_once(
     }
     // A no-op sync leaves the status as it was and sends no write.
     if after != before {
-        status::write_status(&client, &cfg.status_namespace, &cfg.name, &after)
+        status::write_status(&client, &cfg.status_namespace, &cfg.name, &before, &after)
             .await
             .map_err(|e| SyncError::Status(cfg.owner(), e))?;
     }
