@@ -476,7 +476,7 @@ pub async fn run(
         .or_else(|| before.last_applied_revision.clone());
     cfg.progress.emit(Event::Step("fetch"));
     let owner = cfg.owner();
-    let memo = cfg
+    let mut memo = cfg
         .render_memo
         .as_ref()
         .and_then(|m| m.get(cfg.cluster.as_deref(), &owner));
@@ -530,6 +530,12 @@ pub async fn run(
             rendered
         }
         (None, Some(prepared)) => {
+            // The remembered render is of another tree: free it before rendering (the new
+            // render reuses its memory, and the two are never held at once).
+            if let Some(m) = &cfg.render_memo {
+                m.clear();
+            }
+            drop(memo.take());
             let unenforced = prepared.unenforced.clone();
             run.unenforced = Some(unenforced.clone());
             let (uses, statuses, rendered) =
