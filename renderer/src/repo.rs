@@ -343,7 +343,11 @@ fn check_document(file: &str, doc: Node, diags: &mut Diagnostics) -> Option<Sour
         name,
         namespaced,
         namespace,
-        node: std::sync::Arc::new(doc),
+        // As written, less the nulls the API server would prune (see `schema::prune_nulls`).
+        node: std::sync::Arc::new(match crd {
+            Some(crd) => schema::prune_nulls(&crd.schema, &doc),
+            None => doc,
+        }),
         defaulted: std::sync::Arc::new(defaulted),
         typed: None,
     };

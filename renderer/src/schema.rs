@@ -122,6 +122,38 @@ impl std::fmt::Display for FieldPath {
     }
 }
 
+/// Returns a copy of `node` without the `null`s in fields that are not nullable (recursively),
+/// as the API server prunes them on create and update. Server-side apply refuses them instead
+/// ("must be of type array: null"), so a kars object is rendered without them.
+pub fn prune_nulls(schema: &Schema, node: &Node) -> Node {
+    let value = match &node.value {
+        Value::Map(entries) if is_object(schema) => Value::Map(
+            entries
+                .iter()
+                .filter(|(k, v)| {
+                    !(v.is_null() && schema.properties.get(&k.name).is_some_and(|s| !s.nullable))
+                })
+                .map(|(k, v)| {
+                    let v = match child_schema(schema, &k.name) {
+                        Some(s) => prune_nulls(s, v),
+                        None => v.clone(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Seq(items) => match &schema.items {
+            Some(item) => Value::Seq(items.iter().map(|i| prune_nulls(item, i)).collect()),
+            None => Value::Seq(items.clone()),
+        },
+        other => other.clone(),
+    };
+    Node {
+        value,
+        pos: node.pos,
+    }
+}
+
 /// Returns a copy of `node` with every schema default filled in (recursively), like the API
 /// server's structural defaulting. A `null` in a non-nullable field with a default is replaced.
 pub fn apply_defaults(schema: &Schema, node: &Node) -> Node {

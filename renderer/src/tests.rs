@@ -905,3 +905,28 @@ fn other_sandboxes_reach_only_the_runtime_gateway_ports() {
         "{system_ingress}"
     );
 }
+
+#[test]
+fn a_null_in_a_field_that_is_not_nullable_is_rendered_as_absent() {
+    // `allowedEndpoints:` with nothing under it is YAML null. The API server prunes it on create,
+    // but refuses it in a server-side apply ("must be of type array: null"), so it is not rendered.
+    let cfg = "apiVersion: gitops.kars.io/v1alpha1\nkind: RepositoryConfig\nmetadata: {name: p}\nspec:\n  defaultNamespace: agents\n  providers:\n    a: {endpoint: \"https://a.example/v1\"}\n  clusters:\n  - {name: prod, paths: [agents]}\n";
+    let sandbox = "apiVersion: kars.azure.com/v1alpha1\nkind: KarsSandbox\nmetadata: {name: a}\nspec:\n  runtime: {kind: OpenClaw, openclaw: {}}\n  sandbox: {}\n  inferenceRef: {name: ip}\n  governance: {enabled: false}\n  networkPolicy:\n    egressMode: Strict\n    allowedEndpoints:\n";
+    let policy = "apiVersion: kars.azure.com/v1alpha1\nkind: InferencePolicy\nmetadata: {name: ip}\nspec:\n  appliesTo: {sandboxName: a}\n  modelPreference:\n    primary: {provider: a, deployment: big}\n";
+    let tree = RepoTree::from_files([
+        ("kars.yaml".to_string(), cfg.to_string()),
+        ("agents/a/sandbox.yaml".to_string(), sandbox.to_string()),
+        ("agents/a/inference.yaml".to_string(), policy.to_string()),
+    ]);
+    let report = validate_tree(&tree);
+    assert!(!report.has_errors(), "{report}");
+    let r = render_tree(&tree, None, &Bundles::none()).expect("renders");
+    let sb = find(&r, "KarsSandbox", "a").expect("sandbox");
+    let np = &sb.manifest["spec"]["networkPolicy"];
+    assert_eq!(np["egressMode"], "Strict", "{np}");
+    assert!(
+        np.as_object()
+            .is_some_and(|m| !m.contains_key("allowedEndpoints")),
+        "null kept: {np}"
+    );
+}

@@ -648,7 +648,8 @@ fn live_view() -> Result<()> {
         .await?;
 
         // A new commit adding an agent: a new tree, rendered again (not the memo's) and applied.
-        f.add_agent("c", &["api.example.com"])?;
+        // No endpoints: `allowedEndpoints:` is null, which the renderer must not send.
+        f.add_agent("c", &[])?;
         let pushed = f.commit_and_push("add c")?;
         let changed = synced(&client, &cfg).await?;
         ensure!(
