@@ -122,6 +122,11 @@ impl std::fmt::Display for FieldPath {
     }
 }
 
+/// True for a `null` in a field `name` of `schema` that is not nullable (the API server prunes it).
+fn pruned_null(schema: &Schema, name: &str, value: &Node) -> bool {
+    value.is_null() && schema.properties.get(name).is_some_and(|s| !s.nullable)
+}
+
 /// Returns a copy of `node` without the `null`s in fields that are not nullable (recursively),
 /// as the API server prunes them on create and update. Server-side apply refuses them instead
 /// ("must be of type array: null"), so a kars object is rendered without them.
@@ -130,9 +135,7 @@ pub fn prune_nulls(schema: &Schema, node: &Node) -> Node {
         Value::Map(entries) if is_object(schema) => Value::Map(
             entries
                 .iter()
-                .filter(|(k, v)| {
-                    !(v.is_null() && schema.properties.get(&k.name).is_some_and(|s| !s.nullable))
-                })
+                .filter(|(k, v)| !pruned_null(schema, &k.name, v))
                 .map(|(k, v)| {
                     let v = match child_schema(schema, &k.name) {
                         Some(s) => prune_nulls(s, v),
@@ -163,9 +166,7 @@ pub fn apply_defaults(schema: &Schema, node: &Node) -> Node {
             // then defaulted like an absent field).
             let mut out: Vec<(Key, Node)> = entries
                 .iter()
-                .filter(|(k, v)| {
-                    !(v.is_null() && schema.properties.get(&k.name).is_some_and(|s| !s.nullable))
-                })
+                .filter(|(k, v)| !pruned_null(schema, &k.name, v))
                 .map(|(k, v)| {
                     let v = match child_schema(schema, &k.name) {
                         Some(s) => apply_defaults(s, v),

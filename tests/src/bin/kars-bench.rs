@@ -470,33 +470,19 @@ fn bench_sync(args: &[String]) -> Result<()> {
             change_time.as_secs_f64(),
             change.reads,
             change.apply.writes,
-            change
-                .timings
-                .iter()
-                .map(|(n, t)| format!("{n} {t:.2} s"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            phases(&change.timings)
         );
         println!(
             "no-op sync {:.2} s ({} reads, {} writes): {}",
             noop_time.as_secs_f64(),
             noop.reads,
             noop.apply.writes,
-            noop.timings
-                .iter()
-                .map(|(n, t)| format!("{n} {t:.2} s"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            phases(&noop.timings)
         );
         println!(
             "first sync {:.2} s: {}",
             first_time.as_secs_f64(),
-            first
-                .timings
-                .iter()
-                .map(|(n, t)| format!("{n} {t:.2} s"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            phases(&first.timings)
         );
         return Ok(());
     }
@@ -686,6 +672,15 @@ fn bench_sync(args: &[String]) -> Result<()> {
     kars_e2e::figure("sync.agent_rss", hook_rss as f64 / 1024.0, "MiB");
     kars_e2e::figure("sync.agent_peak_rss", hook_hwm as f64 / 1024.0, "MiB");
     Ok(())
+}
+
+/// `name 0.12 s, …` of a sync's phase timings.
+fn phases(timings: &[(String, f64)]) -> String {
+    timings
+        .iter()
+        .map(|(n, t)| format!("{n} {t:.2} s"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn main() -> ExitCode {
